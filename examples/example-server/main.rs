@@ -1,0 +1,329 @@
+//! The example MCP server: a tiny streamable-HTTP MCP server that implements the
+//! health standard (`GET /health`) the agent probes. The quickstart deploys it and the
+//! integration tests use it as the fleet member whose behaviour they control.
+//!
+//! Tests need to make a running server look sick, hang or crash without restarting it,
+//! hence the `/admin/*` endpoints. They are unauthenticated on purpose: this is a test
+//! fixture, not something to expose.
+//!
+//! ```text
+//! example-server --port PORT [--host 127.0.0.1] [--version 1.0.0] [--health MODE]
+//!   GET  /health               {"status", "version", "uptime_seconds"}; 503 when unhealthy
+//!   GET  /admin/health         current mode
+//!   POST /admin/health/{mode}  healthy | degraded | unhealthy | hang
+//!   POST /admin/exit/{code}    exit with `code` right after answering
+//!   POST /mcp                  MCP (streamable HTTP): tools `echo`, `server_version`
+//! ```
+
+use std::{
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use clap::{Parser, ValueEnum};
+use rmcp::{
+    ServerHandler,
+    handler::server::{router::tool::ToolRouter, wrapper::Parameters},
+    model::{Implementation, ServerCapabilities, ServerConfig},
+    tool, tool_handler, tool_router,
+    transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+    },
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown may take before we stop waiting for open connections. A hanging
+/// `/health` request or an idle SSE stream would otherwise keep the process alive.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Delay before `/admin/exit` exits, so the caller gets its response first.
+const EXIT_DELAY: Duration = Duration::from_millis(100);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "example-server",
+    about = "Example MCP server implementing the health standard"
+)]
+// `--version` is the version this server *reports*, so clap must not claim the flag.
+#[command(disable_version_flag = true)]
+struct Args {
+    /// Port to listen on (0 picks a free one; the start-up line shows which).
+    #[arg(long, env = "PORT")]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Version reported by /health and MCP server info.
+    #[arg(long, env = "EXAMPLE_SERVER_VERSION", default_value = "1.0.0")]
+    version: String,
+    /// Initial health mode; change it at runtime with POST /admin/health/{mode}.
+    #[arg(long, value_enum, default_value_t = HealthMode::Healthy)]
+    health: HealthMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[repr(u8)]
+enum HealthMode {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    /// Accept `/health` requests but never answer them.
+    Hang,
+}
+
+impl HealthMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Degraded => "degraded",
+            Self::Unhealthy => "unhealthy",
+            Self::Hang => "hang",
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            1 => Self::Degraded,
+            2 => Self::Unhealthy,
+            3 => Self::Hang,
+            _ => Self::Healthy,
+        }
+    }
+}
+
+struct AppState {
+    version: String,
+    started: Instant,
+    // An atomic rather than a Mutex so request paths have no lock to poison or unwrap.
+    mode: AtomicU8,
+}
+
+impl AppState {
+    fn mode(&self) -> HealthMode {
+        HealthMode::from_u8(self.mode.load(Ordering::Relaxed))
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let mode = state.mode();
+    if mode == HealthMode::Hang {
+        // Holding the connection open is the point: the prober must hit its own timeout.
+        std::future::pending::<()>().await;
+    }
+    let code = if mode == HealthMode::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": mode.as_str(),
+        "version": state.version,
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+    });
+    (code, Json(body)).into_response()
+}
+
+async fn get_mode(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({ "mode": state.mode().as_str() }))
+}
+
+async fn set_mode(State(state): State<Arc<AppState>>, Path(mode): Path<String>) -> Response {
+    match HealthMode::from_str(&mode, false) {
+        Ok(mode) => {
+            state.mode.store(mode as u8, Ordering::Relaxed);
+            eprintln!("example-server: health mode set to {}", mode.as_str());
+            Json(json!({ "mode": mode.as_str() })).into_response()
+        }
+        Err(_) => bad_request(format!(
+            "unknown health mode {mode:?}; expected healthy, degraded, unhealthy or hang"
+        )),
+    }
+}
+
+async fn exit(Path(code): Path<String>) -> Response {
+    let Ok(code) = code.parse::<i32>() else {
+        return bad_request(format!("exit code must be an integer, got {code:?}"));
+    };
+    eprintln!("example-server: exiting with code {code} as requested");
+    tokio::spawn(async move {
+        tokio::time::sleep(EXIT_DELAY).await;
+        std::process::exit(code);
+    });
+    Json(json!({ "exiting": code })).into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response()
+}
+
+/// The MCP side. One instance per MCP session; rmcp calls the factory for each.
+#[derive(Clone)]
+struct ExampleMcp {
+    version: String,
+    tool_router: ToolRouter<Self>,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    /// Text to send back.
+    text: String,
+}
+
+#[tool_router]
+impl ExampleMcp {
+    fn new(version: String) -> Self {
+        Self {
+            version,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(description = "Return the given text unchanged")]
+    fn echo(&self, Parameters(EchoArgs { text }): Parameters<EchoArgs>) -> String {
+        text
+    }
+
+    #[tool(description = "Return the version this server is running")]
+    fn server_version(&self) -> String {
+        self.version.clone()
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for ExampleMcp {
+    // Written out rather than generated by `#[tool_handler(version = ...)]`, because the
+    // version is chosen at run time, not compile time.
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("example-server", self.version.clone()))
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(err) => {
+                eprintln!("example-server: cannot listen for SIGTERM ({err}); only SIGINT works");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args = Args::parse();
+
+    let listener = match tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!(
+                "example-server: cannot listen on {}:{}: {err}",
+                args.host, args.port
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(err) => {
+            eprintln!("example-server: cannot read the bound address: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let state = Arc::new(AppState {
+        version: args.version.clone(),
+        started: Instant::now(),
+        mode: AtomicU8::new(args.health as u8),
+    });
+
+    // Cancelling this ends every open MCP session, so their SSE streams do not hold
+    // graceful shutdown open.
+    let shutdown = CancellationToken::new();
+    let mut mcp_config =
+        StreamableHttpServerConfig::default().with_cancellation_token(shutdown.child_token());
+    if !addr.ip().is_loopback() {
+        // rmcp only accepts loopback `Host` headers by default (DNS-rebinding guard). In
+        // a container the agent reaches us by container name or IP, so that would reject
+        // every MCP request.
+        mcp_config = mcp_config.disable_allowed_hosts();
+    }
+    let version = args.version.clone();
+    let mcp = StreamableHttpService::new(
+        move || Ok(ExampleMcp::new(version.clone())),
+        Arc::new(LocalSessionManager::default()),
+        mcp_config,
+    );
+
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/admin/health", get(get_mode))
+        .route("/admin/health/{mode}", post(set_mode))
+        .route("/admin/exit/{code}", post(exit))
+        .with_state(state)
+        .nest_service("/mcp", mcp);
+
+    eprintln!(
+        "example-server {} listening on http://{addr} (health: {})",
+        args.version,
+        args.health.as_str()
+    );
+
+    let graceful = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            eprintln!("example-server: shutting down");
+            shutdown.cancel();
+            tokio::spawn(async {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+                eprintln!(
+                    "example-server: connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"
+                );
+                std::process::exit(0);
+            });
+        }
+    };
+
+    match axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("example-server: server error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

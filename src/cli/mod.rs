@@ -1,0 +1,108 @@
+//! The command line: parses arguments with clap, resolves settings once and runs a command.
+//! Business logic lives in the library modules; commands only read, call and print.
+
+mod output;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::settings::{LogFormat, Overrides, Settings, env};
+pub use output::OutputFormat;
+
+/// Exit codes: what the checked thing was like, or that we could not check it.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The thing checked is bad (an invalid manifest, a failed rollout).
+    pub const BAD: u8 = 1;
+    /// Usage or environment error: a missing file, an unreadable setting.
+    pub const ERROR: u8 = 2;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcp-orchestration",
+    version,
+    about = "A GitOps agent that runs a fleet of MCP servers from a git repository"
+)]
+pub struct Cli {
+    /// YAML config file; each key mirrors a flag.
+    #[arg(long, global = true, env = env::CONFIG, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = env::LOG_FORMAT, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// Log filter, e.g. `info` or `mcp_orchestration=debug`.
+    #[arg(long, global = true, env = env::LOG, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a manifest (and the repo's policies) and print every problem with its location.
+    Validate(validate::Args),
+    /// Print the JSON Schema of ecosystem-manifest.yaml, for editors and CI.
+    Schema,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let trust_policy = match &cli.command {
+        Command::Validate(a) => a.trust_policy.clone(),
+        Command::Schema => None,
+    };
+    let settings = match Settings::resolve(Overrides {
+        config: cli.config,
+        trust_policy,
+        log_format: cli.log_format.map(|f| match f {
+            LogFormatArg::Human => LogFormat::Human,
+            LogFormatArg::Json => LogFormat::Json,
+        }),
+        log_level: cli.log_level,
+    }) {
+        Ok(s) => s,
+        Err(e) => return fail(&anyhow::Error::new(e)),
+    };
+    init_logging(&settings);
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(&settings, args),
+        Command::Schema => {
+            output::print_json(&crate::manifest::schema::json_schema());
+            Ok(exit::OK)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("{}: {e:#}", output::paint_error("error"));
+    ExitCode::from(exit::ERROR)
+}
+
+fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(output::color_enabled_for_stderr());
+    // A second init (in tests that call `main` twice) is harmless, hence `try_init`.
+    let _ = match settings.log_format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,53 @@
+//! How commands print: tables and colour for people, JSON for scripts.
+
+use std::io::IsTerminal;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::settings::env;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn color_allowed() -> bool {
+    std::env::var_os(env::NO_COLOR).is_none_or(|v| v.is_empty())
+}
+
+pub fn color_enabled_for_stdout() -> bool {
+    color_allowed() && std::io::stdout().is_terminal()
+}
+
+pub fn color_enabled_for_stderr() -> bool {
+    color_allowed() && std::io::stderr().is_terminal()
+}
+
+fn paint(text: &str, code: &str, enabled: bool) -> String {
+    if enabled {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
+}
+
+pub fn paint_error(text: &str) -> String {
+    paint(text, "1;31", color_enabled_for_stderr())
+}
+
+/// Colours a severity word for stdout.
+pub fn severity(text: &str) -> String {
+    let code = if text == "error" { "1;31" } else { "1;33" };
+    paint(text, code, color_enabled_for_stdout())
+}
+
+pub fn print_json<T: Serialize + ?Sized>(value: &T) {
+    // Serialising our own plain data types cannot fail.
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("error: cannot print JSON: {e}"),
+    }
+}

@@ -1,0 +1,10 @@
+//! mcp-orchestration: a GitOps agent that runs a fleet of MCP servers from a git repository.
+//!
+//! The binary (`main.rs`) is a thin shell over this library; see `ARCHITECTURE.md` for the
+//! pipeline and the code map.
+
+pub mod cli;
+pub mod manifest;
+pub mod policy;
+pub mod settings;
+pub mod source;
