@@ -51,12 +51,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 const EXIT_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "example-server",
-    about = "Example MCP server implementing the health standard"
-)]
+/// Example MCP server implementing the health standard.
 // `--version` is the version this server *reports*, so clap must not claim the flag.
-#[command(disable_version_flag = true)]
+#[command(name = "example-server", disable_version_flag = true)]
 struct Args {
     /// Port to listen on (0 picks a free one; the start-up line shows which).
     #[arg(long, env = "PORT")]
