@@ -3,8 +3,14 @@
 //! The binary (`main.rs`) is a thin shell over this library; see `ARCHITECTURE.md` for the
 //! pipeline and the code map.
 
+pub mod agent;
+pub mod api;
 pub mod cli;
+pub mod health;
 pub mod manifest;
 pub mod policy;
+pub mod reconcile;
+pub mod runtime;
 pub mod settings;
 pub mod source;
+pub mod store;

@@ -25,6 +25,73 @@ pub mod env {
     pub const LOG: &str = "MCP_ORCHESTRATION_LOG";
     /// Disables coloured output when set to anything (https://no-color.org).
     pub const NO_COLOR: &str = "NO_COLOR";
+    /// The manifest repository: a URL or a local path.
+    pub const REPO: &str = "MCP_ORCHESTRATION_REPO";
+    pub const BRANCH: &str = "MCP_ORCHESTRATION_BRANCH";
+    pub const MANIFEST_PATH: &str = "MCP_ORCHESTRATION_MANIFEST_PATH";
+    /// `30s`, `500ms`, `2m` or plain seconds.
+    pub const POLL_INTERVAL: &str = "MCP_ORCHESTRATION_POLL_INTERVAL";
+    /// `process` (default) or `docker`.
+    pub const RUNTIME: &str = "MCP_ORCHESTRATION_RUNTIME";
+    /// Address of the agent's HTTP API.
+    pub const LISTEN: &str = "MCP_ORCHESTRATION_LISTEN";
+    pub const DATA_DIR: &str = "MCP_ORCHESTRATION_DATA_DIR";
+    /// HMAC secret of `POST /webhooks/git` (`X-Hub-Signature-256`).
+    pub const WEBHOOK_SECRET: &str = "MCP_ORCHESTRATION_WEBHOOK_SECRET";
+    /// Token for https git remotes.
+    pub const GIT_TOKEN: &str = "MCP_ORCHESTRATION_GIT_TOKEN";
+    /// Private key file for ssh git remotes.
+    pub const SSH_KEY: &str = "MCP_ORCHESTRATION_SSH_KEY";
+    /// YAML file of `NAME: value` secrets for config requirements.
+    pub const SECRETS_FILE: &str = "MCP_ORCHESTRATION_SECRETS_FILE";
+    /// The agent the CLI talks to.
+    pub const URL: &str = "MCP_ORCHESTRATION_URL";
+}
+
+/// Defaults that are not `None`.
+pub mod defaults {
+    pub const BRANCH: &str = "main";
+    pub const MANIFEST_PATH: &str = "ecosystem-manifest.yaml";
+    pub const POLL_INTERVAL_SECONDS: f64 = 30.0;
+    pub const LISTEN: &str = "127.0.0.1:7070";
+    pub const AGENT_URL: &str = "http://127.0.0.1:7070";
+    pub const CONCURRENCY: usize = 4;
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeChoice {
+    #[default]
+    Process,
+    Docker,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h` or plain (fractional) seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (number, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 30s, 500ms, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 {
+        return Err(format!("`{text}` must be a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -35,6 +102,45 @@ pub enum LogFormat {
     Json,
 }
 
+/// The agent's own options, as given (every field optional): the same shape serves the
+/// config file and the flags.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentOptions {
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    pub manifest_path: Option<String>,
+    pub poll_interval: Option<String>,
+    pub runtime: Option<RuntimeChoice>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub webhook_secret: Option<String>,
+    pub git_token: Option<String>,
+    pub ssh_key: Option<PathBuf>,
+    pub secrets_file: Option<PathBuf>,
+    pub concurrency: Option<usize>,
+}
+
+impl AgentOptions {
+    /// Fills every unset field from `other`.
+    fn or(self, other: AgentOptions) -> AgentOptions {
+        AgentOptions {
+            repo: self.repo.or(other.repo),
+            branch: self.branch.or(other.branch),
+            manifest_path: self.manifest_path.or(other.manifest_path),
+            poll_interval: self.poll_interval.or(other.poll_interval),
+            runtime: self.runtime.or(other.runtime),
+            listen: self.listen.or(other.listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            webhook_secret: self.webhook_secret.or(other.webhook_secret),
+            git_token: self.git_token.or(other.git_token),
+            ssh_key: self.ssh_key.or(other.ssh_key),
+            secrets_file: self.secrets_file.or(other.secrets_file),
+            concurrency: self.concurrency.or(other.concurrency),
+        }
+    }
+}
+
 /// The optional YAML config file; every key mirrors a flag.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +148,10 @@ pub struct ConfigFile {
     pub trust_policy: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub agent_url: Option<String>,
+    /// The `agent` command's options, nested so unknown keys are still caught.
+    #[serde(default)]
+    pub agent: AgentOptions,
 }
 
 /// What the command line and environment said (clap fills this in `cli`).
@@ -51,6 +161,8 @@ pub struct Overrides {
     pub trust_policy: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub agent_url: Option<String>,
+    pub agent: AgentOptions,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -59,6 +171,35 @@ pub struct Settings {
     pub log_level: String,
     /// `None`: the shipped trust policy.
     pub trust_policy: Option<PathBuf>,
+    /// The agent the CLI talks to.
+    pub agent_url: String,
+    /// The agent's options after merging flags, env and file; see [`Settings::agent`].
+    pub agent: AgentOptions,
+}
+
+/// Everything `mcp-orchestration agent` needs, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentSettings {
+    pub git: crate::source::GitSettings,
+    pub poll_interval: std::time::Duration,
+    pub runtime: RuntimeChoice,
+    pub listen: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    pub webhook_secret: Option<String>,
+    pub secrets_file: Option<PathBuf>,
+    pub concurrency: usize,
+}
+
+/// The data dir when none is given: `$XDG_DATA_HOME/mcp-orchestration`, else
+/// `~/.local/share/mcp-orchestration`, else `./.mcp-orchestration`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(d).join("mcp-orchestration");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/share/mcp-orchestration");
+    }
+    PathBuf::from(".mcp-orchestration")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +208,8 @@ pub enum SettingsError {
     Read(#[from] ReadError),
     #[error("invalid config file {path}: {message}")]
     Config { path: PathBuf, message: String },
+    #[error("invalid setting `{name}`: {message}")]
+    Invalid { name: &'static str, message: String },
     #[error("invalid trust policy {}:\n{}", path.display(), render(diagnostics))]
     TrustPolicy {
         path: PathBuf,
@@ -95,6 +238,67 @@ impl Settings {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_owned()),
             trust_policy: over.trust_policy.or(file.trust_policy),
+            agent_url: over
+                .agent_url
+                .or(file.agent_url)
+                .unwrap_or_else(|| defaults::AGENT_URL.to_owned()),
+            agent: over.agent.or(file.agent),
+        })
+    }
+
+    /// Validates the agent's options into [`AgentSettings`].
+    pub fn agent(&self) -> Result<AgentSettings, SettingsError> {
+        let a = &self.agent;
+        let repo = a.repo.clone().ok_or(SettingsError::Invalid {
+            name: "repo",
+            message: format!(
+                "the agent needs a manifest repository: --repo URL|PATH (or {})",
+                env::REPO
+            ),
+        })?;
+        let poll_interval = match &a.poll_interval {
+            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
+                name: "poll-interval",
+                message,
+            })?,
+            None => std::time::Duration::from_secs_f64(defaults::POLL_INTERVAL_SECONDS),
+        };
+        let listen_text = a
+            .listen
+            .clone()
+            .unwrap_or_else(|| defaults::LISTEN.to_owned());
+        let listen = listen_text.parse().map_err(|_| SettingsError::Invalid {
+            name: "listen",
+            message: format!("`{listen_text}` is not an address like 127.0.0.1:7070"),
+        })?;
+        let concurrency = a.concurrency.unwrap_or(defaults::CONCURRENCY);
+        if concurrency == 0 {
+            return Err(SettingsError::Invalid {
+                name: "concurrency",
+                message: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(AgentSettings {
+            git: crate::source::GitSettings {
+                url: repo,
+                branch: a
+                    .branch
+                    .clone()
+                    .unwrap_or_else(|| defaults::BRANCH.to_owned()),
+                manifest_path: a
+                    .manifest_path
+                    .clone()
+                    .unwrap_or_else(|| defaults::MANIFEST_PATH.to_owned()),
+                token: a.git_token.clone(),
+                ssh_key: a.ssh_key.clone(),
+            },
+            poll_interval,
+            runtime: a.runtime.unwrap_or_default(),
+            listen,
+            data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
+            webhook_secret: a.webhook_secret.clone().filter(|s| !s.is_empty()),
+            secrets_file: a.secrets_file.clone(),
+            concurrency,
         })
     }
 
@@ -140,6 +344,61 @@ mod tests {
         .unwrap();
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.trust_policy, Some(PathBuf::from("/mine.yaml")));
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0.2"), Ok(Duration::from_millis(200)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn agent_settings_need_a_repo_and_fill_defaults() {
+        let s = Settings::resolve(Overrides::default()).unwrap();
+        assert!(s.agent().unwrap_err().to_string().contains("--repo"));
+        let s = Settings::resolve(Overrides {
+            agent: AgentOptions {
+                repo: Some("/srv/git/manifest.git".into()),
+                poll_interval: Some("2s".into()),
+                ..AgentOptions::default()
+            },
+            ..Overrides::default()
+        })
+        .unwrap();
+        let a = s.agent().unwrap();
+        assert_eq!(a.git.branch, "main");
+        assert_eq!(a.git.manifest_path, "ecosystem-manifest.yaml");
+        assert_eq!(a.poll_interval, std::time::Duration::from_secs(2));
+        assert_eq!(a.runtime, RuntimeChoice::Process);
+        assert_eq!(a.listen.to_string(), "127.0.0.1:7070");
+    }
+
+    #[test]
+    fn the_config_file_carries_agent_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        std::fs::write(
+            &cfg,
+            "agent:\n  repo: https://example.org/m.git\n  runtime: docker\n  branch: prod\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(Overrides {
+            config: Some(cfg),
+            agent: AgentOptions {
+                branch: Some("staging".into()),
+                ..AgentOptions::default()
+            },
+            ..Overrides::default()
+        })
+        .unwrap();
+        let a = s.agent().unwrap();
+        assert_eq!(a.runtime, RuntimeChoice::Docker);
+        assert_eq!(a.git.branch, "staging", "the flag wins over the file");
     }
 
     #[test]

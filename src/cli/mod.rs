@@ -1,7 +1,10 @@
 //! The command line: parses arguments with clap, resolves settings once and runs a command.
 //! Business logic lives in the library modules; commands only read, call and print.
 
+mod agent;
+mod client;
 mod output;
+mod status;
 mod validate;
 
 use std::path::PathBuf;
@@ -37,6 +40,9 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `mcp_orchestration=debug`.
     #[arg(long, global = true, env = env::LOG, value_name = "FILTER")]
     log_level: Option<String>,
+    /// The agent the CLI talks to.
+    #[arg(long, global = true, env = env::URL, value_name = "URL")]
+    agent_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +59,12 @@ enum Command {
     Validate(validate::Args),
     /// Print the JSON Schema of ecosystem-manifest.yaml, for editors and CI.
     Schema,
+    /// Run the GitOps agent: watch the manifest repository and keep the fleet converged.
+    Agent(Box<agent::Args>),
+    /// Show the fleet (or one server): desired and running version, state, endpoint.
+    Status(status::StatusArgs),
+    /// List the runs of recent commits, or show one (`revisions show COMMIT`).
+    Revisions(status::RevisionsArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -60,7 +72,12 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let trust_policy = match &cli.command {
         Command::Validate(a) => a.trust_policy.clone(),
-        Command::Schema => None,
+        Command::Agent(a) => a.trust_policy.clone(),
+        _ => None,
+    };
+    let agent_options = match &cli.command {
+        Command::Agent(a) => a.options(),
+        _ => Default::default(),
     };
     let settings = match Settings::resolve(Overrides {
         config: cli.config,
@@ -70,6 +87,8 @@ pub fn main() -> ExitCode {
             LogFormatArg::Json => LogFormat::Json,
         }),
         log_level: cli.log_level,
+        agent_url: cli.agent_url,
+        agent: agent_options,
     }) {
         Ok(s) => s,
         Err(e) => return fail(&anyhow::Error::new(e)),
@@ -81,6 +100,9 @@ pub fn main() -> ExitCode {
             output::print_json(&crate::manifest::schema::json_schema());
             Ok(exit::OK)
         }
+        Command::Agent(_) => agent::run(&settings),
+        Command::Status(args) => status::status(&settings, args),
+        Command::Revisions(args) => status::revisions(&settings, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

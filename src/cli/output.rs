@@ -51,3 +51,40 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) {
         Err(e) => eprintln!("error: cannot print JSON: {e}"),
     }
 }
+
+/// Colours a result word: green for good, red for bad.
+pub fn severity_word(word: &str) -> String {
+    let code = match word {
+        "applied" | "succeeded" | "running" | "healthy" => "32",
+        "rejected" | "failed" | "unhealthy" | "rolled_back" => "1;31",
+        _ => "33",
+    };
+    paint(word, code, color_enabled_for_stdout())
+}
+
+/// Prints a left-aligned table with a header row.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}

@@ -1,8 +1,12 @@
-//! Where manifests come from: the files of a manifest repository checkout.
+//! Where manifests come from: the manifest repository (git2 mirror, fetch, reading a
+//! commit's files) and plain directories (for `validate` and the hooks).
 //!
-//! Later this module also owns git (clone, fetch, the poll loop, webhooks and the local
-//! watch); it never deploys anything.
+//! The triggers that wake a sync (poll timer, webhook, filesystem watch) live in `agent`;
+//! this module never deploys anything.
 
 mod files;
+mod git;
+pub mod watch;
 
 pub use files::{ReadError, read_repo_files, read_text};
+pub use git::{GitError, GitSettings, GitSource, Revision};

@@ -1,5 +1,9 @@
 //! All integration tests, built as one binary so they share one build and one link.
 
+mod docker_runtime;
+mod gitops;
+mod hooks;
 mod manifest_fuzz;
+mod process_runtime;
 mod support;
 mod validate;

@@ -1,0 +1,170 @@
+//! The long-running agent: wires the source, the runtime, the store, the reconciler and the
+//! HTTP API together, and runs until its shutdown token is cancelled.
+//!
+//! Shutdown finishes the current sync step and stops serving; the fleet keeps running (the
+//! servers are not the agent's children) and is adopted again at the next start.
+
+mod secrets;
+pub mod state;
+mod sync;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use secrets::{Secrets, SecretsError};
+pub use state::{AgentState, FleetView, ServerView, Trigger};
+
+use crate::policy::TrustPolicy;
+use crate::reconcile::execute::Executor;
+use crate::runtime::Runtime;
+use crate::settings::{AgentSettings, RuntimeChoice};
+use crate::source::GitSource;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Git(#[from] crate::source::GitError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the agent until `shutdown` is cancelled. `on_ready` receives the address the API
+/// listens on (useful when `listen` asks for port 0).
+pub async fn run(
+    settings: AgentSettings,
+    trust: TrustPolicy,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| AgentError::DataDir {
+        path: settings.data_dir.clone(),
+        source,
+    })?;
+    let store = Store::open(&settings.data_dir.join("state.db"))?;
+    let interrupted = store.interrupt_unfinished(jiff::Timestamp::now())?;
+    if interrupted > 0 {
+        warn!(
+            count = interrupted,
+            "marked runs and rollouts of a previous agent as interrupted"
+        );
+    }
+    let runtime: Arc<dyn Runtime> = match settings.runtime {
+        RuntimeChoice::Docker => Arc::new(crate::runtime::docker::DockerRuntime::connect().await?),
+        RuntimeChoice::Process => Arc::new(crate::runtime::process::ProcessRuntime::new(
+            &settings.data_dir,
+        )?),
+    };
+    let secrets = Secrets::load(settings.secrets_file.as_deref())?;
+    let git = settings.git.clone();
+    let mirror = settings.data_dir.join("repo.git");
+    let source = tokio::task::spawn_blocking(move || GitSource::open(git, mirror))
+        .await
+        .map_err(|e| AgentError::Serve(std::io::Error::other(e.to_string())))??;
+
+    let (tx, mut rx) = mpsc::channel(1);
+    let state = Arc::new(AgentState::new(
+        store.clone(),
+        runtime.kind(),
+        settings.git.branch.clone(),
+        settings.webhook_secret.clone(),
+        tx,
+    ));
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| AgentError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(AgentError::Serve)?;
+    let api = tokio::spawn(crate::api::serve(listener, state.clone(), shutdown.clone()));
+    info!(
+        repo = %settings.git.url,
+        branch = %settings.git.branch,
+        manifest = %settings.git.manifest_path,
+        runtime = runtime.kind().as_str(),
+        listen = %addr,
+        data_dir = %settings.data_dir.display(),
+        poll_interval_s = settings.poll_interval.as_secs_f64(),
+        "agent started"
+    );
+    on_ready(addr);
+
+    // A local repository is watched, so commits and pushes are seen at once.
+    let _watcher = settings.git.local_git_dir().and_then(|dir| {
+        let (wtx, mut wrx) = mpsc::channel(1);
+        match crate::source::watch::watch_refs(&dir, wtx) {
+            Ok(w) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    while wrx.recv().await.is_some() {
+                        state.wake(Trigger::Watch);
+                    }
+                });
+                info!(git_dir = %dir.display(), "watching the local repository");
+                Some(w)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch the local repository; relying on polling");
+                None
+            }
+        }
+    });
+
+    let executor = Executor::new(runtime, store, settings.concurrency);
+    let mut syncer = sync::Syncer::new(source, executor, trust, secrets, state.clone());
+    syncer.restore().await;
+    let mut next = Trigger::Startup;
+    loop {
+        syncer.sync(next).await;
+        if shutdown.is_cancelled() {
+            break;
+        }
+        // Back off while the remote is unreachable, up to the poll interval.
+        let wait = if syncer.fetch_failures > 0 {
+            let backoff =
+                Duration::from_millis(500) * 2u32.saturating_pow(syncer.fetch_failures.min(10));
+            backoff.min(settings.poll_interval)
+        } else {
+            settings.poll_interval
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(wait) => next = Trigger::Poll,
+            t = rx.recv() => next = t.unwrap_or(Trigger::Poll),
+        }
+        // Collapse a burst (several refs changing at once) into one sync.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(t) = rx.try_recv() {
+            next = t;
+        }
+    }
+    info!("shutting down; the fleet keeps running");
+    match api.await {
+        Ok(r) => r.map_err(AgentError::Serve),
+        Err(e) => Err(AgentError::Serve(std::io::Error::other(e.to_string()))),
+    }
+}

@@ -1,0 +1,530 @@
+//! One sync: fetch the branch, and if its head is a commit not judged yet, run it through
+//! validate → plan → apply → verify as a recorded run; otherwise converge the fleet back to
+//! the applied revision (drift from crashes or hand-made changes).
+//!
+//! A commit that fails validation is recorded as rejected and changes nothing: the last
+//! applied revision keeps running.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use jiff::Timestamp;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::secrets::Secrets;
+use super::state::{AgentState, FleetView, ServerView, Trigger};
+use crate::manifest::{self, Checked, Diagnostic, Severity};
+use crate::policy::TrustPolicy;
+use crate::reconcile::execute::{ApplyContext, Executor, ServerOutcome};
+use crate::reconcile::{Action, Desired, DesiredProblem, desired_state, plan};
+use crate::runtime::Instance;
+use crate::source::{GitSource, Revision};
+use crate::store::{NewRun, RunResult, Stage, StageRecord, StageStatus};
+
+/// The revision whose manifest is in force.
+struct Applied {
+    commit: String,
+    checked: Checked,
+}
+
+pub struct Syncer {
+    pub source: GitSource,
+    pub executor: Executor,
+    pub trust: TrustPolicy,
+    pub secrets: Secrets,
+    pub state: Arc<AgentState>,
+    applied: Option<Applied>,
+    /// The head of the last fetch, so an unchanged head does not start a new run.
+    last_head: Option<String>,
+    /// Specs that failed to roll out, per server: not retried until the spec changes.
+    failed: HashMap<String, (String, String)>,
+    /// Per-server problems of the current desired state (missing secrets, wrong runtime).
+    problems: Vec<DesiredProblem>,
+    /// Consecutive fetch failures, for backoff.
+    pub fetch_failures: u32,
+}
+
+const APPLIED_KEY: &str = "applied_revision";
+
+impl Syncer {
+    pub fn new(
+        source: GitSource,
+        executor: Executor,
+        trust: TrustPolicy,
+        secrets: Secrets,
+        state: Arc<AgentState>,
+    ) -> Syncer {
+        Syncer {
+            source,
+            executor,
+            trust,
+            secrets,
+            state,
+            applied: None,
+            last_head: None,
+            failed: HashMap::new(),
+            problems: Vec::new(),
+            fetch_failures: 0,
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&GitSource) -> Result<T, crate::source::GitError> + Send + 'static,
+    ) -> Result<T, String> {
+        let source = self.source.clone();
+        match tokio::task::spawn_blocking(move || f(&source)).await {
+            Ok(r) => r.map_err(|e| format!("{e:#}")),
+            Err(e) => Err(format!("git task failed: {e}")),
+        }
+    }
+
+    /// Loads the revision applied before a restart, so the agent keeps it in force even if
+    /// the branch now points at a commit that was rejected.
+    pub async fn restore(&mut self) {
+        let Ok(Some(commit)) = self.state.store.meta(APPLIED_KEY) else {
+            return;
+        };
+        let c = commit.clone();
+        match self.blocking(move |s| s.revision(&c)).await {
+            Ok(rev) => {
+                if let Some(files) = rev.files
+                    && let Ok(checked) = manifest::check(&files, &self.trust)
+                {
+                    info!(revision = %short(&commit), "restored the applied revision");
+                    self.applied = Some(Applied { commit, checked });
+                }
+            }
+            Err(e) => {
+                warn!(revision = %short(&commit), error = %e, "cannot read the applied revision; waiting for the next fetch")
+            }
+        }
+    }
+
+    pub async fn sync(&mut self, trigger: Trigger) {
+        let started = Instant::now();
+        let seen_at = Timestamp::now();
+        let fetch_started = Timestamp::now();
+        let head = self.blocking(|s| s.fetch()).await;
+        let fetch_finished = Timestamp::now();
+        let mut source_error = None;
+        match head {
+            Err(e) => {
+                self.fetch_failures += 1;
+                warn!(error = %e, failures = self.fetch_failures, "fetch failed; keeping the applied revision");
+                source_error = Some(e);
+            }
+            Ok(head) => {
+                self.fetch_failures = 0;
+                if self.last_head.as_deref() != Some(head.as_str()) {
+                    self.last_head = Some(head.clone());
+                    let already = self.state.store.latest_result_for(&head).ok().flatten();
+                    let applied_here = self.applied.as_ref().is_some_and(|a| a.commit == head);
+                    // A rejected commit stays rejected; anything else that is not in force
+                    // (new, interrupted, or an older commit a force-push went back to) runs.
+                    if !(already == Some(RunResult::Rejected) || applied_here) {
+                        let span =
+                            info_span!("run", revision = %short(&head), trigger = trigger.as_str());
+                        self.run_commit(&head, trigger, seen_at, (fetch_started, fetch_finished))
+                            .instrument(span)
+                            .await;
+                        self.publish(source_error).await;
+                        return;
+                    }
+                }
+            }
+        }
+        // No new commit: converge on the applied revision.
+        if self.applied.is_some() {
+            let (plan_result, _) = self.converge(None, "reconcile").await;
+            if let Err(e) = plan_result {
+                warn!(error = %e, "reconcile failed");
+            }
+        }
+        self.publish(source_error).await;
+        let took = started.elapsed();
+        if took.as_secs() >= 30 {
+            warn!(
+                seconds = took.as_secs_f64(),
+                "a sync ran over its 30 s budget"
+            );
+        }
+    }
+
+    async fn run_commit(
+        &mut self,
+        head: &str,
+        trigger: Trigger,
+        seen_at: Timestamp,
+        fetch: (Timestamp, Timestamp),
+    ) {
+        let store = self.state.store.clone();
+        let h = head.to_owned();
+        let revision: Result<Revision, String> = self.blocking(move |s| s.revision(&h)).await;
+        let (author, message, committed_at) = match &revision {
+            Ok(r) => (r.author.clone(), r.message.clone(), r.committed_at),
+            Err(_) => (None, None, None),
+        };
+        let run_id = match store.begin_run(&NewRun {
+            commit_id: head.to_owned(),
+            author,
+            message: message.clone(),
+            committed_at,
+            trigger: trigger.as_str().to_owned(),
+            seen_at,
+        }) {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(error = %e, "cannot record the run; not applying the commit");
+                return;
+            }
+        };
+        info!(message = message.as_deref().unwrap_or(""), "new commit");
+        let stage = |stage, status, started, detail: Option<String>| {
+            if let Err(e) = store.record_stage(
+                run_id,
+                &StageRecord {
+                    stage,
+                    status,
+                    started_at: started,
+                    finished_at: Some(Timestamp::now()),
+                    detail,
+                },
+            ) {
+                warn!(error = %e, "cannot record a run stage");
+            }
+        };
+        let finish = |result, reason: Option<String>, errors: &[Diagnostic]| {
+            if let Err(e) =
+                store.finish_run(run_id, result, reason.as_deref(), errors, Timestamp::now())
+            {
+                warn!(error = %e, "cannot record the run result");
+            }
+        };
+        let fetched = StageRecord {
+            stage: Stage::Fetch,
+            status: StageStatus::Succeeded,
+            started_at: fetch.0,
+            finished_at: Some(fetch.1),
+            detail: None,
+        };
+        let _ = store.record_stage(run_id, &fetched);
+
+        // validate
+        let started = Timestamp::now();
+        let revision = match revision {
+            Ok(r) => r,
+            Err(e) => {
+                stage(
+                    Stage::Validate,
+                    StageStatus::Failed,
+                    started,
+                    Some(e.clone()),
+                );
+                finish(RunResult::Failed, Some(e), &[]);
+                return;
+            }
+        };
+        let Some(files) = revision.files else {
+            let path = self.source.settings().manifest_path.clone();
+            let err = Diagnostic {
+                severity: Severity::Error,
+                file: path.clone(),
+                line: 1,
+                column: 1,
+                path: String::new(),
+                message: format!("the commit has no manifest at `{path}`"),
+            };
+            stage(Stage::Validate, StageStatus::Failed, started, None);
+            finish(
+                RunResult::Rejected,
+                Some("no manifest in this commit".into()),
+                &[err],
+            );
+            warn!("rejected: the commit has no manifest; the applied revision keeps running");
+            return;
+        };
+        let checked = match manifest::check(&files, &self.trust) {
+            Ok(c) => c,
+            Err(diags) => {
+                let errors = diags
+                    .iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .count();
+                stage(Stage::Validate, StageStatus::Failed, started, None);
+                finish(
+                    RunResult::Rejected,
+                    Some(format!(
+                        "the manifest has {errors} error{}",
+                        if errors == 1 { "" } else { "s" }
+                    )),
+                    &diags,
+                );
+                for d in diags.iter().take(20) {
+                    warn!(diagnostic = %d, "rejected commit");
+                }
+                return;
+            }
+        };
+        stage(Stage::Validate, StageStatus::Succeeded, started, None);
+
+        // A commit that changes a server's spec forgets that server's failed spec.
+        let applied = Applied {
+            commit: head.to_owned(),
+            checked,
+        };
+        let previous = self.applied.replace(applied);
+        let _ = store.set_meta(APPLIED_KEY, head);
+        drop(previous);
+
+        let started = Timestamp::now();
+        let (result, outcomes) = self.converge(Some(run_id), "commit").await;
+        let plan_summary = match &result {
+            Ok(summary) => summary.clone(),
+            Err(e) => {
+                stage(Stage::Plan, StageStatus::Failed, started, Some(e.clone()));
+                finish(RunResult::Failed, Some(e.clone()), &[]);
+                return;
+            }
+        };
+        stage(
+            Stage::Plan,
+            StageStatus::Succeeded,
+            started,
+            Some(plan_summary),
+        );
+        let failures: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| {
+                o.result
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("{}: {e}", o.server_id))
+            })
+            .chain(
+                self.problems
+                    .iter()
+                    .map(|p| format!("{}: {}", p.server_id, p.reason)),
+            )
+            .collect();
+        stage(
+            Stage::Apply,
+            if failures.is_empty() {
+                StageStatus::Succeeded
+            } else {
+                StageStatus::Failed
+            },
+            started,
+            Some(format!(
+                "{} change(s), {} failed",
+                outcomes.len(),
+                failures.len()
+            )),
+        );
+
+        let started = Timestamp::now();
+        let unverified = self.verify().await;
+        stage(
+            Stage::Verify,
+            if unverified.is_empty() {
+                StageStatus::Succeeded
+            } else {
+                StageStatus::Failed
+            },
+            started,
+            (!unverified.is_empty()).then(|| unverified.join("; ")),
+        );
+        if failures.is_empty() && unverified.is_empty() {
+            finish(RunResult::Applied, None, &[]);
+            info!("applied");
+        } else {
+            let reason = failures
+                .into_iter()
+                .chain(unverified)
+                .collect::<Vec<_>>()
+                .join("\n");
+            warn!(reason = %reason, "applied with failures");
+            finish(RunResult::Failed, Some(reason), &[]);
+        }
+    }
+
+    fn desired(&mut self) -> Vec<Desired> {
+        let Some(applied) = &self.applied else {
+            return Vec::new();
+        };
+        let secrets = &self.secrets;
+        let (desired, problems) = desired_state(
+            &applied.checked,
+            self.state.runtime,
+            &applied.commit,
+            &|s| s.version.clone(),
+            &|name| secrets.get(name),
+        );
+        self.problems = problems;
+        // A changed spec is a new attempt.
+        self.failed.retain(|server, (hash, _)| {
+            desired
+                .iter()
+                .any(|d| d.server_id() == server && &d.spec.spec_hash == hash)
+        });
+        desired
+    }
+
+    /// Plans against what runs and applies the changes. Returns the plan summary (or why it
+    /// could not be made) and each server's outcome.
+    async fn converge(
+        &mut self,
+        run_id: Option<i64>,
+        trigger: &'static str,
+    ) -> (Result<String, String>, Vec<ServerOutcome>) {
+        let desired = self.desired();
+        let observed = match self.executor.runtime().list().await {
+            Ok(o) => o,
+            Err(e) => return (Err(format!("cannot list instances: {e}")), Vec::new()),
+        };
+        let mut leave_alone: BTreeMap<String, String> = BTreeMap::new();
+        for server in self.state.store.held_servers().unwrap_or_default() {
+            leave_alone.insert(server, "stopped by an operator".to_owned());
+        }
+        for (server, (_, reason)) in &self.failed {
+            leave_alone.entry(server.clone()).or_insert_with(|| {
+                format!(
+                    "this spec failed to roll out and is not retried until it changes: {reason}"
+                )
+            });
+        }
+        // Servers that cannot run here are left as they are rather than removed.
+        let problem_ids: Vec<&str> = self.problems.iter().map(|p| p.server_id.as_str()).collect();
+        let observed: Vec<Instance> = observed
+            .into_iter()
+            .filter(|i| !problem_ids.contains(&i.server_id.as_str()))
+            .collect();
+        let p = plan(&desired, &observed, &leave_alone);
+        let summary = p.summary();
+        if p.is_noop() {
+            return (Ok(summary), Vec::new());
+        }
+        info!(plan = %summary, trigger, "applying");
+        let outcomes = self
+            .executor
+            .apply(&p, &ApplyContext { run_id, trigger })
+            .await;
+        for o in &outcomes {
+            if let (
+                Err(reason),
+                Some(Action::Deploy { desired } | Action::Update { desired, .. }),
+            ) = (&o.result, p.actions.get(&o.server_id))
+            {
+                self.failed.insert(
+                    o.server_id.clone(),
+                    (desired.spec.spec_hash.clone(), first_line(reason)),
+                );
+            }
+        }
+        (Ok(summary), outcomes)
+    }
+
+    /// Servers that do not run their desired spec, with why.
+    async fn verify(&mut self) -> Vec<String> {
+        let desired = self.desired();
+        let observed = self.executor.runtime().list().await.unwrap_or_default();
+        desired
+            .iter()
+            .filter(|d| !self.failed.contains_key(d.server_id()))
+            .filter(|d| {
+                !observed.iter().any(|i| {
+                    i.server_id == d.server_id()
+                        && i.is_running()
+                        && i.spec_hash == d.spec.spec_hash
+                })
+            })
+            .map(|d| format!("{} is not running {}", d.server_id(), d.spec.version))
+            .collect()
+    }
+
+    /// Publishes the fleet view for the API, from what actually runs.
+    async fn publish(&mut self, source_error: Option<String>) {
+        let observed = match self.executor.runtime().list().await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "cannot list instances for the status view");
+                Vec::new()
+            }
+        };
+        let view = self.view(source_error, &observed);
+        self.state.set_fleet(view);
+    }
+
+    fn view(&mut self, source_error: Option<String>, observed: &[Instance]) -> FleetView {
+        let previous = self.state.fleet();
+        let desired = self.desired();
+        let held = self.state.store.held_servers().unwrap_or_default();
+        let now = Timestamp::now();
+        let mut servers = Vec::new();
+        if let Some(applied) = &self.applied {
+            for server in &applied.checked.manifest.servers {
+                let d = desired.iter().find(|d| d.server_id() == server.id);
+                let mine: Vec<&Instance> = observed
+                    .iter()
+                    .filter(|i| i.server_id == server.id && i.is_running())
+                    .collect();
+                let current = d
+                    .and_then(|d| mine.iter().find(|i| i.spec_hash == d.spec.spec_hash))
+                    .or_else(|| mine.iter().max_by_key(|i| i.started_at))
+                    .copied();
+                let matches =
+                    matches!((d, current), (Some(d), Some(i)) if i.spec_hash == d.spec.spec_hash);
+                let (state, reason) = if held.contains(&server.id) {
+                    ("stopped", Some("stopped by an operator".to_owned()))
+                } else if let Some(p) = self.problems.iter().find(|p| p.server_id == server.id) {
+                    ("failed", Some(p.reason.clone()))
+                } else if let Some((_, reason)) = self.failed.get(&server.id) {
+                    ("failed", Some(reason.clone()))
+                } else if matches {
+                    ("running", None)
+                } else {
+                    ("pending", None)
+                };
+                let since = previous
+                    .servers
+                    .iter()
+                    .find(|s| s.id == server.id && s.state == state)
+                    .map(|s| s.since)
+                    .unwrap_or(now);
+                servers.push(ServerView {
+                    id: server.id.clone(),
+                    name: server.name.clone(),
+                    transport: server.transport,
+                    endpoint: current
+                        .and_then(Instance::base_url)
+                        .map(|base| format!("{base}{}", server.mcp_path)),
+                    desired_version: d
+                        .map(|d| d.spec.version.to_string())
+                        .unwrap_or_else(|| server.version.to_string()),
+                    running_version: current.map(|i| i.version.to_string()),
+                    state: state.to_owned(),
+                    reason,
+                    instance_id: current.map(|i| i.id.clone()),
+                    revision: current.map(|i| i.revision.clone()),
+                    since,
+                });
+            }
+        }
+        FleetView {
+            applied_revision: self.applied.as_ref().map(|a| a.commit.clone()),
+            head: self.last_head.clone(),
+            last_sync: Some(now),
+            source_error,
+            servers,
+        }
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(10)]
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}

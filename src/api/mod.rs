@@ -1,0 +1,134 @@
+//! The agent's HTTP API (axum): status for operators and the gateway, run history, and the
+//! git webhook. It holds no state of its own: every handler reads [`AgentState`].
+
+mod error;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use error::{ApiError, REQUEST_ID};
+pub use webhook::{sign as sign_webhook, verify as verify_webhook};
+
+use crate::agent::AgentState;
+
+/// Request bodies larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+pub fn router(state: Arc<AgentState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/servers", get(servers))
+        .route("/servers/{id}", get(server))
+        .route("/servers/{id}/status", get(server))
+        .route("/revisions", get(revisions))
+        .route("/revisions/{commit}", get(revision))
+        .route("/webhooks/git", post(webhook::push))
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                "no such route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::request_id))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AgentState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// The agent's own health, in the health standard's format.
+async fn health(State(state): State<Arc<AgentState>>) -> Json<Value> {
+    let fleet = state.fleet();
+    let uptime = jiff::Timestamp::now()
+        .duration_since(state.started_at)
+        .as_secs_f64();
+    let status = if fleet.source_error.is_some() {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    Json(json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": uptime,
+        "runtime": state.runtime.as_str(),
+        "applied_revision": fleet.applied_revision,
+        "source_error": fleet.source_error,
+    }))
+}
+
+async fn servers(State(state): State<Arc<AgentState>>) -> Json<crate::agent::FleetView> {
+    Json(state.fleet())
+}
+
+async fn server(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::agent::ServerView>, ApiError> {
+    state
+        .fleet()
+        .servers
+        .into_iter()
+        .find(|s| s.id == id)
+        .map(Json)
+        .ok_or_else(|| ApiError::server_not_found(&id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn revisions(
+    State(state): State<Arc<AgentState>>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    let runs = state
+        .store
+        .call(move |s| s.runs(limit))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok(Json(json!({ "revisions": runs })))
+}
+
+async fn revision(
+    State(state): State<Arc<AgentState>>,
+    Path(commit): Path<String>,
+) -> Result<Json<crate::store::RunRecord>, ApiError> {
+    let c = commit.clone();
+    state
+        .store
+        .call(move |s| s.run_for_commit(&c))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "REVISION_NOT_FOUND",
+                format!(
+                    "no run for a commit starting with `{commit}` (give at least 4 hex characters)"
+                ),
+            )
+        })
+}

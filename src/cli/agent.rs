@@ -1,0 +1,121 @@
+//! `mcp-orchestration agent`
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::exit;
+use crate::settings::{AgentOptions, RuntimeChoice, Settings, env};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The manifest repository: a URL (https, ssh) or a local path.
+    #[arg(long, env = env::REPO, value_name = "URL|PATH")]
+    repo: Option<String>,
+    /// The branch to follow [default: main]
+    #[arg(long, env = env::BRANCH)]
+    branch: Option<String>,
+    /// The manifest's path in the repository [default: ecosystem-manifest.yaml]
+    #[arg(long, env = env::MANIFEST_PATH, value_name = "PATH")]
+    manifest_path: Option<String>,
+    /// How often to fetch: 30s, 500ms, 2m [default: 30s]
+    #[arg(long, env = env::POLL_INTERVAL, value_name = "DURATION")]
+    poll_interval: Option<String>,
+    /// Where servers run [default: process]
+    #[arg(long, env = env::RUNTIME, value_enum)]
+    runtime: Option<RuntimeArg>,
+    /// Address of the HTTP API [default: 127.0.0.1:7070]
+    #[arg(long, env = env::LISTEN, value_name = "ADDR")]
+    listen: Option<String>,
+    /// State, logs and the repository mirror [default: ~/.local/share/mcp-orchestration]
+    #[arg(long, env = env::DATA_DIR, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// HMAC secret that `POST /webhooks/git` signatures must match.
+    #[arg(long, env = env::WEBHOOK_SECRET, value_name = "SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Token for https remotes.
+    #[arg(long, env = env::GIT_TOKEN, value_name = "TOKEN", hide_env_values = true)]
+    git_token: Option<String>,
+    /// Private key file for ssh remotes.
+    #[arg(long, env = env::SSH_KEY, value_name = "FILE")]
+    ssh_key: Option<PathBuf>,
+    /// YAML file of `NAME: value` for config requirements (secrets).
+    #[arg(long, env = env::SECRETS_FILE, value_name = "FILE")]
+    secrets_file: Option<PathBuf>,
+    /// The operator's trust policy; default: the shipped one.
+    #[arg(long, env = env::TRUST_POLICY, value_name = "FILE")]
+    pub trust_policy: Option<PathBuf>,
+    /// How many servers may be changed at once [default: 4]
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RuntimeArg {
+    Process,
+    Docker,
+}
+
+impl Args {
+    pub fn options(&self) -> AgentOptions {
+        AgentOptions {
+            repo: self.repo.clone(),
+            branch: self.branch.clone(),
+            manifest_path: self.manifest_path.clone(),
+            poll_interval: self.poll_interval.clone(),
+            runtime: self.runtime.map(|r| match r {
+                RuntimeArg::Process => RuntimeChoice::Process,
+                RuntimeArg::Docker => RuntimeChoice::Docker,
+            }),
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            webhook_secret: self.webhook_secret.clone(),
+            git_token: self.git_token.clone(),
+            ssh_key: self.ssh_key.clone(),
+            secrets_file: self.secrets_file.clone(),
+            concurrency: self.concurrency,
+        }
+    }
+}
+
+pub fn run(settings: &Settings) -> anyhow::Result<u8> {
+    let agent = settings.agent()?;
+    let trust = settings.load_trust_policy()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("signal received; finishing the current step (send another to exit now)");
+            signals.cancel();
+            wait_for_signal().await;
+            warn!("second signal: exiting now");
+            std::process::exit(i32::from(exit::ERROR));
+        });
+        crate::agent::run(agent, trust, shutdown, |_| {}).await
+    })?;
+    Ok(exit::OK)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers Ctrl-C still works through the default disposition.
+        _ => std::future::pending::<()>().await,
+    }
+}

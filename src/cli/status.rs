@@ -1,0 +1,228 @@
+//! `status` and `revisions`: what the agent runs and what it did with each commit.
+
+use anyhow::Context;
+use serde_json::Value;
+
+use super::client::Client;
+use super::exit;
+use super::output::{self, OutputFormat};
+use crate::settings::Settings;
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// One server's id; all servers when omitted.
+    server: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RevisionsArgs {
+    #[command(subcommand)]
+    show: Option<RevisionsCommand>,
+    /// How many runs to list.
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[arg(long, short, value_enum, default_value_t, global = true)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum RevisionsCommand {
+    /// One commit's run: its stages, timings and errors.
+    Show {
+        /// A commit id or a prefix of at least 4 characters.
+        commit: String,
+    },
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(10)]
+}
+
+pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&settings.agent_url)?;
+    if let Some(id) = &args.server {
+        let server: Value = client.get(&format!("/servers/{id}/status"))?;
+        match args.output {
+            OutputFormat::Json => output::print_json(&server),
+            OutputFormat::Text => {
+                for key in [
+                    "id",
+                    "state",
+                    "desired_version",
+                    "running_version",
+                    "endpoint",
+                    "transport",
+                    "instance_id",
+                    "revision",
+                    "since",
+                    "reason",
+                ] {
+                    println!("{key:>16}: {}", text(&server, key));
+                }
+            }
+        }
+        return Ok(if text(&server, "state") == "failed" {
+            exit::BAD
+        } else {
+            exit::OK
+        });
+    }
+    let fleet: Value = client.get("/servers")?;
+    match args.output {
+        OutputFormat::Json => output::print_json(&fleet),
+        OutputFormat::Text => {
+            let servers = fleet
+                .get("servers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let rows: Vec<Vec<String>> = servers
+                .iter()
+                .map(|s| {
+                    let mut reason = text(s, "reason");
+                    reason = reason.lines().next().unwrap_or_default().to_owned();
+                    vec![
+                        text(s, "id"),
+                        text(s, "state"),
+                        text(s, "desired_version"),
+                        text(s, "running_version"),
+                        text(s, "endpoint"),
+                        reason,
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "SERVER", "STATE", "DESIRED", "RUNNING", "ENDPOINT", "REASON",
+                ],
+                &rows,
+            );
+            let applied = text(&fleet, "applied_revision");
+            println!("\napplied revision: {}", short(&applied));
+            if let Some(e) = fleet.get("source_error").and_then(Value::as_str) {
+                println!("source error: {e}");
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub fn revisions(settings: &Settings, args: RevisionsArgs) -> anyhow::Result<u8> {
+    let client = Client::new(&settings.agent_url)?;
+    match args.show {
+        Some(RevisionsCommand::Show { commit }) => {
+            let run: Value = client.get(&format!("/revisions/{commit}"))?;
+            match args.output {
+                OutputFormat::Json => output::print_json(&run),
+                OutputFormat::Text => print_run(&run),
+            }
+            let result = text(&run, "result");
+            Ok(if result == "rejected" || result == "failed" {
+                exit::BAD
+            } else {
+                exit::OK
+            })
+        }
+        None => {
+            let list: Value = client.get(&format!("/revisions?limit={}", args.limit))?;
+            let runs = list
+                .get("revisions")
+                .and_then(Value::as_array)
+                .cloned()
+                .context("no revisions in the answer")?;
+            match args.output {
+                OutputFormat::Json => output::print_json(&runs),
+                OutputFormat::Text => {
+                    let rows: Vec<Vec<String>> = runs
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                short(&text(r, "commit_id")).to_owned(),
+                                text(r, "result"),
+                                text(r, "seen_at"),
+                                text(r, "trigger"),
+                                text(r, "message"),
+                                text(r, "reason")
+                                    .lines()
+                                    .next()
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["COMMIT", "RESULT", "SEEN", "TRIGGER", "MESSAGE", "REASON"],
+                        &rows,
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn print_run(run: &Value) {
+    println!("commit   {}", text(run, "commit_id"));
+    println!("author   {}", text(run, "author"));
+    println!("message  {}", text(run, "message"));
+    println!(
+        "seen     {} ({})",
+        text(run, "seen_at"),
+        text(run, "trigger")
+    );
+    println!("result   {}", output::severity_word(&text(run, "result")));
+    if let Some(reason) = run.get("reason").and_then(Value::as_str) {
+        println!("reason   {}", reason.replace('\n', "\n         "));
+    }
+    println!("\nstages:");
+    for s in run
+        .get("stages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let took = match (
+            s.get("started_at")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+            s.get("finished_at")
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+        ) {
+            (Some(a), Some(b)) => format!("{:.0} ms", b.duration_since(a).as_secs_f64() * 1000.0),
+            _ => "-".to_owned(),
+        };
+        let detail = s.get("detail").and_then(Value::as_str).unwrap_or("");
+        println!(
+            "  {:<9} {:<10} {:>8}  {}",
+            text(s, "stage"),
+            text(s, "status"),
+            took,
+            detail
+        );
+    }
+    let errors = run
+        .get("errors")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !errors.is_empty() {
+        println!("\nerrors:");
+        for e in errors {
+            let d: Result<crate::manifest::Diagnostic, _> = serde_json::from_value(e);
+            if let Ok(d) = d {
+                println!("  {d}");
+            }
+        }
+    }
+}

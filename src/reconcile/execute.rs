@@ -1,0 +1,387 @@
+//! Carrying out a [`Plan`]: each server's action runs under that server's lock (never two
+//! changes to one server at once), up to `concurrency` servers at a time. Every deploy,
+//! update and removal is recorded as a rollout in the store with its outcome and reason.
+//!
+//! A new instance must pass a health gate before it replaces anything: with a dynamic
+//! port the new one starts beside the old one, which is stopped only once the new one is
+//! healthy (zero downtime); with a fixed host port the old one has to stop first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::desired::Desired;
+use super::plan::{Action, Plan};
+use crate::health::{ProbeOutcome, Prober};
+use crate::runtime::{Instance, Runtime};
+use crate::store::{NewRollout, RolloutAction, RolloutEnd, RolloutOutcome, Store};
+
+/// Why an action was taken, for rollout records: `commit`, `registry`, `operator`,
+/// `recovery` or `reconcile` (drift found without a new commit).
+#[derive(Clone, Debug)]
+pub struct ApplyContext {
+    pub run_id: Option<i64>,
+    pub trigger: &'static str,
+}
+
+/// What happened to one server.
+#[derive(Clone, Debug)]
+pub struct ServerOutcome {
+    pub server_id: String,
+    pub action: &'static str,
+    /// The instance now serving (for deploy, update, keep), or the failure's reason.
+    pub result: Result<Option<Instance>, String>,
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    runtime: Arc<dyn Runtime>,
+    store: Store,
+    prober: Prober,
+    // One async lock per server id; the map itself is behind a short-lived std lock.
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    permits: Arc<Semaphore>,
+    /// How long a stopping instance may take before it is killed.
+    pub stop_grace: Duration,
+}
+
+impl Executor {
+    pub fn new(runtime: Arc<dyn Runtime>, store: Store, concurrency: usize) -> Executor {
+        Executor {
+            runtime,
+            store,
+            prober: Prober::new(),
+            locks: Arc::default(),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The lock that serializes every change to `server`.
+    pub fn server_lock(&self, server: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(server.to_owned()).or_default().clone()
+    }
+
+    /// Executes every changing action of `plan`, concurrently across servers.
+    pub async fn apply(&self, plan: &Plan, ctx: &ApplyContext) -> Vec<ServerOutcome> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (server, action) in plan.changes() {
+            let this = self.clone();
+            let server = server.clone();
+            let action = action.clone();
+            let ctx = ctx.clone();
+            let span = info_span!("apply", server = %server, action = action.name());
+            tasks.spawn(
+                async move {
+                    let _permit = this.permits.acquire().await;
+                    let lock = this.server_lock(&server);
+                    let _guard = lock.lock().await;
+                    let result = this.one(&server, &action, &ctx).await;
+                    ServerOutcome {
+                        server_id: server,
+                        action: action.name(),
+                        result,
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        let mut outcomes = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                Err(e) => warn!(error = %e, "an apply task panicked or was cancelled"),
+            }
+        }
+        outcomes.sort_by(|a, b| a.server_id.cmp(&b.server_id));
+        outcomes
+    }
+
+    async fn one(
+        &self,
+        server: &str,
+        action: &Action,
+        ctx: &ApplyContext,
+    ) -> Result<Option<Instance>, String> {
+        match action {
+            Action::Deploy { desired } => self
+                .rollout(desired, &[], RolloutAction::Deploy, ctx)
+                .await
+                .map(Some),
+            Action::Update { desired, from } => self
+                .rollout(desired, from, RolloutAction::Update, ctx)
+                .await
+                .map(Some),
+            Action::Remove { instances } => self
+                .remove_server(server, instances, ctx)
+                .await
+                .map(|_| None),
+            Action::Keep {
+                instance, cleanup, ..
+            } => {
+                for old in cleanup {
+                    info!(instance = %old.id, "removing a leftover instance");
+                    self.retire(old).await?;
+                }
+                Ok(Some(instance.clone()))
+            }
+            Action::LeaveAlone { .. } => Ok(None),
+        }
+    }
+
+    fn record_start(
+        &self,
+        desired: Option<&Desired>,
+        server: &str,
+        from: &[Instance],
+        action: RolloutAction,
+        ctx: &ApplyContext,
+        strategy: Option<&str>,
+    ) -> Option<i64> {
+        let from_version = from
+            .iter()
+            .find(|i| i.is_running())
+            .or(from.first())
+            .map(|i| i.version.to_string());
+        let new = NewRollout {
+            run_id: ctx.run_id,
+            server_id: server.to_owned(),
+            trigger: ctx.trigger.to_owned(),
+            action,
+            from_version,
+            to_version: desired.map(|d| d.spec.version.to_string()),
+            image: desired.and_then(|d| d.spec.docker.as_ref().map(|k| k.image.clone())),
+            command: desired.and_then(|d| d.spec.process.as_ref().map(|p| p.command.clone())),
+            revision: desired.map(|d| d.spec.revision.clone()),
+            strategy: strategy.map(str::to_owned),
+            started_at: Timestamp::now(),
+        };
+        match self.store.begin_rollout(&new) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                warn!(error = %e, "cannot record the rollout start");
+                None
+            }
+        }
+    }
+
+    fn record_end(
+        &self,
+        id: Option<i64>,
+        outcome: RolloutOutcome,
+        reason: Option<String>,
+        instance: Option<&Instance>,
+    ) {
+        let Some(id) = id else { return };
+        let end = RolloutEnd {
+            outcome,
+            reason,
+            instance_id: instance.map(|i| i.id.clone()),
+            endpoint: instance.and_then(Instance::base_url),
+            finished_at: Timestamp::now(),
+        };
+        if let Err(e) = self.store.finish_rollout(id, &end) {
+            warn!(error = %e, "cannot record the rollout end");
+        }
+    }
+
+    /// Starts the desired instance, gates it on health, then retires `from`.
+    async fn rollout(
+        &self,
+        desired: &Desired,
+        from: &[Instance],
+        action: RolloutAction,
+        ctx: &ApplyContext,
+    ) -> Result<Instance, String> {
+        let fixed_port = desired.spec.host_port.is_some();
+        let running_old = from.iter().any(Instance::is_running);
+        let strategy = if fixed_port && running_old {
+            "stop_then_start"
+        } else {
+            "beside"
+        };
+        let id = self.record_start(
+            Some(desired),
+            desired.server_id(),
+            from,
+            action,
+            ctx,
+            Some(strategy),
+        );
+        info!(version = %desired.spec.version, strategy, "rolling out");
+
+        if strategy == "stop_then_start" {
+            for old in from {
+                if let Err(e) = self.retire(old).await {
+                    let reason = format!("cannot stop the old instance to free port: {e}");
+                    self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None);
+                    return Err(reason);
+                }
+            }
+        }
+        let instance = match self.runtime.start(&desired.spec).await {
+            Ok(i) => i,
+            Err(e) => {
+                let reason = e.to_string();
+                self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None);
+                return Err(reason);
+            }
+        };
+        if let Err(why) = self.health_gate(desired, &instance).await {
+            let tail = self
+                .runtime
+                .logs_tail(&instance.id, 20)
+                .await
+                .unwrap_or_default();
+            let _ = self.retire(&instance).await;
+            let mut reason = format!(
+                "{} {} failed its health gate: {why}",
+                desired.server_id(),
+                desired.spec.version
+            );
+            if !tail.trim().is_empty() {
+                reason.push_str(&format!("\nlast log lines:\n{}", tail.trim_end()));
+            }
+            self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None);
+            return Err(reason);
+        }
+        if strategy == "beside" {
+            for old in from {
+                if let Err(e) = self.retire(old).await {
+                    warn!(instance = %old.id, error = %e, "cannot remove the old instance; the next sync retries");
+                }
+            }
+        }
+        self.record_end(id, RolloutOutcome::Succeeded, None, Some(&instance));
+        info!(version = %desired.spec.version, endpoint = instance.base_url().unwrap_or_default(), "rolled out");
+        Ok(instance)
+    }
+
+    /// Waits until the new instance is healthy: `success_threshold` healthy probes in a row
+    /// within the policy's progress deadline. Before the first answer a refused connection
+    /// only means "still starting"; an answer saying unhealthy `failure_threshold` times in a
+    /// row, an exited instance or the deadline fails the gate.
+    async fn health_gate(&self, desired: &Desired, instance: &Instance) -> Result<(), String> {
+        let Some(port) = instance.host_port else {
+            return Err("the runtime reported no host port".to_owned());
+        };
+        let h = &desired.health;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs_f64(desired.policy.progress_deadline_seconds);
+        // During the gate probes run at least every second, so a 30 s interval does not make
+        // every rollout take a minute.
+        let spacing = Duration::from_secs_f64(h.interval_seconds.min(1.0));
+        let timeout = Duration::from_secs_f64(h.timeout_seconds);
+        let (mut successes, mut failures, mut answered) = (0u32, 0u32, false);
+        let mut checks = 0u32;
+        loop {
+            let r = self.prober.probe(h.probe, port, &h.endpoint, timeout).await;
+            let last = format!("{:?}: {}", r.outcome, r.detail);
+            match r.outcome {
+                ProbeOutcome::Healthy => {
+                    answered = true;
+                    successes += 1;
+                    failures = 0;
+                    if successes >= h.success_threshold {
+                        return Ok(());
+                    }
+                }
+                ProbeOutcome::Degraded => {
+                    answered = true;
+                    successes = 0;
+                    failures = 0;
+                }
+                ProbeOutcome::Unhealthy => {
+                    answered = true;
+                    successes = 0;
+                    failures += 1;
+                }
+                ProbeOutcome::Unreachable => {
+                    successes = 0;
+                    if answered {
+                        failures += 1;
+                    }
+                }
+            }
+            if failures >= h.failure_threshold {
+                return Err(format!("{failures} failed probes in a row; last: {last}"));
+            }
+            // Liveness is checked less often than probes: listing can be costly (Docker).
+            checks += 1;
+            if !answered && checks.is_multiple_of(5) && !self.still_running(instance).await {
+                return Err(format!(
+                    "the instance exited before becoming healthy; last probe: {last}"
+                ));
+            }
+            let wait = if answered {
+                spacing
+            } else {
+                spacing.min(Duration::from_millis(100))
+            };
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(format!(
+                    "not healthy within the progress deadline of {}s; last probe: {last}",
+                    desired.policy.progress_deadline_seconds
+                ));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn still_running(&self, instance: &Instance) -> bool {
+        match self.runtime.list().await {
+            Ok(all) => all.iter().any(|i| i.id == instance.id && i.is_running()),
+            // When the runtime cannot say, keep waiting; the deadline still bounds it.
+            Err(_) => true,
+        }
+    }
+
+    /// Stops and removes one instance.
+    pub async fn retire(&self, instance: &Instance) -> Result<(), String> {
+        self.runtime
+            .stop(&instance.id, self.stop_grace)
+            .await
+            .or_else(|e| {
+                if matches!(e, crate::runtime::RuntimeError::NotFound(_)) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        self.runtime
+            .remove(&instance.id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn remove_server(
+        &self,
+        server: &str,
+        instances: &[Instance],
+        ctx: &ApplyContext,
+    ) -> Result<(), String> {
+        let id = self.record_start(None, server, instances, RolloutAction::Remove, ctx, None);
+        info!(
+            instances = instances.len(),
+            "removing a server that left the manifest"
+        );
+        for i in instances {
+            if let Err(e) = self.retire(i).await {
+                self.record_end(id, RolloutOutcome::Failed, Some(e.clone()), None);
+                return Err(e);
+            }
+        }
+        self.record_end(id, RolloutOutcome::Succeeded, None, None);
+        Ok(())
+    }
+}

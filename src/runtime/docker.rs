@@ -1,0 +1,913 @@
+//! The Docker runtime: one container per instance, driven through the Engine API with
+//! bollard.
+//!
+//! It owns the translation between an [`InstanceSpec`] and a container: pulling the image
+//! when it is missing (with per-registry credentials), the container name, the
+//! `io.mcp-orchestration.*` labels that let a restarted agent adopt what it started, the
+//! port published on 127.0.0.1 only, resource limits and the restart policy. It also maps
+//! Engine errors onto [`RuntimeError`]: an unreachable daemon is `Unavailable` (retryable),
+//! everything else keeps the daemon's own message.
+//!
+//! It never makes policy decisions (what to run, when to retry, whether to roll back) and
+//! never touches a container without the `io.mcp-orchestration.managed=true` label: `list`
+//! filters on it, and `stop` and `remove` refuse containers that lack it. It speaks only
+//! the Engine API of Docker 20.10 (API 1.41), negotiated down from bollard's default, so
+//! older engines keep working.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
+    ContainerSummaryStateEnum, HostConfig, PortBinding, PortSummaryTypeEnum,
+    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use jiff::Timestamp;
+use semver::Version;
+use tracing::{debug, info, instrument, warn};
+
+use super::{Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeKind, labels};
+use crate::manifest::RestartPolicy;
+
+/// The name used in [`RuntimeError::Unavailable`].
+const RUNTIME: &str = "docker";
+/// Where bollard connects when `DOCKER_HOST` is unset.
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// How long `connect` waits for the daemon to answer before calling it unavailable. The
+/// client's own request timeout (two minutes) is far too long for a health check.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// bollard's request timeout, which covers every call including `stop`; stops with a
+/// longer grace get a client with a longer timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Grace given to a container that `remove` finds still running.
+const REMOVE_GRACE: Duration = Duration::from_secs(5);
+/// Docker's sentinel for "never started".
+const ZERO_TIME_PREFIX: &str = "0001-01-01";
+
+/// Credentials for one registry host, used when pulling images from it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// Registry host as it appears in image references, e.g. `ghcr.io` or
+    /// `127.0.0.1:5000`; `docker.io` for Docker Hub. A scheme or path is ignored.
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+// Written out so the password never reaches a log line.
+impl fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Runs instances as Docker containers. Cheap to clone: the client is a shared handle.
+#[derive(Clone, Debug)]
+pub struct DockerRuntime {
+    docker: Docker,
+    /// The endpoint we connected to (`DOCKER_HOST` or the default socket), for messages.
+    host: String,
+    auths: Vec<RegistryAuth>,
+}
+
+impl DockerRuntime {
+    /// Connects to the daemon named by `DOCKER_HOST` (default: the local socket),
+    /// negotiates the API version down to what the engine speaks and checks that it
+    /// answers. An unreachable daemon is [`RuntimeError::Unavailable`] naming the socket.
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        Self::connect_to(host).await
+    }
+
+    /// [`DockerRuntime::connect`] to an explicit endpoint (`unix://`, `tcp://`, `https://`).
+    async fn connect_to(host: String) -> Result<Self, RuntimeError> {
+        let unavailable = |message: String| RuntimeError::Unavailable {
+            runtime: RUNTIME,
+            message: format!("cannot reach the Docker daemon at {host}: {message}"),
+        };
+        // What `connect_with_defaults` does with DOCKER_HOST: `connect_with_local_defaults`
+        // (a unix socket) plus the `tcp://` and `https://` forms the local variant ignores.
+        let docker = Docker::connect_with_host(&host).map_err(|e| unavailable(chain(&e)))?;
+        let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
+            .await
+            .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(chain(&e)))?;
+        let version = tokio::time::timeout(CONNECT_TIMEOUT, docker.version())
+            .await
+            .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(chain(&e)))?;
+        let api = docker.client_version();
+        info!(
+            docker_host = %host,
+            engine = version.version.as_deref().unwrap_or("unknown"),
+            api = %format!("{}.{}", api.major_version, api.minor_version),
+            "connected to Docker"
+        );
+        Ok(Self {
+            docker,
+            host,
+            auths: Vec::new(),
+        })
+    }
+
+    /// Credentials to use when pulling from the given registry hosts.
+    pub fn with_registry_auth(mut self, auths: Vec<RegistryAuth>) -> Self {
+        self.auths = auths;
+        self
+    }
+
+    fn unavailable(&self, err: &BollardError) -> RuntimeError {
+        RuntimeError::Unavailable {
+            runtime: RUNTIME,
+            message: format!(
+                "cannot reach the Docker daemon at {}: {}",
+                self.host,
+                chain(err)
+            ),
+        }
+    }
+
+    /// The error for a call on an existing container: unreachable daemon, 404, or the
+    /// daemon's message.
+    fn operation_error(&self, action: &'static str, id: &str, err: &BollardError) -> RuntimeError {
+        if is_connection_error(err) {
+            self.unavailable(err)
+        } else if status_code(err) == Some(404) {
+            RuntimeError::NotFound(id.to_string())
+        } else {
+            RuntimeError::Operation {
+                action,
+                id: id.to_string(),
+                message: daemon_message(err),
+            }
+        }
+    }
+
+    fn start_error(&self, spec: &InstanceSpec, err: &BollardError) -> RuntimeError {
+        if is_connection_error(err) {
+            self.unavailable(err)
+        } else {
+            start_failure(spec, daemon_message(err))
+        }
+    }
+
+    fn pull_error(&self, image: &str, err: &BollardError) -> RuntimeError {
+        if is_connection_error(err) {
+            self.unavailable(err)
+        } else {
+            RuntimeError::Pull {
+                image: image.to_string(),
+                message: daemon_message(err),
+            }
+        }
+    }
+
+    /// Credentials for the registry `image` comes from, when configured.
+    fn credentials_for(&self, image: &str) -> Option<DockerCredentials> {
+        let host = registry_host(image);
+        self.auths
+            .iter()
+            .find(|a| normalize_registry(&a.registry) == host)
+            .map(|a| DockerCredentials {
+                username: Some(a.username.clone()),
+                password: Some(a.password.clone()),
+                serveraddress: Some(host.clone()),
+                ..Default::default()
+            })
+    }
+
+    /// Pulls `image` unless it is already present.
+    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => return Err(self.pull_error(image, &e)),
+        }
+        let (repository, tag) = split_image(image);
+        let credentials = self.credentials_for(image);
+        debug!(
+            image,
+            registry = %registry_host(image),
+            authenticated = credentials.is_some(),
+            "pulling image"
+        );
+        let options = CreateImageOptionsBuilder::new()
+            .from_image(repository)
+            .tag(tag)
+            .build();
+        let mut progress = self.docker.create_image(Some(options), None, credentials);
+        while let Some(item) = progress.next().await {
+            if let Err(e) = item {
+                return Err(self.pull_error(image, &e));
+            }
+        }
+        debug!(image, "pulled image");
+        Ok(())
+    }
+
+    /// Inspects `id`, refusing containers without our managed label; `None` when it does
+    /// not exist.
+    async fn inspect_owned(
+        &self,
+        action: &'static str,
+        id: &str,
+    ) -> Result<Option<ContainerInspectResponse>, RuntimeError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(container) => {
+                let managed = container
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .is_some_and(is_managed);
+                if managed {
+                    Ok(Some(container))
+                } else {
+                    Err(RuntimeError::Operation {
+                        action,
+                        id: id.to_string(),
+                        message: format!(
+                            "the container has no {}=true label; it is not ours to touch",
+                            labels::MANAGED
+                        ),
+                    })
+                }
+            }
+            Err(e) if status_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(self.operation_error(action, id, &e)),
+        }
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), BollardError> {
+        let seconds = grace_seconds(grace);
+        // The request lasts as long as the grace period; the client must wait longer.
+        let docker = self.docker.clone().with_timeout(
+            REQUEST_TIMEOUT.max(Duration::from_secs(u64::from(seconds.unsigned_abs()) + 30)),
+        );
+        let options = StopContainerOptionsBuilder::new().t(seconds).build();
+        // bollard treats 304 (already stopped) as success.
+        docker.stop_container(id, Some(options)).await
+    }
+
+    /// Removes a container we just created and could not start, so a failed start leaves
+    /// nothing behind. Best effort: the start error is what the caller needs to see.
+    async fn discard(&self, id: &str) {
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => debug!(container = id, "removed the container of a failed start"),
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => warn!(
+                container = id,
+                error = %chain(&e),
+                "cannot remove the container of a failed start"
+            ),
+        }
+    }
+
+    /// Reads back what `start` created: state, start time and the assigned host port.
+    async fn started_instance(
+        &self,
+        spec: &InstanceSpec,
+        id: &str,
+        container_port: u16,
+    ) -> Result<Instance, RuntimeError> {
+        let container = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| self.start_error(spec, &e))?;
+        let state = container
+            .state
+            .as_ref()
+            .map(|s| state_from_inspect(s.status, s.exit_code))
+            .unwrap_or(InstanceState::Other {
+                detail: "unknown".to_string(),
+            });
+        let host_port = inspect_host_port(&container, container_port);
+        if state == InstanceState::Running && host_port.is_none() {
+            return Err(start_failure(
+                spec,
+                format!(
+                    "container {id} runs but Docker reports no host port for {container_port}/tcp on 127.0.0.1"
+                ),
+            ));
+        }
+        Ok(Instance {
+            id: id.to_string(),
+            server_id: spec.server_id.clone(),
+            version: spec.version.clone(),
+            revision: spec.revision.clone(),
+            spec_hash: spec.spec_hash.clone(),
+            host_port,
+            state,
+            started_at: container
+                .state
+                .as_ref()
+                .and_then(|s| parse_time(s.started_at.as_deref())),
+        })
+    }
+
+    /// One listed container as an instance; `Ok(None)` to skip it.
+    async fn listed_instance(
+        &self,
+        container: ContainerSummary,
+    ) -> Result<Option<Instance>, RuntimeError> {
+        let id = container.id.clone().unwrap_or_default();
+        let empty = HashMap::new();
+        let container_labels = container.labels.as_ref().unwrap_or(&empty);
+        // The daemon filtered on the label already; checking again costs nothing and keeps
+        // the guarantee local.
+        if id.is_empty() || !is_managed(container_labels) {
+            return Ok(None);
+        }
+        let owned = match owned_labels(container_labels) {
+            Ok(owned) => owned,
+            Err(problem) => {
+                warn!(container = %id, problem = %problem, "skipping a managed container with malformed labels");
+                return Ok(None);
+            }
+        };
+        let host_port = summary_host_port(&container);
+        let (state, started_at) = match container.state {
+            Some(ContainerSummaryStateEnum::RUNNING) => (InstanceState::Running, None),
+            Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
+                // The list has no exit code; one inspect per stopped container does.
+                match self.docker.inspect_container(&id, None).await {
+                    Ok(inspected) => {
+                        let state = inspected.state.as_ref();
+                        (
+                            InstanceState::Exited {
+                                code: state.and_then(|s| s.exit_code),
+                            },
+                            state.and_then(|s| parse_time(s.started_at.as_deref())),
+                        )
+                    }
+                    // Removed between the list and the inspect.
+                    Err(e) if status_code(&e) == Some(404) => return Ok(None),
+                    Err(e) if is_connection_error(&e) => return Err(self.unavailable(&e)),
+                    Err(e) => {
+                        warn!(container = %id, error = %chain(&e), "cannot read the exit code");
+                        (InstanceState::Exited { code: None }, None)
+                    }
+                }
+            }
+            other => (
+                InstanceState::Other {
+                    detail: other.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+                },
+                None,
+            ),
+        };
+        Ok(Some(Instance {
+            id,
+            server_id: owned.server_id,
+            version: owned.version,
+            revision: owned.revision,
+            spec_hash: owned.spec_hash,
+            host_port,
+            state,
+            started_at,
+        }))
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    #[instrument(name = "docker_list", skip(self))]
+    async fn list(&self) -> Result<Vec<Instance>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| {
+                if is_connection_error(&e) {
+                    self.unavailable(&e)
+                } else {
+                    RuntimeError::Operation {
+                        action: "list",
+                        id: "containers".to_string(),
+                        message: daemon_message(&e),
+                    }
+                }
+            })?;
+        let mut instances = Vec::with_capacity(containers.len());
+        for container in containers {
+            if let Some(instance) = self.listed_instance(container).await? {
+                instances.push(instance);
+            }
+        }
+        debug!(count = instances.len(), "listed managed containers");
+        Ok(instances)
+    }
+
+    #[instrument(
+        name = "docker_start",
+        skip(self, spec),
+        fields(server = %spec.server_id, version = %spec.version, container = tracing::field::Empty)
+    )]
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        let Some(docker_spec) = &spec.docker else {
+            return Err(start_failure(
+                spec,
+                "the server has no `docker` section, so the Docker runtime cannot start it"
+                    .to_string(),
+            ));
+        };
+        let image = docker_spec.image.as_str();
+        self.ensure_image(image).await?;
+
+        let port_key = format!("{}/tcp", docker_spec.container_port);
+        let binding = PortBinding {
+            host_ip: Some("127.0.0.1".to_string()),
+            // Empty: Docker picks a free port.
+            host_port: Some(spec.host_port.map(|p| p.to_string()).unwrap_or_default()),
+        };
+        let name = container_name(&spec.server_id, &spec.version);
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(HashMap::from([
+                (labels::MANAGED.to_string(), "true".to_string()),
+                (labels::SERVER.to_string(), spec.server_id.clone()),
+                (labels::VERSION.to_string(), spec.version.to_string()),
+                (labels::REVISION.to_string(), spec.revision.clone()),
+                (labels::SPEC.to_string(), spec.spec_hash.clone()),
+            ])),
+            exposed_ports: Some(vec![port_key.clone()]),
+            host_config: Some(HostConfig {
+                port_bindings: Some(HashMap::from([(port_key, Some(vec![binding]))])),
+                memory: docker_spec
+                    .resources
+                    .memory_mb
+                    .map(|mb| i64::try_from(mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX)),
+                nano_cpus: docker_spec.resources.cpus.map(|c| (c * 1e9).round() as i64),
+                restart_policy: Some(DockerRestartPolicy {
+                    name: Some(restart_policy_name(spec.restart_policy)),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| self.start_error(spec, &e))?;
+        let id = created.id;
+        tracing::Span::current().record("container", id.as_str());
+        debug!(container = %id, name = %name, image, "created container");
+
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            let err = self.start_error(spec, &e);
+            self.discard(&id).await;
+            return Err(err);
+        }
+        match self
+            .started_instance(spec, &id, docker_spec.container_port)
+            .await
+        {
+            Ok(instance) => {
+                debug!(container = %id, host_port = ?instance.host_port, state = ?instance.state, "started container");
+                Ok(instance)
+            }
+            Err(err) => {
+                self.discard(&id).await;
+                Err(err)
+            }
+        }
+    }
+
+    #[instrument(name = "docker_stop", skip(self), fields(container = %id))]
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if self.inspect_owned("stop", id).await?.is_none() {
+            return Err(RuntimeError::NotFound(id.to_string()));
+        }
+        self.stop_container(id, grace)
+            .await
+            .map_err(|e| self.operation_error("stop", id, &e))?;
+        debug!("stopped container");
+        Ok(())
+    }
+
+    #[instrument(name = "docker_remove", skip(self), fields(container = %id))]
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(container) = self.inspect_owned("remove", id).await? else {
+            debug!("container already gone");
+            return Ok(());
+        };
+        let still_up = container.state.as_ref().is_some_and(|s| {
+            s.running == Some(true)
+                || matches!(
+                    s.status,
+                    Some(ContainerStateStatusEnum::RESTARTING | ContainerStateStatusEnum::PAUSED)
+                )
+        });
+        if still_up {
+            debug!("container still running; stopping it before removal");
+            match self.stop_container(id, REMOVE_GRACE).await {
+                Ok(()) => {}
+                Err(e) if status_code(&e) == Some(404) => return Ok(()),
+                Err(e) => return Err(self.operation_error("remove", id, &e)),
+            }
+        }
+        let options = RemoveContainerOptionsBuilder::new()
+            .force(false)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => {
+                debug!("removed container");
+                Ok(())
+            }
+            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.operation_error("remove", id, &e)),
+        }
+    }
+
+    #[instrument(name = "docker_logs", skip(self), fields(container = %id))]
+    async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(false)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.operation_error("logs", id, &e))?;
+            text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+        }
+        Ok(text)
+    }
+}
+
+/// What our labels say about a container.
+struct OwnedLabels {
+    server_id: String,
+    version: Version,
+    revision: String,
+    spec_hash: String,
+}
+
+fn is_managed(container_labels: &HashMap<String, String>) -> bool {
+    container_labels.get(labels::MANAGED).map(String::as_str) == Some("true")
+}
+
+fn owned_labels(container_labels: &HashMap<String, String>) -> Result<OwnedLabels, String> {
+    let get = |key: &str| {
+        container_labels
+            .get(key)
+            .filter(|v| !v.is_empty())
+            .cloned()
+            .ok_or_else(|| format!("label {key} is missing or empty"))
+    };
+    let version = get(labels::VERSION)?;
+    let version = Version::parse(&version).map_err(|e| {
+        format!(
+            "label {} = {version:?} is not a version: {e}",
+            labels::VERSION
+        )
+    })?;
+    Ok(OwnedLabels {
+        server_id: get(labels::SERVER)?,
+        version,
+        revision: get(labels::REVISION)?,
+        spec_hash: get(labels::SPEC)?,
+    })
+}
+
+fn state_from_inspect(
+    status: Option<ContainerStateStatusEnum>,
+    exit_code: Option<i64>,
+) -> InstanceState {
+    match status {
+        Some(ContainerStateStatusEnum::RUNNING) => InstanceState::Running,
+        Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+            InstanceState::Exited { code: exit_code }
+        }
+        Some(other) => InstanceState::Other {
+            detail: other.to_string(),
+        },
+        None => InstanceState::Other {
+            detail: "unknown".to_string(),
+        },
+    }
+}
+
+/// The port published on 127.0.0.1 for `container_port`, from an inspect.
+fn inspect_host_port(container: &ContainerInspectResponse, container_port: u16) -> Option<u16> {
+    let key = format!("{container_port}/tcp");
+    container
+        .network_settings
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .get(&key)?
+        .as_ref()?
+        .iter()
+        .filter(|b| b.host_ip.as_deref() == Some("127.0.0.1"))
+        .find_map(|b| b.host_port.as_deref()?.parse().ok())
+}
+
+/// The port published on 127.0.0.1, from a list entry. We publish exactly one port per
+/// container and the container port is not among our labels, so the one TCP port bound on
+/// 127.0.0.1 is it. Stopped containers have none.
+fn summary_host_port(container: &ContainerSummary) -> Option<u16> {
+    container
+        .ports
+        .as_ref()?
+        .iter()
+        .filter(|p| p.ip.as_deref() == Some("127.0.0.1"))
+        .filter(|p| matches!(p.typ, None | Some(PortSummaryTypeEnum::TCP)))
+        .find_map(|p| p.public_port)
+}
+
+fn parse_time(value: Option<&str>) -> Option<Timestamp> {
+    let value = value?;
+    if value.is_empty() || value.starts_with(ZERO_TIME_PREFIX) {
+        return None;
+    }
+    value.parse().ok()
+}
+
+fn restart_policy_name(policy: RestartPolicy) -> RestartPolicyNameEnum {
+    match policy {
+        RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+    }
+}
+
+/// Docker's stop timeout is whole seconds; round up so the grace is never shortened, and
+/// keep at least one second so the server sees SIGTERM before SIGKILL.
+fn grace_seconds(grace: Duration) -> i32 {
+    let seconds = grace.as_secs_f64().ceil().max(1.0);
+    if seconds >= f64::from(i32::MAX) {
+        i32::MAX
+    } else {
+        seconds as i32
+    }
+}
+
+fn start_failure(spec: &InstanceSpec, message: String) -> RuntimeError {
+    RuntimeError::Start {
+        server: spec.server_id.clone(),
+        version: spec.version.clone(),
+        message,
+    }
+}
+
+/// `mcp-{server}-{version}-{8 hex}`: readable in `docker ps`, unique across restarts and
+/// across two instances of one version (a recreate starts the new one beside the old).
+fn container_name(server_id: &str, version: &Version) -> String {
+    let version = version.to_string().replace(['.', '+'], "-");
+    format!("mcp-{server_id}-{version}-{}", random_suffix())
+}
+
+/// Eight hex digits from the clock, the pid and a counter, mixed so consecutive calls
+/// differ in every digit. Uniqueness, not secrecy, is the point.
+fn random_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut x =
+        nanos ^ count.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(std::process::id()) << 40);
+    // The splitmix64 finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    format!("{:08x}", x as u32)
+}
+
+/// `repo:tag` split for the pull API; a reference without a tag means `latest`.
+fn split_image(image: &str) -> (&str, &str) {
+    let name_start = image.rfind('/').map_or(0, |i| i + 1);
+    match image[name_start..].rfind(':') {
+        Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+/// The registry host of an image reference, by Docker's rule: the first path component
+/// is a host when it contains `.` or `:` or is `localhost`; otherwise it is Docker Hub.
+fn registry_host(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
+            normalize_registry(first)
+        }
+        _ => "docker.io".to_string(),
+    }
+}
+
+/// `https://index.docker.io/v1/` and `docker.io` name the same registry.
+fn normalize_registry(registry: &str) -> String {
+    let host = registry
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or(host).to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
+        _ => host,
+    }
+}
+
+fn status_code(err: &BollardError) -> Option<u16> {
+    match err {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// Failures to talk to the daemon at all, as opposed to the daemon saying no.
+fn is_connection_error(err: &BollardError) -> bool {
+    matches!(
+        err,
+        BollardError::SocketNotFoundError(_)
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::RequestTimeoutError
+            | BollardError::UnsupportedURISchemeError { .. }
+    )
+}
+
+/// The daemon's own words when it answered, the error chain otherwise.
+fn daemon_message(err: &BollardError) -> String {
+    match err {
+        BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
+        BollardError::DockerStreamError { error } => error.trim().to_string(),
+        other => chain(other),
+    }
+}
+
+/// An error and its sources, `outer: inner: innermost`; hyper's top-level messages
+/// ("client error (Connect)") say little without them.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_hosts_follow_dockers_rule() {
+        assert_eq!(registry_host("ghcr.io/acme/server:1.0.0"), "ghcr.io");
+        assert_eq!(registry_host("127.0.0.1:5000/x/y:1.0.0"), "127.0.0.1:5000");
+        assert_eq!(registry_host("localhost/x:1"), "localhost");
+        assert_eq!(registry_host("acme/server:1.0.0"), "docker.io");
+        assert_eq!(registry_host("server:1.0.0"), "docker.io");
+        assert_eq!(
+            normalize_registry("https://index.docker.io/v1/"),
+            "docker.io"
+        );
+        assert_eq!(normalize_registry("GHCR.io"), "ghcr.io");
+    }
+
+    #[test]
+    fn images_split_at_the_tag_not_the_registry_port() {
+        assert_eq!(
+            split_image("127.0.0.1:5000/x/y:1.0.0"),
+            ("127.0.0.1:5000/x/y", "1.0.0")
+        );
+        assert_eq!(
+            split_image("127.0.0.1:5000/x/y"),
+            ("127.0.0.1:5000/x/y", "latest")
+        );
+        assert_eq!(split_image("server:1.2.3-rc.1"), ("server", "1.2.3-rc.1"));
+    }
+
+    #[test]
+    fn container_names_are_docker_safe_and_distinct() {
+        let version = Version::parse("1.2.3-rc.1+build.5").expect("version");
+        let a = container_name("web", &version);
+        let b = container_name("web", &version);
+        assert!(a.starts_with("mcp-web-1-2-3-rc-1-build-5-"), "{a}");
+        assert_eq!(a.len(), "mcp-web-1-2-3-rc-1-build-5-".len() + 8);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn grace_rounds_up_to_whole_seconds() {
+        assert_eq!(grace_seconds(Duration::ZERO), 1);
+        assert_eq!(grace_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(grace_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(grace_seconds(Duration::from_secs(10)), 10);
+    }
+
+    #[test]
+    fn malformed_labels_are_reported() {
+        let mut l = HashMap::from([
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::SERVER.to_string(), "web".to_string()),
+            (labels::VERSION.to_string(), "one".to_string()),
+            (labels::REVISION.to_string(), "abc".to_string()),
+            (labels::SPEC.to_string(), "h".to_string()),
+        ]);
+        assert!(owned_labels(&l).is_err());
+        l.insert(labels::VERSION.to_string(), "1.0.0".to_string());
+        let owned = owned_labels(&l).expect("valid labels");
+        assert_eq!(owned.version, Version::new(1, 0, 0));
+        l.remove(labels::REVISION);
+        assert!(owned_labels(&l).is_err());
+    }
+
+    #[test]
+    fn registry_auth_debug_hides_the_password() {
+        let auth = RegistryAuth {
+            registry: "ghcr.io".into(),
+            username: "me".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_is_unavailable_and_named() {
+        let err = DockerRuntime::connect_to("unix:///nonexistent/docker.sock".to_string())
+            .await
+            .expect_err("no daemon there");
+        assert!(err.is_retryable(), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/docker.sock"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_socket_nobody_listens_on_is_unavailable() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("docker.sock");
+        // Bound, then closed: the file stays and connecting to it is refused.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+        let err = DockerRuntime::connect_to(format!("unix://{}", path.display()))
+            .await
+            .expect_err("nobody listens");
+        assert!(
+            matches!(
+                err,
+                RuntimeError::Unavailable {
+                    runtime: "docker",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! Schema migrations: append-only, applied in order, tracked by `PRAGMA user_version`.
+//! Never edit a migration that has shipped; add a new one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, their stages, rollouts, operator holds, key/value.
+    "CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        commit_id TEXT NOT NULL,
+        author TEXT,
+        message TEXT,
+        committed_at TEXT,
+        trigger TEXT NOT NULL,
+        seen_at TEXT NOT NULL,
+        finished_at TEXT,
+        result TEXT NOT NULL,
+        reason TEXT,
+        errors TEXT
+    );
+    CREATE INDEX runs_by_commit ON runs (commit_id);
+    CREATE TABLE run_stages (
+        run_id INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+        stage TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        detail TEXT,
+        PRIMARY KEY (run_id, stage)
+    );
+    CREATE TABLE rollouts (
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER REFERENCES runs (id) ON DELETE SET NULL,
+        server_id TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        action TEXT NOT NULL,
+        from_version TEXT,
+        to_version TEXT,
+        image TEXT,
+        command TEXT,
+        revision TEXT,
+        strategy TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        instance_id TEXT,
+        endpoint TEXT
+    );
+    CREATE INDEX rollouts_by_server ON rollouts (server_id, id);
+    CREATE TABLE servers (
+        server_id TEXT PRIMARY KEY,
+        held_by_operator INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
+];
+
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+pub fn apply(conn: &Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > LATEST {
+        return Err(StoreError::TooNew {
+            found: current,
+            known: LATEST,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        // Each migration and its version bump commit together, or not at all.
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {version}; COMMIT;"
+        ))?;
+    }
+    Ok(())
+}

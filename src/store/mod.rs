@@ -1,0 +1,483 @@
+//! The agent's memory in SQLite: runs (one per commit seen), their stages, rollouts, and the
+//! per-server operator holds.
+//!
+//! One [`Store`] owns the connection and every SQL statement; migrations are an append-only
+//! list keyed by `PRAGMA user_version`. It stores what it is told and enforces no business
+//! rule. Calls are synchronous: async callers wrap them in `spawn_blocking` (see
+//! [`Store::call`]).
+
+mod migrations;
+mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+
+pub use records::*;
+
+use crate::manifest::Diagnostic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer agent; refusing protects its data.
+    #[error(
+        "the state database has schema version {found}, newer than this agent's {known}; upgrade the agent"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("state database query failed")]
+    Query(#[from] rusqlite::Error),
+    #[error("state database holds an unreadable value: {0}")]
+    Corrupt(String),
+    #[error("state database task failed: {0}")]
+    Task(String),
+}
+
+/// A cheap handle to the state database; clones share one connection.
+#[derive(Clone)]
+pub struct Store {
+    // A std mutex: every use is a short, synchronous SQLite call, never held across `.await`.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn ts(t: Timestamp) -> String {
+    t.to_string()
+}
+
+fn parse_ts(s: Option<String>) -> Result<Option<Timestamp>, StoreError> {
+    s.map(|s| {
+        s.parse::<Timestamp>()
+            .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
+    })
+    .transpose()
+}
+
+fn req_ts(s: String) -> Result<Timestamp, StoreError> {
+    s.parse::<Timestamp>()
+        .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrations::apply(&conn)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens an existing database read-only, for the CLI beside a running agent.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > migrations::LATEST {
+            return Err(StoreError::TooNew {
+                found: version,
+                known: migrations::LATEST,
+            });
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
+        // back), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a blocking thread, for async callers.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    // ---- runs ----
+
+    pub fn begin_run(&self, run: &NewRun) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO runs (commit_id, author, message, committed_at, trigger, seen_at, result)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
+        )?
+        .execute(params![
+            run.commit_id,
+            run.author,
+            run.message,
+            run.committed_at.map(ts),
+            run.trigger,
+            ts(run.seen_at)
+        ])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn record_stage(&self, run_id: i64, stage: &StageRecord) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO run_stages (run_id, stage, status, started_at, finished_at, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                run_id,
+                stage.stage.as_str(),
+                stage.status.as_str(),
+                ts(stage.started_at),
+                stage.finished_at.map(ts),
+                stage.detail
+            ])?;
+        Ok(())
+    }
+
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        result: RunResult,
+        reason: Option<&str>,
+        errors: &[Diagnostic],
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let errors = if errors.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(errors).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        };
+        self.conn()
+            .prepare_cached("UPDATE runs SET result = ?2, reason = ?3, errors = ?4, finished_at = ?5 WHERE id = ?1")?
+            .execute(params![run_id, result.as_str(), reason, errors, ts(at)])?;
+        Ok(())
+    }
+
+    /// Marks runs and rollouts left unfinished by an agent that died as interrupted.
+    pub fn interrupt_unfinished(&self, at: Timestamp) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let runs = tx.execute(
+            "UPDATE runs SET result = 'interrupted', reason = 'the agent stopped during this run', finished_at = ?1
+             WHERE result = 'running'",
+            params![ts(at)],
+        )?;
+        let rollouts = tx.execute(
+            "UPDATE rollouts SET outcome = 'interrupted', reason = 'the agent stopped during this rollout', finished_at = ?1
+             WHERE outcome = 'in_progress'",
+            params![ts(at)],
+        )?;
+        tx.commit()?;
+        Ok(runs + rollouts)
+    }
+
+    fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RawRun> {
+        Ok(RawRun {
+            id: row.get(0)?,
+            commit_id: row.get(1)?,
+            author: row.get(2)?,
+            message: row.get(3)?,
+            committed_at: row.get(4)?,
+            trigger: row.get(5)?,
+            seen_at: row.get(6)?,
+            finished_at: row.get(7)?,
+            result: row.get(8)?,
+            reason: row.get(9)?,
+            errors: row.get(10)?,
+        })
+    }
+
+    const RUN_COLUMNS: &str = "id, commit_id, author, message, committed_at, trigger, seen_at, finished_at, result, reason, errors";
+
+    /// Runs, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let raws: Vec<RawRun> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {} FROM runs ORDER BY id DESC LIMIT ?1",
+                Self::RUN_COLUMNS
+            ))?;
+            stmt.query_map(params![limit as i64], Self::run_from_row)?
+                .collect::<Result<_, _>>()?
+        };
+        raws.into_iter().map(|r| self.complete_run(r)).collect()
+    }
+
+    /// The newest run of a commit, found by its full id or a prefix of at least 4 characters.
+    pub fn run_for_commit(&self, commit: &str) -> Result<Option<RunRecord>, StoreError> {
+        if commit.len() < 4 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let raw = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {} FROM runs WHERE commit_id LIKE ?1 || '%' ORDER BY id DESC LIMIT 1",
+                Self::RUN_COLUMNS
+            ))?;
+            stmt.query_row(params![commit.to_ascii_lowercase()], Self::run_from_row)
+                .optional()?
+        };
+        raw.map(|r| self.complete_run(r)).transpose()
+    }
+
+    /// The newest run of exactly this commit, if any (used to skip commits already judged).
+    pub fn latest_result_for(&self, commit: &str) -> Result<Option<RunResult>, StoreError> {
+        let conn = self.conn();
+        let result: Option<String> = conn
+            .prepare_cached(
+                "SELECT result FROM runs WHERE commit_id = ?1 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![commit], |r| r.get(0))
+            .optional()?;
+        result.map(|r| RunResult::parse(&r)).transpose()
+    }
+
+    fn complete_run(&self, raw: RawRun) -> Result<RunRecord, StoreError> {
+        let stages = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT stage, status, started_at, finished_at, detail FROM run_stages
+                 WHERE run_id = ?1 ORDER BY started_at, rowid",
+            )?;
+            stmt.query_map(params![raw.id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        let stages = stages
+            .into_iter()
+            .map(|(stage, status, started, finished, detail)| {
+                Ok(StageRecord {
+                    stage: Stage::parse(&stage)?,
+                    status: StageStatus::parse(&status)?,
+                    started_at: req_ts(started)?,
+                    finished_at: parse_ts(finished)?,
+                    detail,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let errors = match raw.errors {
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        Ok(RunRecord {
+            id: raw.id,
+            commit_id: raw.commit_id,
+            author: raw.author,
+            message: raw.message,
+            committed_at: parse_ts(raw.committed_at)?,
+            trigger: raw.trigger,
+            seen_at: req_ts(raw.seen_at)?,
+            finished_at: parse_ts(raw.finished_at)?,
+            result: RunResult::parse(&raw.result)?,
+            reason: raw.reason,
+            errors,
+            stages,
+        })
+    }
+
+    // ---- key/value ----
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2")?
+            .execute(params![key, value])?;
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row(params![key], |r| r.get(0))
+            .optional()?)
+    }
+
+    // ---- rollouts ----
+
+    pub fn begin_rollout(&self, r: &NewRollout) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO rollouts (run_id, server_id, trigger, action, from_version, to_version, image, command,
+                                   revision, strategy, started_at, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'in_progress')",
+        )?
+        .execute(params![
+            r.run_id,
+            r.server_id,
+            r.trigger,
+            r.action.as_str(),
+            r.from_version,
+            r.to_version,
+            r.image,
+            r.command,
+            r.revision,
+            r.strategy,
+            ts(r.started_at)
+        ])?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn finish_rollout(&self, id: i64, end: &RolloutEnd) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "UPDATE rollouts SET outcome = ?2, reason = ?3, instance_id = ?4, endpoint = ?5, finished_at = ?6
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                end.outcome.as_str(),
+                end.reason,
+                end.instance_id,
+                end.endpoint,
+                ts(end.finished_at)
+            ])?;
+        Ok(())
+    }
+
+    /// Rollouts, newest first; of one server when `server` is given.
+    pub fn rollouts(
+        &self,
+        server: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, run_id, server_id, trigger, action, from_version, to_version, image, command, revision,
+                    strategy, started_at, finished_at, outcome, reason, instance_id, endpoint
+             FROM rollouts WHERE (?1 IS NULL OR server_id = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![server, limit as i64], |r| {
+                Ok((
+                    (
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Option<i64>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ),
+                    (
+                        r.get::<_, Option<String>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
+                        r.get::<_, Option<String>>(10)?,
+                        r.get::<_, String>(11)?,
+                        r.get::<_, Option<String>>(12)?,
+                        r.get::<_, String>(13)?,
+                        r.get::<_, Option<String>>(14)?,
+                        r.get::<_, Option<String>>(15)?,
+                        r.get::<_, Option<String>>(16)?,
+                    ),
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(
+                |(
+                    (id, run_id, server_id, trigger, action, from_version, to_version, image),
+                    (
+                        command,
+                        revision,
+                        strategy,
+                        started,
+                        finished,
+                        outcome,
+                        reason,
+                        instance_id,
+                        endpoint,
+                    ),
+                )| {
+                    Ok(RolloutRecord {
+                        id,
+                        run_id,
+                        server_id,
+                        trigger,
+                        action: RolloutAction::parse(&action)?,
+                        from_version,
+                        to_version,
+                        image,
+                        command,
+                        revision,
+                        strategy,
+                        started_at: req_ts(started)?,
+                        finished_at: parse_ts(finished)?,
+                        outcome: RolloutOutcome::parse(&outcome)?,
+                        reason,
+                        instance_id,
+                        endpoint,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    // ---- operator holds ----
+
+    /// Records that an operator stopped a server (`true`) or deployed it again (`false`).
+    pub fn set_held(&self, server: &str, held: bool, at: Timestamp) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO servers (server_id, held_by_operator, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(server_id) DO UPDATE SET held_by_operator = ?2, updated_at = ?3",
+            )?
+            .execute(params![server, held, ts(at)])?;
+        Ok(())
+    }
+
+    pub fn held_servers(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT server_id FROM servers WHERE held_by_operator = 1 ORDER BY server_id",
+        )?;
+        Ok(stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! The typed rows the store reads and writes.
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::StoreError;
+use crate::manifest::Diagnostic;
+
+macro_rules! text_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Result<Self, StoreError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(StoreError::Corrupt(format!(concat!(stringify!($name), " `{}`"), other))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// How a run for a commit ended.
+    RunResult {
+        Running = "running",
+        Applied = "applied",
+        Rejected = "rejected",
+        Failed = "failed",
+        Interrupted = "interrupted",
+    }
+);
+
+text_enum!(
+    /// The stages of a run, in order.
+    Stage {
+        Fetch = "fetch",
+        Validate = "validate",
+        Plan = "plan",
+        Apply = "apply",
+        Verify = "verify",
+    }
+);
+
+text_enum!(
+    StageStatus {
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Skipped = "skipped",
+    }
+);
+
+text_enum!(
+    RolloutAction {
+        Deploy = "deploy",
+        Update = "update",
+        Remove = "remove",
+        Restart = "restart",
+    }
+);
+
+text_enum!(
+    RolloutOutcome {
+        InProgress = "in_progress",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        RolledBack = "rolled_back",
+        Interrupted = "interrupted",
+    }
+);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRun {
+    pub commit_id: String,
+    pub author: Option<String>,
+    pub message: Option<String>,
+    pub committed_at: Option<Timestamp>,
+    /// What woke the sync: `startup`, `poll`, `webhook`, `watch`.
+    pub trigger: String,
+    pub seen_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageRecord {
+    pub stage: Stage,
+    pub status: StageStatus,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub detail: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub commit_id: String,
+    pub author: Option<String>,
+    pub message: Option<String>,
+    pub committed_at: Option<Timestamp>,
+    pub trigger: String,
+    pub seen_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub result: RunResult,
+    pub reason: Option<String>,
+    pub errors: Vec<Diagnostic>,
+    pub stages: Vec<StageRecord>,
+}
+
+pub(super) struct RawRun {
+    pub id: i64,
+    pub commit_id: String,
+    pub author: Option<String>,
+    pub message: Option<String>,
+    pub committed_at: Option<String>,
+    pub trigger: String,
+    pub seen_at: String,
+    pub finished_at: Option<String>,
+    pub result: String,
+    pub reason: Option<String>,
+    pub errors: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewRollout {
+    pub run_id: Option<i64>,
+    pub server_id: String,
+    /// `commit`, `registry`, `operator` or `recovery`.
+    pub trigger: String,
+    pub action: RolloutAction,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    pub image: Option<String>,
+    pub command: Option<String>,
+    pub revision: Option<String>,
+    /// `beside` (zero downtime) or `stop_then_start` (fixed host port).
+    pub strategy: Option<String>,
+    pub started_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutEnd {
+    pub outcome: RolloutOutcome,
+    pub reason: Option<String>,
+    pub instance_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub finished_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RolloutRecord {
+    pub id: i64,
+    pub run_id: Option<i64>,
+    pub server_id: String,
+    pub trigger: String,
+    pub action: RolloutAction,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    pub image: Option<String>,
+    pub command: Option<String>,
+    pub revision: Option<String>,
+    pub strategy: Option<String>,
+    pub started_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    pub outcome: RolloutOutcome,
+    pub reason: Option<String>,
+    pub instance_id: Option<String>,
+    pub endpoint: Option<String>,
+}

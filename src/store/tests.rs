@@ -1,0 +1,158 @@
+use super::*;
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_700_000_000).unwrap()
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    (dir, store)
+}
+
+fn new_run(commit: &str) -> NewRun {
+    NewRun {
+        commit_id: commit.to_owned(),
+        author: Some("Ada <ada@example.org>".into()),
+        message: Some("add a server".into()),
+        committed_at: Some(now()),
+        trigger: "poll".into(),
+        seen_at: now(),
+    }
+}
+
+#[test]
+fn a_run_keeps_its_stages_and_errors() {
+    let (_d, store) = open();
+    let id = store.begin_run(&new_run("abcdef0123")).unwrap();
+    for (stage, status) in [
+        (Stage::Fetch, StageStatus::Succeeded),
+        (Stage::Validate, StageStatus::Failed),
+    ] {
+        store
+            .record_stage(
+                id,
+                &StageRecord {
+                    stage,
+                    status,
+                    started_at: now(),
+                    finished_at: Some(now()),
+                    detail: None,
+                },
+            )
+            .unwrap();
+    }
+    let err = Diagnostic {
+        severity: crate::manifest::Severity::Error,
+        file: "m.yaml".into(),
+        line: 3,
+        column: 9,
+        path: "servers[0].id".into(),
+        message: "bad".into(),
+    };
+    store
+        .finish_run(
+            id,
+            RunResult::Rejected,
+            Some("invalid manifest"),
+            std::slice::from_ref(&err),
+            now(),
+        )
+        .unwrap();
+    let run = store.run_for_commit("abcd").unwrap().unwrap();
+    assert_eq!(run.result, RunResult::Rejected);
+    assert_eq!(run.errors, [err]);
+    assert_eq!(
+        run.stages
+            .iter()
+            .map(|s| (s.stage, s.status))
+            .collect::<Vec<_>>(),
+        [
+            (Stage::Fetch, StageStatus::Succeeded),
+            (Stage::Validate, StageStatus::Failed)
+        ]
+    );
+    assert_eq!(
+        store.latest_result_for("abcdef0123").unwrap(),
+        Some(RunResult::Rejected)
+    );
+    assert!(
+        store.run_for_commit("abc").unwrap().is_none(),
+        "too short a prefix"
+    );
+    assert!(store.run_for_commit("zzzz").unwrap().is_none());
+}
+
+#[test]
+fn runs_are_listed_newest_first() {
+    let (_d, store) = open();
+    for c in ["aaaa", "bbbb", "cccc"] {
+        store.begin_run(&new_run(c)).unwrap();
+    }
+    let commits: Vec<_> = store
+        .runs(2)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.commit_id)
+        .collect();
+    assert_eq!(commits, ["cccc", "bbbb"]);
+}
+
+#[test]
+fn unfinished_work_is_marked_interrupted() {
+    let (_d, store) = open();
+    let run = store.begin_run(&new_run("aaaa")).unwrap();
+    store
+        .begin_rollout(&NewRollout {
+            run_id: Some(run),
+            server_id: "s".into(),
+            trigger: "commit".into(),
+            action: RolloutAction::Deploy,
+            from_version: None,
+            to_version: Some("1.0.0".into()),
+            image: None,
+            command: Some("/bin/x".into()),
+            revision: Some("aaaa".into()),
+            strategy: None,
+            started_at: now(),
+        })
+        .unwrap();
+    assert_eq!(store.interrupt_unfinished(now()).unwrap(), 2);
+    assert_eq!(store.runs(1).unwrap()[0].result, RunResult::Interrupted);
+    assert_eq!(
+        store.rollouts(Some("s"), 10).unwrap()[0].outcome,
+        RolloutOutcome::Interrupted
+    );
+}
+
+#[test]
+fn reopening_keeps_data_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.set_meta("applied_revision", "abcd").unwrap();
+        s.set_held("n8n", true, now()).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.meta("applied_revision").unwrap().as_deref(), Some("abcd"));
+    assert_eq!(s.held_servers().unwrap(), ["n8n"]);
+    let ro = Store::open_read_only(&path).unwrap();
+    assert_eq!(
+        ro.meta("applied_revision").unwrap().as_deref(),
+        Some("abcd")
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 999).unwrap();
+    drop(conn);
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::TooNew { found: 999, .. })
+    ));
+}

@@ -1,0 +1,244 @@
+//! The Docker runtime against a real daemon and a real `FROM scratch` image of the example
+//! server. Containers are reached only through ports published on 127.0.0.1.
+
+use std::time::Duration;
+
+use mcp_orchestration::manifest::{Resources, RestartPolicy};
+use mcp_orchestration::runtime::docker::DockerRuntime;
+use mcp_orchestration::runtime::{InstanceState, Runtime, RuntimeError, labels};
+
+use crate::support::docker::{
+    CASE_LABEL, ContainerGuard, DEADLINE, docker, docker_or_skip, example_image, example_spec,
+    free_port, wait_healthy,
+};
+use crate::support::eventually;
+
+async fn runtime() -> DockerRuntime {
+    DockerRuntime::connect()
+        .await
+        .expect("Docker answered `docker version`, so the runtime connects")
+}
+
+/// `docker inspect --format '{{json <path>}}' id`, parsed.
+fn inspect_json(id: &str, path: &str) -> serde_json::Value {
+    let text = docker(&["inspect", "--format", &format!("{{{{json {path}}}}}"), id]);
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{path} of {id} is not JSON ({e}): {text}"))
+}
+
+#[tokio::test]
+async fn docker_start_publishes_on_loopback_and_serves_health() {
+    if !docker_or_skip("docker_start_publishes_on_loopback_and_serves_health") {
+        return;
+    }
+    let guard = ContainerGuard::new("start");
+    let image = example_image("1.2.3");
+    let spec = example_spec(guard.server_id(), "1.2.3", &image);
+    let rt = runtime().await;
+
+    let instance = rt.start(&spec).await.expect("start");
+
+    assert_eq!(instance.state, InstanceState::Running);
+    assert!(instance.started_at.is_some(), "{instance:?}");
+    let port = instance.host_port.expect("a host port was assigned");
+    let body = wait_healthy(port).await;
+    assert_eq!(body["version"], "1.2.3", "{body}");
+
+    let published = inspect_json(&instance.id, ".NetworkSettings.Ports");
+    let bindings = published["8080/tcp"]
+        .as_array()
+        .unwrap_or_else(|| panic!("8080/tcp is published: {published}"));
+    assert!(!bindings.is_empty(), "{published}");
+    for binding in bindings {
+        assert_eq!(binding["HostIp"], "127.0.0.1", "{published}");
+        assert_eq!(binding["HostPort"], port.to_string(), "{published}");
+    }
+    let container_labels = inspect_json(&instance.id, ".Config.Labels");
+    assert_eq!(container_labels[labels::MANAGED], "true");
+    assert_eq!(container_labels[labels::SERVER], guard.server_id());
+    assert_eq!(container_labels[labels::VERSION], "1.2.3");
+    assert_eq!(container_labels[labels::REVISION], spec.revision.as_str());
+    assert_eq!(container_labels[labels::SPEC], spec.spec_hash.as_str());
+}
+
+#[tokio::test]
+async fn docker_start_applies_resources_and_restart_policy() {
+    if !docker_or_skip("docker_start_applies_resources_and_restart_policy") {
+        return;
+    }
+    let guard = ContainerGuard::new("limits");
+    let image = example_image("1.0.0");
+    let mut spec = example_spec(guard.server_id(), "1.0.0", &image);
+    spec.restart_policy = RestartPolicy::OnFailure;
+    if let Some(d) = spec.docker.as_mut() {
+        d.resources = Resources {
+            memory_mb: Some(64),
+            cpus: Some(0.5),
+        };
+    }
+
+    let instance = runtime().await.start(&spec).await.expect("start");
+
+    let host_config = inspect_json(&instance.id, ".HostConfig");
+    assert_eq!(host_config["Memory"], 64 * 1024 * 1024, "{host_config}");
+    assert_eq!(host_config["NanoCpus"], 500_000_000, "{host_config}");
+    assert_eq!(
+        host_config["RestartPolicy"]["Name"], "on-failure",
+        "{host_config}"
+    );
+    let name = docker(&["inspect", "--format", "{{.Name}}", &instance.id]);
+    let prefix = format!("/mcp-{}-1-0-0-", guard.server_id());
+    assert!(name.starts_with(&prefix), "{name} starts with {prefix}");
+}
+
+#[tokio::test]
+async fn docker_list_adopts_labelled_containers_and_ignores_others() {
+    if !docker_or_skip("docker_list_adopts_labelled_containers_and_ignores_others") {
+        return;
+    }
+    let mut guard = ContainerGuard::new("list");
+    let case = guard.server_id().to_string();
+    guard.also_remove_labelled(CASE_LABEL, &case);
+    let image = example_image("2.0.0");
+    let spec = example_spec(guard.server_id(), "2.0.0", &image);
+    let ours = runtime().await.start(&spec).await.expect("start");
+    let theirs = docker(&[
+        "run",
+        "--detach",
+        "--label",
+        &format!("{CASE_LABEL}={case}"),
+        "--env",
+        "EXAMPLE_SERVER_VERSION=2.0.0",
+        &image,
+    ]);
+
+    // A fresh connection, as after an agent restart.
+    let listed = runtime().await.list().await.expect("list");
+
+    let adopted = listed
+        .iter()
+        .find(|i| i.id == ours.id)
+        .unwrap_or_else(|| panic!("{} is listed: {listed:?}", ours.id));
+    assert_eq!(adopted.server_id, guard.server_id());
+    assert_eq!(adopted.version, spec.version);
+    assert_eq!(adopted.revision, spec.revision);
+    assert_eq!(adopted.spec_hash, spec.spec_hash);
+    assert_eq!(adopted.state, InstanceState::Running);
+    assert_eq!(adopted.host_port, ours.host_port);
+    assert!(
+        listed.iter().all(|i| i.id != theirs),
+        "the unlabelled container {theirs} must not be listed: {listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn docker_stop_and_remove_are_idempotent() {
+    if !docker_or_skip("docker_stop_and_remove_are_idempotent") {
+        return;
+    }
+    let guard = ContainerGuard::new("stop");
+    let image = example_image("1.0.0");
+    let rt = runtime().await;
+    let instance = rt
+        .start(&example_spec(guard.server_id(), "1.0.0", &image))
+        .await
+        .expect("start");
+
+    rt.stop(&instance.id, Duration::from_secs(2))
+        .await
+        .expect("first stop");
+    rt.stop(&instance.id, Duration::from_secs(2))
+        .await
+        .expect("stopping a stopped container is ok");
+    let stopped = rt.list().await.expect("list");
+    let state = stopped
+        .iter()
+        .find(|i| i.id == instance.id)
+        .map(|i| i.state.clone());
+    assert!(
+        matches!(state, Some(InstanceState::Exited { .. })),
+        "stopped, still listed: {state:?}"
+    );
+
+    rt.remove(&instance.id).await.expect("first remove");
+    rt.remove(&instance.id)
+        .await
+        .expect("removing a removed container is ok");
+    let listed = rt.list().await.expect("list");
+    assert!(
+        listed.iter().all(|i| i.id != instance.id),
+        "{} is gone: {listed:?}",
+        instance.id
+    );
+    assert!(guard.containers().is_empty(), "{:?}", guard.containers());
+}
+
+#[tokio::test]
+async fn docker_fixed_host_port_is_used() {
+    if !docker_or_skip("docker_fixed_host_port_is_used") {
+        return;
+    }
+    let guard = ContainerGuard::new("fixed");
+    let image = example_image("1.0.0");
+    let port = free_port();
+    let mut spec = example_spec(guard.server_id(), "1.0.0", &image);
+    spec.host_port = Some(port);
+
+    let instance = runtime().await.start(&spec).await.expect("start");
+
+    assert_eq!(instance.host_port, Some(port));
+    let body = wait_healthy(port).await;
+    assert_eq!(body["version"], "1.0.0", "{body}");
+}
+
+#[tokio::test]
+async fn docker_missing_image_is_a_pull_error() {
+    if !docker_or_skip("docker_missing_image_is_a_pull_error") {
+        return;
+    }
+    let guard = ContainerGuard::new("pull");
+    // A registry on a closed loopback port: the pull fails fast and nothing leaves the
+    // machine.
+    let image = "127.0.0.1:1/nothing:1.0.0";
+    let spec = example_spec(guard.server_id(), "1.0.0", image);
+    let rt = runtime().await;
+
+    let result = tokio::time::timeout(Duration::from_secs(60), rt.start(&spec))
+        .await
+        .expect("the pull fails within 60 s");
+
+    match result {
+        Err(RuntimeError::Pull {
+            image: failed,
+            message,
+        }) => {
+            assert_eq!(failed, image);
+            // The registry's (here: the dialer's) own words reach the caller.
+            assert!(message.contains("127.0.0.1:1"), "{message}");
+        }
+        other => panic!("expected a pull error, got {other:?}"),
+    }
+    assert!(guard.containers().is_empty(), "{:?}", guard.containers());
+}
+
+#[tokio::test]
+async fn docker_logs_tail_returns_output() {
+    if !docker_or_skip("docker_logs_tail_returns_output") {
+        return;
+    }
+    let guard = ContainerGuard::new("logs");
+    let image = example_image("1.0.0");
+    let rt = runtime().await;
+    let instance = rt
+        .start(&example_spec(guard.server_id(), "1.0.0", &image))
+        .await
+        .expect("start");
+
+    let logs = eventually(DEADLINE, "the start line in the logs", || async {
+        let logs = rt.logs_tail(&instance.id, 20).await.expect("logs");
+        logs.contains("listening").then_some(logs)
+    })
+    .await;
+
+    assert!(logs.contains("example-server 1.0.0 listening"), "{logs}");
+}

@@ -1,0 +1,223 @@
+//! An agent running in the test process against real git, real processes, real SQLite and
+//! real HTTP on 127.0.0.1; the fleet it starts is killed when the handle drops.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::settings::{AgentSettings, RuntimeChoice};
+use mcp_orchestration::source::GitSettings;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{eventually, example_server_bin};
+
+/// A manifest of example servers run by the process runtime, with fast health checks.
+pub fn process_manifest(servers: &[(&str, &str)]) -> String {
+    let bin = example_server_bin();
+    if servers.is_empty() {
+        return "version: \"1.1\"\nservers: []\n".to_owned();
+    }
+    let mut text = String::from("version: \"1.1\"\nservers:\n");
+    for (id, version) in servers {
+        text.push_str(&format!(
+            "  - id: {id}\n    version: \"{version}\"\n    process:\n      command: {}\n      args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"]\n    health_check: {{ interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 1 }}\n",
+            bin.display()
+        ));
+    }
+    text
+}
+
+/// Allows the example server's directory and the test image prefixes.
+pub fn test_trust() -> TrustPolicy {
+    let bin = example_server_bin();
+    TrustPolicy {
+        allowed_images: vec!["mcp-orch-test/".into(), "127.0.0.1:5000/".into()],
+        allowed_commands: vec![bin.parent().expect("examples dir").display().to_string()],
+        source: "test trust policy".into(),
+    }
+}
+
+pub struct Options {
+    pub poll_interval: Duration,
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            // Long enough that tests of the watch or the webhook are not rescued by polling.
+            poll_interval: Duration::from_secs(120),
+            webhook_secret: None,
+        }
+    }
+}
+
+pub struct TestAgent {
+    pub url: String,
+    pub data: tempfile::TempDir,
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    http: reqwest::Client,
+}
+
+impl TestAgent {
+    pub async fn start(repo: &str, options: Options) -> TestAgent {
+        let data = tempfile::tempdir().expect("data dir");
+        Self::start_in(repo, options, data).await
+    }
+
+    /// Starts on an existing data dir (a restart).
+    pub async fn start_in(repo: &str, options: Options, data: tempfile::TempDir) -> TestAgent {
+        let settings = AgentSettings {
+            git: GitSettings {
+                url: repo.to_owned(),
+                branch: "main".into(),
+                manifest_path: "ecosystem-manifest.yaml".into(),
+                token: None,
+                ssh_key: None,
+            },
+            poll_interval: options.poll_interval,
+            runtime: RuntimeChoice::Process,
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data.path().to_owned(),
+            webhook_secret: options.webhook_secret,
+            secrets_file: None,
+            concurrency: 4,
+        };
+        let token = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let t = token.clone();
+        let task = tokio::spawn(async move {
+            let result = mcp_orchestration::agent::run(settings, test_trust(), t, move |addr| {
+                let _ = tx.send(addr);
+            })
+            .await;
+            if let Err(e) = result {
+                panic!("the agent failed: {e:#}");
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("the agent listens within 10 s")
+            .expect("the agent reports its address");
+        TestAgent {
+            url: format!("http://{addr}"),
+            data,
+            token,
+            task: Some(task),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("agent answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn server(&self, id: &str) -> Option<Value> {
+        let (status, v) = self.get(&format!("/servers/{id}")).await;
+        (status == 200).then_some(v)
+    }
+
+    /// Waits until `id` runs `version` and its own `/health` says so; returns its view.
+    pub async fn wait_running(&self, id: &str, version: &str, deadline: Duration) -> Value {
+        eventually(deadline, &format!("{id} running {version}"), || async {
+            let s = self.server(id).await?;
+            if s["state"] != "running" || s["running_version"] != version {
+                return None;
+            }
+            let endpoint = s["endpoint"].as_str()?;
+            let health = endpoint.replace("/mcp", "/health");
+            let body: Value = self
+                .http
+                .get(&health)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["version"] == version && body["status"] == "healthy").then_some(s)
+        })
+        .await
+    }
+
+    /// Waits until `n` runs have finished (any result).
+    pub async fn wait_runs(&self, n: usize) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("{n} finished run(s)"),
+            || async {
+                let (_, v) = self.get("/revisions").await;
+                let runs = v["revisions"].as_array()?;
+                (runs.len() >= n && runs.iter().all(|r| r["result"] != "running")).then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Instances recorded by the process runtime: (pid file, running?).
+    pub fn pid_files(&self) -> Vec<PathBuf> {
+        pid_files(self.data.path())
+    }
+
+    /// Stops the agent and returns its data dir (the fleet keeps running).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp"));
+        std::mem::forget(self);
+        data
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.token.cancel();
+        kill_fleet(self.data.path());
+    }
+}
+
+pub fn pid_files(data: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("processes"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Kills every process group recorded in `data`'s pid files.
+pub fn kill_fleet(data: &Path) {
+    for file in pid_files(data) {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if let Some(pid) = v["pid"].as_i64().filter(|p| *p > 1) {
+            // SAFETY: kill(2) with a negative pid signals that process group only; the pid
+            // comes from a pid file this test's agent wrote for a child it started.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
