@@ -121,9 +121,13 @@ impl Syncer {
                     self.last_head = Some(head.clone());
                     let already = self.state.store.latest_result_for(&head).ok().flatten();
                     let applied_here = self.applied.as_ref().is_some_and(|a| a.commit == head);
-                    // A rejected commit stays rejected; anything else that is not in force
-                    // (new, interrupted, or an older commit a force-push went back to) runs.
-                    if !(already == Some(RunResult::Rejected) || applied_here) {
+                    // A rejected commit stays rejected, and the commit in force is not run
+                    // again, unless its run was cut short (the agent died mid-apply). Anything
+                    // else (new, or an older commit a force-push went back to) runs.
+                    let interrupted = already == Some(RunResult::Interrupted);
+                    let skip =
+                        already == Some(RunResult::Rejected) || (applied_here && !interrupted);
+                    if !skip {
                         let span =
                             info_span!("run", revision = %short(&head), trigger = trigger.as_str());
                         self.run_commit(&head, trigger, seen_at, (fetch_started, fetch_finished))

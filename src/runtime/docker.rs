@@ -35,7 +35,8 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use jiff::Timestamp;
 use semver::Version;
-use tracing::{debug, info, instrument, warn};
+use tracing::field::Empty;
+use tracing::{Span, debug, info, instrument, warn};
 
 use super::{Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeKind, labels};
 use crate::manifest::RestartPolicy;
@@ -238,6 +239,12 @@ impl DockerRuntime {
                     .and_then(|c| c.labels.as_ref())
                     .is_some_and(is_managed);
                 if managed {
+                    // The caller's span names the container; now it can name the server.
+                    if let Some(l) = container.config.as_ref().and_then(|c| c.labels.as_ref()) {
+                        let span = Span::current();
+                        span.record("server", l.get(labels::SERVER).map(String::as_str));
+                        span.record("version", l.get(labels::VERSION).map(String::as_str));
+                    }
                     Ok(Some(container))
                 } else {
                     Err(RuntimeError::Operation {
@@ -397,7 +404,7 @@ impl Runtime for DockerRuntime {
         RuntimeKind::Docker
     }
 
-    #[instrument(name = "docker_list", skip(self))]
+    #[instrument(name = "docker_list", skip_all)]
     async fn list(&self) -> Result<Vec<Instance>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
         let options = ListContainersOptionsBuilder::new()
@@ -432,7 +439,7 @@ impl Runtime for DockerRuntime {
     #[instrument(
         name = "docker_start",
         skip(self, spec),
-        fields(server = %spec.server_id, version = %spec.version, container = tracing::field::Empty)
+        fields(server = %spec.server_id, version = %spec.version, container = Empty)
     )]
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let Some(docker_spec) = &spec.docker else {
@@ -485,7 +492,7 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(|e| self.start_error(spec, &e))?;
         let id = created.id;
-        tracing::Span::current().record("container", id.as_str());
+        Span::current().record("container", id.as_str());
         debug!(container = %id, name = %name, image, "created container");
 
         if let Err(e) = self.docker.start_container(&id, None).await {
@@ -508,7 +515,11 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    #[instrument(name = "docker_stop", skip(self), fields(container = %id))]
+    #[instrument(
+        name = "docker_stop",
+        skip_all,
+        fields(container = %id, grace = ?grace, server = Empty, version = Empty)
+    )]
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         if self.inspect_owned("stop", id).await?.is_none() {
             return Err(RuntimeError::NotFound(id.to_string()));
@@ -520,7 +531,11 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
-    #[instrument(name = "docker_remove", skip(self), fields(container = %id))]
+    #[instrument(
+        name = "docker_remove",
+        skip_all,
+        fields(container = %id, server = Empty, version = Empty)
+    )]
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         let Some(container) = self.inspect_owned("remove", id).await? else {
             debug!("container already gone");
@@ -555,7 +570,7 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    #[instrument(name = "docker_logs", skip(self), fields(container = %id))]
+    #[instrument(name = "docker_logs", skip_all, fields(container = %id, lines))]
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
         let options = LogsOptionsBuilder::new()
             .stdout(true)

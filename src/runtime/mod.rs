@@ -89,7 +89,8 @@ pub enum InstanceState {
 /// One running (or dead) container or process the agent started.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Instance {
-    /// Container id, or `pid-<pid>-<start>` for processes.
+    /// Container id, or `p<pid>-<starttime>` for processes (the start time guards
+    /// against a reused pid).
     pub id: String,
     pub server_id: String,
     pub version: Version,
@@ -162,7 +163,8 @@ pub trait Runtime: Send + Sync {
     /// Stops an instance: SIGTERM, then SIGKILL after `grace`. Stopping a stopped one is ok.
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
 
-    /// Removes a stopped instance and what it leaves behind (container, pid file).
+    /// Removes an instance and what it leaves behind (container, pid file), stopping it
+    /// first with a short grace if it still runs. Removing an unknown instance is ok.
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
 
     /// The last `lines` lines of its output, for rollback reasons and `status`.

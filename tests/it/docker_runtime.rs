@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use mcp_orchestration::manifest::{Resources, RestartPolicy};
-use mcp_orchestration::runtime::docker::DockerRuntime;
+use mcp_orchestration::runtime::docker::{DockerRuntime, RegistryAuth};
 use mcp_orchestration::runtime::{InstanceState, Runtime, RuntimeError, labels};
 
 use crate::support::docker::{
-    CASE_LABEL, ContainerGuard, DEADLINE, docker, docker_or_skip, example_image, example_spec,
-    free_port, wait_healthy,
+    CASE_LABEL, ContainerGuard, DEADLINE, ImageGuard, REGISTRY_PASSWORD, REGISTRY_USER,
+    TestRegistry, docker, docker_or_skip, example_image, example_spec, free_port, registry_or_skip,
+    wait_healthy,
 };
 use crate::support::eventually;
 
@@ -241,4 +242,113 @@ async fn docker_logs_tail_returns_output() {
     .await;
 
     assert!(logs.contains("example-server 1.0.0 listening"), "{logs}");
+}
+
+#[tokio::test]
+async fn docker_pulls_missing_images_with_registry_credentials() {
+    let test = "docker_pulls_missing_images_with_registry_credentials";
+    if !docker_or_skip(test) || !registry_or_skip(test) {
+        return;
+    }
+    let storage = tempfile::tempdir().expect("registry storage");
+    let open = TestRegistry::start(storage.path(), false).await;
+    let locked = TestRegistry::start(storage.path(), true).await;
+    let mut images = ImageGuard::default();
+    let guard = ContainerGuard::new("auth");
+    let pushed = format!("{}/mcp-orch-test/pulled:3.0.0", open.host());
+    let image = format!("{}/mcp-orch-test/pulled:3.0.0", locked.host());
+    images.add(&pushed);
+    images.add(&image);
+    docker(&["tag", &example_image("3.0.0"), &pushed]);
+    docker(&["push", &pushed]);
+    docker(&["image", "rm", &pushed]);
+    let spec = example_spec(guard.server_id(), "3.0.0", &image);
+
+    let anonymous = runtime().await.start(&spec).await;
+    assert!(
+        matches!(anonymous, Err(RuntimeError::Pull { .. })),
+        "without credentials the pull is refused: {anonymous:?}"
+    );
+
+    let rt = runtime().await.with_registry_auth(vec![RegistryAuth {
+        registry: locked.host(),
+        username: REGISTRY_USER.to_string(),
+        password: REGISTRY_PASSWORD.to_string(),
+    }]);
+    let instance = rt.start(&spec).await.expect("start pulls with credentials");
+    let body = wait_healthy(instance.host_port.expect("host port")).await;
+    assert_eq!(body["version"], "3.0.0", "{body}");
+}
+
+#[tokio::test]
+async fn docker_fixed_port_in_use_is_a_start_error_without_debris() {
+    if !docker_or_skip("docker_fixed_port_in_use_is_a_start_error_without_debris") {
+        return;
+    }
+    let guard = ContainerGuard::new("busy");
+    let image = example_image("1.0.0");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let mut spec = example_spec(guard.server_id(), "1.0.0", &image);
+    spec.host_port = Some(taken.local_addr().expect("local addr").port());
+
+    let result = runtime().await.start(&spec).await;
+
+    assert!(
+        matches!(result, Err(RuntimeError::Start { .. })),
+        "a taken port fails the start: {result:?}"
+    );
+    assert!(guard.containers().is_empty(), "{:?}", guard.containers());
+}
+
+#[tokio::test]
+async fn docker_remove_stops_a_running_container_first() {
+    if !docker_or_skip("docker_remove_stops_a_running_container_first") {
+        return;
+    }
+    let guard = ContainerGuard::new("rmrun");
+    let image = example_image("1.0.0");
+    let rt = runtime().await;
+    let instance = rt
+        .start(&example_spec(guard.server_id(), "1.0.0", &image))
+        .await
+        .expect("start");
+
+    rt.remove(&instance.id)
+        .await
+        .expect("remove a running container");
+
+    assert!(guard.containers().is_empty(), "{:?}", guard.containers());
+}
+
+#[tokio::test]
+async fn docker_refuses_to_stop_or_remove_unlabelled_containers() {
+    if !docker_or_skip("docker_refuses_to_stop_or_remove_unlabelled_containers") {
+        return;
+    }
+    let mut guard = ContainerGuard::new("foreign");
+    let case = guard.server_id().to_string();
+    guard.also_remove_labelled(CASE_LABEL, &case);
+    let image = example_image("1.0.0");
+    let theirs = docker(&[
+        "run",
+        "--detach",
+        "--label",
+        &format!("{CASE_LABEL}={case}"),
+        &image,
+    ]);
+    let rt = runtime().await;
+
+    let stop = rt.stop(&theirs, Duration::from_secs(1)).await;
+    let remove = rt.remove(&theirs).await;
+
+    assert!(
+        matches!(stop, Err(RuntimeError::Operation { .. })),
+        "{stop:?}"
+    );
+    assert!(
+        matches!(remove, Err(RuntimeError::Operation { .. })),
+        "{remove:?}"
+    );
+    let state = docker(&["inspect", "--format", "{{.State.Status}}", &theirs]);
+    assert_eq!(state, "running");
 }

@@ -616,17 +616,3 @@ async fn process_fixed_port_is_used_and_a_taken_one_is_a_start_error() {
     wait_healthy(&instance).await;
     runtime.remove(&instance.id).await.expect("remove");
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn process_zz_guard_check() {
-    let env = Env::new();
-    let runtime = env.runtime();
-    let i = env
-        .start(
-            &runtime,
-            &spec("zz", "1.0.0", "/bin/sh", &["-c", "trap '' TERM; sleep 77"]),
-        )
-        .await;
-    eprintln!("ID {}", i.id);
-    panic!("deliberate");
-}

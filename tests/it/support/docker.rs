@@ -92,13 +92,12 @@ pub fn example_image(version: &str) -> String {
 
     // Parallel tests asking for the same tag must not build it twice at once.
     let _building = IMAGE_BUILDS.lock().unwrap_or_else(|e| e.into_inner());
-    // "<image id> <fingerprint>" of the image the tag names now, if any.
     let existing = Command::new("docker")
         .args([
             "image",
             "inspect",
             "--format",
-            &format!("{{{{.Id}}}} {{{{index .Config.Labels \"{BINARY_LABEL}\"}}}}"),
+            &format!("{{{{index .Config.Labels \"{BINARY_LABEL}\"}}}}"),
             &tag,
         ])
         .stdin(Stdio::null())
@@ -106,11 +105,7 @@ pub fn example_image(version: &str) -> String {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let (old_id, old_fingerprint) = existing
-        .as_deref()
-        .and_then(|e| e.split_once(' '))
-        .unwrap_or_default();
-    if old_fingerprint == fingerprint {
+    if existing.as_deref() == Some(fingerprint.as_str()) {
         return tag;
     }
 
@@ -132,16 +127,20 @@ pub fn example_image(version: &str) -> String {
         context_dir,
     ]);
     eprintln!("built {tag} in {:.1?}", started.elapsed());
-    if !old_id.is_empty() {
-        // The image the tag named before is now untagged debris, unless another tag or a
-        // container still uses it; then Docker refuses and it stays, which is fine.
-        let _ = Command::new("docker")
-            .args(["image", "rm", old_id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
+    // The image the tag named before is now untagged debris; so are images left by an
+    // earlier binary. Only untagged test images no container uses go.
+    let _ = Command::new("docker")
+        .args([
+            "image",
+            "prune",
+            "--force",
+            "--filter",
+            &format!("label={BINARY_LABEL}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     tag
 }
 
@@ -329,4 +328,124 @@ pub async fn wait_healthy(port: u16) -> serde_json::Value {
         response.json::<serde_json::Value>().await.ok()
     })
     .await
+}
+
+/// The user the authenticated [`TestRegistry`] accepts.
+pub const REGISTRY_USER: &str = "mcp-test";
+/// Its password.
+pub const REGISTRY_PASSWORD: &str = "pull-secret";
+/// `REGISTRY_USER:bcrypt(REGISTRY_PASSWORD)` (cost 4), written out so no htpasswd tool is
+/// needed.
+const REGISTRY_HTPASSWD: &str =
+    "mcp-test:$2b$04$CNFHPlkmIGs/l1DvfT9xneFlIfOHitpBqJ2Z.tASRI/ppmUKRLexu";
+
+/// Whether the `docker-registry` binary (Debian's distribution registry) is available; the
+/// same CI rule as [`docker_or_skip`].
+pub fn registry_or_skip(test: &str) -> bool {
+    let found = Command::new("docker-registry")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        true
+    } else if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: `docker-registry` is required on CI (CI=true) but cannot be run")
+    } else {
+        eprintln!("skipping {test}: `docker-registry` is not installed");
+        false
+    }
+}
+
+/// A real OCI registry on 127.0.0.1, killed on drop. Two of them may share one storage
+/// directory, e.g. an open one to push to and an authenticated one to pull from, because
+/// pushing to a registry with auth would need `docker login` and its side effects.
+pub struct TestRegistry {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    pub async fn start(storage: &Path, with_auth: bool) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the registry config");
+        let port = free_port();
+        let mut config = format!(
+            "version: 0.1\n\
+             log: {{ level: warn }}\n\
+             storage: {{ filesystem: {{ rootdirectory: {} }}, delete: {{ enabled: true }} }}\n\
+             http: {{ addr: 127.0.0.1:{port} }}\n",
+            storage.display()
+        );
+        if with_auth {
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n")).expect("write htpasswd");
+            config.push_str(&format!(
+                "auth: {{ htpasswd: {{ realm: mcp-test, path: {} }} }}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("registry log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry starts");
+        let registry = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        // Open: 200; with auth: 401 until credentials are given. Either means it serves.
+        let client = http();
+        let url = format!("http://127.0.0.1:{port}/v2/");
+        super::eventually(DEADLINE, &format!("the registry at {url}"), || async {
+            let status = client.get(&url).send().await.ok()?.status();
+            (status == reqwest::StatusCode::OK || status == reqwest::StatusCode::UNAUTHORIZED)
+                .then_some(())
+        })
+        .await;
+        registry
+    }
+
+    /// `127.0.0.1:PORT`, as it appears in image references.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Untags the images it was given on drop. Declare it before the [`ContainerGuard`] of
+/// the same test, so the containers using the images go first.
+#[derive(Default)]
+pub struct ImageGuard(Vec<String>);
+
+impl ImageGuard {
+    pub fn add(&mut self, image: &str) {
+        self.0.push(image.to_string());
+    }
+}
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        for image in &self.0 {
+            let _ = Command::new("docker")
+                .args(["image", "rm", "--force", image])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Quickstart: runs the agent on this machine with the local-process runtime (no Docker),
+# against a fresh manifest repository that deploys the example MCP server.
+#
+#   ./examples/quickstart.sh            # Ctrl-C stops the agent; the server keeps running
+#
+# Everything lives in $QUICKSTART_DIR (default /tmp/mcp-quickstart): the bare repository the
+# agent follows, a working clone to edit and push, the agent's data dir and trust policy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo_root=$PWD
+dir=${QUICKSTART_DIR:-/tmp/mcp-quickstart}
+
+echo "==> building mcp-orchestration and the example server"
+cargo build --quiet --bin mcp-orchestration --example example-server
+bin="$repo_root/target/debug/mcp-orchestration"
+server="$repo_root/target/debug/examples/example-server"
+
+if [ ! -d "$dir/manifest.git" ]; then
+    echo "==> creating the manifest repository in $dir"
+    mkdir -p "$dir"
+    git init --quiet --bare --initial-branch=main "$dir/manifest.git"
+    git clone --quiet "$dir/manifest.git" "$dir/manifest" 2>/dev/null
+    cat >"$dir/manifest/ecosystem-manifest.yaml" <<YAML
+version: "1.1"
+servers:
+  - id: hello
+    name: Hello (the example MCP server)
+    version: "1.0.0"
+    transport: streamable-http
+    process:
+      command: $server
+      args: ["--port", "{port}", "--version", "{version}"]
+    health_check: { interval_seconds: 2, timeout_seconds: 1 }
+YAML
+    git -C "$dir/manifest" add ecosystem-manifest.yaml
+    git -C "$dir/manifest" -c user.name=quickstart -c user.email=quickstart@localhost \
+        commit --quiet -m "Deploy the example server"
+    git -C "$dir/manifest" push --quiet origin HEAD:main
+fi
+
+# The process runtime only starts programs from directories the operator trusts.
+cat >"$dir/trust-policy.yaml" <<YAML
+allowed_images: [ghcr.io/liminalcommons/]
+allowed_commands: [$(dirname "$server")]
+YAML
+
+cat <<TXT
+
+==> starting the agent (API on http://127.0.0.1:7070). In another terminal:
+
+    $bin status
+    $bin revisions
+
+  To roll out a new version, edit and push the manifest:
+
+    cd $dir/manifest
+    sed -i 's/version: "1.0.0"/version: "1.1.0"/' ecosystem-manifest.yaml
+    git commit -qam "hello 1.1.0" && git push -q origin HEAD:main
+
+  The agent sees the push at once (it watches the local repository), starts 1.1.0 beside
+  1.0.0, waits for it to be healthy, then stops 1.0.0:
+
+    curl -s \$($bin status hello --output json | sed -n 's/.*"endpoint": "\\(.*\\)\\/mcp".*/\\1/p')/health
+
+TXT
+exec "$bin" agent \
+    --repo "$dir/manifest.git" \
+    --runtime process \
+    --data-dir "$dir/data" \
+    --trust-policy "$dir/trust-policy.yaml"

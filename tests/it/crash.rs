@@ -1,0 +1,204 @@
+//! `kill -9` of the agent in the middle of applying a commit: the restarted agent converges
+//! to the commit with no duplicate or orphan process and a consistent store.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::agent::{kill_fleet, pid_files, process_manifest, test_trust};
+use crate::support::git::ManifestRepo;
+use crate::support::{BIN, eventually};
+
+struct AgentProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start_agent(repo: &ManifestRepo, data: &std::path::Path, log: &str) -> AgentProcess {
+    std::fs::create_dir_all(data).expect("data dir");
+    let trust = data.join("../trust.yaml");
+    let t = test_trust();
+    std::fs::write(
+        &trust,
+        format!(
+            "allowed_images: []\nallowed_commands: [\"{}\"]\n",
+            t.allowed_commands[0]
+        ),
+    )
+    .expect("trust policy");
+    let port = free_port();
+    let log = std::fs::File::create(data.join(format!("../{log}"))).expect("log file");
+    let child = Command::new(BIN)
+        .args(["agent", "--runtime", "process", "--poll-interval", "60s"])
+        .arg("--repo")
+        .arg(repo.remote())
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--trust-policy")
+        .arg(&trust)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("the agent starts");
+    AgentProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn get(url: &str) -> Option<Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+/// Live example-server processes started with `--version` `version`, found in /proc.
+fn live_servers_with_version(version: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // Zombies have exited; they serve nothing.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .chars()
+                .next();
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            state != Some('Z')
+                && args.first().is_some_and(|a| a.ends_with(b"example-server"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--version" && w[1] == version.as_bytes())
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_in_the_middle_of_applying_then_restart_converges_without_duplicates() {
+    // Versions unique to this test, so concurrent tests' servers are not counted.
+    let (old, new) = ("7.0.0", "7.1.0");
+    let ids = ["crash-a", "crash-b", "crash-c"];
+    let repo = ManifestRepo::new();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    // Declared after `root`, so it runs first on drop: the fleet dies even if we panic.
+    let _fleet = FleetGuard(data.clone());
+    repo.push_manifest(&process_manifest(&ids.map(|i| (i, old))), "three servers");
+
+    let agent = start_agent(&repo, &data, "agent1.log");
+    eventually(Duration::from_secs(20), "three servers running", || async {
+        let fleet = get(&format!("{}/servers", agent.url)).await?;
+        let servers = fleet["servers"].as_array()?;
+        (servers.len() == 3 && servers.iter().all(|s| s["state"] == "running")).then_some(())
+    })
+    .await;
+
+    let commit = repo.push_manifest(
+        &process_manifest(&ids.map(|i| (i, new))),
+        "upgrade all three",
+    );
+    // Kill the agent the moment the first new instance exists: mid-apply.
+    eventually(
+        Duration::from_secs(10),
+        "a new instance to appear",
+        || async {
+            let count = pid_files(&data)
+                .iter()
+                .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(new)))
+                .count();
+            (count >= 1).then_some(())
+        },
+    )
+    .await;
+    let mut agent = agent;
+    agent.child.kill().expect("kill -9");
+    agent.child.wait().expect("reaped");
+    drop(agent);
+
+    let agent = start_agent(&repo, &data, "agent2.log");
+    let fleet = eventually(
+        Duration::from_secs(20),
+        "the fleet converged on the new commit",
+        || async {
+            let fleet = get(&format!("{}/servers", agent.url)).await?;
+            let servers = fleet["servers"].as_array()?;
+            (fleet["applied_revision"] == commit.as_str()
+                && servers.len() == 3
+                && servers
+                    .iter()
+                    .all(|s| s["state"] == "running" && s["running_version"] == new))
+            .then_some(fleet)
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "old instances gone", || async {
+        (pid_files(&data).len() == 3 && live_servers_with_version(old) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        live_servers_with_version(new),
+        3,
+        "one process per server, no orphans: {fleet}"
+    );
+
+    // The store says what happened: the interrupted run, then the one that applied it.
+    let runs = get(&format!("{}/revisions", agent.url)).await.unwrap();
+    let results: Vec<(String, String)> = runs["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["commit_id"] == commit.as_str())
+        .map(|r| {
+            (
+                r["result"].as_str().unwrap().to_owned(),
+                r["trigger"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("applied".to_owned(), "startup".to_owned()),
+            ("interrupted".to_owned(), "watch".to_owned())
+        ]
+    );
+    drop(agent);
+}
+
+/// Kills every process recorded in a data dir when dropped, even during a panic.
+struct FleetGuard(std::path::PathBuf);
+
+impl Drop for FleetGuard {
+    fn drop(&mut self) {
+        kill_fleet(&self.0);
+    }
+}
