@@ -52,6 +52,35 @@ pub enum AgentError {
     Serve(#[source] std::io::Error),
 }
 
+/// This agent's identity: `<data-dir>/agent-id`, created at the first start. Containers are
+/// labelled with it, so agents sharing a Docker host never touch each other's fleets.
+fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
+    use sha2::Digest;
+    let path = data_dir.join("agent-id");
+    let io = |source| AgentError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let seed = format!(
+        "{:?}{}{}",
+        std::time::SystemTime::now(),
+        std::process::id(),
+        data_dir.display()
+    );
+    let id = format!(
+        "agent-{}",
+        &hex::encode(sha2::Sha256::digest(seed.as_bytes()))[..12]
+    );
+    std::fs::write(&path, format!("{id}\n")).map_err(io)?;
+    Ok(id)
+}
+
 /// Runs the agent until `shutdown` is cancelled. `on_ready` receives the address the API
 /// listens on (useful when `listen` asks for port 0).
 pub async fn run(
@@ -73,7 +102,14 @@ pub async fn run(
         );
     }
     let runtime: Arc<dyn Runtime> = match settings.runtime {
-        RuntimeChoice::Docker => Arc::new(crate::runtime::docker::DockerRuntime::connect().await?),
+        RuntimeChoice::Docker => {
+            let owner = agent_id(&settings.data_dir)?;
+            Arc::new(
+                crate::runtime::docker::DockerRuntime::connect()
+                    .await?
+                    .with_owner(owner),
+            )
+        }
         RuntimeChoice::Process => Arc::new(crate::runtime::process::ProcessRuntime::new(
             &settings.data_dir,
         )?),

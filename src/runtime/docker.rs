@@ -10,9 +10,9 @@
 //!
 //! It never makes policy decisions (what to run, when to retry, whether to roll back) and
 //! never touches a container without the `io.mcp-orchestration.managed=true` label: `list`
-//! filters on it, and `stop` and `remove` refuse containers that lack it. It speaks only
-//! the Engine API of Docker 20.10 (API 1.41), negotiated down from bollard's default, so
-//! older engines keep working.
+//! filters on it, and `stop` and `remove` refuse containers that lack it. It negotiates
+//! the API version down to what the engine speaks and uses nothing newer than API 1.41
+//! (Docker 20.10), so old engines keep working.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -84,7 +84,12 @@ pub struct DockerRuntime {
     /// The endpoint we connected to (`DOCKER_HOST` or the default socket), for messages.
     host: String,
     auths: Vec<RegistryAuth>,
+    /// The `io.mcp-orchestration.owner` label value of this agent's containers.
+    owner: String,
 }
+
+/// The owner of containers started without [`DockerRuntime::with_owner`].
+pub const DEFAULT_OWNER: &str = "default";
 
 impl DockerRuntime {
     /// Connects to the daemon named by `DOCKER_HOST` (default: the local socket),
@@ -126,6 +131,7 @@ impl DockerRuntime {
             docker,
             host,
             auths: Vec::new(),
+            owner: DEFAULT_OWNER.to_string(),
         })
     }
 
@@ -133,6 +139,21 @@ impl DockerRuntime {
     pub fn with_registry_auth(mut self, auths: Vec<RegistryAuth>) -> Self {
         self.auths = auths;
         self
+    }
+
+    /// Scopes this runtime to containers labelled with `owner`: it lists, stops and removes
+    /// only those, and labels what it starts with it.
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    fn owns(&self, container_labels: &HashMap<String, String>) -> bool {
+        is_managed(container_labels)
+            && container_labels
+                .get(labels::OWNER)
+                .map_or(DEFAULT_OWNER, String::as_str)
+                == self.owner
     }
 
     fn unavailable(&self, err: &BollardError) -> RuntimeError {
@@ -237,7 +258,7 @@ impl DockerRuntime {
                     .config
                     .as_ref()
                     .and_then(|c| c.labels.as_ref())
-                    .is_some_and(is_managed);
+                    .is_some_and(|l| self.owns(l));
                 if managed {
                     // The caller's span names the container; now it can name the server.
                     if let Some(l) = container.config.as_ref().and_then(|c| c.labels.as_ref()) {
@@ -251,8 +272,9 @@ impl DockerRuntime {
                         action,
                         id: id.to_string(),
                         message: format!(
-                            "the container has no {}=true label; it is not ours to touch",
-                            labels::MANAGED
+                            "the container has no {}=true label or another agent's {} label; it is not ours to touch",
+                            labels::MANAGED,
+                            labels::OWNER
                         ),
                     })
                 }
@@ -344,7 +366,7 @@ impl DockerRuntime {
         let container_labels = container.labels.as_ref().unwrap_or(&empty);
         // The daemon filtered on the label already; checking again costs nothing and keeps
         // the guarantee local.
-        if id.is_empty() || !is_managed(container_labels) {
+        if id.is_empty() || !self.owns(container_labels) {
             return Ok(None);
         }
         let owned = match owned_labels(container_labels) {
@@ -406,7 +428,13 @@ impl Runtime for DockerRuntime {
 
     #[instrument(name = "docker_list", skip_all)]
     async fn list(&self) -> Result<Vec<Instance>, RuntimeError> {
-        let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
+        // Only `default`-owned containers may lack the owner label, so the daemon can filter
+        // on it for every other owner.
+        let mut wanted = vec![format!("{}=true", labels::MANAGED)];
+        if self.owner != DEFAULT_OWNER {
+            wanted.push(format!("{}={}", labels::OWNER, self.owner));
+        }
+        let filters = HashMap::from([("label", wanted)]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
             .filters(&filters)
@@ -464,6 +492,7 @@ impl Runtime for DockerRuntime {
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(HashMap::from([
                 (labels::MANAGED.to_string(), "true".to_string()),
+                (labels::OWNER.to_string(), self.owner.clone()),
                 (labels::SERVER.to_string(), spec.server_id.clone()),
                 (labels::VERSION.to_string(), spec.version.to_string()),
                 (labels::REVISION.to_string(), spec.revision.clone()),

@@ -27,6 +27,9 @@ pub mod labels {
     pub const REVISION: &str = "io.mcp-orchestration.revision";
     /// Fingerprint of the spec an instance was started from; a change means "update".
     pub const SPEC: &str = "io.mcp-orchestration.spec";
+    /// Which agent owns a container, so two agents sharing a Docker host never touch each
+    /// other's fleets. Containers without it belong to the owner `default`.
+    pub const OWNER: &str = "io.mcp-orchestration.owner";
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -3,6 +3,7 @@
 mod crash;
 mod docker_runtime;
 mod gitops;
+mod gitops_docker;
 mod hooks;
 mod manifest_fuzz;
 mod process_runtime;

@@ -28,6 +28,20 @@ pub fn process_manifest(servers: &[(&str, &str)]) -> String {
     text
 }
 
+/// A manifest of example-server containers (images from `support::docker::example_image`).
+pub fn docker_manifest(servers: &[(&str, &str)]) -> String {
+    if servers.is_empty() {
+        return "version: \"1.1\"\nservers: []\n".to_owned();
+    }
+    let mut text = String::from("version: \"1.1\"\nservers:\n");
+    for (id, version) in servers {
+        text.push_str(&format!(
+            "  - id: {id}\n    version: \"{version}\"\n    docker: {{ image: mcp-orch-test/example-server, port: 8080 }}\n    health_check: {{ interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 1 }}\n"
+        ));
+    }
+    text
+}
+
 /// Allows the example server's directory and the test image prefixes.
 pub fn test_trust() -> TrustPolicy {
     let bin = example_server_bin();
@@ -41,6 +55,7 @@ pub fn test_trust() -> TrustPolicy {
 pub struct Options {
     pub poll_interval: Duration,
     pub webhook_secret: Option<String>,
+    pub runtime: RuntimeChoice,
 }
 
 impl Default for Options {
@@ -49,6 +64,7 @@ impl Default for Options {
             // Long enough that tests of the watch or the webhook are not rescued by polling.
             poll_interval: Duration::from_secs(120),
             webhook_secret: None,
+            runtime: RuntimeChoice::Process,
         }
     }
 }
@@ -78,7 +94,7 @@ impl TestAgent {
                 ssh_key: None,
             },
             poll_interval: options.poll_interval,
-            runtime: RuntimeChoice::Process,
+            runtime: options.runtime,
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data.path().to_owned(),
             webhook_secret: options.webhook_secret,

@@ -111,8 +111,14 @@ pub fn example_image(version: &str) -> String {
 
     let context = tempfile::tempdir().expect("temp dir for the docker build context");
     let dockerfile = Path::new(REPO).join("examples/example-server/Dockerfile");
-    std::fs::copy(&dockerfile, context.path().join("Dockerfile"))
-        .unwrap_or_else(|e| panic!("cannot copy {}: {e}", dockerfile.display()));
+    // Each tag reports its own version from /health, as a real release would.
+    let text = std::fs::read_to_string(&dockerfile)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dockerfile.display()));
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        format!("{text}\nENV EXAMPLE_SERVER_VERSION={version}\n"),
+    )
+    .expect("write the Dockerfile");
     std::fs::copy(binary, context.path().join("example-server"))
         .unwrap_or_else(|e| panic!("cannot copy {}: {e}", binary.display()));
     let context_dir = context.path().to_str().expect("utf-8 temp path");
