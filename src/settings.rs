@@ -46,7 +46,14 @@ pub mod env {
     pub const SECRETS_FILE: &str = "MCP_ORCHESTRATION_SECRETS_FILE";
     /// The agent the CLI talks to.
     pub const URL: &str = "MCP_ORCHESTRATION_URL";
+    /// An API key: accepted by the agent, sent by the CLI.
+    pub const API_KEY: &str = "MCP_ORCHESTRATION_API_KEY";
+    /// A file of API keys the agent accepts, one per line.
+    pub const API_KEYS_FILE: &str = "MCP_ORCHESTRATION_API_KEYS_FILE";
 }
+
+/// The generated API key's file in the data dir.
+pub const API_KEY_FILE: &str = "api-key";
 
 /// Defaults that are not `None`.
 pub mod defaults {
@@ -119,6 +126,7 @@ pub struct AgentOptions {
     pub ssh_key: Option<PathBuf>,
     pub secrets_file: Option<PathBuf>,
     pub concurrency: Option<usize>,
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -137,6 +145,7 @@ impl AgentOptions {
             ssh_key: self.ssh_key.or(other.ssh_key),
             secrets_file: self.secrets_file.or(other.secrets_file),
             concurrency: self.concurrency.or(other.concurrency),
+            api_keys_file: self.api_keys_file.or(other.api_keys_file),
         }
     }
 }
@@ -149,6 +158,7 @@ pub struct ConfigFile {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub agent_url: Option<String>,
+    pub api_key: Option<String>,
     /// The `agent` command's options, nested so unknown keys are still caught.
     #[serde(default)]
     pub agent: AgentOptions,
@@ -162,6 +172,7 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
     pub agent_url: Option<String>,
+    pub api_key: Option<String>,
     pub agent: AgentOptions,
 }
 
@@ -173,6 +184,8 @@ pub struct Settings {
     pub trust_policy: Option<PathBuf>,
     /// The agent the CLI talks to.
     pub agent_url: String,
+    /// An API key given explicitly (flag, env or file); see [`Settings::client_api_key`].
+    pub api_key: Option<String>,
     /// The agent's options after merging flags, env and file; see [`Settings::agent`].
     pub agent: AgentOptions,
 }
@@ -188,6 +201,9 @@ pub struct AgentSettings {
     pub webhook_secret: Option<String>,
     pub secrets_file: Option<PathBuf>,
     pub concurrency: usize,
+    /// A key the API accepts (besides those of `api_keys_file`).
+    pub api_key: Option<String>,
+    pub api_keys_file: Option<PathBuf>,
 }
 
 /// The data dir when none is given: `$XDG_DATA_HOME/mcp-orchestration`, else
@@ -242,7 +258,23 @@ impl Settings {
                 .agent_url
                 .or(file.agent_url)
                 .unwrap_or_else(|| defaults::AGENT_URL.to_owned()),
+            api_key: over
+                .api_key
+                .or(file.api_key)
+                .filter(|k| !k.trim().is_empty()),
             agent: over.agent.or(file.agent),
+        })
+    }
+
+    /// The key the CLI sends: the explicit one, else the one the agent generated in the
+    /// data dir (readable when the CLI runs on the agent's machine as its user).
+    pub fn client_api_key(&self) -> Option<String> {
+        self.api_key.clone().or_else(|| {
+            let dir = self.agent.data_dir.clone().unwrap_or_else(default_data_dir);
+            std::fs::read_to_string(dir.join(API_KEY_FILE))
+                .ok()
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
         })
     }
 
@@ -299,6 +331,8 @@ impl Settings {
             webhook_secret: a.webhook_secret.clone().filter(|s| !s.is_empty()),
             secrets_file: a.secrets_file.clone(),
             concurrency,
+            api_key: self.api_key.clone(),
+            api_keys_file: a.api_keys_file.clone(),
         })
     }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use secrets::{Secrets, SecretsError};
-pub use state::{AgentState, FleetView, ServerView, Trigger};
+pub use state::{AgentState, FleetView, OperatorError, ServerView, Trigger};
 
 use crate::policy::TrustPolicy;
 use crate::reconcile::execute::Executor;
@@ -50,6 +50,52 @@ pub enum AgentError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+}
+
+/// The keys the API accepts: `--api-key` and the lines of `--api-keys-file`; with neither,
+/// one generated at the first start into `<data-dir>/api-key` (mode 0600), where the CLI on
+/// the same machine finds it.
+fn api_keys(settings: &AgentSettings) -> Result<Vec<String>, AgentError> {
+    let mut keys: Vec<String> = settings.api_key.iter().cloned().collect();
+    if let Some(path) = &settings.api_keys_file {
+        let text = crate::source::read_text(path).map_err(|e| AgentError::DataDir {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    if !keys.is_empty() {
+        return Ok(keys);
+    }
+    let path = settings.data_dir.join(crate::settings::API_KEY_FILE);
+    let io = |source| AgentError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => return Ok(vec![k.trim().to_owned()]),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let key = crate::api::generate_key();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    writeln!(f, "{key}").map_err(io)?;
+    info!(path = %path.display(), "generated an API key for mutating requests");
+    Ok(vec![key])
 }
 
 /// This agent's identity: `<data-dir>/agent-id`, created at the first start. Containers are
@@ -122,13 +168,18 @@ pub async fn run(
         .map_err(|e| AgentError::Serve(std::io::Error::other(e.to_string())))??;
 
     let (tx, mut rx) = mpsc::channel(1);
-    let state = Arc::new(AgentState::new(
+    let executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency);
+    let mut state = AgentState::new(
         store.clone(),
+        executor.clone(),
         runtime.kind(),
         settings.git.branch.clone(),
         settings.webhook_secret.clone(),
         tx,
-    ));
+    );
+    state.api_keys = api_keys(&settings)?;
+    state.keys_for_reads = !settings.listen.ip().is_loopback();
+    let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -170,7 +221,6 @@ pub async fn run(
         }
     });
 
-    let executor = Executor::new(runtime, store, settings.concurrency);
     let mut syncer = sync::Syncer::new(source, executor, trust, secrets, state.clone());
     syncer.restore().await;
     let mut next = Trigger::Startup;

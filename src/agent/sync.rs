@@ -104,6 +104,11 @@ impl Syncer {
 
     pub async fn sync(&mut self, trigger: Trigger) {
         let started = Instant::now();
+        for server in self.state.take_retries() {
+            if self.failed.remove(&server).is_some() {
+                info!(server = %server, "an operator asked to retry; the failed spec is forgotten");
+            }
+        }
         let seen_at = Timestamp::now();
         let fetch_started = Timestamp::now();
         let head = self.blocking(|s| s.fetch()).await;

@@ -1,6 +1,7 @@
 //! The agent's HTTP API (axum): status for operators and the gateway, run history, and the
 //! git webhook. It holds no state of its own: every handler reads [`AgentState`].
 
+mod auth;
 mod error;
 mod webhook;
 
@@ -9,11 +10,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+pub use auth::generate_key;
 pub use error::{ApiError, REQUEST_ID};
 pub use webhook::{sign as sign_webhook, verify as verify_webhook};
 
@@ -26,8 +29,9 @@ pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/servers", get(servers))
-        .route("/servers/{id}", get(server))
+        .route("/servers/{id}", get(server).delete(stop))
         .route("/servers/{id}/status", get(server))
+        .route("/servers/{id}/deploy", post(deploy))
         .route("/revisions", get(revisions))
         .route("/revisions/{commit}", get(revision))
         .route("/webhooks/git", post(webhook::push))
@@ -38,6 +42,10 @@ pub fn router(state: Arc<AgentState>) -> Router {
                 "no such route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(error::request_id))
         .with_state(state)
@@ -131,4 +139,34 @@ async fn revision(
                 ),
             )
         })
+}
+
+fn operator_error(e: crate::agent::OperatorError) -> ApiError {
+    match e {
+        crate::agent::OperatorError::UnknownServer(id) => ApiError::server_not_found(&id),
+        other => ApiError::internal(format!("{other:#}")),
+    }
+}
+
+/// `DELETE /servers/{id}`: an operator's stop, kept until `POST /servers/{id}/deploy`.
+async fn stop(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let stopped = state.stop(&id).await.map_err(operator_error)?;
+    Ok(Json(
+        json!({ "server_id": id, "stopped_instances": stopped, "held": true }),
+    ))
+}
+
+/// `POST /servers/{id}/deploy`: lifts a stop and retries a failed version; converges now.
+async fn deploy(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.deploy(&id).await.map_err(operator_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "server_id": id, "deploy": "requested" })),
+    ))
 }

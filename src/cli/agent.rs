@@ -29,9 +29,6 @@ pub struct Args {
     /// Address of the HTTP API [default: 127.0.0.1:7070]
     #[arg(long, env = env::LISTEN, value_name = "ADDR")]
     listen: Option<String>,
-    /// State, logs and the repository mirror [default: ~/.local/share/mcp-orchestration]
-    #[arg(long, env = env::DATA_DIR, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
     /// HMAC secret that `POST /webhooks/git` signatures must match.
     #[arg(long, env = env::WEBHOOK_SECRET, value_name = "SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
@@ -50,6 +47,9 @@ pub struct Args {
     /// How many servers may be changed at once [default: 4]
     #[arg(long)]
     concurrency: Option<usize>,
+    /// A file of API keys the HTTP API accepts, one per line.
+    #[arg(long, env = env::API_KEYS_FILE, value_name = "FILE")]
+    api_keys_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -70,12 +70,13 @@ impl Args {
                 RuntimeArg::Docker => RuntimeChoice::Docker,
             }),
             listen: self.listen.clone(),
-            data_dir: self.data_dir.clone(),
+            data_dir: None,
             webhook_secret: self.webhook_secret.clone(),
             git_token: self.git_token.clone(),
             ssh_key: self.ssh_key.clone(),
             secrets_file: self.secrets_file.clone(),
             concurrency: self.concurrency,
+            api_keys_file: self.api_keys_file.clone(),
         }
     }
 }

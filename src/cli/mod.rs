@@ -43,6 +43,14 @@ pub struct Cli {
     /// The agent the CLI talks to.
     #[arg(long, global = true, env = env::URL, value_name = "URL")]
     agent_url: Option<String>,
+    /// API key: accepted by `agent`, sent by the other commands [default: the agent's
+    /// generated `<data-dir>/api-key`]
+    #[arg(long, global = true, env = env::API_KEY, value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The agent's data dir: state, logs, the repository mirror, the generated API key
+    /// [default: ~/.local/share/mcp-orchestration]
+    #[arg(long, global = true, env = env::DATA_DIR, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +73,10 @@ enum Command {
     Status(status::StatusArgs),
     /// List the runs of recent commits, or show one (`revisions show COMMIT`).
     Revisions(status::RevisionsArgs),
+    /// Stop a server and keep it stopped (syncs leave it alone) until `deploy`.
+    Stop(status::ServerArg),
+    /// Deploy a server again: lifts a stop and retries a version that failed.
+    Deploy(status::ServerArg),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -75,10 +87,11 @@ pub fn main() -> ExitCode {
         Command::Agent(a) => a.trust_policy.clone(),
         _ => None,
     };
-    let agent_options = match &cli.command {
+    let mut agent_options = match &cli.command {
         Command::Agent(a) => a.options(),
-        _ => Default::default(),
+        _ => crate::settings::AgentOptions::default(),
     };
+    agent_options.data_dir = cli.data_dir.clone();
     let settings = match Settings::resolve(Overrides {
         config: cli.config,
         trust_policy,
@@ -88,6 +101,7 @@ pub fn main() -> ExitCode {
         }),
         log_level: cli.log_level,
         agent_url: cli.agent_url,
+        api_key: cli.api_key,
         agent: agent_options,
     }) {
         Ok(s) => s,
@@ -103,6 +117,8 @@ pub fn main() -> ExitCode {
         Command::Agent(_) => agent::run(&settings),
         Command::Status(args) => status::status(&settings, args),
         Command::Revisions(args) => status::revisions(&settings, args),
+        Command::Stop(args) => status::stop(&settings, args),
+        Command::Deploy(args) => status::deploy(&settings, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

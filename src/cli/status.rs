@@ -17,6 +17,48 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ServerArg {
+    /// The server's id.
+    server: String,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+pub fn stop(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
+    let client = Client::new(settings)?;
+    let answer: Value = client.send(
+        reqwest::Method::DELETE,
+        &format!("/servers/{}", args.server),
+    )?;
+    match args.output {
+        OutputFormat::Json => output::print_json(&answer),
+        OutputFormat::Text => println!(
+            "{} stopped ({} instance(s) removed); it stays stopped until `mcp-orchestration deploy {}`",
+            args.server,
+            text(&answer, "stopped_instances"),
+            args.server
+        ),
+    }
+    Ok(exit::OK)
+}
+
+pub fn deploy(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
+    let client = Client::new(settings)?;
+    let answer: Value = client.send(
+        reqwest::Method::POST,
+        &format!("/servers/{}/deploy", args.server),
+    )?;
+    match args.output {
+        OutputFormat::Json => output::print_json(&answer),
+        OutputFormat::Text => println!(
+            "{}: deploy requested; follow it with `mcp-orchestration status {}`",
+            args.server, args.server
+        ),
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, clap::Args)]
 pub struct RevisionsArgs {
     #[command(subcommand)]
     show: Option<RevisionsCommand>,
@@ -49,7 +91,7 @@ fn short(commit: &str) -> &str {
 }
 
 pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&settings.agent_url)?;
+    let client = Client::new(settings)?;
     if let Some(id) = &args.server {
         let server: Value = client.get(&format!("/servers/{id}/status"))?;
         match args.output {
@@ -118,7 +160,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
 }
 
 pub fn revisions(settings: &Settings, args: RevisionsArgs) -> anyhow::Result<u8> {
-    let client = Client::new(&settings.agent_url)?;
+    let client = Client::new(settings)?;
     match args.show {
         Some(RevisionsCommand::Show { commit }) => {
             let run: Value = client.get(&format!("/revisions/{commit}"))?;

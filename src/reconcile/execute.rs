@@ -364,6 +364,25 @@ impl Executor {
             .map_err(|e| e.to_string())
     }
 
+    /// Stops and removes every instance of `server` (under its lock), recording it as a
+    /// removal rollout with the context's trigger: an operator's stop.
+    pub async fn stop_server(&self, server: &str, ctx: &ApplyContext) -> Result<usize, String> {
+        let lock = self.server_lock(server);
+        let _guard = lock.lock().await;
+        let instances: Vec<Instance> = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|i| i.server_id == server)
+            .collect();
+        if !instances.is_empty() {
+            self.remove_server(server, &instances, ctx).await?;
+        }
+        Ok(instances.len())
+    }
+
     async fn remove_server(
         &self,
         server: &str,

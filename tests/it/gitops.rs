@@ -277,3 +277,133 @@ async fn a_restarted_agent_adopts_its_fleet_without_restarting_it() {
         "the same commit is not run twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_remote_keeps_the_fleet_running_reports_the_error_and_recovers() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[("theta", "1.0.0")]), "theta");
+    let poll = Duration::from_millis(300);
+    let agent = TestAgent::start(
+        &repo.remote_url(),
+        Options {
+            poll_interval: poll,
+            ..Options::default()
+        },
+    )
+    .await;
+    let before = agent
+        .wait_running("theta", "1.0.0", Duration::from_secs(10))
+        .await;
+
+    // The remote disappears.
+    let moved = repo.dir.path().join("moved.git");
+    std::fs::rename(repo.remote(), &moved).unwrap();
+    let fleet = eventually(
+        Duration::from_secs(10),
+        "the fetch error to be reported",
+        || async {
+            let (_, fleet) = agent.get("/servers").await;
+            fleet["source_error"].is_string().then_some(fleet)
+        },
+    )
+    .await;
+    assert!(
+        fleet["source_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot fetch"),
+        "{fleet}"
+    );
+    let (_, health) = agent.get("/health").await;
+    assert_eq!(health["status"], "degraded");
+    let now = agent.server("theta").await.unwrap();
+    assert_eq!(now["instance_id"], before["instance_id"]);
+    assert!(
+        health_of(now["endpoint"].as_str().unwrap()).await.is_some(),
+        "theta keeps serving"
+    );
+
+    // It comes back, with a new commit: the agent recovers and applies it.
+    std::fs::rename(&moved, repo.remote()).unwrap();
+    repo.push_manifest(&process_manifest(&[("theta", "1.1.0")]), "theta 1.1.0");
+    agent
+        .wait_running("theta", "1.1.0", Duration::from_secs(15))
+        .await;
+    let (_, fleet) = agent.get("/servers").await;
+    assert!(fleet["source_error"].is_null(), "{fleet}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_stop_needs_a_key_and_is_respected_until_deploy() {
+    use crate::support::agent::TEST_API_KEY;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[("iota", "1.0.0")]), "iota");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let running = agent
+        .wait_running("iota", "1.0.0", Duration::from_secs(10))
+        .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/servers/iota", agent.url);
+
+    let anonymous = http.delete(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let wrong = http
+        .delete(&url)
+        .bearer_auth("not-the-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(
+        health_of(running["endpoint"].as_str().unwrap())
+            .await
+            .is_some(),
+        "refused requests change nothing"
+    );
+
+    let stopped = http
+        .delete(&url)
+        .header("x-api-key", TEST_API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.status(), 200);
+    let body: Value = stopped.json().await.unwrap();
+    assert_eq!(body["stopped_instances"], 1);
+    assert!(
+        health_of(running["endpoint"].as_str().unwrap())
+            .await
+            .is_none()
+    );
+
+    // A commit touching another server does not bring it back.
+    repo.push_manifest(
+        &process_manifest(&[("iota", "1.0.0"), ("kappa", "1.0.0")]),
+        "add kappa",
+    );
+    agent.wait_running("kappa", "1.0.0", FAST).await;
+    let view = agent.server("iota").await.unwrap();
+    assert_eq!(view["state"], "stopped");
+    assert!(view["running_version"].is_null(), "{view}");
+
+    // Deploy lifts the stop.
+    let deployed = http
+        .post(format!("{url}/deploy"))
+        .bearer_auth(TEST_API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status(), 202);
+    agent.wait_running("iota", "1.0.0", FAST).await;
+
+    let missing = http
+        .delete(format!("{}/servers/nope", agent.url))
+        .bearer_auth(TEST_API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let envelope: Value = missing.json().await.unwrap();
+    assert_eq!(envelope["error"]["code"], "SERVER_NOT_FOUND");
+    assert!(envelope["error"]["request_id"].is_string());
+}

@@ -52,6 +52,9 @@ pub fn test_trust() -> TrustPolicy {
     }
 }
 
+/// The API key every test agent accepts.
+pub const TEST_API_KEY: &str = "test-api-key";
+
 pub struct Options {
     pub poll_interval: Duration,
     pub webhook_secret: Option<String>,
@@ -100,6 +103,8 @@ impl TestAgent {
             webhook_secret: options.webhook_secret,
             secrets_file: None,
             concurrency: 4,
+            api_key: Some(TEST_API_KEY.into()),
+            api_keys_file: None,
         };
         let token = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -1,0 +1,407 @@
+//! Benchmark: how long from `git push` returning to the server answering `/health` with the
+//! pushed version, per trigger (local watch, webhook, polling) and runtime (process, docker);
+//! and the agent's idle CPU and RSS while it watches a repository.
+//!
+//!     cargo bench --bench commit_to_healthy                      # process runtime, 20 pushes
+//!     BENCH_PUSHES=50 BENCH_DOCKER=1 cargo bench --bench commit_to_healthy
+//!
+//! Docker mode needs images `mcp-orch-test/example-server:{1.0.0,1.1.0}` (the integration
+//! tests build them). Everything runs on 127.0.0.1. Results are printed as Markdown rows for
+//! BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::settings::{AgentSettings, RuntimeChoice};
+use mcp_orchestration::source::GitSettings;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+fn git(cwd: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(cwd)
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@localhost",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn example_server() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "example-server",
+        ])
+        .current_dir(root)
+        .status()
+        .expect("cargo");
+    assert!(status.success());
+    root.join("target/release/examples/example-server")
+}
+
+fn manifest(runtime: RuntimeChoice, bin: &Path, version: &str) -> String {
+    let body = match runtime {
+        RuntimeChoice::Process => format!(
+            "    process:\n      command: {}\n      args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"]\n",
+            bin.display()
+        ),
+        RuntimeChoice::Docker => {
+            "    docker: { image: mcp-orch-test/example-server, port: 8080 }\n".to_owned()
+        }
+    };
+    format!(
+        "version: \"1.1\"\nservers:\n  - id: bench\n    version: \"{version}\"\n{body}    health_check: {{ interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 1 }}\n"
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Trigger {
+    Watch,
+    Webhook,
+    Poll,
+}
+
+struct Agent {
+    url: String,
+    token: CancellationToken,
+    data: tempfile::TempDir,
+}
+
+async fn start_agent(repo: &str, runtime: RuntimeChoice, poll: Duration, bin: &Path) -> Agent {
+    let data = tempfile::tempdir().unwrap();
+    let settings = AgentSettings {
+        git: GitSettings {
+            url: repo.to_owned(),
+            branch: "main".into(),
+            manifest_path: "ecosystem-manifest.yaml".into(),
+            token: None,
+            ssh_key: None,
+        },
+        poll_interval: poll,
+        runtime,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data.path().to_owned(),
+        webhook_secret: None,
+        secrets_file: None,
+        concurrency: 4,
+        api_key: Some("bench-key".into()),
+        api_keys_file: None,
+    };
+    let trust = TrustPolicy {
+        allowed_images: vec!["mcp-orch-test/".into()],
+        allowed_commands: vec![bin.parent().unwrap().display().to_string()],
+        source: "bench".into(),
+    };
+    let token = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let t = token.clone();
+    tokio::spawn(async move {
+        if let Err(e) = mcp_orchestration::agent::run(settings, trust, t, move |a| {
+            let _ = tx.send(a);
+        })
+        .await
+        {
+            panic!("agent: {e:#}");
+        }
+    });
+    let addr = rx.await.unwrap();
+    Agent {
+        url: format!("http://{addr}"),
+        token,
+        data,
+    }
+}
+
+async fn healthy_at(http: &reqwest::Client, agent: &Agent, version: &str) -> bool {
+    let Ok(r) = http
+        .get(format!("{}/servers/bench", agent.url))
+        .send()
+        .await
+    else {
+        return false;
+    };
+    let Ok(s) = r.json::<Value>().await else {
+        return false;
+    };
+    let Some(endpoint) = s["endpoint"].as_str() else {
+        return false;
+    };
+    let Ok(r) = http.get(endpoint.replace("/mcp", "/health")).send().await else {
+        return false;
+    };
+    let Ok(b) = r.json::<Value>().await else {
+        return false;
+    };
+    b["version"] == version && b["status"] == "healthy"
+}
+
+async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &Path) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("remote.git");
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    let write = |version: &str| {
+        std::fs::write(
+            work.join("ecosystem-manifest.yaml"),
+            manifest(runtime, bin, version),
+        )
+        .unwrap();
+        git(&work, &["commit", "-qam", version]);
+    };
+    std::fs::write(
+        work.join("ecosystem-manifest.yaml"),
+        manifest(runtime, bin, "1.0.0"),
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "start"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let (repo, poll) = match trigger {
+        Trigger::Watch => (remote.display().to_string(), Duration::from_secs(600)),
+        Trigger::Webhook => (
+            format!("file://{}", remote.display()),
+            Duration::from_secs(600),
+        ),
+        Trigger::Poll => (
+            format!("file://{}", remote.display()),
+            Duration::from_secs(1),
+        ),
+    };
+    let agent = start_agent(&repo, runtime, poll, bin).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    while !healthy_at(&http, &agent, "1.0.0").await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut samples = Vec::new();
+    for i in 0..pushes {
+        let version = if i % 2 == 0 { "1.1.0" } else { "1.0.0" };
+        write(version);
+        git(&work, &["push", "-q", "origin", "HEAD:main"]);
+        let pushed = Instant::now();
+        if trigger == Trigger::Webhook {
+            http.post(format!("{}/webhooks/git", agent.url))
+                .body(r#"{"ref":"refs/heads/main"}"#)
+                .send()
+                .await
+                .unwrap();
+        }
+        let deadline = pushed + Duration::from_secs(60);
+        while !healthy_at(&http, &agent, version).await {
+            assert!(
+                Instant::now() < deadline,
+                "push {i} not healthy within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        samples.push(pushed.elapsed().as_secs_f64() * 1000.0);
+    }
+    agent.token.cancel();
+    kill_fleet(agent.data.path(), runtime);
+    samples
+}
+
+fn kill_fleet(data: &Path, runtime: RuntimeChoice) {
+    if runtime == RuntimeChoice::Docker {
+        let owner = std::fs::read_to_string(data.join("agent-id")).unwrap_or_default();
+        let ids = Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=io.mcp-orchestration.owner={}", owner.trim()),
+            ])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+        return;
+    }
+    for e in std::fs::read_dir(data.join("processes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap_or_default())
+            .unwrap_or(Value::Null);
+        if let Some(pid) = v["pid"].as_i64().filter(|p| *p > 1) {
+            // SAFETY: kill(2) of a process group this benchmark's agent started.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Idle CPU (% of one core) and RSS of the agent binary watching a repository, over `secs`.
+fn idle(secs: u64) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("remote.git");
+    git(
+        dir.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    let work = dir.path().join("work");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(
+        work.join("ecosystem-manifest.yaml"),
+        "version: \"1.1\"\nservers: []\n",
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "-qm", "empty"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "mcp-orchestration",
+        ])
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = Command::new(root.join("target/release/mcp-orchestration"))
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--poll-interval",
+            "30s",
+            "--repo",
+        ])
+        .arg(&remote)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = ticks(child.id());
+    std::thread::sleep(Duration::from_secs(secs));
+    let after = ticks(child.id());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    // Linux reports CPU time in clock ticks of 1/100 s.
+    let cpu = (after - before) as f64 / 100.0 / secs as f64 * 100.0;
+    (cpu, rss_kb)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let pushes: usize = std::env::var("BENCH_PUSHES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let docker = std::env::var("BENCH_DOCKER").is_ok_and(|v| v == "1");
+    let bin = example_server();
+    println!("| runtime | trigger | pushes | median ms | p95 ms | max ms |");
+    println!("|---|---|---|---|---|---|");
+    let mut runtimes = vec![RuntimeChoice::Process];
+    if docker {
+        runtimes.push(RuntimeChoice::Docker);
+    }
+    for runtime in runtimes {
+        for (trigger, name) in [
+            (Trigger::Watch, "local watch"),
+            (Trigger::Webhook, "webhook"),
+            (Trigger::Poll, "poll (1 s)"),
+        ] {
+            let mut s = measure(runtime, trigger, pushes, &bin).await;
+            s.sort_by(f64::total_cmp);
+            let rt = if runtime == RuntimeChoice::Docker {
+                "docker"
+            } else {
+                "process"
+            };
+            println!(
+                "| {rt} | {name} | {} | {:.0} | {:.0} | {:.0} |",
+                s.len(),
+                percentile(&s, 0.5),
+                percentile(&s, 0.95),
+                s[s.len() - 1]
+            );
+        }
+    }
+    let (cpu, rss) = idle(20);
+    println!(
+        "\nidle agent (release build, watching a local repo, 30 s poll), over 20 s: CPU {cpu:.2}% of one core, RSS {} KiB",
+        rss
+    );
+}
