@@ -141,7 +141,25 @@ struct PidFile {
     exit_code: Option<i32>,
     #[serde(default)]
     exit_signal: Option<i32>,
+    /// The start's nonce (see [`Intent`]), also in the child's environment.
+    #[serde(default)]
+    nonce: Option<String>,
 }
+
+/// Written before a spawn and removed once the pid file exists. An agent killed between the
+/// two leaves it behind; the next agent then finds the process through the nonce in its
+/// environment and kills it, so a crash at any instant leaves no untracked server running.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Intent {
+    /// The agent process that spawned it; its intents are its own business while it lives.
+    agent_pid: u32,
+    nonce: String,
+    server_id: String,
+}
+
+/// The child's environment variable carrying its start nonce.
+pub const NONCE_ENV: &str = "MCP_ORCHESTRATION_INSTANCE";
+const INTENT_PREFIX: &str = ".intent-";
 
 impl PidFile {
     fn instance_id(&self) -> String {
@@ -254,6 +272,53 @@ impl ProcessRuntime {
             }))
     }
 
+    /// Kills processes a dead agent spawned but never recorded (see [`Intent`]).
+    async fn clean_stale_intents(&self) {
+        let Ok(mut dir) = tokio::fs::read_dir(&self.processes_dir).await else {
+            return;
+        };
+        let mut stale = Vec::new();
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with(INTENT_PREFIX) {
+                continue;
+            }
+            let Ok(text) = tokio::fs::read(entry.path()).await else {
+                continue;
+            };
+            let Ok(intent) = serde_json::from_slice::<Intent>(&text) else {
+                // A crash mid-write leaves an empty or partial file; nothing was spawned yet.
+                remove_quietly(&entry.path()).await;
+                continue;
+            };
+            let writer_alive = Path::new(&format!("/proc/{}", intent.agent_pid)).exists();
+            if intent.agent_pid != std::process::id() && !writer_alive {
+                stale.push((entry.path(), intent));
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        let recorded: Vec<String> = self
+            .read_pid_files()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, f)| f.nonce)
+            .collect();
+        for (path, intent) in stale {
+            if !recorded.contains(&intent.nonce) {
+                for pid in pids_with_env(NONCE_ENV, &intent.nonce) {
+                    warn!(server = %intent.server_id, pid, "killing a server process a crashed agent started but never recorded");
+                    if let Ok(stat) = proc_stat(pid) {
+                        let _ = signal_instance(pid, stat.starttime, libc::SIGKILL);
+                    }
+                }
+            }
+            remove_quietly(&path).await;
+        }
+    }
+
     fn state_of(&self, file: &PidFile) -> InstanceState {
         match liveness(file.pid, file.starttime) {
             Liveness::Alive => InstanceState::Running,
@@ -342,6 +407,22 @@ impl ProcessRuntime {
             .try_clone()
             .map_err(|err| start_error(format!("cannot duplicate the log descriptor: {err}")))?;
 
+        let nonce = format!(
+            "{}-{}",
+            unique_suffix(),
+            Timestamp::now().as_nanosecond() % 1_000_000_000_000
+        );
+        let intent_path = self.processes_dir.join(format!("{INTENT_PREFIX}{nonce}"));
+        let intent = Intent {
+            agent_pid: std::process::id(),
+            nonce: nonce.clone(),
+            server_id: spec.server_id.clone(),
+        };
+        let intent_text = serde_json::to_vec(&intent).map_err(|e| start_error(e.to_string()))?;
+        tokio::fs::write(&intent_path, intent_text)
+            .await
+            .map_err(|err| start_error(format!("cannot write {}: {err}", intent_path.display())))?;
+
         let mut cmd = tokio::process::Command::new(&command);
         cmd.args(&args)
             .env_clear()
@@ -351,6 +432,7 @@ impl ProcessRuntime {
                     .filter_map(|key| std::env::var_os(key).map(|value| (*key, value))),
             )
             .envs(&env)
+            .env(NONCE_ENV, &nonce)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -363,6 +445,7 @@ impl ProcessRuntime {
             Ok(child) => child,
             Err(err) => {
                 remove_quietly(&pending_log).await;
+                remove_quietly(&intent_path).await;
                 return Err(start_error(format!("cannot run {command}: {err}")));
             }
         };
@@ -379,6 +462,7 @@ impl ProcessRuntime {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 remove_quietly(&pending_log).await;
+                remove_quietly(&intent_path).await;
                 return Err(start_error(format!(
                     "cannot read the started process's identity: {err}"
                 )));
@@ -411,6 +495,7 @@ impl ProcessRuntime {
             started_at: Timestamp::now(),
             exit_code: None,
             exit_signal: None,
+            nonce: Some(nonce),
         };
         let pid_path = self.pid_file_path(&spec.server_id, &id);
         if let Err(err) = write_atomically(&pid_path, &file).await {
@@ -420,11 +505,13 @@ impl ProcessRuntime {
             let _ = signal_instance(pid, starttime, libc::SIGKILL);
             let _ = child.start_kill();
             let _ = child.wait().await;
+            remove_quietly(&intent_path).await;
             return Err(start_error(format!(
                 "cannot write {}: {err}",
                 pid_path.display()
             )));
         }
+        remove_quietly(&intent_path).await;
 
         let shared = Arc::clone(&self.shared);
         let waiter_path = pid_path.clone();
@@ -564,6 +651,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn list(&self) -> Result<Vec<Instance>, RuntimeError> {
+        self.clean_stale_intents().await;
         let mut instances: Vec<Instance> = self
             .read_pid_files()
             .await?
@@ -727,6 +815,22 @@ fn open_log(path: &Path) -> io::Result<std::fs::File> {
         // Servers may print their configuration, secrets included.
         .mode(0o600)
         .open(path)
+}
+
+/// Processes whose environment holds `key=value` (only those of our own user are readable).
+fn pids_with_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
 }
 
 /// A suffix unique within this agent process and, thanks to the pid, across agents.

@@ -6,9 +6,55 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::agent::{kill_fleet, pid_files, process_manifest, test_trust};
+use crate::support::agent::{docker_manifest, kill_fleet, pid_files, process_manifest, test_trust};
+use crate::support::docker::{docker, docker_or_skip, example_image};
 use crate::support::git::ManifestRepo;
 use crate::support::{BIN, eventually};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Runtime {
+    Process,
+    Docker,
+}
+
+impl Runtime {
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Process => "process",
+            Runtime::Docker => "docker",
+        }
+    }
+
+    fn manifest(self, servers: &[(&str, &str)]) -> String {
+        match self {
+            Runtime::Process => process_manifest(servers),
+            Runtime::Docker => docker_manifest(servers),
+        }
+    }
+}
+
+/// Containers of the agent whose data dir is `data`, with `version`, counted by label.
+fn containers(data: &std::path::Path, version: &str, running_only: bool) -> usize {
+    let Ok(owner) = std::fs::read_to_string(data.join("agent-id")) else {
+        return 0;
+    };
+    let mut args = vec!["ps", "-q"];
+    if !running_only {
+        args.push("-a");
+    }
+    let owner = format!("label=io.mcp-orchestration.owner={}", owner.trim());
+    let version = format!("label=io.mcp-orchestration.version={version}");
+    args.extend(["--filter", &owner, "--filter", &version]);
+    docker(&args).lines().count()
+}
+
+/// Instances with `version`, whatever the runtime: processes found in /proc, or containers.
+fn instances(runtime: Runtime, data: &std::path::Path, version: &str) -> usize {
+    match runtime {
+        Runtime::Process => live_servers_with_version(version),
+        Runtime::Docker => containers(data, version, false),
+    }
+}
 
 struct AgentProcess {
     child: Child,
@@ -29,14 +75,19 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_agent(repo: &ManifestRepo, data: &std::path::Path, log: &str) -> AgentProcess {
+fn start_agent(
+    repo: &ManifestRepo,
+    data: &std::path::Path,
+    log: &str,
+    runtime: Runtime,
+) -> AgentProcess {
     std::fs::create_dir_all(data).expect("data dir");
     let trust = data.join("../trust.yaml");
     let t = test_trust();
     std::fs::write(
         &trust,
         format!(
-            "allowed_images: []\nallowed_commands: [\"{}\"]\n",
+            "allowed_images: [\"mcp-orch-test/\"]\nallowed_commands: [\"{}\"]\n",
             t.allowed_commands[0]
         ),
     )
@@ -44,7 +95,13 @@ fn start_agent(repo: &ManifestRepo, data: &std::path::Path, log: &str) -> AgentP
     let port = free_port();
     let log = std::fs::File::create(data.join(format!("../{log}"))).expect("log file");
     let child = Command::new(BIN)
-        .args(["agent", "--runtime", "process", "--poll-interval", "60s"])
+        .args([
+            "agent",
+            "--runtime",
+            runtime.name(),
+            "--poll-interval",
+            "60s",
+        ])
         .arg("--repo")
         .arg(repo.remote())
         .arg("--data-dir")
@@ -104,37 +161,54 @@ fn live_servers_with_version(version: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_in_the_middle_of_applying_then_restart_converges_without_duplicates() {
+    kill_9_mid_apply(Runtime::Process).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_kill_9_in_the_middle_of_applying_then_restart_converges_without_duplicates() {
+    if !docker_or_skip("docker_kill_9_in_the_middle_of_applying") {
+        return;
+    }
+    example_image("7.0.0");
+    example_image("7.1.0");
+    kill_9_mid_apply(Runtime::Docker).await;
+}
+
+async fn kill_9_mid_apply(runtime: Runtime) {
     // Versions unique to this test, so concurrent tests' servers are not counted.
     let (old, new) = ("7.0.0", "7.1.0");
-    let ids = ["crash-a", "crash-b", "crash-c"];
+    let pid = std::process::id();
+    let ids = ["a", "b", "c"].map(|s| format!("crash-{}-{s}-{pid}", runtime.name()));
+    let servers = |v: &'static str| ids.iter().map(|i| (i.as_str(), v)).collect::<Vec<_>>();
     let repo = ManifestRepo::new();
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
+    let _logs = LogsOnPanic(root.path().to_owned());
     // Declared after `root`, so it runs first on drop: the fleet dies even if we panic.
-    let _fleet = FleetGuard(data.clone());
-    repo.push_manifest(&process_manifest(&ids.map(|i| (i, old))), "three servers");
+    let _fleet = FleetGuard(data.clone(), runtime);
+    repo.push_manifest(&runtime.manifest(&servers(old)), "three servers");
 
-    let agent = start_agent(&repo, &data, "agent1.log");
-    eventually(Duration::from_secs(20), "three servers running", || async {
+    let agent = start_agent(&repo, &data, "agent1.log", runtime);
+    eventually(Duration::from_secs(30), "three servers running", || async {
         let fleet = get(&format!("{}/servers", agent.url)).await?;
         let servers = fleet["servers"].as_array()?;
         (servers.len() == 3 && servers.iter().all(|s| s["state"] == "running")).then_some(())
     })
     .await;
 
-    let commit = repo.push_manifest(
-        &process_manifest(&ids.map(|i| (i, new))),
-        "upgrade all three",
-    );
+    let commit = repo.push_manifest(&runtime.manifest(&servers(new)), "upgrade all three");
     // Kill the agent the moment the first new instance exists: mid-apply.
     eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         "a new instance to appear",
         || async {
-            let count = pid_files(&data)
-                .iter()
-                .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(new)))
-                .count();
+            let count = match runtime {
+                Runtime::Process => pid_files(&data)
+                    .iter()
+                    .filter(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(new)))
+                    .count(),
+                Runtime::Docker => containers(&data, new, false),
+            };
             (count >= 1).then_some(())
         },
     )
@@ -144,9 +218,9 @@ async fn kill_9_in_the_middle_of_applying_then_restart_converges_without_duplica
     agent.child.wait().expect("reaped");
     drop(agent);
 
-    let agent = start_agent(&repo, &data, "agent2.log");
+    let agent = start_agent(&repo, &data, "agent2.log", runtime);
     let fleet = eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "the fleet converged on the new commit",
         || async {
             let fleet = get(&format!("{}/servers", agent.url)).await?;
@@ -160,15 +234,20 @@ async fn kill_9_in_the_middle_of_applying_then_restart_converges_without_duplica
         },
     )
     .await;
-    eventually(Duration::from_secs(10), "old instances gone", || async {
-        (pid_files(&data).len() == 3 && live_servers_with_version(old) == 0).then_some(())
+    eventually(Duration::from_secs(20), "old instances gone", || async {
+        (instances(runtime, &data, old) == 0).then_some(())
     })
     .await;
     assert_eq!(
-        live_servers_with_version(new),
+        instances(runtime, &data, new),
         3,
-        "one process per server, no orphans: {fleet}"
+        "one instance per server, no orphans: {fleet}"
     );
+    if runtime == Runtime::Process {
+        assert_eq!(pid_files(&data).len(), 3);
+    } else {
+        assert_eq!(containers(&data, new, true), 3, "all three running");
+    }
 
     // The store says what happened: the interrupted run, then the one that applied it.
     let runs = get(&format!("{}/revisions", agent.url)).await.unwrap();
@@ -194,11 +273,42 @@ async fn kill_9_in_the_middle_of_applying_then_restart_converges_without_duplica
     drop(agent);
 }
 
-/// Kills every process recorded in a data dir when dropped, even during a panic.
-struct FleetGuard(std::path::PathBuf);
+/// Kills every process, or removes every container, of the agent owning a data dir when
+/// dropped, even during a panic.
+struct FleetGuard(std::path::PathBuf, Runtime);
 
 impl Drop for FleetGuard {
     fn drop(&mut self) {
-        kill_fleet(&self.0);
+        match self.1 {
+            Runtime::Process => kill_fleet(&self.0),
+            Runtime::Docker => {
+                let Ok(owner) = std::fs::read_to_string(self.0.join("agent-id")) else {
+                    return;
+                };
+                let filter = format!("label=io.mcp-orchestration.owner={}", owner.trim());
+                let ids = docker(&["ps", "-aq", "--filter", &filter]);
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    docker(&args);
+                }
+            }
+        }
+    }
+}
+
+/// Prints the agents' logs when the test fails, since their temp dir goes with it.
+struct LogsOnPanic(std::path::PathBuf);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in ["agent1.log", "agent2.log"] {
+                if let Ok(text) = std::fs::read_to_string(self.0.join(log)) {
+                    eprintln!("--- {log}\n{text}");
+                }
+            }
+        }
     }
 }

@@ -344,6 +344,8 @@ async fn process_env_is_clean_and_substituted() {
         "FROM_MANIFEST",
         "LISTEN",
         "SHARED",
+        // The start's nonce, by which a crashed agent's unrecorded children are found.
+        mcp_orchestration::runtime::process::NONCE_ENV,
         "PWD",
         "OLDPWD",
         "SHLVL",
@@ -615,4 +617,58 @@ async fn process_fixed_port_is_used_and_a_taken_one_is_a_start_error() {
     assert_eq!(instance.host_port, Some(taken_port));
     wait_healthy(&instance).await;
     runtime.remove(&instance.id).await.expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_a_child_a_crashed_agent_never_recorded_is_killed_on_the_next_list() {
+    use std::os::unix::process::CommandExt;
+    let data = tempfile::tempdir().expect("data dir");
+    let runtime = ProcessRuntime::new(data.path()).expect("runtime");
+    // A dead "agent": a process that has exited and been reaped.
+    let mut dead = std::process::Command::new("/bin/true")
+        .spawn()
+        .expect("true");
+    let dead_pid = dead.id();
+    dead.wait().expect("reaped");
+    // What that agent left: an intent, and a child it spawned but never wrote a pid file for.
+    let nonce = format!("crashed-{}", std::process::id());
+    std::fs::write(
+        data.path()
+            .join("processes")
+            .join(format!(".intent-{nonce}")),
+        format!(r#"{{"agent_pid":{dead_pid},"nonce":"{nonce}","server_id":"orphan"}}"#),
+    )
+    .expect("intent");
+    let mut orphan = std::process::Command::new("/bin/sleep")
+        .arg("60")
+        .env(mcp_orchestration::runtime::process::NONCE_ENV, &nonce)
+        .process_group(0)
+        .spawn()
+        .expect("sleep");
+
+    assert!(
+        runtime.list().await.expect("list").is_empty(),
+        "an unrecorded child is not an instance"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = orphan.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(
+        !data
+            .path()
+            .join("processes")
+            .join(format!(".intent-{nonce}"))
+            .exists(),
+        "the stale intent is cleaned up"
+    );
 }
