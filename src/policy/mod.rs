@@ -5,7 +5,9 @@
 //! or clock work.
 
 mod named;
+mod resolve;
 mod trust;
 
 pub use named::{POLICY_FILE_FIELDS, PolicySet};
+pub use resolve::{Resolution, resolve, tag_version};
 pub use trust::{TRUST_FIELDS, TrustPolicy};
