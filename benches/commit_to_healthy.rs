@@ -98,6 +98,8 @@ async fn start_agent(repo: &str, runtime: RuntimeChoice, poll: Duration, bin: &P
             ssh_key: None,
         },
         poll_interval: poll,
+        registry_poll_interval: Duration::from_secs(60),
+        drain: Duration::ZERO,
         runtime,
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),

@@ -10,6 +10,7 @@ pub mod health;
 pub mod manifest;
 pub mod policy;
 pub mod reconcile;
+pub mod registry;
 pub mod runtime;
 pub mod settings;
 pub mod source;

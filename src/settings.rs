@@ -31,6 +31,8 @@ pub mod env {
     pub const MANIFEST_PATH: &str = "MCP_ORCHESTRATION_MANIFEST_PATH";
     /// `30s`, `500ms`, `2m` or plain seconds.
     pub const POLL_INTERVAL: &str = "MCP_ORCHESTRATION_POLL_INTERVAL";
+    /// How often registries are asked for new tags: `60s`.
+    pub const REGISTRY_POLL_INTERVAL: &str = "MCP_ORCHESTRATION_REGISTRY_POLL_INTERVAL";
     /// `process` (default) or `docker`.
     pub const RUNTIME: &str = "MCP_ORCHESTRATION_RUNTIME";
     /// Address of the agent's HTTP API.
@@ -60,6 +62,7 @@ pub mod defaults {
     pub const BRANCH: &str = "main";
     pub const MANIFEST_PATH: &str = "ecosystem-manifest.yaml";
     pub const POLL_INTERVAL_SECONDS: f64 = 30.0;
+    pub const REGISTRY_POLL_INTERVAL_SECONDS: f64 = 60.0;
     pub const LISTEN: &str = "127.0.0.1:7070";
     pub const AGENT_URL: &str = "http://127.0.0.1:7070";
     pub const CONCURRENCY: usize = 4;
@@ -118,6 +121,8 @@ pub struct AgentOptions {
     pub branch: Option<String>,
     pub manifest_path: Option<String>,
     pub poll_interval: Option<String>,
+    pub registry_poll_interval: Option<String>,
+    pub drain: Option<String>,
     pub runtime: Option<RuntimeChoice>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -137,6 +142,8 @@ impl AgentOptions {
             branch: self.branch.or(other.branch),
             manifest_path: self.manifest_path.or(other.manifest_path),
             poll_interval: self.poll_interval.or(other.poll_interval),
+            registry_poll_interval: self.registry_poll_interval.or(other.registry_poll_interval),
+            drain: self.drain.or(other.drain),
             runtime: self.runtime.or(other.runtime),
             listen: self.listen.or(other.listen),
             data_dir: self.data_dir.or(other.data_dir),
@@ -195,6 +202,9 @@ pub struct Settings {
 pub struct AgentSettings {
     pub git: crate::source::GitSettings,
     pub poll_interval: std::time::Duration,
+    pub registry_poll_interval: std::time::Duration,
+    /// How long an old instance keeps serving after its successor is published.
+    pub drain: std::time::Duration,
     pub runtime: RuntimeChoice,
     pub listen: std::net::SocketAddr,
     pub data_dir: PathBuf,
@@ -295,6 +305,21 @@ impl Settings {
             })?,
             None => std::time::Duration::from_secs_f64(defaults::POLL_INTERVAL_SECONDS),
         };
+        let registry_poll_interval = match &a.registry_poll_interval {
+            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
+                name: "registry-poll-interval",
+                message,
+            })?,
+            None => std::time::Duration::from_secs_f64(defaults::REGISTRY_POLL_INTERVAL_SECONDS),
+        };
+        let drain = match &a.drain {
+            Some(text) if text.trim() == "0" => std::time::Duration::ZERO,
+            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
+                name: "drain",
+                message,
+            })?,
+            None => std::time::Duration::from_secs(2),
+        };
         let listen_text = a
             .listen
             .clone()
@@ -325,6 +350,8 @@ impl Settings {
                 ssh_key: a.ssh_key.clone(),
             },
             poll_interval,
+            registry_poll_interval,
+            drain,
             runtime: a.runtime.unwrap_or_default(),
             listen,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),

@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, env = "EXAMPLE_SERVER_VERSION", default_value = "1.0.0")]
     version: String,
     /// Initial health mode; change it at runtime with POST /admin/health/{mode}.
-    #[arg(long, value_enum, default_value_t = HealthMode::Healthy)]
+    #[arg(long, env = "EXAMPLE_SERVER_HEALTH", value_enum, default_value_t = HealthMode::Healthy)]
     health: HealthMode,
 }
 

@@ -4,6 +4,7 @@
 //! Shutdown finishes the current sync step and stops serving; the fleet keeps running (the
 //! servers are not the agent's children) and is adopted again at the next start.
 
+mod registry_poll;
 mod secrets;
 pub mod state;
 mod sync;
@@ -168,7 +169,17 @@ pub async fn run(
         .map_err(|e| AgentError::Serve(std::io::Error::other(e.to_string())))??;
 
     let (tx, mut rx) = mpsc::channel(1);
-    let executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency);
+    // The executor publishes a new endpoint through the state it is part of; the cell breaks
+    // that cycle without holding a strong reference from the executor to the state.
+    let switch_target: Arc<std::sync::OnceLock<std::sync::Weak<AgentState>>> = Arc::default();
+    let target = switch_target.clone();
+    let mut executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency)
+        .on_switch(move |instance| {
+            if let Some(state) = target.get().and_then(std::sync::Weak::upgrade) {
+                state.switch_to(instance);
+            }
+        });
+    executor.drain = settings.drain;
     let mut state = AgentState::new(
         store.clone(),
         executor.clone(),
@@ -180,6 +191,7 @@ pub async fn run(
     state.api_keys = api_keys(&settings)?;
     state.keys_for_reads = !settings.listen.ip().is_loopback();
     let state = Arc::new(state);
+    let _ = switch_target.set(Arc::downgrade(&state));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -221,6 +233,13 @@ pub async fn run(
         }
     });
 
+    let registry = crate::registry::RegistryClient::new(Vec::new(), 4);
+    tokio::spawn(registry_poll::run(
+        state.clone(),
+        registry,
+        settings.registry_poll_interval,
+        shutdown.clone(),
+    ));
     let mut syncer = sync::Syncer::new(source, executor, trust, secrets, state.clone());
     syncer.restore().await;
     let mut next = Trigger::Startup;

@@ -1,7 +1,7 @@
 //! What the agent knows right now, shared by the sync loop and the HTTP API.
 
-use std::collections::BTreeSet;
-use std::sync::{Mutex, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::RwLock;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -21,6 +21,8 @@ pub enum OperatorError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Runtime(String),
+    #[error("`{0}` has no earlier successful version to roll back to; name one with --to")]
+    NothingToRollBackTo(String),
 }
 
 /// What woke a sync.
@@ -32,6 +34,8 @@ pub enum Trigger {
     Watch,
     /// An operator asked for something (deploy, retry).
     Operator,
+    /// The registry has new tags.
+    Registry,
 }
 
 impl Trigger {
@@ -42,6 +46,7 @@ impl Trigger {
             Trigger::Webhook => "webhook",
             Trigger::Watch => "watch",
             Trigger::Operator => "operator",
+            Trigger::Registry => "registry",
         }
     }
 }
@@ -63,6 +68,10 @@ pub struct ServerView {
     pub instance_id: Option<String>,
     pub revision: Option<String>,
     pub since: Timestamp,
+    /// A newer version the update policy only reports (`auto_update: false`).
+    pub update_available: Option<String>,
+    /// The version an operator's rollback holds the server at (auto-update paused).
+    pub pinned_version: Option<String>,
 }
 
 /// The fleet after the last sync.
@@ -93,8 +102,11 @@ pub struct AgentState {
     // A std lock: readers copy out, the sync loop swaps in a new view; never held across await.
     fleet: RwLock<FleetView>,
     triggers: mpsc::Sender<Trigger>,
-    /// Servers an operator asked to deploy again: the sync loop forgets their failed spec.
-    retries: Mutex<BTreeSet<String>>,
+    /// Tags per image repository from the last registry poll.
+    tags: RwLock<HashMap<String, Vec<String>>>,
+    /// The image repositories the applied manifest's servers use, for the registry poller.
+    images: RwLock<BTreeSet<String>>,
+    images_changed: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -117,7 +129,9 @@ impl AgentState {
             keys_for_reads: false,
             fleet: RwLock::new(FleetView::default()),
             triggers,
-            retries: Mutex::new(BTreeSet::new()),
+            tags: RwLock::default(),
+            images: RwLock::default(),
+            images_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -150,29 +164,131 @@ impl AgentState {
         Ok(stopped)
     }
 
-    /// An operator's deploy: lifts a stop, forgets a failed spec, and converges now.
+    /// An operator's rollback: holds the server at `to` (or the version it ran before the
+    /// current one), pausing auto-update for it, and converges now. Returns the version.
+    pub async fn rollback(
+        &self,
+        server: &str,
+        to: Option<semver::Version>,
+    ) -> Result<String, OperatorError> {
+        self.known(server)?;
+        let current = self
+            .fleet()
+            .servers
+            .into_iter()
+            .find(|s| s.id == server)
+            .and_then(|s| s.running_version);
+        let version = match to {
+            Some(v) => v.to_string(),
+            None => {
+                let s = server.to_owned();
+                let history = self
+                    .store
+                    .call(move |st| st.rollouts(Some(&s), 200))
+                    .await?;
+                // The newest successful rollout to something other than what runs now.
+                history
+                    .iter()
+                    .filter(|r| r.outcome == crate::store::RolloutOutcome::Succeeded)
+                    .filter_map(|r| r.to_version.clone())
+                    .find(|v| Some(v) != current.as_ref())
+                    .ok_or_else(|| OperatorError::NothingToRollBackTo(server.to_owned()))?
+            }
+        };
+        let pin = crate::store::Pin {
+            server_id: server.to_owned(),
+            version: version.clone(),
+            reason: format!(
+                "rolled back by an operator from {}",
+                current.as_deref().unwrap_or("nothing")
+            ),
+            pinned_at: Timestamp::now(),
+        };
+        self.store.call(move |st| st.set_pin(&pin)).await?;
+        self.wake(Trigger::Operator);
+        Ok(version)
+    }
+
+    /// Lifts an operator's rollback pin: the update policy applies again.
+    pub async fn resume(&self, server: &str) -> Result<bool, OperatorError> {
+        self.known(server)?;
+        let s = server.to_owned();
+        let lifted = self.store.call(move |st| st.clear_pin(&s)).await?;
+        self.wake(Trigger::Operator);
+        Ok(lifted)
+    }
+
+    /// An operator's deploy: lifts a stop, forgets failed versions, and converges now.
     pub async fn deploy(&self, server: &str) -> Result<(), OperatorError> {
         self.known(server)?;
         let s = server.to_owned();
         self.store
-            .call(move |st| st.set_held(&s, false, Timestamp::now()))
+            .call(move |st| {
+                st.set_held(&s, false, Timestamp::now())?;
+                st.clear_failed_versions(&s)
+            })
             .await?;
-        self.request_retry(server);
+        self.wake(Trigger::Operator);
         Ok(())
     }
 
-    /// Asks the sync loop to deploy `server` again, forgetting a failed spec.
-    pub fn request_retry(&self, server: &str) {
-        self.retries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(server.to_owned());
-        self.wake(Trigger::Operator);
+    /// Publishes a newly healthy instance at once, before its predecessor stops, so the
+    /// endpoint readers see always answers.
+    pub fn switch_to(&self, instance: &crate::runtime::Instance) {
+        let mut fleet = self.fleet.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(view) = fleet
+            .servers
+            .iter_mut()
+            .find(|s| s.id == instance.server_id)
+        {
+            let path = view
+                .endpoint
+                .as_deref()
+                .and_then(|e| {
+                    e.find("://")
+                        .and_then(|i| e[i + 3..].find('/').map(|j| e[i + 3 + j..].to_owned()))
+                })
+                .unwrap_or_else(|| "/mcp".to_owned());
+            view.endpoint = instance.base_url().map(|b| format!("{b}{path}"));
+            view.running_version = Some(instance.version.to_string());
+            view.instance_id = Some(instance.id.clone());
+            view.revision = Some(instance.revision.clone());
+        }
     }
 
-    /// The servers whose retry was requested since the last call.
-    pub fn take_retries(&self) -> BTreeSet<String> {
-        std::mem::take(&mut *self.retries.lock().unwrap_or_else(|p| p.into_inner()))
+    /// Tags per image repository, as last polled.
+    pub fn tags(&self) -> HashMap<String, Vec<String>> {
+        self.tags.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a repository's tags; returns whether they changed.
+    pub fn set_tags(&self, image: &str, tags: Vec<String>) -> bool {
+        let mut all = self.tags.write().unwrap_or_else(|p| p.into_inner());
+        if all.get(image) == Some(&tags) {
+            return false;
+        }
+        all.insert(image.to_owned(), tags);
+        true
+    }
+
+    pub fn images(&self) -> BTreeSet<String> {
+        self.images
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_images(&self, images: BTreeSet<String>) {
+        let mut current = self.images.write().unwrap_or_else(|p| p.into_inner());
+        if *current != images {
+            *current = images;
+            self.images_changed.notify_one();
+        }
+    }
+
+    /// Resolves when the set of watched repositories changed.
+    pub async fn images_changed(&self) {
+        self.images_changed.notified().await;
     }
 
     pub fn fleet(&self) -> FleetView {

@@ -5,7 +5,7 @@
 //! A commit that fails validation is recorded as rejected and changes nothing: the last
 //! applied revision keeps running.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ use super::state::{AgentState, FleetView, ServerView, Trigger};
 use crate::manifest::{self, Checked, Diagnostic, Severity};
 use crate::policy::TrustPolicy;
 use crate::reconcile::execute::{ApplyContext, Executor, ServerOutcome};
-use crate::reconcile::{Action, Desired, DesiredProblem, desired_state, plan};
+use crate::reconcile::{Desired, DesiredProblem, desired_state, plan};
 use crate::runtime::Instance;
 use crate::source::{GitSource, Revision};
 use crate::store::{NewRun, RunResult, Stage, StageRecord, StageStatus};
@@ -37,8 +37,11 @@ pub struct Syncer {
     applied: Option<Applied>,
     /// The head of the last fetch, so an unchanged head does not start a new run.
     last_head: Option<String>,
-    /// Specs that failed to roll out, per server: not retried until the spec changes.
-    failed: HashMap<String, (String, String)>,
+    /// Servers whose desired spec already failed its health gate, with why: left alone
+    /// until the spec changes or an operator retries (recomputed by `desired`).
+    failed: BTreeMap<String, String>,
+    /// Newer versions policies with `auto_update: false` only report.
+    update_available: BTreeMap<String, String>,
     /// Per-server problems of the current desired state (missing secrets, wrong runtime).
     problems: Vec<DesiredProblem>,
     /// Consecutive fetch failures, for backoff.
@@ -63,7 +66,8 @@ impl Syncer {
             state,
             applied: None,
             last_head: None,
-            failed: HashMap::new(),
+            failed: BTreeMap::new(),
+            update_available: BTreeMap::new(),
             problems: Vec::new(),
             fetch_failures: 0,
         }
@@ -104,11 +108,6 @@ impl Syncer {
 
     pub async fn sync(&mut self, trigger: Trigger) {
         let started = Instant::now();
-        for server in self.state.take_retries() {
-            if self.failed.remove(&server).is_some() {
-                info!(server = %server, "an operator asked to retry; the failed spec is forgotten");
-            }
-        }
         let seen_at = Timestamp::now();
         let fetch_started = Timestamp::now();
         let head = self.blocking(|s| s.fetch()).await;
@@ -146,7 +145,12 @@ impl Syncer {
         }
         // No new commit: converge on the applied revision.
         if self.applied.is_some() {
-            let (plan_result, _) = self.converge(None, "reconcile").await;
+            let why = match trigger {
+                Trigger::Registry => "registry",
+                Trigger::Operator => "operator",
+                _ => "reconcile",
+            };
+            let (plan_result, _) = self.converge(None, why).await;
             if let Err(e) = plan_result {
                 warn!(error = %e, "reconcile failed");
             }
@@ -285,6 +289,16 @@ impl Syncer {
         };
         let previous = self.applied.replace(applied);
         let _ = store.set_meta(APPLIED_KEY, head);
+        if let (Some(prev), Some(now)) = (&previous, &self.applied) {
+            for server in &now.checked.manifest.servers {
+                let before = prev.checked.manifest.server(&server.id);
+                if before != Some(server)
+                    && store.clear_failed_versions(&server.id).unwrap_or(0) > 0
+                {
+                    info!(server = %server.id, "the commit changes this server: its failed versions may be tried again");
+                }
+            }
+        }
         drop(previous);
 
         let started = Timestamp::now();
@@ -358,25 +372,96 @@ impl Syncer {
         }
     }
 
-    fn desired(&mut self) -> Vec<Desired> {
+    /// The desired state now: each server at the version its policy resolves to (from the
+    /// registry's tags, the running version, the failed-version memory and operator pins).
+    fn desired(&mut self, observed: &[Instance]) -> Vec<Desired> {
         let Some(applied) = &self.applied else {
             return Vec::new();
         };
+        let store = &self.state.store;
+        let failed_rows = store.failed_versions(None).unwrap_or_default();
+        let pins: BTreeMap<String, String> = store
+            .pins()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.server_id, p.version))
+            .collect();
+        let tags = self.state.tags();
+        // The registry poller watches the repositories of servers whose policy can move.
+        self.state.set_images(
+            applied
+                .checked
+                .manifest
+                .servers
+                .iter()
+                .filter(|s| {
+                    applied.checked.update_policy(s).version_strategy
+                        != crate::manifest::VersionStrategy::Pinned
+                })
+                .filter_map(|s| s.docker.as_ref().map(|d| d.image.clone()))
+                .collect(),
+        );
+        let mut update_available = BTreeMap::new();
+        let mut version_of = |server: &crate::manifest::Server| -> semver::Version {
+            if let Some(v) = pins
+                .get(&server.id)
+                .and_then(|v| semver::Version::parse(v).ok())
+            {
+                return v;
+            }
+            let running = observed
+                .iter()
+                .filter(|i| i.server_id == server.id && i.is_running())
+                .max_by_key(|i| i.started_at)
+                .map(|i| i.version.clone());
+            let failed: BTreeSet<semver::Version> = failed_rows
+                .iter()
+                .filter(|f| f.server_id == server.id)
+                .filter_map(|f| semver::Version::parse(&f.version).ok())
+                .collect();
+            let image_tags = server.docker.as_ref().and_then(|d| tags.get(&d.image));
+            let r = crate::policy::resolve(
+                &server.version,
+                &applied.checked.update_policy(server),
+                image_tags.map(Vec::as_slice),
+                running.as_ref(),
+                &failed,
+            );
+            if let Some(newer) = r.update_available {
+                update_available.insert(server.id.clone(), newer.to_string());
+            }
+            r.target
+        };
+        let version_of = std::cell::RefCell::new(&mut version_of);
         let secrets = &self.secrets;
         let (desired, problems) = desired_state(
             &applied.checked,
             self.state.runtime,
             &applied.commit,
-            &|s| s.version.clone(),
+            &|s| (version_of.borrow_mut())(s),
             &|name| secrets.get(name),
         );
         self.problems = problems;
-        // A changed spec is a new attempt.
-        self.failed.retain(|server, (hash, _)| {
-            desired
-                .iter()
-                .any(|d| d.server_id() == server && &d.spec.spec_hash == hash)
-        });
+        self.update_available = update_available;
+        // A spec that failed exactly as it is now is left alone; a changed one is a new try.
+        self.failed = desired
+            .iter()
+            .filter_map(|d| {
+                failed_rows
+                    .iter()
+                    .find(|f| {
+                        f.server_id == d.server_id()
+                            && f.version == d.spec.version.to_string()
+                            && f.spec_hash == d.spec.spec_hash
+                    })
+                    .map(|f| {
+                        (
+                            f.server_id.clone(),
+                            format!("{} failed: {}", f.version, f.reason),
+                        )
+                    })
+            })
+            .collect();
         desired
     }
 
@@ -387,20 +472,18 @@ impl Syncer {
         run_id: Option<i64>,
         trigger: &'static str,
     ) -> (Result<String, String>, Vec<ServerOutcome>) {
-        let desired = self.desired();
         let observed = match self.executor.runtime().list().await {
             Ok(o) => o,
             Err(e) => return (Err(format!("cannot list instances: {e}")), Vec::new()),
         };
+        let desired = self.desired(&observed);
         let mut leave_alone: BTreeMap<String, String> = BTreeMap::new();
         for server in self.state.store.held_servers().unwrap_or_default() {
             leave_alone.insert(server, "stopped by an operator".to_owned());
         }
-        for (server, (_, reason)) in &self.failed {
+        for (server, reason) in &self.failed {
             leave_alone.entry(server.clone()).or_insert_with(|| {
-                format!(
-                    "this spec failed to roll out and is not retried until it changes: {reason}"
-                )
+                format!("{reason}; not retried until the manifest changes this server or an operator retries")
             });
         }
         // Servers that cannot run here are left as they are rather than removed.
@@ -419,25 +502,13 @@ impl Syncer {
             .executor
             .apply(&p, &ApplyContext { run_id, trigger })
             .await;
-        for o in &outcomes {
-            if let (
-                Err(reason),
-                Some(Action::Deploy { desired } | Action::Update { desired, .. }),
-            ) = (&o.result, p.actions.get(&o.server_id))
-            {
-                self.failed.insert(
-                    o.server_id.clone(),
-                    (desired.spec.spec_hash.clone(), first_line(reason)),
-                );
-            }
-        }
         (Ok(summary), outcomes)
     }
 
     /// Servers that do not run their desired spec, with why.
     async fn verify(&mut self) -> Vec<String> {
-        let desired = self.desired();
         let observed = self.executor.runtime().list().await.unwrap_or_default();
+        let desired = self.desired(&observed);
         desired
             .iter()
             .filter(|d| !self.failed.contains_key(d.server_id()))
@@ -467,7 +538,15 @@ impl Syncer {
 
     fn view(&mut self, source_error: Option<String>, observed: &[Instance]) -> FleetView {
         let previous = self.state.fleet();
-        let desired = self.desired();
+        let desired = self.desired(observed);
+        let pins: BTreeMap<String, String> = self
+            .state
+            .store
+            .pins()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.server_id, p.version))
+            .collect();
         let held = self.state.store.held_servers().unwrap_or_default();
         let now = Timestamp::now();
         let mut servers = Vec::new();
@@ -488,7 +567,7 @@ impl Syncer {
                     ("stopped", Some("stopped by an operator".to_owned()))
                 } else if let Some(p) = self.problems.iter().find(|p| p.server_id == server.id) {
                     ("failed", Some(p.reason.clone()))
-                } else if let Some((_, reason)) = self.failed.get(&server.id) {
+                } else if let Some(reason) = self.failed.get(&server.id) {
                     ("failed", Some(reason.clone()))
                 } else if matches {
                     ("running", None)
@@ -517,6 +596,8 @@ impl Syncer {
                     instance_id: current.map(|i| i.id.clone()),
                     revision: current.map(|i| i.revision.clone()),
                     since,
+                    update_available: self.update_available.get(&server.id).cloned(),
+                    pinned_version: pins.get(&server.id).cloned(),
                 });
             }
         }
@@ -532,8 +613,4 @@ impl Syncer {
 
 fn short(commit: &str) -> &str {
     &commit[..commit.len().min(10)]
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_owned()
 }

@@ -32,6 +32,11 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/servers/{id}", get(server).delete(stop))
         .route("/servers/{id}/status", get(server))
         .route("/servers/{id}/deploy", post(deploy))
+        .route("/servers/{id}/rollouts", get(server_rollouts))
+        .route("/servers/{id}/rollback", post(rollback))
+        .route("/servers/{id}/rollout/resume", post(resume))
+        .route("/servers/{id}/rollout/retry", post(deploy))
+        .route("/rollouts/{id}", get(rollout))
         .route("/revisions", get(revisions))
         .route("/revisions/{commit}", get(revision))
         .route("/webhooks/git", post(webhook::push))
@@ -144,6 +149,9 @@ async fn revision(
 fn operator_error(e: crate::agent::OperatorError) -> ApiError {
     match e {
         crate::agent::OperatorError::UnknownServer(id) => ApiError::server_not_found(&id),
+        e @ crate::agent::OperatorError::NothingToRollBackTo(_) => {
+            ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
+        }
         other => ApiError::internal(format!("{other:#}")),
     }
 }
@@ -169,4 +177,103 @@ async fn deploy(
         StatusCode::ACCEPTED,
         Json(json!({ "server_id": id, "deploy": "requested" })),
     ))
+}
+
+/// `GET /servers/{id}/rollouts?limit=N`: the server's rollouts, newest first.
+async fn server_rollouts(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    let known = state.fleet().servers.iter().any(|s| s.id == id);
+    let s = id.clone();
+    let rollouts = state
+        .store
+        .call(move |st| st.rollouts(Some(&s), limit))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    if !known && rollouts.is_empty() {
+        return Err(ApiError::server_not_found(&id));
+    }
+    Ok(Json(json!({ "server_id": id, "rollouts": rollouts })))
+}
+
+/// `GET /rollouts/{id}`: one rollout with its timeline and the probes of its health gate.
+async fn rollout(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "ROLLOUT_NOT_FOUND",
+            format!("no rollout `{id}`"),
+        )
+    };
+    let n: i64 = id.parse().map_err(|_| not_found())?;
+    let (record, (steps, probes)) = state
+        .store
+        .call(move |st| Ok((st.rollout(n)?, st.rollout_timeline(n)?)))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let record = record.ok_or_else(not_found)?;
+    let mut v = serde_json::to_value(record).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["steps"] = json!(steps);
+    v["probes"] = json!(probes);
+    Ok(Json(v))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    to: Option<String>,
+}
+
+/// `POST /servers/{id}/rollback` with an optional `{"to": "1.1.0"}`: an operator rollback,
+/// holding the server at that version until `POST /servers/{id}/rollout/resume`.
+async fn rollback(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_FAILED",
+                format!("invalid rollback request: {e}"),
+            )
+        })?
+    };
+    let to = match request.to {
+        Some(v) => Some(
+            semver::Version::parse(v.trim_start_matches('v')).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "VALIDATION_FAILED",
+                    format!("`{v}` is not a version: {e}"),
+                )
+            })?,
+        ),
+        None => None,
+    };
+    let version = state.rollback(&id, to).await.map_err(operator_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(
+            json!({ "server_id": id, "rollback_to": version, "auto_update": "paused until resumed" }),
+        ),
+    ))
+}
+
+/// `POST /servers/{id}/rollout/resume`: lifts an operator's rollback.
+async fn resume(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let lifted = state.resume(&id).await.map_err(operator_error)?;
+    Ok(Json(json!({ "server_id": id, "resumed": lifted })))
 }

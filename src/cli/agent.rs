@@ -23,6 +23,12 @@ pub struct Args {
     /// How often to fetch: 30s, 500ms, 2m [default: 30s]
     #[arg(long, env = env::POLL_INTERVAL, value_name = "DURATION")]
     poll_interval: Option<String>,
+    /// How often registries are asked for new tags [default: 60s]
+    #[arg(long, env = env::REGISTRY_POLL_INTERVAL, value_name = "DURATION")]
+    registry_poll_interval: Option<String>,
+    /// How long an old instance keeps serving after its successor is published [default: 2s]
+    #[arg(long, value_name = "DURATION")]
+    drain: Option<String>,
     /// Where servers run [default: process]
     #[arg(long, env = env::RUNTIME, value_enum)]
     runtime: Option<RuntimeArg>,
@@ -65,6 +71,8 @@ impl Args {
             branch: self.branch.clone(),
             manifest_path: self.manifest_path.clone(),
             poll_interval: self.poll_interval.clone(),
+            registry_poll_interval: self.registry_poll_interval.clone(),
+            drain: self.drain.clone(),
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Process => RuntimeChoice::Process,
                 RuntimeArg::Docker => RuntimeChoice::Docker,

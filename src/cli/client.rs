@@ -34,11 +34,32 @@ impl Client {
         self.send(Method::GET, path)
     }
 
-    /// Sends a request; an error envelope becomes an error carrying its message.
     pub fn send<T: DeserializeOwned>(&self, method: Method, path: &str) -> anyhow::Result<T> {
+        self.request(method, path, None)
+    }
+
+    pub fn send_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        self.request(method, path, Some(body))
+    }
+
+    /// Sends a request; an error envelope becomes an error carrying its message.
+    fn request<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
         self.rt.block_on(async {
             let mut request = self.http.request(method, &url);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
             if let Some(key) = &self.key {
                 request = request.bearer_auth(key);
             }

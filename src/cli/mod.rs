@@ -4,6 +4,7 @@
 mod agent;
 mod client;
 mod output;
+mod rollouts;
 mod status;
 mod validate;
 
@@ -77,6 +78,12 @@ enum Command {
     Stop(status::ServerArg),
     /// Deploy a server again: lifts a stop and retries a version that failed.
     Deploy(status::ServerArg),
+    /// A server's rollouts, newest first: trigger, versions, outcome, reason.
+    History(rollouts::HistoryArgs),
+    /// Inspect one rollout, or retry/resume a server's rollouts.
+    Rollout(rollouts::RolloutArgs),
+    /// Roll a server back to the previous (or a named) version and hold it there.
+    Rollback(rollouts::RollbackArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -119,6 +126,9 @@ pub fn main() -> ExitCode {
         Command::Revisions(args) => status::revisions(&settings, args),
         Command::Stop(args) => status::stop(&settings, args),
         Command::Deploy(args) => status::deploy(&settings, args),
+        Command::History(args) => rollouts::history(&settings, args),
+        Command::Rollout(args) => rollouts::rollout(&settings, args),
+        Command::Rollback(args) => rollouts::rollback(&settings, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

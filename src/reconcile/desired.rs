@@ -23,6 +23,22 @@ impl Desired {
     pub fn server_id(&self) -> &str {
         &self.spec.server_id
     }
+
+    /// The same server at another version: the image tag follows, the fingerprint changes.
+    pub fn at_version(&self, version: &Version) -> Desired {
+        let mut d = self.clone();
+        d.spec.version = version.clone();
+        if let Some(docker) = &mut d.spec.docker {
+            let repo = docker
+                .image
+                .rsplit_once(':')
+                .filter(|(_, tag)| !tag.contains('/'))
+                .map_or(docker.image.as_str(), |(repo, _)| repo);
+            docker.image = format!("{repo}:{version}");
+        }
+        d.spec.spec_hash = spec_hash(&d.spec);
+        d
+    }
 }
 
 /// A server of the manifest that cannot run here, and why (it does not stop the others).

@@ -47,7 +47,16 @@ pub struct Executor {
     permits: Arc<Semaphore>,
     /// How long a stopping instance may take before it is killed.
     pub stop_grace: Duration,
+    /// How long an old instance keeps serving after the new one is published, so clients
+    /// that read the old endpoint a moment ago are not cut off.
+    pub drain: Duration,
+    /// Called when a new instance passed its gate, before the old one is stopped: publishes
+    /// the new endpoint first.
+    on_switch: Option<SwitchHook>,
 }
+
+/// See [`Executor::on_switch`].
+type SwitchHook = Arc<dyn Fn(&Instance) + Send + Sync>;
 
 impl Executor {
     pub fn new(runtime: Arc<dyn Runtime>, store: Store, concurrency: usize) -> Executor {
@@ -58,7 +67,15 @@ impl Executor {
             locks: Arc::default(),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             stop_grace: Duration::from_secs(10),
+            drain: Duration::from_secs(2),
+            on_switch: None,
         }
+    }
+
+    /// Sets the callback that publishes a new instance before the old one is stopped.
+    pub fn on_switch(mut self, f: impl Fn(&Instance) + Send + Sync + 'static) -> Executor {
+        self.on_switch = Some(Arc::new(f));
+        self
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -180,6 +197,7 @@ impl Executor {
         outcome: RolloutOutcome,
         reason: Option<String>,
         instance: Option<&Instance>,
+        rolled_back_to: Option<String>,
     ) {
         let Some(id) = id else { return };
         let end = RolloutEnd {
@@ -188,13 +206,27 @@ impl Executor {
             instance_id: instance.map(|i| i.id.clone()),
             endpoint: instance.and_then(Instance::base_url),
             finished_at: Timestamp::now(),
+            rolled_back_to,
         };
         if let Err(e) = self.store.finish_rollout(id, &end) {
             warn!(error = %e, "cannot record the rollout end");
         }
     }
 
-    /// Starts the desired instance, gates it on health, then retires `from`.
+    fn step(&self, id: Option<i64>, step: &str, detail: Option<String>) {
+        if let Some(id) = id
+            && let Err(e) =
+                self.store
+                    .add_rollout_step(id, step, detail.as_deref(), Timestamp::now())
+        {
+            warn!(error = %e, "cannot record a rollout step");
+        }
+    }
+
+    /// Starts the desired instance, gates it on health, then retires `from`. When the gate
+    /// fails, the version is remembered as failed for this server and, with
+    /// `rollback_on_failure`, the previous version is restored (or simply kept serving, when
+    /// it ran beside the new one) and verified healthy again.
     async fn rollout(
         &self,
         desired: &Desired,
@@ -203,8 +235,12 @@ impl Executor {
         ctx: &ApplyContext,
     ) -> Result<Instance, String> {
         let fixed_port = desired.spec.host_port.is_some();
-        let running_old = from.iter().any(Instance::is_running);
-        let strategy = if fixed_port && running_old {
+        let previous = from
+            .iter()
+            .filter(|i| i.is_running())
+            .max_by_key(|i| i.started_at)
+            .cloned();
+        let strategy = if fixed_port && previous.is_some() {
             "stop_then_start"
         } else {
             "beside"
@@ -217,60 +253,251 @@ impl Executor {
             ctx,
             Some(strategy),
         );
+        let from_text = previous
+            .as_ref()
+            .map(|p| p.version.to_string())
+            .unwrap_or_else(|| "nothing".into());
         info!(version = %desired.spec.version, strategy, "rolling out");
+        self.step(
+            id,
+            "started",
+            Some(format!(
+                "{from_text} → {} ({strategy}, trigger {})",
+                desired.spec.version, ctx.trigger
+            )),
+        );
 
         if strategy == "stop_then_start" {
             for old in from {
                 if let Err(e) = self.retire(old).await {
                     let reason = format!("cannot stop the old instance to free port: {e}");
-                    self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None);
+                    self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None, None);
                     return Err(reason);
                 }
             }
+            self.step(
+                id,
+                "stopped_old",
+                Some("fixed host port: the old instance stopped first".into()),
+            );
         }
-        let instance = match self.runtime.start(&desired.spec).await {
-            Ok(i) => i,
-            Err(e) => {
-                let reason = e.to_string();
-                self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None);
-                return Err(reason);
+        let started = match self.runtime.start(&desired.spec).await {
+            Ok(i) => {
+                self.step(
+                    id,
+                    "instance_started",
+                    Some(format!(
+                        "{} on port {}",
+                        i.id,
+                        i.host_port.map_or("?".into(), |p| p.to_string())
+                    )),
+                );
+                Ok(i)
             }
+            Err(e) => Err(format!("the new instance did not start: {e}")),
         };
-        if let Err(why) = self.health_gate(desired, &instance).await {
+        let (why, instance) = match started {
+            Ok(instance) => match self.health_gate(desired, &instance, id).await {
+                Ok(()) => {
+                    self.step(
+                        id,
+                        "healthy",
+                        Some(format!(
+                            "{} consecutive healthy probes",
+                            desired.health.success_threshold
+                        )),
+                    );
+                    if let Some(publish) = &self.on_switch {
+                        publish(&instance);
+                    }
+                    if strategy == "beside" {
+                        if from.iter().any(Instance::is_running) && !self.drain.is_zero() {
+                            self.step(
+                                id,
+                                "draining",
+                                Some(format!("the old instance serves {:?} more", self.drain)),
+                            );
+                            tokio::time::sleep(self.drain).await;
+                        }
+                        for old in from {
+                            if let Err(e) = self.retire(old).await {
+                                warn!(instance = %old.id, error = %e, "cannot remove the old instance; the next sync retries");
+                            }
+                        }
+                        if !from.is_empty() {
+                            self.step(
+                                id,
+                                "switched",
+                                Some(format!(
+                                    "now serving {}; the old instance is stopped",
+                                    desired.spec.version
+                                )),
+                            );
+                        }
+                    }
+                    self.record_end(id, RolloutOutcome::Succeeded, None, Some(&instance), None);
+                    info!(version = %desired.spec.version, endpoint = instance.base_url().unwrap_or_default(), "rolled out");
+                    return Ok(instance);
+                }
+                Err(why) => (why, Some(instance)),
+            },
+            Err(why) => (why, None),
+        };
+
+        // The gate failed: gather what explains it, then clean up the new instance.
+        let mut reason = format!(
+            "{} {} failed its health gate: {why}",
+            desired.server_id(),
+            desired.spec.version
+        );
+        if let Some(instance) = &instance {
+            let state = self
+                .runtime
+                .list()
+                .await
+                .ok()
+                .and_then(|all| all.into_iter().find(|i| i.id == instance.id))
+                .map(|i| i.state);
+            if let Some(crate::runtime::InstanceState::Exited { code }) = state {
+                reason.push_str(&format!(
+                    "; the instance exited with code {}",
+                    code.map_or("unknown".into(), |c| c.to_string())
+                ));
+            }
             let tail = self
                 .runtime
                 .logs_tail(&instance.id, 20)
                 .await
                 .unwrap_or_default();
-            let _ = self.retire(&instance).await;
-            let mut reason = format!(
-                "{} {} failed its health gate: {why}",
-                desired.server_id(),
-                desired.spec.version
-            );
             if !tail.trim().is_empty() {
                 reason.push_str(&format!("\nlast log lines:\n{}", tail.trim_end()));
             }
-            self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None);
-            return Err(reason);
+            let _ = self.retire(instance).await;
         }
-        if strategy == "beside" {
-            for old in from {
-                if let Err(e) = self.retire(old).await {
-                    warn!(instance = %old.id, error = %e, "cannot remove the old instance; the next sync retries");
-                }
+        self.step(id, "gate_failed", Some(first_line(&reason)));
+        warn!(reason = %first_line(&reason), "rollout failed");
+        if let Err(e) = self
+            .store
+            .record_failed_version(&crate::store::FailedVersion {
+                server_id: desired.server_id().to_owned(),
+                version: desired.spec.version.to_string(),
+                spec_hash: desired.spec.spec_hash.clone(),
+                reason: first_line(&reason),
+                rollout_id: id,
+                failed_at: Timestamp::now(),
+            })
+        {
+            warn!(error = %e, "cannot remember the failed version");
+        }
+
+        let restored = match (&previous, desired.policy.rollback_on_failure) {
+            (Some(old), true) => Some(self.roll_back(desired, old, strategy, id).await),
+            _ => None,
+        };
+        let (outcome, rolled_back_to, event) = match &restored {
+            Some(Ok(v)) => (
+                RolloutOutcome::RolledBack,
+                Some(v.clone()),
+                "rollout_rolled_back",
+            ),
+            Some(Err(e)) => {
+                reason.push_str(&format!("\nthe rollback failed too: {e}"));
+                (RolloutOutcome::Failed, None, "rollout_failed")
             }
+            None => (RolloutOutcome::Failed, None, "rollout_failed"),
+        };
+        self.record_end(
+            id,
+            outcome,
+            Some(reason.clone()),
+            None,
+            rolled_back_to.clone(),
+        );
+        if let Some(url) = &desired.policy.notification_channel {
+            notify(
+                url.clone(),
+                serde_json::json!({
+                    "event": event,
+                    "server_id": desired.server_id(),
+                    "from_version": previous.as_ref().map(|p| p.version.to_string()),
+                    "to_version": desired.spec.version.to_string(),
+                    "rolled_back_to": rolled_back_to,
+                    "reason": reason,
+                    "rollout_id": id,
+                    "trigger": ctx.trigger,
+                    "timestamp": Timestamp::now().to_string(),
+                }),
+            );
         }
-        self.record_end(id, RolloutOutcome::Succeeded, None, Some(&instance));
-        info!(version = %desired.spec.version, endpoint = instance.base_url().unwrap_or_default(), "rolled out");
-        Ok(instance)
+        Err(reason)
+    }
+
+    /// Restores `old` after a failed rollout and checks it is healthy again; returns the
+    /// version restored.
+    async fn roll_back(
+        &self,
+        desired: &Desired,
+        old: &Instance,
+        strategy: &str,
+        id: Option<i64>,
+    ) -> Result<String, String> {
+        let version = old.version.to_string();
+        if strategy == "beside" {
+            // The old instance never stopped serving; make sure it still does.
+            let port = old.host_port.ok_or("the old instance has no port")?;
+            let h = &desired.health;
+            let r = self
+                .prober
+                .probe(
+                    h.probe,
+                    port,
+                    &h.endpoint,
+                    Duration::from_secs_f64(h.timeout_seconds),
+                )
+                .await;
+            if r.outcome.is_failure() {
+                return Err(format!(
+                    "the old instance {} is not healthy either: {}",
+                    old.id, r.detail
+                ));
+            }
+            self.step(
+                id,
+                "rolled_back",
+                Some(format!("{version} kept serving throughout")),
+            );
+            return Ok(version);
+        }
+        let previous = desired.at_version(&old.version);
+        self.step(id, "restarting_previous", Some(version.clone()));
+        let instance = self
+            .runtime
+            .start(&previous.spec)
+            .await
+            .map_err(|e| format!("cannot start {version} again: {e}"))?;
+        if let Err(e) = self.health_gate(&previous, &instance, None).await {
+            let _ = self.retire(&instance).await;
+            return Err(format!("{version} did not become healthy again: {e}"));
+        }
+        self.step(
+            id,
+            "rolled_back",
+            Some(format!("{version} restarted and healthy")),
+        );
+        Ok(version)
     }
 
     /// Waits until the new instance is healthy: `success_threshold` healthy probes in a row
     /// within the policy's progress deadline. Before the first answer a refused connection
     /// only means "still starting"; an answer saying unhealthy `failure_threshold` times in a
-    /// row, an exited instance or the deadline fails the gate.
-    async fn health_gate(&self, desired: &Desired, instance: &Instance) -> Result<(), String> {
+    /// row, an exited instance or the deadline fails the gate. Probes are recorded on the
+    /// rollout `id`.
+    async fn health_gate(
+        &self,
+        desired: &Desired,
+        instance: &Instance,
+        id: Option<i64>,
+    ) -> Result<(), String> {
         let Some(port) = instance.host_port else {
             return Err("the runtime reported no host port".to_owned());
         };
@@ -283,9 +510,27 @@ impl Executor {
         let timeout = Duration::from_secs_f64(h.timeout_seconds);
         let (mut successes, mut failures, mut answered) = (0u32, 0u32, false);
         let mut checks = 0u32;
+        let mut last_recorded: Option<String> = None;
         loop {
             let r = self.prober.probe(h.probe, port, &h.endpoint, timeout).await;
             let last = format!("{:?}: {}", r.outcome, r.detail);
+            // Refusals while starting are recorded once, not every 100 ms.
+            if let Some(id) = id
+                && (answered
+                    || r.outcome != ProbeOutcome::Unreachable
+                    || last_recorded.as_deref() != Some(last.as_str()))
+            {
+                let probe = crate::store::RolloutProbe {
+                    at: Timestamp::now(),
+                    outcome: format!("{:?}", r.outcome).to_lowercase(),
+                    detail: r.detail.clone(),
+                    latency_ms: r.latency_ms,
+                };
+                if let Err(e) = self.store.add_rollout_probe(id, &probe) {
+                    warn!(error = %e, "cannot record a probe");
+                }
+                last_recorded = Some(last.clone());
+            }
             match r.outcome {
                 ProbeOutcome::Healthy => {
                     answered = true;
@@ -396,11 +641,39 @@ impl Executor {
         );
         for i in instances {
             if let Err(e) = self.retire(i).await {
-                self.record_end(id, RolloutOutcome::Failed, Some(e.clone()), None);
+                self.record_end(id, RolloutOutcome::Failed, Some(e.clone()), None, None);
                 return Err(e);
             }
         }
-        self.record_end(id, RolloutOutcome::Succeeded, None, None);
+        self.record_end(id, RolloutOutcome::Succeeded, None, None, None);
         Ok(())
     }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+/// POSTs a JSON event to a notification channel in the background: a channel that is down
+/// is logged and never delays or fails a rollout.
+fn notify(url: String, payload: serde_json::Value) {
+    tokio::spawn(async move {
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot build the notification client");
+                return;
+            }
+        };
+        match client.post(&url).json(&payload).send().await {
+            Ok(r) if r.status().is_success() => info!(url = %url, "notification sent"),
+            Ok(r) => {
+                warn!(url = %url, status = r.status().as_u16(), "the notification channel refused the event")
+            }
+            Err(e) => warn!(url = %url, error = %e, "cannot reach the notification channel"),
+        }
+    });
 }

@@ -15,7 +15,6 @@
 //! (Docker 20.10), so old engines keep working.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +39,11 @@ use tracing::{Span, debug, info, instrument, warn};
 
 use super::{Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeKind, labels};
 use crate::manifest::RestartPolicy;
+use crate::registry::{normalize_registry, registry_host};
+
+/// Registry credentials live with the registry client, which uses them too; re-exported
+/// here because pulling is where the Docker runtime needs them.
+pub use crate::registry::RegistryAuth;
 
 /// The name used in [`RuntimeError::Unavailable`].
 const RUNTIME: &str = "docker";
@@ -55,27 +59,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const REMOVE_GRACE: Duration = Duration::from_secs(5);
 /// Docker's sentinel for "never started".
 const ZERO_TIME_PREFIX: &str = "0001-01-01";
-
-/// Credentials for one registry host, used when pulling images from it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RegistryAuth {
-    /// Registry host as it appears in image references, e.g. `ghcr.io` or
-    /// `127.0.0.1:5000`; `docker.io` for Docker Hub. A scheme or path is ignored.
-    pub registry: String,
-    pub username: String,
-    pub password: String,
-}
-
-// Written out so the password never reaches a log line.
-impl fmt::Debug for RegistryAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RegistryAuth")
-            .field("registry", &self.registry)
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
 
 /// Runs instances as Docker containers. Cheap to clone: the client is a shared handle.
 #[derive(Clone, Debug)]
@@ -764,32 +747,6 @@ fn split_image(image: &str) -> (&str, &str) {
     match image[name_start..].rfind(':') {
         Some(i) => (&image[..name_start + i], &image[name_start + i + 1..]),
         None => (image, "latest"),
-    }
-}
-
-/// The registry host of an image reference, by Docker's rule: the first path component
-/// is a host when it contains `.` or `:` or is `localhost`; otherwise it is Docker Hub.
-fn registry_host(image: &str) -> String {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
-            normalize_registry(first)
-        }
-        _ => "docker.io".to_string(),
-    }
-}
-
-/// `https://index.docker.io/v1/` and `docker.io` name the same registry.
-fn normalize_registry(registry: &str) -> String {
-    let host = registry
-        .trim()
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    let host = host.split('/').next().unwrap_or(host).to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_string()
-        }
-        _ => host,
     }
 }
 

@@ -59,6 +59,39 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // 2: upgrades and rollbacks: failed-version memory, operator pins, rollout timelines.
+    "CREATE TABLE failed_versions (
+        server_id TEXT NOT NULL,
+        version TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        rollout_id INTEGER REFERENCES rollouts (id) ON DELETE SET NULL,
+        failed_at TEXT NOT NULL,
+        PRIMARY KEY (server_id, version)
+    );
+    CREATE TABLE server_pins (
+        server_id TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        pinned_at TEXT NOT NULL
+    );
+    CREATE TABLE rollout_steps (
+        rollout_id INTEGER NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+        at TEXT NOT NULL,
+        step TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX rollout_steps_by_rollout ON rollout_steps (rollout_id, at);
+    CREATE TABLE rollout_probes (
+        rollout_id INTEGER NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+        at TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        latency_ms REAL NOT NULL
+    );
+    CREATE INDEX rollout_probes_by_rollout ON rollout_probes (rollout_id, at);
+    ALTER TABLE rollouts ADD COLUMN digest TEXT;
+    ALTER TABLE rollouts ADD COLUMN rolled_back_to TEXT;",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -362,7 +362,8 @@ impl Store {
     pub fn finish_rollout(&self, id: i64, end: &RolloutEnd) -> Result<(), StoreError> {
         self.conn()
             .prepare_cached(
-                "UPDATE rollouts SET outcome = ?2, reason = ?3, instance_id = ?4, endpoint = ?5, finished_at = ?6
+                "UPDATE rollouts SET outcome = ?2, reason = ?3, instance_id = ?4, endpoint = ?5, finished_at = ?6,
+                                     rolled_back_to = ?7
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -371,7 +372,8 @@ impl Store {
                 end.reason,
                 end.instance_id,
                 end.endpoint,
-                ts(end.finished_at)
+                ts(end.finished_at),
+                end.rolled_back_to
             ])?;
         Ok(())
     }
@@ -382,14 +384,28 @@ impl Store {
         server: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RolloutRecord>, StoreError> {
+        self.query_rollouts(server, None, limit)
+    }
+
+    pub fn rollout(&self, id: i64) -> Result<Option<RolloutRecord>, StoreError> {
+        Ok(self.query_rollouts(None, Some(id), 1)?.pop())
+    }
+
+    fn query_rollouts(
+        &self,
+        server: Option<&str>,
+        id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<RolloutRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, run_id, server_id, trigger, action, from_version, to_version, image, command, revision,
-                    strategy, started_at, finished_at, outcome, reason, instance_id, endpoint
-             FROM rollouts WHERE (?1 IS NULL OR server_id = ?1) ORDER BY id DESC LIMIT ?2",
+                    strategy, started_at, finished_at, outcome, reason, instance_id, endpoint, digest, rolled_back_to
+             FROM rollouts WHERE (?1 IS NULL OR server_id = ?1) AND (?3 IS NULL OR id = ?3)
+             ORDER BY id DESC LIMIT ?2",
         )?;
         let rows = stmt
-            .query_map(params![server, limit as i64], |r| {
+            .query_map(params![server, limit as i64, id], |r| {
                 Ok((
                     (
                         r.get::<_, i64>(0)?,
@@ -411,6 +427,8 @@ impl Store {
                         r.get::<_, Option<String>>(14)?,
                         r.get::<_, Option<String>>(15)?,
                         r.get::<_, Option<String>>(16)?,
+                        r.get::<_, Option<String>>(17)?,
+                        r.get::<_, Option<String>>(18)?,
                     ),
                 ))
             })?
@@ -429,6 +447,8 @@ impl Store {
                         reason,
                         instance_id,
                         endpoint,
+                        digest,
+                        rolled_back_to,
                     ),
                 )| {
                     Ok(RolloutRecord {
@@ -449,9 +469,189 @@ impl Store {
                         reason,
                         instance_id,
                         endpoint,
+                        digest,
+                        rolled_back_to,
                     })
                 },
             )
+            .collect()
+    }
+
+    pub fn set_rollout_digest(&self, id: i64, digest: &str) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached("UPDATE rollouts SET digest = ?2 WHERE id = ?1")?
+            .execute(params![id, digest])?;
+        Ok(())
+    }
+
+    pub fn add_rollout_step(
+        &self,
+        id: i64,
+        step: &str,
+        detail: Option<&str>,
+        at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO rollout_steps (rollout_id, at, step, detail) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, ts(at), step, detail])?;
+        Ok(())
+    }
+
+    pub fn add_rollout_probe(&self, id: i64, probe: &RolloutProbe) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO rollout_probes (rollout_id, at, outcome, detail, latency_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![id, ts(probe.at), probe.outcome, probe.detail, probe.latency_ms])?;
+        Ok(())
+    }
+
+    /// A rollout's timeline: its steps and the probes of its health gate, oldest first.
+    pub fn rollout_timeline(
+        &self,
+        id: i64,
+    ) -> Result<(Vec<RolloutStep>, Vec<RolloutProbe>), StoreError> {
+        let conn = self.conn();
+        let steps = conn
+            .prepare_cached("SELECT at, step, detail FROM rollout_steps WHERE rollout_id = ?1 ORDER BY at, rowid")?
+            .query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let probes = conn
+            .prepare_cached(
+                "SELECT at, outcome, detail, latency_ms FROM rollout_probes WHERE rollout_id = ?1 ORDER BY at, rowid",
+            )?
+            .query_map(params![id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, f64>(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(conn);
+        let steps = steps
+            .into_iter()
+            .map(|(at, step, detail)| {
+                Ok(RolloutStep {
+                    at: req_ts(at)?,
+                    step,
+                    detail,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        let probes = probes
+            .into_iter()
+            .map(|(at, outcome, detail, latency_ms)| {
+                Ok(RolloutProbe {
+                    at: req_ts(at)?,
+                    outcome,
+                    detail,
+                    latency_ms,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((steps, probes))
+    }
+
+    // ---- failed versions ----
+
+    pub fn record_failed_version(&self, f: &FailedVersion) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO failed_versions (server_id, version, spec_hash, reason, rollout_id, failed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (server_id, version) DO UPDATE
+                 SET spec_hash = ?3, reason = ?4, rollout_id = ?5, failed_at = ?6",
+            )?
+            .execute(params![f.server_id, f.version, f.spec_hash, f.reason, f.rollout_id, ts(f.failed_at)])?;
+        Ok(())
+    }
+
+    /// Failed versions, of one server when `server` is given.
+    pub fn failed_versions(&self, server: Option<&str>) -> Result<Vec<FailedVersion>, StoreError> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(
+                "SELECT server_id, version, spec_hash, reason, rollout_id, failed_at FROM failed_versions
+                 WHERE (?1 IS NULL OR server_id = ?1) ORDER BY server_id, failed_at",
+            )?
+            .query_map(params![server], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(server_id, version, spec_hash, reason, rollout_id, at)| {
+                Ok(FailedVersion {
+                    server_id,
+                    version,
+                    spec_hash,
+                    reason,
+                    rollout_id,
+                    failed_at: req_ts(at)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a server's failed versions (a retry, or a commit that changed the server).
+    pub fn clear_failed_versions(&self, server: &str) -> Result<usize, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("DELETE FROM failed_versions WHERE server_id = ?1")?
+            .execute(params![server])?)
+    }
+
+    // ---- operator pins ----
+
+    pub fn set_pin(&self, pin: &Pin) -> Result<(), StoreError> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO server_pins (server_id, version, reason, pinned_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (server_id) DO UPDATE SET version = ?2, reason = ?3, pinned_at = ?4",
+            )?
+            .execute(params![pin.server_id, pin.version, pin.reason, ts(pin.pinned_at)])?;
+        Ok(())
+    }
+
+    pub fn clear_pin(&self, server: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("DELETE FROM server_pins WHERE server_id = ?1")?
+            .execute(params![server])?
+            > 0)
+    }
+
+    pub fn pins(&self) -> Result<Vec<Pin>, StoreError> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(
+                "SELECT server_id, version, reason, pinned_at FROM server_pins ORDER BY server_id",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(server_id, version, reason, at)| {
+                Ok(Pin {
+                    server_id,
+                    version,
+                    reason,
+                    pinned_at: req_ts(at)?,
+                })
+            })
             .collect()
     }
 

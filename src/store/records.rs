@@ -157,6 +157,7 @@ pub struct RolloutEnd {
     pub instance_id: Option<String>,
     pub endpoint: Option<String>,
     pub finished_at: Timestamp,
+    pub rolled_back_to: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -178,4 +179,45 @@ pub struct RolloutRecord {
     pub reason: Option<String>,
     pub instance_id: Option<String>,
     pub endpoint: Option<String>,
+    pub digest: Option<String>,
+    /// The version a failed rollout restored.
+    pub rolled_back_to: Option<String>,
+}
+
+/// A version that failed its health gate on a server: not tried again until the server's
+/// manifest entry changes or an operator retries.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailedVersion {
+    pub server_id: String,
+    pub version: String,
+    pub spec_hash: String,
+    pub reason: String,
+    pub rollout_id: Option<i64>,
+    pub failed_at: Timestamp,
+}
+
+/// An operator's rollback holds a server at a version (auto-update paused) until resumed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Pin {
+    pub server_id: String,
+    pub version: String,
+    pub reason: String,
+    pub pinned_at: Timestamp,
+}
+
+/// One step of a rollout's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RolloutStep {
+    pub at: Timestamp,
+    pub step: String,
+    pub detail: Option<String>,
+}
+
+/// One health probe seen during a rollout's gate.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RolloutProbe {
+    pub at: Timestamp,
+    pub outcome: String,
+    pub detail: String,
+    pub latency_ms: f64,
 }

@@ -329,8 +329,16 @@ async fn an_unreachable_remote_keeps_the_fleet_running_reports_the_error_and_rec
     agent
         .wait_running("theta", "1.1.0", Duration::from_secs(15))
         .await;
-    let (_, fleet) = agent.get("/servers").await;
-    assert!(fleet["source_error"].is_null(), "{fleet}");
+    // The error clears when the sync that fetched the new commit publishes its view.
+    eventually(
+        Duration::from_secs(10),
+        "the source error to clear",
+        || async {
+            let (_, fleet) = agent.get("/servers").await;
+            fleet["source_error"].is_null().then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,5 +7,7 @@ mod gitops_docker;
 mod hooks;
 mod manifest_fuzz;
 mod process_runtime;
+mod registry;
 mod support;
+mod upgrades;
 mod validate;

@@ -57,6 +57,10 @@ pub const TEST_API_KEY: &str = "test-api-key";
 
 pub struct Options {
     pub poll_interval: Duration,
+    pub registry_poll_interval: Duration,
+    pub drain: Duration,
+    /// Replaces [`test_trust`].
+    pub trust: Option<TrustPolicy>,
     pub webhook_secret: Option<String>,
     pub runtime: RuntimeChoice,
 }
@@ -66,6 +70,9 @@ impl Default for Options {
         Options {
             // Long enough that tests of the watch or the webhook are not rescued by polling.
             poll_interval: Duration::from_secs(120),
+            registry_poll_interval: Duration::from_secs(120),
+            drain: Duration::ZERO,
+            trust: None,
             webhook_secret: None,
             runtime: RuntimeChoice::Process,
         }
@@ -97,6 +104,8 @@ impl TestAgent {
                 ssh_key: None,
             },
             poll_interval: options.poll_interval,
+            registry_poll_interval: options.registry_poll_interval,
+            drain: options.drain,
             runtime: options.runtime,
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data.path().to_owned(),
@@ -109,8 +118,9 @@ impl TestAgent {
         let token = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let t = token.clone();
+        let trust = options.trust.unwrap_or_else(test_trust);
         let task = tokio::spawn(async move {
-            let result = mcp_orchestration::agent::run(settings, test_trust(), t, move |addr| {
+            let result = mcp_orchestration::agent::run(settings, trust, t, move |addr| {
                 let _ = tx.send(addr);
             })
             .await;

@@ -77,8 +77,17 @@ pub fn docker(args: &[&str]) -> String {
 /// `mcp-orch-test/example-server:{version}`, built from the example server's Dockerfile
 /// around a statically linked binary. The binary is built once per test process; an image
 /// is rebuilt only when its binary changed.
+/// Serialises image builds in this test process: a build's prune of untagged test images
+/// must never see another build's intermediate image.
+static IMAGE_BUILDS: Mutex<()> = Mutex::new(());
+
+/// Runs `f` while no other image build of this process runs.
+pub fn with_image_build_lock<T>(f: impl FnOnce() -> T) -> T {
+    let _building = IMAGE_BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 pub fn example_image(version: &str) -> String {
-    static IMAGE_BUILDS: Mutex<()> = Mutex::new(());
     let binary = static_example_binary();
     let tag = format!("{IMAGE_REPO}:{version}");
     let meta = std::fs::metadata(binary)
@@ -336,101 +345,8 @@ pub async fn wait_healthy(port: u16) -> serde_json::Value {
     .await
 }
 
-/// The user the authenticated [`TestRegistry`] accepts.
-pub const REGISTRY_USER: &str = "mcp-test";
-/// Its password.
-pub const REGISTRY_PASSWORD: &str = "pull-secret";
-/// `REGISTRY_USER:bcrypt(REGISTRY_PASSWORD)` (cost 4), written out so no htpasswd tool is
-/// needed.
-const REGISTRY_HTPASSWD: &str =
-    "mcp-test:$2b$04$CNFHPlkmIGs/l1DvfT9xneFlIfOHitpBqJ2Z.tASRI/ppmUKRLexu";
-
-/// Whether the `docker-registry` binary (Debian's distribution registry) is available; the
-/// same CI rule as [`docker_or_skip`].
-pub fn registry_or_skip(test: &str) -> bool {
-    let found = Command::new("docker-registry")
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        true
-    } else if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: `docker-registry` is required on CI (CI=true) but cannot be run")
-    } else {
-        eprintln!("skipping {test}: `docker-registry` is not installed");
-        false
-    }
-}
-
-/// A real OCI registry on 127.0.0.1, killed on drop. Two of them may share one storage
-/// directory, e.g. an open one to push to and an authenticated one to pull from, because
-/// pushing to a registry with auth would need `docker login` and its side effects.
-pub struct TestRegistry {
-    child: std::process::Child,
-    pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl TestRegistry {
-    pub async fn start(storage: &Path, with_auth: bool) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir for the registry config");
-        let port = free_port();
-        let mut config = format!(
-            "version: 0.1\n\
-             log: {{ level: warn }}\n\
-             storage: {{ filesystem: {{ rootdirectory: {} }}, delete: {{ enabled: true }} }}\n\
-             http: {{ addr: 127.0.0.1:{port} }}\n",
-            storage.display()
-        );
-        if with_auth {
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n")).expect("write htpasswd");
-            config.push_str(&format!(
-                "auth: {{ htpasswd: {{ realm: mcp-test, path: {} }} }}\n",
-                htpasswd.display()
-            ));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("registry log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry starts");
-        let registry = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        // Open: 200; with auth: 401 until credentials are given. Either means it serves.
-        let client = http();
-        let url = format!("http://127.0.0.1:{port}/v2/");
-        super::eventually(DEADLINE, &format!("the registry at {url}"), || async {
-            let status = client.get(&url).send().await.ok()?.status();
-            (status == reqwest::StatusCode::OK || status == reqwest::StatusCode::UNAUTHORIZED)
-                .then_some(())
-        })
-        .await;
-        registry
-    }
-
-    /// `127.0.0.1:PORT`, as it appears in image references.
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// The registry helpers moved to `support::registry`; the Docker tests keep their paths.
+pub use super::registry::{REGISTRY_PASSWORD, REGISTRY_USER, TestRegistry, registry_or_skip};
 
 /// Untags the images it was given on drop. Declare it before the [`ContainerGuard`] of
 /// the same test, so the containers using the images go first.

@@ -46,6 +46,9 @@ pub fn example_server_bin() -> std::path::PathBuf {
 pub mod agent;
 pub mod docker;
 pub mod git;
+pub mod images;
+pub mod receiver;
+pub mod registry;
 
 /// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.
 pub async fn eventually<T, F, Fut>(deadline: std::time::Duration, what: &str, mut check: F) -> T
