@@ -100,6 +100,7 @@ async fn start_agent(repo: &str, runtime: RuntimeChoice, poll: Duration, bin: &P
         poll_interval: poll,
         registry_poll_interval: Duration::from_secs(60),
         drain: Duration::ZERO,
+        registry_credentials: None,
         runtime,
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),

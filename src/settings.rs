@@ -33,6 +33,8 @@ pub mod env {
     pub const POLL_INTERVAL: &str = "MCP_ORCHESTRATION_POLL_INTERVAL";
     /// How often registries are asked for new tags: `60s`.
     pub const REGISTRY_POLL_INTERVAL: &str = "MCP_ORCHESTRATION_REGISTRY_POLL_INTERVAL";
+    /// YAML list of `{registry, username, password}` for pulls and tag listing.
+    pub const REGISTRY_CREDENTIALS: &str = "MCP_ORCHESTRATION_REGISTRY_CREDENTIALS";
     /// `process` (default) or `docker`.
     pub const RUNTIME: &str = "MCP_ORCHESTRATION_RUNTIME";
     /// Address of the agent's HTTP API.
@@ -123,6 +125,7 @@ pub struct AgentOptions {
     pub poll_interval: Option<String>,
     pub registry_poll_interval: Option<String>,
     pub drain: Option<String>,
+    pub registry_credentials: Option<PathBuf>,
     pub runtime: Option<RuntimeChoice>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -144,6 +147,7 @@ impl AgentOptions {
             poll_interval: self.poll_interval.or(other.poll_interval),
             registry_poll_interval: self.registry_poll_interval.or(other.registry_poll_interval),
             drain: self.drain.or(other.drain),
+            registry_credentials: self.registry_credentials.or(other.registry_credentials),
             runtime: self.runtime.or(other.runtime),
             listen: self.listen.or(other.listen),
             data_dir: self.data_dir.or(other.data_dir),
@@ -205,6 +209,7 @@ pub struct AgentSettings {
     pub registry_poll_interval: std::time::Duration,
     /// How long an old instance keeps serving after its successor is published.
     pub drain: std::time::Duration,
+    pub registry_credentials: Option<PathBuf>,
     pub runtime: RuntimeChoice,
     pub listen: std::net::SocketAddr,
     pub data_dir: PathBuf,
@@ -352,6 +357,7 @@ impl Settings {
             poll_interval,
             registry_poll_interval,
             drain,
+            registry_credentials: a.registry_credentials.clone(),
             runtime: a.runtime.unwrap_or_default(),
             listen,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),

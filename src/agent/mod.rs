@@ -43,6 +43,8 @@ pub enum AgentError {
     Git(#[from] crate::source::GitError),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    #[error("invalid registry credentials file {path}: {message}")]
+    RegistryCredentials { path: PathBuf, message: String },
     #[error("cannot listen on {addr}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -99,6 +101,20 @@ fn api_keys(settings: &AgentSettings) -> Result<Vec<String>, AgentError> {
     Ok(vec![key])
 }
 
+fn registry_credentials(
+    settings: &AgentSettings,
+) -> Result<Vec<crate::registry::RegistryAuth>, AgentError> {
+    let Some(path) = &settings.registry_credentials else {
+        return Ok(Vec::new());
+    };
+    let err = |message: String| AgentError::RegistryCredentials {
+        path: path.clone(),
+        message,
+    };
+    let text = crate::source::read_text(path).map_err(|e| err(format!("{e:#}")))?;
+    serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))
+}
+
 /// This agent's identity: `<data-dir>/agent-id`, created at the first start. Containers are
 /// labelled with it, so agents sharing a Docker host never touch each other's fleets.
 fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
@@ -148,13 +164,15 @@ pub async fn run(
             "marked runs and rollouts of a previous agent as interrupted"
         );
     }
+    let registry_auths = registry_credentials(&settings)?;
     let runtime: Arc<dyn Runtime> = match settings.runtime {
         RuntimeChoice::Docker => {
             let owner = agent_id(&settings.data_dir)?;
             Arc::new(
                 crate::runtime::docker::DockerRuntime::connect()
                     .await?
-                    .with_owner(owner),
+                    .with_owner(owner)
+                    .with_registry_auth(registry_auths.clone()),
             )
         }
         RuntimeChoice::Process => Arc::new(crate::runtime::process::ProcessRuntime::new(
@@ -233,7 +251,7 @@ pub async fn run(
         }
     });
 
-    let registry = crate::registry::RegistryClient::new(Vec::new(), 4);
+    let registry = crate::registry::RegistryClient::new(registry_auths, 4);
     tokio::spawn(registry_poll::run(
         state.clone(),
         registry,

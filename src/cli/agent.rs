@@ -29,6 +29,9 @@ pub struct Args {
     /// How long an old instance keeps serving after its successor is published [default: 2s]
     #[arg(long, value_name = "DURATION")]
     drain: Option<String>,
+    /// YAML list of `{registry, username, password}`, for pulling images and listing tags.
+    #[arg(long, env = env::REGISTRY_CREDENTIALS, value_name = "FILE")]
+    registry_credentials: Option<PathBuf>,
     /// Where servers run [default: process]
     #[arg(long, env = env::RUNTIME, value_enum)]
     runtime: Option<RuntimeArg>,
@@ -73,6 +76,7 @@ impl Args {
             poll_interval: self.poll_interval.clone(),
             registry_poll_interval: self.registry_poll_interval.clone(),
             drain: self.drain.clone(),
+            registry_credentials: self.registry_credentials.clone(),
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Process => RuntimeChoice::Process,
                 RuntimeArg::Docker => RuntimeChoice::Docker,

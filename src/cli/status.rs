@@ -102,6 +102,8 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                     "state",
                     "desired_version",
                     "running_version",
+                    "update_available",
+                    "pinned_version",
                     "endpoint",
                     "transport",
                     "instance_id",

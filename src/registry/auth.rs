@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Credentials for one registry host, used when pulling images from it and when listing
-/// its tags.
-#[derive(Clone, PartialEq, Eq)]
+/// its tags. The agent reads a list of them from `--registry-credentials FILE` (YAML).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegistryAuth {
     /// Registry host as it appears in image references, e.g. `ghcr.io` or
     /// `127.0.0.1:5000`; `docker.io` for Docker Hub. A scheme or path is ignored.

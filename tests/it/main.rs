@@ -8,6 +8,7 @@ mod hooks;
 mod manifest_fuzz;
 mod process_runtime;
 mod registry;
+mod rollback;
 mod support;
 mod upgrades;
 mod validate;

@@ -106,6 +106,7 @@ impl TestAgent {
             poll_interval: options.poll_interval,
             registry_poll_interval: options.registry_poll_interval,
             drain: options.drain,
+            registry_credentials: None,
             runtime: options.runtime,
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data.path().to_owned(),
