@@ -13,34 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Agent, AgentOptions, git, percentile, start_agent};
 use mcp_orchestration::policy::TrustPolicy;
-use mcp_orchestration::settings::{AgentSettings, RuntimeChoice};
-use mcp_orchestration::source::GitSettings;
+use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-fn git(cwd: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .current_dir(cwd)
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "user.name=bench",
-            "-c",
-            "user.email=bench@localhost",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod common;
 
 fn example_server() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -79,60 +57,6 @@ enum Trigger {
     Watch,
     Webhook,
     Poll,
-}
-
-struct Agent {
-    url: String,
-    token: CancellationToken,
-    data: tempfile::TempDir,
-}
-
-async fn start_agent(repo: &str, runtime: RuntimeChoice, poll: Duration, bin: &Path) -> Agent {
-    let data = tempfile::tempdir().unwrap();
-    let settings = AgentSettings {
-        git: GitSettings {
-            url: repo.to_owned(),
-            branch: "main".into(),
-            manifest_path: "ecosystem-manifest.yaml".into(),
-            token: None,
-            ssh_key: None,
-        },
-        poll_interval: poll,
-        registry_poll_interval: Duration::from_secs(60),
-        drain: Duration::ZERO,
-        registry_credentials: None,
-        runtime,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.path().to_owned(),
-        webhook_secret: None,
-        secrets_file: None,
-        concurrency: 4,
-        api_key: Some("bench-key".into()),
-        api_keys_file: None,
-    };
-    let trust = TrustPolicy {
-        allowed_images: vec!["mcp-orch-test/".into()],
-        allowed_commands: vec![bin.parent().unwrap().display().to_string()],
-        source: "bench".into(),
-    };
-    let token = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let t = token.clone();
-    tokio::spawn(async move {
-        if let Err(e) = mcp_orchestration::agent::run(settings, trust, t, move |a| {
-            let _ = tx.send(a);
-        })
-        .await
-        {
-            panic!("agent: {e:#}");
-        }
-    });
-    let addr = rx.await.unwrap();
-    Agent {
-        url: format!("http://{addr}"),
-        token,
-        data,
-    }
 }
 
 async fn healthy_at(http: &reqwest::Client, agent: &Agent, version: &str) -> bool {
@@ -202,7 +126,20 @@ async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &
             Duration::from_secs(1),
         ),
     };
-    let agent = start_agent(&repo, runtime, poll, bin).await;
+    let agent = start_agent(
+        &repo,
+        AgentOptions {
+            runtime,
+            poll,
+            registry_poll: Duration::from_secs(600),
+            trust: TrustPolicy {
+                allowed_images: vec!["mcp-orch-test/".into()],
+                allowed_commands: vec![bin.parent().unwrap().display().to_string()],
+                source: "bench".into(),
+            },
+        },
+    )
+    .await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     while !healthy_at(&http, &agent, "1.0.0").await {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -230,56 +167,8 @@ async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &
         }
         samples.push(pushed.elapsed().as_secs_f64() * 1000.0);
     }
-    agent.token.cancel();
-    kill_fleet(agent.data.path(), runtime);
+    drop(agent);
     samples
-}
-
-fn kill_fleet(data: &Path, runtime: RuntimeChoice) {
-    if runtime == RuntimeChoice::Docker {
-        let owner = std::fs::read_to_string(data.join("agent-id")).unwrap_or_default();
-        let ids = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=io.mcp-orchestration.owner={}", owner.trim()),
-            ])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
-        return;
-    }
-    for e in std::fs::read_dir(data.join("processes"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap_or_default())
-            .unwrap_or(Value::Null);
-        if let Some(pid) = v["pid"].as_i64().filter(|p| *p > 1) {
-            // SAFETY: kill(2) of a process group this benchmark's agent started.
-            unsafe {
-                libc::kill(-(pid as i32), libc::SIGKILL);
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Idle CPU (% of one core) and RSS of the agent binary watching a repository, over `secs`.
