@@ -292,6 +292,11 @@ impl Executor {
                         i.host_port.map_or("?".into(), |p| p.to_string())
                     )),
                 );
+                if let (Some(rid), Some(digest)) = (id, &i.image_digest)
+                    && let Err(e) = self.store.set_rollout_digest(rid, digest)
+                {
+                    warn!(error = %e, "cannot record the image digest");
+                }
                 Ok(i)
             }
             Err(e) => Err(format!("the new instance did not start: {e}")),

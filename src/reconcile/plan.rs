@@ -183,6 +183,7 @@ mod tests {
             host_port: Some(10_000),
             state,
             started_at: Timestamp::from_second(started).ok(),
+            image_digest: None,
         }
     }
 

@@ -199,10 +199,10 @@ impl DockerRuntime {
             })
     }
 
-    /// Pulls `image` unless it is already present.
-    async fn ensure_image(&self, image: &str) -> Result<(), RuntimeError> {
+    /// Pulls `image` unless it is already present; returns its digest when known.
+    async fn ensure_image(&self, image: &str) -> Result<Option<String>, RuntimeError> {
         match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
+            Ok(found) => return Ok(image_digest(image, &found)),
             Err(e) if status_code(&e) == Some(404) => {}
             Err(e) => return Err(self.pull_error(image, &e)),
         }
@@ -225,7 +225,12 @@ impl DockerRuntime {
             }
         }
         debug!(image, "pulled image");
-        Ok(())
+        Ok(self
+            .docker
+            .inspect_image(image)
+            .await
+            .ok()
+            .and_then(|found| image_digest(image, &found)))
     }
 
     /// Inspects `id`, refusing containers without our managed label; `None` when it does
@@ -336,6 +341,7 @@ impl DockerRuntime {
                 .state
                 .as_ref()
                 .and_then(|s| parse_time(s.started_at.as_deref())),
+            image_digest: None,
         })
     }
 
@@ -399,8 +405,24 @@ impl DockerRuntime {
             host_port,
             state,
             started_at,
+            image_digest: None,
         }))
     }
+}
+
+/// The content digest of a pulled image: its `RepoDigests` entry for the image's own
+/// repository (what a registry would serve), else the first one.
+fn image_digest(image: &str, inspected: &bollard::models::ImageInspect) -> Option<String> {
+    let (repository, _) = split_image(image);
+    let digests = inspected.repo_digests.as_ref()?;
+    digests
+        .iter()
+        .find(|d| {
+            d.split_once('@')
+                .is_some_and(|(repo, _)| repo == repository)
+        })
+        .or(digests.first())
+        .and_then(|d| d.split_once('@').map(|(_, digest)| digest.to_owned()))
 }
 
 #[async_trait]
@@ -461,7 +483,7 @@ impl Runtime for DockerRuntime {
             ));
         };
         let image = docker_spec.image.as_str();
-        self.ensure_image(image).await?;
+        let digest = self.ensure_image(image).await?;
 
         let port_key = format!("{}/tcp", docker_spec.container_port);
         let binding = PortBinding {
@@ -516,7 +538,8 @@ impl Runtime for DockerRuntime {
             .started_instance(spec, &id, docker_spec.container_port)
             .await
         {
-            Ok(instance) => {
+            Ok(mut instance) => {
+                instance.image_digest = digest;
                 debug!(container = %id, host_port = ?instance.host_port, state = ?instance.state, "started container");
                 Ok(instance)
             }

@@ -103,6 +103,8 @@ pub struct Instance {
     pub host_port: Option<u16>,
     pub state: InstanceState,
     pub started_at: Option<Timestamp>,
+    /// The image's content digest (`sha256:…`), when the runtime knows it (Docker, at start).
+    pub image_digest: Option<String>,
 }
 
 impl Instance {

@@ -183,6 +183,7 @@ impl PidFile {
             host_port: Some(self.host_port),
             state,
             started_at: Some(self.started_at),
+            image_digest: None,
         }
     }
 }

@@ -100,6 +100,13 @@ async fn registry_upgrades_follow_each_update_policy() {
     assert_eq!(upgrade[0]["from_version"], "1.0.0");
     assert_eq!(upgrade[0]["to_version"], "1.1.0");
     assert_eq!(upgrade[0]["outcome"], "succeeded");
+    assert!(
+        upgrade[0]["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{}",
+        upgrade[0]
+    );
 
     // Never to 2.0.0 under `allow: minor`; pinned never moves; latest stays on the highest.
     for r in rollouts(&agent, &sem).await {
