@@ -149,7 +149,7 @@ impl Executor {
                     info!(instance = %old.id, "removing a leftover instance");
                     self.retire(old).await?;
                 }
-                Ok(Some(instance.clone()))
+                Ok(Some((**instance).clone()))
             }
             Action::LeaveAlone { .. } => Ok(None),
         }

@@ -20,7 +20,8 @@ pub enum Action {
     /// A running instance matches; `cleanup` holds leftovers (duplicates, dead instances).
     Keep {
         desired: Desired,
-        instance: Instance,
+        // Boxed: an instance is large, and keeping is the common case of a big enum.
+        instance: Box<Instance>,
         cleanup: Vec<Instance>,
     },
     /// Leave the server as it is: an operator stopped it, or this exact spec already
@@ -109,7 +110,7 @@ pub fn plan(
             match keep {
                 Some(k) => Action::Keep {
                     desired: d.clone(),
-                    instance: k.clone(),
+                    instance: Box::new(k.clone()),
                     cleanup: instances
                         .iter()
                         .filter(|i| i.id != k.id)
@@ -340,7 +341,7 @@ mod tests {
                 Action::Deploy { desired } | Action::Update { desired, .. } => after.push(
                     instance(desired, &format!("{id}-new"), InstanceState::Running, 5),
                 ),
-                Action::Keep { instance, .. } => after.push(instance.clone()),
+                Action::Keep { instance, .. } => after.push((**instance).clone()),
                 Action::Remove { .. } | Action::LeaveAlone { .. } => {}
             }
         }
