@@ -67,6 +67,10 @@ struct Args {
     /// Initial health mode; change it at runtime with POST /admin/health/{mode}.
     #[arg(long, env = "EXAMPLE_SERVER_HEALTH", value_enum, default_value_t = HealthMode::Healthy)]
     health: HealthMode,
+    /// A file whose content (a mode name), while it exists, overrides the mode: it survives
+    /// restarts, so tests can keep every instance of a server broken.
+    #[arg(long, env = "EXAMPLE_SERVER_HEALTH_FILE")]
+    health_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -104,11 +108,17 @@ struct AppState {
     started: Instant,
     // An atomic rather than a Mutex so request paths have no lock to poison or unwrap.
     mode: AtomicU8,
+    health_file: Option<std::path::PathBuf>,
 }
 
 impl AppState {
     fn mode(&self) -> HealthMode {
-        HealthMode::from_u8(self.mode.load(Ordering::Relaxed))
+        let forced = self
+            .health_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|text| HealthMode::from_str(text.trim(), true).ok());
+        forced.unwrap_or_else(|| HealthMode::from_u8(self.mode.load(Ordering::Relaxed)))
     }
 }
 
@@ -263,6 +273,7 @@ async fn main() -> ExitCode {
         version: args.version.clone(),
         started: Instant::now(),
         mode: AtomicU8::new(args.health as u8),
+        health_file: args.health_file.clone(),
     });
 
     // Cancelling this ends every open MCP session, so their SSE streams do not hold

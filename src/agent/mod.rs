@@ -4,6 +4,7 @@
 //! Shutdown finishes the current sync step and stops serving; the fleet keeps running (the
 //! servers are not the agent's children) and is adopted again at the next start.
 
+mod recovery;
 mod registry_poll;
 mod secrets;
 pub mod state;
@@ -187,20 +188,22 @@ pub async fn run(
         .map_err(|e| AgentError::Serve(std::io::Error::other(e.to_string())))??;
 
     let (tx, mut rx) = mpsc::channel(1);
-    // The executor publishes a new endpoint through the state it is part of; the cell breaks
-    // that cycle without holding a strong reference from the executor to the state.
-    let switch_target: Arc<std::sync::OnceLock<std::sync::Weak<AgentState>>> = Arc::default();
-    let target = switch_target.clone();
+    // The executor reports rollout phases to the state it is part of; the cell breaks that
+    // cycle without a strong reference from the executor to the state.
+    let phase_target: Arc<std::sync::OnceLock<std::sync::Weak<AgentState>>> = Arc::default();
+    let target = phase_target.clone();
     let mut executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency)
-        .on_switch(move |instance| {
+        .on_phase(move |server, phase| {
             if let Some(state) = target.get().and_then(std::sync::Weak::upgrade) {
-                state.switch_to(instance);
+                state.rollout_phase(server, phase);
             }
         });
     executor.drain = settings.drain;
+    let monitor = crate::health::Monitor::new(store.clone(), 256);
     let mut state = AgentState::new(
         store.clone(),
         executor.clone(),
+        monitor.clone(),
         runtime.kind(),
         settings.git.branch.clone(),
         settings.webhook_secret.clone(),
@@ -209,7 +212,7 @@ pub async fn run(
     state.api_keys = api_keys(&settings)?;
     state.keys_for_reads = !settings.listen.ip().is_loopback();
     let state = Arc::new(state);
-    let _ = switch_target.set(Arc::downgrade(&state));
+    let _ = phase_target.set(Arc::downgrade(&state));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| AgentError::Listen {
@@ -251,6 +254,12 @@ pub async fn run(
         }
     });
 
+    tokio::spawn(recovery::watch_exits(
+        runtime.subscribe(),
+        monitor.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(recovery::run(state.clone(), shutdown.clone()));
     let registry = crate::registry::RegistryClient::new(registry_auths, 4);
     tokio::spawn(registry_poll::run(
         state.clone(),

@@ -7,8 +7,10 @@ use jiff::Timestamp;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::health::{Monitor, Target};
 use crate::manifest::Transport;
-use crate::reconcile::execute::{ApplyContext, Executor};
+use crate::reconcile::Desired;
+use crate::reconcile::execute::{ApplyContext, Executor, RolloutPhase};
 use crate::runtime::RuntimeKind;
 use crate::store::{Store, StoreError};
 
@@ -72,6 +74,12 @@ pub struct ServerView {
     pub update_available: Option<String>,
     /// The version an operator's rollback holds the server at (auto-update paused).
     pub pinned_version: Option<String>,
+    /// Health as the monitor sees it now: `unknown`, `starting`, `healthy`, `degraded`,
+    /// `unhealthy` or `failed`; absent when the server is not monitored (not running).
+    pub health: Option<crate::health::HealthState>,
+    pub health_since: Option<Timestamp>,
+    /// What caused the last health transition.
+    pub health_reason: Option<String>,
 }
 
 /// The fleet after the last sync.
@@ -91,6 +99,9 @@ pub struct FleetView {
 pub struct AgentState {
     pub store: Store,
     pub executor: Executor,
+    pub monitor: Monitor,
+    /// The desired state of the last sync, per server (recovery starts instances from it).
+    desired: RwLock<std::collections::BTreeMap<String, Desired>>,
     pub runtime: RuntimeKind,
     pub branch: String,
     pub webhook_secret: Option<String>,
@@ -113,6 +124,7 @@ impl AgentState {
     pub fn new(
         store: Store,
         executor: Executor,
+        monitor: Monitor,
         runtime: RuntimeKind,
         branch: String,
         webhook_secret: Option<String>,
@@ -121,6 +133,8 @@ impl AgentState {
         AgentState {
             store,
             executor,
+            monitor,
+            desired: RwLock::default(),
             runtime,
             branch,
             webhook_secret,
@@ -232,6 +246,47 @@ impl AgentState {
         Ok(())
     }
 
+    pub fn desired(&self, server: &str) -> Option<Desired> {
+        self.desired
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server)
+            .cloned()
+    }
+
+    pub fn recovery_settings(&self, server: &str) -> Option<crate::manifest::Recovery> {
+        self.desired(server).map(|d| d.recovery)
+    }
+
+    pub fn set_desired(&self, desired: &[Desired]) {
+        *self.desired.write().unwrap_or_else(|p| p.into_inner()) = desired
+            .iter()
+            .map(|d| (d.server_id().to_owned(), d.clone()))
+            .collect();
+    }
+
+    /// What the executor reports about a rollout: the monitor steps aside while it runs,
+    /// and a new instance is published (and monitored) before its predecessor stops.
+    pub fn rollout_phase(&self, server: &str, phase: RolloutPhase<'_>) {
+        match phase {
+            RolloutPhase::Started => self.monitor.rollout_started(server),
+            RolloutPhase::Switched(instance, desired) => {
+                self.switch_to(instance);
+                if let Some(port) = instance.host_port {
+                    self.monitor.rollout_switched(Target {
+                        server_id: server.to_owned(),
+                        instance_id: instance.id.clone(),
+                        port,
+                        version: instance.version.to_string(),
+                        check: desired.health.clone(),
+                        mcp_path: desired.mcp_path.clone(),
+                    });
+                }
+            }
+            RolloutPhase::Finished => self.monitor.rollout_finished(server),
+        }
+    }
+
     /// Publishes a newly healthy instance at once, before its predecessor stops, so the
     /// endpoint readers see always answers.
     pub fn switch_to(&self, instance: &crate::runtime::Instance) {
@@ -293,6 +348,36 @@ impl AgentState {
 
     pub fn fleet(&self) -> FleetView {
         self.fleet.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The fleet with each server's live health from the monitor.
+    pub fn fleet_live(&self) -> FleetView {
+        let mut fleet = self.fleet();
+        for s in &mut fleet.servers {
+            if let Some(h) = self.monitor.get(&s.id) {
+                s.health = Some(h.state);
+                s.health_since = Some(h.since);
+                s.health_reason = h.cause;
+            }
+        }
+        fleet
+    }
+
+    /// An operator's restart: a fresh instance replaces the current one, and the recovery
+    /// count starts over. Runs in the background; returns once it is under way.
+    pub fn restart(self: &std::sync::Arc<Self>, server: &str) -> Result<(), OperatorError> {
+        self.known(server)?;
+        let desired = self.desired(server).ok_or_else(|| {
+            OperatorError::Runtime(format!("`{server}` cannot run here; see its status"))
+        })?;
+        let state = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.executor.replace(&desired, false).await {
+                tracing::warn!(server = %desired.server_id(), error = %e, "operator restart failed");
+            }
+            state.wake(Trigger::Operator);
+        });
+        Ok(())
     }
 
     pub fn set_fleet(&self, view: FleetView) {

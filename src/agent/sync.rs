@@ -532,13 +532,22 @@ impl Syncer {
                 Vec::new()
             }
         };
-        let view = self.view(source_error, &observed);
+        let (view, targets) = self.view(source_error, &observed);
         self.state.set_fleet(view);
+        self.state.monitor.set_targets(targets);
     }
 
-    fn view(&mut self, source_error: Option<String>, observed: &[Instance]) -> FleetView {
+    /// The fleet view for the API and the monitor's targets: the running instance of every
+    /// server that is not stopped by an operator.
+    fn view(
+        &mut self,
+        source_error: Option<String>,
+        observed: &[Instance],
+    ) -> (FleetView, Vec<crate::health::Target>) {
         let previous = self.state.fleet();
         let desired = self.desired(observed);
+        self.state.set_desired(&desired);
+        let mut targets = Vec::new();
         let pins: BTreeMap<String, String> = self
             .state
             .store
@@ -574,6 +583,28 @@ impl Syncer {
                 } else {
                     ("pending", None)
                 };
+                // A server whose instance crashed stays monitored (on its last instance), so
+                // it shows unhealthy and recovery can act, rather than vanishing.
+                let watched = current.or_else(|| {
+                    observed
+                        .iter()
+                        .filter(|i| i.server_id == server.id)
+                        .max_by_key(|i| i.started_at)
+                });
+                if let (Some(i), Some(port), false) = (
+                    watched,
+                    watched.and_then(|i| i.host_port),
+                    held.contains(&server.id),
+                ) {
+                    targets.push(crate::health::Target {
+                        server_id: server.id.clone(),
+                        instance_id: i.id.clone(),
+                        port,
+                        version: i.version.to_string(),
+                        check: server.health_check.clone(),
+                        mcp_path: server.mcp_path.clone(),
+                    });
+                }
                 let since = previous
                     .servers
                     .iter()
@@ -598,16 +629,20 @@ impl Syncer {
                     since,
                     update_available: self.update_available.get(&server.id).cloned(),
                     pinned_version: pins.get(&server.id).cloned(),
+                    health: None,
+                    health_since: None,
+                    health_reason: None,
                 });
             }
         }
-        FleetView {
+        let view = FleetView {
             applied_revision: self.applied.as_ref().map(|a| a.commit.clone()),
             head: self.last_head.clone(),
             last_sync: Some(now),
             source_error,
             servers,
-        }
+        };
+        (view, targets)
     }
 }
 

@@ -37,6 +37,12 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/servers/{id}/rollout/resume", post(resume))
         .route("/servers/{id}/rollout/retry", post(deploy))
         .route("/rollouts/{id}", get(rollout))
+        .route("/servers/{id}/health", get(server_health))
+        .route("/servers/{id}/health/events", get(server_health_events))
+        .route("/servers/{id}/health/override", post(health_override))
+        .route("/servers/{id}/restart", post(restart))
+        .route("/health/status", get(health_status))
+        .route("/health/events", get(health_events))
         .route("/revisions", get(revisions))
         .route("/revisions/{commit}", get(revision))
         .route("/webhooks/git", post(webhook::push))
@@ -276,4 +282,162 @@ async fn resume(
 ) -> Result<Json<Value>, ApiError> {
     let lifted = state.resume(&id).await.map_err(operator_error)?;
     Ok(Json(json!({ "server_id": id, "resumed": lifted })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    limit: Option<usize>,
+    /// Only events with a larger id (for following).
+    after: Option<i64>,
+    server: Option<String>,
+}
+
+/// `GET /servers/{id}/health`: state, since when and why, the last probe, the consecutive
+/// counts, and the recovery events since the last transition.
+async fn server_health(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(h) = state.monitor.get(&id) else {
+        if state.fleet().servers.iter().any(|s| s.id == id) {
+            return Ok(Json(
+                json!({ "server_id": id, "state": "unknown", "monitored": false,
+                "reason": "the server has no running instance to probe" }),
+            ));
+        }
+        return Err(ApiError::server_not_found(&id));
+    };
+    let s = id.clone();
+    let recent = state
+        .store
+        .call(move |st| st.health_events(Some(&s), None, 20))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let recovery: Vec<_> = recent
+        .iter()
+        .take_while(|e| {
+            e.kind != "transition"
+                || e.to_state.as_deref() == Some("unhealthy")
+                || e.to_state.as_deref() == Some("failed")
+        })
+        .filter(|e| e.kind == "recovery")
+        .cloned()
+        .collect();
+    let mut v = serde_json::to_value(&h).map_err(|e| ApiError::internal(e.to_string()))?;
+    v["monitored"] = json!(true);
+    v["recovery"] = json!(recovery);
+    Ok(Json(v))
+}
+
+async fn server_health_events(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if q.server.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+            "`server` is given by the path here",
+        ));
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let s = id.clone();
+    let events = state
+        .store
+        .call(move |st| st.health_events(Some(&s), q.after, limit))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    if events.is_empty() && !state.fleet().servers.iter().any(|s| s.id == id) {
+        return Err(ApiError::server_not_found(&id));
+    }
+    Ok(Json(json!({ "server_id": id, "events": events })))
+}
+
+/// `GET /health/events?server=&after=&limit=`: health events of every server, newest first.
+async fn health_events(
+    State(state): State<Arc<AgentState>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let events = state
+        .store
+        .call(move |st| st.health_events(q.server.as_deref(), q.after, limit))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok(Json(json!({ "events": events })))
+}
+
+/// `GET /health/status`: every monitored server's health, and counts by state.
+async fn health_status(State(state): State<Arc<AgentState>>) -> Json<Value> {
+    let all = state.monitor.snapshot();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for h in &all {
+        *counts.entry(h.state.as_str()).or_default() += 1;
+    }
+    Json(json!({ "servers": all, "counts": counts }))
+}
+
+/// `POST /servers/{id}/restart`: a fresh instance, and recovery starts over.
+async fn restart(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.restart(&id).map_err(operator_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "server_id": id, "restart": "requested" })),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideRequest {
+    state: String,
+    /// How long it holds; at most a day.
+    duration_seconds: f64,
+    reason: Option<String>,
+}
+
+/// `POST /servers/{id}/health/override`: shows a state for a bounded time, recorded as an
+/// operator's override (e.g. to keep routing to a server whose probe is known to be wrong).
+async fn health_override(
+    State(state): State<Arc<AgentState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", m);
+    let req: OverrideRequest =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid override: {e}")))?;
+    let health = crate::health::HealthState::parse(&req.state)
+        .filter(|s| {
+            matches!(
+                s,
+                crate::health::HealthState::Healthy
+                    | crate::health::HealthState::Degraded
+                    | crate::health::HealthState::Unhealthy
+            )
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "`{}` cannot be forced; use healthy, degraded or unhealthy",
+                req.state
+            ))
+        })?;
+    if !(req.duration_seconds > 0.0 && req.duration_seconds <= 86_400.0) {
+        return Err(bad(
+            "duration_seconds must be more than 0 and at most 86400 (a day)".into(),
+        ));
+    }
+    let until = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs_f64(req.duration_seconds))
+        .map_err(|e| bad(e.to_string()))?;
+    let reason = req.reason.unwrap_or_else(|| "forced by an operator".into());
+    if !state.monitor.set_override(&id, health, until, &reason) {
+        return Err(ApiError::server_not_found(&id));
+    }
+    Ok(Json(
+        json!({ "server_id": id, "state": health, "until": until.to_string() }),
+    ))
 }

@@ -3,6 +3,7 @@
 
 mod agent;
 mod client;
+mod events;
 mod output;
 mod rollouts;
 mod status;
@@ -84,6 +85,8 @@ enum Command {
     Rollout(rollouts::RolloutArgs),
     /// Roll a server back to the previous (or a named) version and hold it there.
     Rollback(rollouts::RollbackArgs),
+    /// Health transitions, recovery attempts and overrides; `--follow` for live ones.
+    Events(events::Args),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -129,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::History(args) => rollouts::history(&settings, args),
         Command::Rollout(args) => rollouts::rollout(&settings, args),
         Command::Rollback(args) => rollouts::rollback(&settings, args),
+        Command::Events(args) => events::run(&settings, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -102,6 +102,9 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                     "state",
                     "desired_version",
                     "running_version",
+                    "health",
+                    "health_since",
+                    "health_reason",
                     "update_available",
                     "pinned_version",
                     "endpoint",
@@ -138,6 +141,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                     vec![
                         text(s, "id"),
                         text(s, "state"),
+                        text(s, "health"),
                         text(s, "desired_version"),
                         text(s, "running_version"),
                         text(s, "endpoint"),
@@ -147,7 +151,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                 .collect();
             output::table(
                 &[
-                    "SERVER", "STATE", "DESIRED", "RUNNING", "ENDPOINT", "REASON",
+                    "SERVER", "STATE", "HEALTH", "DESIRED", "RUNNING", "ENDPOINT", "REASON",
                 ],
                 &rows,
             );

@@ -1,6 +1,10 @@
 //! Health: probing a server the way the health standard says, and (later) the state
 //! machine, the monitor loop and recovery. Probes never deploy anything.
 
+pub mod monitor;
 pub mod probe;
+pub mod state;
 
+pub use monitor::{Monitor, ServerHealth, Target, TransitionEvent};
 pub use probe::{ProbeOutcome, ProbeResult, Prober};
+pub use state::{HealthState, Thresholds, Tracker, Transition};

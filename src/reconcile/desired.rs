@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use semver::Version;
 use sha2::{Digest, Sha256};
 
-use crate::manifest::{Checked, HealthCheck, Server, Transport, UpdatePolicy};
+use crate::manifest::{Checked, HealthCheck, Recovery, Server, Transport, UpdatePolicy};
 use crate::runtime::{DockerInstance, InstanceSpec, RuntimeKind};
 
 /// A server as it should run.
@@ -14,6 +14,7 @@ use crate::runtime::{DockerInstance, InstanceSpec, RuntimeKind};
 pub struct Desired {
     pub spec: InstanceSpec,
     pub health: HealthCheck,
+    pub recovery: Recovery,
     pub policy: UpdatePolicy,
     pub transport: Transport,
     pub mcp_path: String,
@@ -148,6 +149,7 @@ fn one(
     Ok(Desired {
         spec,
         health: server.health_check.clone(),
+        recovery: server.recovery.clone(),
         policy: checked.update_policy(server),
         transport: server.transport,
         mcp_path: server.mcp_path.clone(),

@@ -50,13 +50,23 @@ pub struct Executor {
     /// How long an old instance keeps serving after the new one is published, so clients
     /// that read the old endpoint a moment ago are not cut off.
     pub drain: Duration,
-    /// Called when a new instance passed its gate, before the old one is stopped: publishes
-    /// the new endpoint first.
-    on_switch: Option<SwitchHook>,
+    /// Told about each rollout's phases: the health monitor steps aside while a rollout
+    /// owns a server, and a new instance is published before the old one is stopped.
+    on_phase: Option<PhaseHook>,
 }
 
-/// See [`Executor::on_switch`].
-type SwitchHook = Arc<dyn Fn(&Instance) + Send + Sync>;
+/// A rollout's phases, as [`Executor::on_phase`] reports them.
+#[derive(Clone, Copy, Debug)]
+pub enum RolloutPhase<'a> {
+    /// The rollout owns the server from now on.
+    Started,
+    /// This instance passed its gate and serves now; the old one is about to drain.
+    Switched(&'a Instance, &'a Desired),
+    /// The rollout ended (after `Switched`, or without it when it failed).
+    Finished,
+}
+
+type PhaseHook = Arc<dyn Fn(&str, RolloutPhase<'_>) + Send + Sync>;
 
 impl Executor {
     pub fn new(runtime: Arc<dyn Runtime>, store: Store, concurrency: usize) -> Executor {
@@ -68,14 +78,23 @@ impl Executor {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             stop_grace: Duration::from_secs(10),
             drain: Duration::from_secs(2),
-            on_switch: None,
+            on_phase: None,
         }
     }
 
-    /// Sets the callback that publishes a new instance before the old one is stopped.
-    pub fn on_switch(mut self, f: impl Fn(&Instance) + Send + Sync + 'static) -> Executor {
-        self.on_switch = Some(Arc::new(f));
+    /// Sets the callback told about each rollout's phases.
+    pub fn on_phase(
+        mut self,
+        f: impl Fn(&str, RolloutPhase<'_>) + Send + Sync + 'static,
+    ) -> Executor {
+        self.on_phase = Some(Arc::new(f));
         self
+    }
+
+    fn phase(&self, server: &str, phase: RolloutPhase<'_>) {
+        if let Some(hook) = &self.on_phase {
+            hook(server, phase);
+        }
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -226,8 +245,22 @@ impl Executor {
     /// Starts the desired instance, gates it on health, then retires `from`. When the gate
     /// fails, the version is remembered as failed for this server and, with
     /// `rollback_on_failure`, the previous version is restored (or simply kept serving, when
-    /// it ran beside the new one) and verified healthy again.
+    /// it ran beside the new one) and verified healthy again. A recovery's restart is not a
+    /// new version: its failure is neither remembered nor rolled back.
     async fn rollout(
+        &self,
+        desired: &Desired,
+        from: &[Instance],
+        action: RolloutAction,
+        ctx: &ApplyContext,
+    ) -> Result<Instance, String> {
+        self.phase(desired.server_id(), RolloutPhase::Started);
+        let result = self.rollout_inner(desired, from, action, ctx).await;
+        self.phase(desired.server_id(), RolloutPhase::Finished);
+        result
+    }
+
+    async fn rollout_inner(
         &self,
         desired: &Desired,
         from: &[Instance],
@@ -312,9 +345,10 @@ impl Executor {
                             desired.health.success_threshold
                         )),
                     );
-                    if let Some(publish) = &self.on_switch {
-                        publish(&instance);
-                    }
+                    self.phase(
+                        desired.server_id(),
+                        RolloutPhase::Switched(&instance, desired),
+                    );
                     if strategy == "beside" {
                         if from.iter().any(Instance::is_running) && !self.drain.is_zero() {
                             self.step(
@@ -612,6 +646,39 @@ impl Executor {
             .remove(&instance.id)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// A recovery action: a new instance of `desired` replaces the server's instances once
+    /// it passes its health gate (the broken one keeps whatever it still serves until then).
+    /// `fresh` (recreate) also removes stopped leftovers first. Returns `Err` when the
+    /// server is busy with a rollout (recovery never fights one) or the new instance does
+    /// not become healthy.
+    pub async fn replace(&self, desired: &Desired, fresh: bool) -> Result<Instance, String> {
+        let lock = self.server_lock(desired.server_id());
+        let Ok(_guard) = lock.try_lock() else {
+            return Err("a rollout is in progress; recovery waits".to_owned());
+        };
+        let from: Vec<Instance> = self
+            .runtime
+            .list()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|i| i.server_id == desired.server_id())
+            .collect();
+        let mut from = from;
+        if fresh {
+            for old in from.iter().filter(|i| !i.is_running()) {
+                self.retire(old).await?;
+            }
+            from.retain(Instance::is_running);
+        }
+        let ctx = ApplyContext {
+            run_id: None,
+            trigger: "recovery",
+        };
+        self.rollout(desired, &from, RolloutAction::Restart, &ctx)
+            .await
     }
 
     /// Stops and removes every instance of `server` (under its lock), recording it as a

@@ -168,6 +168,7 @@ mod tests {
         Desired {
             spec,
             health: HealthCheck::default(),
+            recovery: Default::default(),
             policy: UpdatePolicy::pinned(),
             transport: Transport::StreamableHttp,
             mcp_path: "/mcp".into(),

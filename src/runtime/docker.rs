@@ -13,9 +13,18 @@
 //! filters on it, and `stop` and `remove` refuse containers that lack it. It negotiates
 //! the API version down to what the engine speaks and uses nothing newer than API 1.41
 //! (Docker 20.10), so old engines keep working.
+//!
+//! Crashes reach subscribers ([`Runtime::subscribe`]) through the daemon's events API: a
+//! task follows `die` and `oom` events of this runtime's containers (`follow_events`) and
+//! turns them into [`RuntimeEvent`]s, so a `docker kill` is seen as soon as the daemon
+//! reports it rather than at the next probe. The task starts with the first `subscribe`,
+//! not in `connect`, because the owner it filters on is set afterwards by
+//! [`DockerRuntime::with_owner`]; it ends when the last clone of the runtime is dropped.
+//! An OOM kill produces both events, `OomKilled` and then `Exited { code: Some(137) }`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,20 +33,26 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
-    ContainerSummaryStateEnum, HostConfig, PortBinding, PortSummaryTypeEnum,
-    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
+    ContainerSummaryStateEnum, EventMessage, EventMessageTypeEnum, HostConfig, PortBinding,
+    PortSummaryTypeEnum, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use jiff::Timestamp;
 use semver::Version;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
-use tracing::{Span, debug, info, instrument, warn};
+use tracing::{Instrument, Span, debug, info, info_span, instrument, warn};
 
-use super::{Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeKind, labels};
+use super::{
+    Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeEvent, RuntimeEventKind,
+    RuntimeKind, labels,
+};
 use crate::manifest::RestartPolicy;
 use crate::registry::{normalize_registry, registry_host};
 
@@ -59,8 +74,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const REMOVE_GRACE: Duration = Duration::from_secs(5);
 /// Docker's sentinel for "never started".
 const ZERO_TIME_PREFIX: &str = "0001-01-01";
+/// Capacity of the event broadcast; a subscriber that lags further loses the oldest events
+/// (and is told so by `RecvError::Lagged`); `list` still shows the state.
+const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// First wait before following the events again after the stream failed or ended; it
+/// doubles up to [`EVENTS_BACKOFF_MAX`] while the daemon stays away.
+const EVENTS_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// An events stream that stayed open this long counts as working: the backoff resets and a
+/// recovery after failures is logged.
+const EVENTS_SETTLED_AFTER: Duration = Duration::from_secs(1);
+/// The event attribute holding a dead container's exit code.
+const EXIT_CODE_ATTRIBUTE: &str = "exitCode";
 
-/// Runs instances as Docker containers. Cheap to clone: the client is a shared handle.
+/// Runs instances as Docker containers. Cheap to clone: the client is a shared handle, and
+/// clones share one event broadcast.
 #[derive(Clone, Debug)]
 pub struct DockerRuntime {
     docker: Docker,
@@ -69,6 +97,44 @@ pub struct DockerRuntime {
     auths: Vec<RegistryAuth>,
     /// The `io.mcp-orchestration.owner` label value of this agent's containers.
     owner: String,
+    /// Where [`Runtime::subscribe`] gets its receivers. Behind an `Arc` so every clone
+    /// feeds the same subscribers and the follower task lives as long as the last clone.
+    events: Arc<EventHub>,
+}
+
+/// The broadcast of one runtime's container events and the task that feeds it.
+///
+/// The task starts lazily, at the first [`Runtime::subscribe`]: by then the builder calls
+/// ([`DockerRuntime::with_owner`]) are done, so it filters on the right owner, and a
+/// runtime nobody subscribes to (the CLI, tests) holds no events connection. It ends when
+/// the hub is dropped: `Drop` cancels its token. The task holds neither the hub nor the
+/// runtime, only a client handle, the sender and the token, so it cannot keep them alive.
+#[derive(Debug)]
+struct EventHub {
+    tx: broadcast::Sender<RuntimeEvent>,
+    /// Set by the `subscribe` that starts the task, so it starts once.
+    started: AtomicBool,
+    cancel: CancellationToken,
+    /// The tokio runtime `connect` ran on, for a `subscribe` called outside one.
+    handle: Option<tokio::runtime::Handle>,
+}
+
+impl EventHub {
+    fn new() -> Self {
+        let (tx, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        Self {
+            tx,
+            started: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+            handle: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+}
+
+impl Drop for EventHub {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 /// The owner of containers started without [`DockerRuntime::with_owner`].
@@ -115,6 +181,7 @@ impl DockerRuntime {
             host,
             auths: Vec::new(),
             owner: DEFAULT_OWNER.to_string(),
+            events: Arc::new(EventHub::new()),
         })
     }
 
@@ -125,18 +192,48 @@ impl DockerRuntime {
     }
 
     /// Scopes this runtime to containers labelled with `owner`: it lists, stops and removes
-    /// only those, and labels what it starts with it.
+    /// only those, labels what it starts with it, and reports events of only those.
+    ///
+    /// A builder step, meant to follow `connect` directly: the runtime gets an event hub of
+    /// its own, so receivers from an earlier [`Runtime::subscribe`] (of the old owner) are
+    /// not fed by it.
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
-        self.owner = owner.into();
+        let owner = owner.into();
+        if owner != self.owner {
+            self.owner = owner;
+            self.events = Arc::new(EventHub::new());
+        }
         self
     }
 
     fn owns(&self, container_labels: &HashMap<String, String>) -> bool {
-        is_managed(container_labels)
-            && container_labels
-                .get(labels::OWNER)
-                .map_or(DEFAULT_OWNER, String::as_str)
-                == self.owner
+        owned_by(container_labels, &self.owner)
+    }
+
+    /// Starts the task following the daemon's events, unless it runs already.
+    fn start_following_events(&self) {
+        let hub = &self.events;
+        if hub.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(handle) = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| hub.handle.clone())
+        else {
+            hub.started.store(false, Ordering::Release);
+            warn!("no tokio runtime to follow Docker events on; crashes are seen by probes only");
+            return;
+        };
+        let span = info_span!("docker_events", docker_host = %self.host, owner = %self.owner);
+        handle.spawn(
+            follow_events(
+                self.docker.clone(),
+                self.owner.clone(),
+                hub.tx.clone(),
+                hub.cancel.clone(),
+            )
+            .instrument(span),
+        );
     }
 
     fn unavailable(&self, err: &BollardError) -> RuntimeError {
@@ -621,6 +718,174 @@ impl Runtime for DockerRuntime {
         }
         Ok(text)
     }
+
+    /// The receiver is subscribed before the follower task starts, so it misses nothing the
+    /// task forwards. The first stream asks the daemon to replay from the moment of the
+    /// first `subscribe` (by this host's clock), which covers the instant between this call
+    /// and the daemon accepting the request.
+    fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
+        let receiver = self.events.tx.subscribe();
+        self.start_following_events();
+        receiver
+    }
+}
+
+/// Follows the daemon's `die` and `oom` events of `owner`'s managed containers and forwards
+/// them as [`RuntimeEvent`]s until `cancel` fires.
+///
+/// The daemon filters on type, action and labels (the owner label too, except for
+/// `default`, whose containers may lack it); [`runtime_event`] checks ownership again, so
+/// the guarantee stays local. When the stream fails or ends (a daemon restart, a dropped
+/// socket) it reconnects after 250 ms, doubling up to 5 s while the daemon stays away, and
+/// asks to replay from just after the last event it saw, so an exit during a short outage
+/// is still reported (the daemon keeps recent events in memory; a restarted daemon has
+/// none, and the monitor's next `list` covers that). It never panics and logs the first
+/// failure of a streak as a warning, the recovery as info.
+async fn follow_events(
+    docker: Docker,
+    owner: String,
+    tx: broadcast::Sender<RuntimeEvent>,
+    cancel: CancellationToken,
+) {
+    let filters = event_filters(&owner);
+    // By this host's clock until the first event; by the daemon's after it.
+    let mut since = unix_nanos_now();
+    let mut delay = EVENTS_BACKOFF_MIN;
+    let mut failures: u32 = 0;
+    debug!("following Docker events");
+    loop {
+        let options = EventsOptionsBuilder::new()
+            .since(&since_parameter(since))
+            .filters(&filters)
+            .build();
+        let mut stream = docker.events(Some(options));
+        let settled = tokio::time::sleep(EVENTS_SETTLED_AFTER);
+        tokio::pin!(settled);
+        let mut is_settled = false;
+        let ended = loop {
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    debug!("stopped following Docker events");
+                    return;
+                }
+                () = &mut settled, if !is_settled => {
+                    is_settled = true;
+                    if failures > 0 {
+                        info!(failures, "following Docker events again");
+                    }
+                    failures = 0;
+                    delay = EVENTS_BACKOFF_MIN;
+                }
+                item = stream.next() => match item {
+                    Some(Ok(message)) => {
+                        if let Some(nanos) = message.time_nano {
+                            since = nanos.saturating_add(1);
+                        }
+                        if let Some(event) = runtime_event(&message, &owner) {
+                            debug!(
+                                container = %event.instance_id,
+                                server = %event.server_id,
+                                kind = ?event.kind,
+                                "container event"
+                            );
+                            // Without subscribers there is nobody to tell; not an error.
+                            let _ = tx.send(event);
+                        }
+                    }
+                    Some(Err(err)) => break Some(err),
+                    None => break None,
+                },
+            }
+        };
+        failures = failures.saturating_add(1);
+        let reason = ended
+            .as_ref()
+            .map_or_else(|| "the daemon closed the stream".to_string(), |e| chain(e));
+        if failures == 1 {
+            warn!(error = %reason, retry_in = ?delay, "lost the Docker events stream; reconnecting");
+        } else {
+            debug!(error = %reason, failures, retry_in = ?delay, "Docker events still unavailable");
+        }
+        if matches!(
+            ended,
+            Some(BollardError::JsonDataError { .. } | BollardError::JsonSerdeError { .. })
+        ) {
+            // An event we cannot decode would be replayed forever; skip past it.
+            since = since.max(unix_nanos_now());
+        }
+        tokio::select! {
+            () = cancel.cancelled() => {
+                debug!("stopped following Docker events");
+                return;
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(EVENTS_BACKOFF_MAX);
+    }
+}
+
+/// The daemon-side filter for [`follow_events`].
+fn event_filters(owner: &str) -> HashMap<&'static str, Vec<String>> {
+    let mut wanted_labels = vec![format!("{}=true", labels::MANAGED)];
+    if owner != DEFAULT_OWNER {
+        wanted_labels.push(format!("{}={owner}", labels::OWNER));
+    }
+    HashMap::from([
+        ("type", vec!["container".to_string()]),
+        ("event", vec!["die".to_string(), "oom".to_string()]),
+        ("label", wanted_labels),
+    ])
+}
+
+/// One daemon event as a [`RuntimeEvent`], or `None` when it is not about a container
+/// `owner` owns or not an exit or OOM kill. A container event's attributes are its labels
+/// plus a few of Docker's own (`name`, `image`, and `exitCode` for `die`).
+fn runtime_event(message: &EventMessage, owner: &str) -> Option<RuntimeEvent> {
+    if message.typ != Some(EventMessageTypeEnum::CONTAINER) {
+        return None;
+    }
+    let actor = message.actor.as_ref()?;
+    let id = actor.id.as_deref().filter(|id| !id.is_empty())?;
+    let attributes = actor.attributes.as_ref()?;
+    if !owned_by(attributes, owner) {
+        return None;
+    }
+    let server_id = attributes.get(labels::SERVER).filter(|s| !s.is_empty())?;
+    let kind = match message.action.as_deref()? {
+        "die" => RuntimeEventKind::Exited {
+            code: attributes
+                .get(EXIT_CODE_ATTRIBUTE)
+                .and_then(|code| code.parse().ok()),
+        },
+        "oom" => RuntimeEventKind::OomKilled,
+        _ => return None,
+    };
+    let at = message
+        .time_nano
+        .and_then(|nanos| Timestamp::from_nanosecond(i128::from(nanos)).ok())
+        .or_else(|| message.time.and_then(|s| Timestamp::from_second(s).ok()))
+        .unwrap_or_else(Timestamp::now);
+    Some(RuntimeEvent {
+        instance_id: id.to_string(),
+        server_id: server_id.clone(),
+        kind,
+        at,
+    })
+}
+
+/// Docker's `since` parameter: `seconds.nanoseconds` since the epoch.
+fn since_parameter(unix_nanos: i64) -> String {
+    format!(
+        "{}.{:09}",
+        unix_nanos.div_euclid(1_000_000_000),
+        unix_nanos.rem_euclid(1_000_000_000)
+    )
+}
+
+fn unix_nanos_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// What our labels say about a container.
@@ -633,6 +898,15 @@ struct OwnedLabels {
 
 fn is_managed(container_labels: &HashMap<String, String>) -> bool {
     container_labels.get(labels::MANAGED).map(String::as_str) == Some("true")
+}
+
+/// Managed, and `owner`'s: containers without an owner label belong to `default`.
+fn owned_by(container_labels: &HashMap<String, String>, owner: &str) -> bool {
+    is_managed(container_labels)
+        && container_labels
+            .get(labels::OWNER)
+            .map_or(DEFAULT_OWNER, String::as_str)
+            == owner
 }
 
 fn owned_labels(container_labels: &HashMap<String, String>) -> Result<OwnedLabels, String> {
@@ -896,6 +1170,264 @@ mod tests {
             password: "hunter2".into(),
         };
         assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    fn event(action: &str, attributes: &[(&str, &str)]) -> EventMessage {
+        EventMessage {
+            typ: Some(EventMessageTypeEnum::CONTAINER),
+            action: Some(action.to_string()),
+            actor: Some(bollard::models::EventActor {
+                id: Some("c0ffee".to_string()),
+                attributes: Some(
+                    attributes
+                        .iter()
+                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                        .collect(),
+                ),
+            }),
+            scope: None,
+            time: Some(1_700_000_000),
+            time_nano: Some(1_700_000_000_123_456_789),
+        }
+    }
+
+    #[test]
+    fn die_and_oom_events_of_owned_containers_become_runtime_events() {
+        let ours = [
+            (labels::MANAGED, "true"),
+            (labels::SERVER, "web"),
+            (EXIT_CODE_ATTRIBUTE, "137"),
+            ("name", "mcp-web-1-0-0-0badf00d"),
+        ];
+        let died = runtime_event(&event("die", &ours), DEFAULT_OWNER).expect("ours");
+        assert_eq!(died.instance_id, "c0ffee");
+        assert_eq!(died.server_id, "web");
+        assert_eq!(died.kind, RuntimeEventKind::Exited { code: Some(137) });
+        assert_eq!(
+            died.at,
+            Timestamp::from_nanosecond(1_700_000_000_123_456_789).expect("timestamp")
+        );
+        assert_eq!(
+            runtime_event(&event("oom", &ours), DEFAULT_OWNER).map(|e| e.kind),
+            Some(RuntimeEventKind::OomKilled)
+        );
+        let no_code = [(labels::MANAGED, "true"), (labels::SERVER, "web")];
+        assert_eq!(
+            runtime_event(&event("die", &no_code), DEFAULT_OWNER).map(|e| e.kind),
+            Some(RuntimeEventKind::Exited { code: None })
+        );
+        assert_eq!(runtime_event(&event("start", &ours), DEFAULT_OWNER), None);
+    }
+
+    #[test]
+    fn events_of_containers_we_do_not_own_are_ignored() {
+        let unlabelled = [(EXIT_CODE_ATTRIBUTE, "0"), ("name", "someone-else")];
+        assert_eq!(
+            runtime_event(&event("die", &unlabelled), DEFAULT_OWNER),
+            None
+        );
+        let other_agent = [
+            (labels::MANAGED, "true"),
+            (labels::SERVER, "web"),
+            (labels::OWNER, "blue"),
+        ];
+        assert_eq!(
+            runtime_event(&event("die", &other_agent), DEFAULT_OWNER),
+            None
+        );
+        assert!(runtime_event(&event("die", &other_agent), "blue").is_some());
+        assert_eq!(runtime_event(&event("die", &other_agent), "green"), None);
+        // Ours, but without a server label: nothing to attribute it to.
+        assert_eq!(
+            runtime_event(&event("die", &[(labels::MANAGED, "true")]), DEFAULT_OWNER),
+            None
+        );
+        let mut image_event = event("die", &other_agent);
+        image_event.typ = Some(EventMessageTypeEnum::IMAGE);
+        assert_eq!(runtime_event(&image_event, "blue"), None);
+    }
+
+    #[test]
+    fn event_filters_name_the_owner_unless_default() {
+        let default = event_filters(DEFAULT_OWNER);
+        assert_eq!(default["type"], ["container"]);
+        assert_eq!(default["event"], ["die", "oom"]);
+        assert_eq!(default["label"], [format!("{}=true", labels::MANAGED)]);
+        let blue = event_filters("blue");
+        assert_eq!(
+            blue["label"],
+            [
+                format!("{}=true", labels::MANAGED),
+                format!("{}=blue", labels::OWNER)
+            ]
+        );
+    }
+
+    #[test]
+    fn since_is_seconds_dot_nanoseconds() {
+        assert_eq!(
+            since_parameter(1_700_000_000_000_000_001),
+            "1700000000.000000001"
+        );
+        assert_eq!(since_parameter(5_250_000_000), "5.250000000");
+    }
+
+    /// Accepts one connection on `listener`, reads its request head and answers with a
+    /// chunked events stream carrying `lines`, ended when `close` is true. Returns the
+    /// request line and the connection, which stays open while the caller holds it.
+    async fn serve_events(
+        listener: &tokio::net::UnixListener,
+        lines: &[String],
+        close: bool,
+    ) -> (String, tokio::net::UnixStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).await.expect("request head");
+            head.push(byte[0]);
+        }
+        let mut response = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        for line in lines {
+            let line = format!("{line}\n");
+            response.push_str(&format!("{:x}\r\n{line}\r\n", line.len()));
+        }
+        if close {
+            response.push_str("0\r\n\r\n");
+        }
+        socket
+            .write_all(response.as_bytes())
+            .await
+            .expect("response");
+        let request_line = String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        (request_line, socket)
+    }
+
+    fn die_line(id: &str, time_nano: i64) -> String {
+        serde_json::json!({
+            "Type": "container",
+            "Action": "die",
+            "Actor": {
+                "ID": id,
+                "Attributes": {
+                    labels::MANAGED: "true",
+                    labels::SERVER: "web",
+                    EXIT_CODE_ATTRIBUTE: "1",
+                }
+            },
+            "scope": "local",
+            "time": time_nano / 1_000_000_000,
+            "timeNano": time_nano,
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn the_follower_reconnects_from_the_last_event_and_stops_when_cancelled() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let docker =
+            Docker::connect_with_host(&format!("unix://{}", path.display())).expect("client");
+        let (tx, mut rx) = broadcast::channel(8);
+        let cancel = CancellationToken::new();
+        let follower = tokio::spawn(follow_events(
+            docker,
+            DEFAULT_OWNER.to_string(),
+            tx,
+            cancel.clone(),
+        ));
+        let first_time = 1_700_000_000_000_000_000;
+
+        // The first stream delivers one event, then the "daemon" goes away.
+        let (first, closed) = serve_events(&listener, &[die_line("one", first_time)], true).await;
+        drop(closed);
+        assert!(first.starts_with("GET "), "{first}");
+        assert!(first.contains("/events?"), "{first}");
+        assert!(first.contains("since="), "{first}");
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("an event");
+        assert_eq!(event.instance_id, "one");
+        assert_eq!(event.kind, RuntimeEventKind::Exited { code: Some(1) });
+
+        // The follower comes back on its own and asks for what it has not seen yet.
+        let (second, _open) = tokio::time::timeout(
+            Duration::from_secs(5),
+            serve_events(&listener, &[die_line("two", first_time + 5)], false),
+        )
+        .await
+        .expect("reconnected in time");
+        assert!(
+            second.contains(&format!("since={}", since_parameter(first_time + 1))),
+            "{second}"
+        );
+        let event = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("in time")
+            .expect("an event");
+        assert_eq!(event.instance_id, "two");
+
+        // Cancelled while the stream is open and idle.
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .expect("the follower ends when cancelled")
+            .expect("and does not panic");
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_clone_ends_the_follower() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("docker.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let host = format!("unix://{}", path.display());
+        let runtime = DockerRuntime {
+            docker: Docker::connect_with_host(&host).expect("client"),
+            host,
+            auths: Vec::new(),
+            owner: DEFAULT_OWNER.to_string(),
+            events: Arc::new(EventHub::new()),
+        }
+        .with_owner("blue");
+        let clone = runtime.clone();
+        let mut events = runtime.subscribe();
+        let (request, _open) =
+            tokio::time::timeout(Duration::from_secs(5), serve_events(&listener, &[], false))
+                .await
+                .expect("the first subscribe starts following");
+        // The owner set after `connect` is the one filtered on (the filters are URL-encoded
+        // JSON).
+        assert!(request.contains("blue"), "{request}");
+        let _second = clone.subscribe();
+
+        drop(runtime);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), events.recv())
+                .await
+                .is_err(),
+            "a clone still holds the runtime"
+        );
+        drop(clone);
+        let closed = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("the follower ends");
+        assert!(
+            matches!(closed, Err(broadcast::error::RecvError::Closed)),
+            "{closed:?}"
+        );
     }
 
     #[tokio::test]

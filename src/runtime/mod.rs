@@ -146,6 +146,25 @@ pub enum RuntimeError {
     },
 }
 
+/// Something the runtime saw happen to an instance, pushed to subscribers at once, so a
+/// crash is acted on without waiting for the next probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuntimeEvent {
+    pub instance_id: String,
+    pub server_id: String,
+    pub kind: RuntimeEventKind,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RuntimeEventKind {
+    /// The instance exited or was killed; `code` when known (128+N for signal N).
+    Exited { code: Option<i64> },
+    /// The kernel killed it for exceeding its memory limit.
+    OomKilled,
+}
+
 impl RuntimeError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, RuntimeError::Unavailable { .. })
@@ -174,4 +193,9 @@ pub trait Runtime: Send + Sync {
 
     /// The last `lines` lines of its output, for rollback reasons and `status`.
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError>;
+
+    /// Events about this runtime's instances (exits, OOM kills) as they happen. Instances
+    /// stopped through [`Runtime::stop`] or [`Runtime::remove`] also produce an exit event;
+    /// subscribers tell those apart themselves.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
 }

@@ -17,11 +17,25 @@
 //! `/proc/<pid>/stat`: a pid alone can be reused by an unrelated process once ours has
 //! gone, the pair cannot.
 //!
+//! Exits reach subscribers ([`Runtime::subscribe`]) as [`RuntimeEvent`]s the moment they
+//! are seen:
+//!
+//! - a **child** is reaped by a task that waits for it, which reports its exit code (or
+//!   `128 + signal`) as soon as the kernel does;
+//! - an **adopted** process (one a previous agent started, running when this runtime was
+//!   created) is not our child and cannot be waited for. [`ProcessRuntime::new`] notes the
+//!   ones alive in the pid files, and a light ticker looks at their `/proc` entries every
+//!   500 ms (a `list` looks too); one seen gone is reported once, with no code, because
+//!   only its parent could learn it. The ticker runs only while such instances remain and
+//!   holds the watch list weakly, so it stops when the runtime is dropped. Polling rather
+//!   than a `pidfd` per process: it needs no newer kernel and no file descriptor per
+//!   server, and only the fleet inherited at start-up is polled (new starts are children).
+//!
 //! What it never does: decide what should run (that is `reconcile`), restart a crashed
-//! server on its own (it reports the exit through [`ProcessRuntime::subscribe_exits`] and
-//! the health monitor decides), or signal a process it did not start — every signal is
-//! preceded by a check that the pid still carries the recorded start time. Pid files never
-//! hold environment values, because those include secrets.
+//! server on its own (it reports the exit and the health monitor decides), or signal a
+//! process it did not start — every signal is preceded by a check that the pid still
+//! carries the recorded start time. Pid files never hold environment values, because those
+//! include secrets.
 //!
 //! Linux only: liveness and identity come from `/proc`.
 
@@ -33,7 +47,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -43,7 +57,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::{Instrument, Span, debug, info, info_span, warn};
 
-use super::{Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeKind};
+use super::{
+    Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeEvent, RuntimeEventKind,
+    RuntimeKind,
+};
 
 /// Variables taken from the agent's own environment. Nothing else is inherited, so the
 /// agent's secrets (registry tokens, webhook secrets, ...) never reach a server that was
@@ -58,23 +75,11 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const REMOVE_GRACE: Duration = Duration::from_secs(2);
 /// At most this much of a log file is read for `logs_tail`, whatever `lines` asks for.
 const MAX_TAIL_BYTES: u64 = 1024 * 1024;
-/// Capacity of the exit broadcast; a subscriber that lags further loses the oldest exits
+/// Capacity of the event broadcast; a subscriber that lags further loses the oldest exits
 /// (and is told so by `RecvError::Lagged`), `list` still has them.
-const EXIT_CHANNEL_CAPACITY: usize = 256;
-
-/// A child process this runtime spawned has exited (and has been reaped).
-///
-/// Only children of this agent process are reported: processes adopted after a restart are
-/// not our children, so their exit is seen by polling [`Runtime::list`] instead.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessExit {
-    pub instance_id: String,
-    pub server_id: String,
-    /// The exit code, when it exited on its own.
-    pub code: Option<i32>,
-    /// The signal that killed it, when it was killed.
-    pub signal: Option<i32>,
-}
+const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// How often the `/proc` entries of adopted instances are looked at (see the module docs).
+const ADOPTED_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Runs servers as local processes. See the module docs.
 #[derive(Debug)]
@@ -83,6 +88,10 @@ pub struct ProcessRuntime {
     logs_dir: PathBuf,
     /// Shared with the tasks that wait for children.
     shared: Arc<Shared>,
+    /// Adopted instances watched for their exit. Only the runtime holds it strongly (the
+    /// ticker has a `Weak`), so dropping the runtime ends the ticker; `shared` would not,
+    /// because the waiters of still-running children hold it.
+    adopted: Arc<AdoptedWatch>,
 }
 
 #[derive(Debug)]
@@ -95,7 +104,152 @@ struct Shared {
     /// resurrect a pid file that `remove` has just deleted. A tokio `Mutex` because it is
     /// held across file IO.
     pid_files: tokio::sync::Mutex<()>,
-    exit_tx: broadcast::Sender<ProcessExit>,
+    events: broadcast::Sender<RuntimeEvent>,
+}
+
+/// Instances a previous agent started that were running when this runtime was created: not
+/// our children, so nobody reaps them and their exit is noticed by looking.
+#[derive(Debug, Default)]
+struct AdoptedWatch {
+    /// A std `Mutex`: held for map operations only, never across an `.await` or `/proc`
+    /// reads.
+    state: Mutex<AdoptedState>,
+}
+
+#[derive(Debug, Default)]
+struct AdoptedState {
+    /// By instance id; removed when reported, so each exit is reported once.
+    instances: HashMap<String, Adopted>,
+    /// Whether a ticker task runs.
+    ticking: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Adopted {
+    pid: u32,
+    starttime: u64,
+    server_id: String,
+}
+
+impl AdoptedWatch {
+    /// The instances alive among the pid files in `processes_dir`. Called before this
+    /// runtime starts anything, so every one of them is another agent's child. Blocking,
+    /// but small: one directory and a few short files, once per runtime.
+    fn scan(processes_dir: &Path) -> Self {
+        let mut instances = HashMap::new();
+        let entries = std::fs::read_dir(processes_dir).into_iter().flatten();
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension() != Some(OsStr::new("json")) {
+                continue;
+            }
+            // Unreadable files are skipped here; `list` reports them.
+            let Some(file) = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<PidFile>(&bytes).ok())
+            else {
+                continue;
+            };
+            if liveness(file.pid, file.starttime).is_present() {
+                instances.insert(
+                    file.instance_id(),
+                    Adopted {
+                        pid: file.pid,
+                        starttime: file.starttime,
+                        server_id: file.server_id,
+                    },
+                );
+            }
+        }
+        if !instances.is_empty() {
+            debug!(
+                count = instances.len(),
+                "watching adopted server processes for their exit"
+            );
+        }
+        Self {
+            state: Mutex::new(AdoptedState {
+                instances,
+                ticking: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AdoptedState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the ticker unless it runs or there is nothing to watch. Outside a tokio
+    /// runtime it is left to a later call (`subscribe`, `list`).
+    fn ensure_ticker(self: &Arc<Self>, events: &broadcast::Sender<RuntimeEvent>) {
+        let mut state = self.lock();
+        if state.ticking || state.instances.is_empty() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.ticking = true;
+        handle.spawn(tick_adopted(Arc::downgrade(self), events.clone()));
+    }
+
+    /// Reports the watched instances that are gone, each once (a concurrent `list` and tick
+    /// cannot both report one). Returns whether any remain to watch.
+    fn check(&self, events: &broadcast::Sender<RuntimeEvent>) -> bool {
+        let watched: Vec<(String, Adopted)> = self
+            .lock()
+            .instances
+            .iter()
+            .map(|(id, adopted)| (id.clone(), adopted.clone()))
+            .collect();
+        let gone: Vec<(String, Adopted)> = watched
+            .into_iter()
+            .filter(|(_, a)| !liveness(a.pid, a.starttime).is_present())
+            .collect();
+        let (exited, remaining) = {
+            let mut state = self.lock();
+            // A concurrent check may have reported some already.
+            let exited: Vec<(String, Adopted)> = gone
+                .into_iter()
+                .filter(|(id, _)| state.instances.remove(id).is_some())
+                .collect();
+            let remaining = !state.instances.is_empty();
+            (exited, remaining)
+        };
+        for (id, adopted) in exited {
+            info!(instance = %id, server = %adopted.server_id, pid = adopted.pid, "adopted server process exited");
+            // Without subscribers there is nobody to tell; not an error.
+            let _ = events.send(RuntimeEvent {
+                instance_id: id,
+                server_id: adopted.server_id,
+                // Only its parent could learn the code.
+                kind: RuntimeEventKind::Exited { code: None },
+                // When it was noticed, at most one poll after it happened.
+                at: Timestamp::now(),
+            });
+        }
+        remaining
+    }
+}
+
+/// Looks at the adopted instances every [`ADOPTED_POLL_INTERVAL`] until none remain or the
+/// runtime is dropped. Between ticks it holds nothing but a `Weak` and a sender.
+async fn tick_adopted(watch: Weak<AdoptedWatch>, events: broadcast::Sender<RuntimeEvent>) {
+    loop {
+        tokio::time::sleep(ADOPTED_POLL_INTERVAL).await;
+        let Some(watch) = watch.upgrade() else {
+            return;
+        };
+        if !watch.check(&events) {
+            let mut state = watch.lock();
+            // `check` saw none left and nothing adds adopted instances later, but stay
+            // correct if that ever changes: stop only if still empty.
+            if state.instances.is_empty() {
+                state.ticking = false;
+                return;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,22 +355,19 @@ impl ProcessRuntime {
                 message: format!("cannot create {}: {err}", dir.display()),
             })?;
         }
-        let (exit_tx, _) = broadcast::channel(EXIT_CHANNEL_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let adopted = Arc::new(AdoptedWatch::scan(&processes_dir));
+        adopted.ensure_ticker(&events);
         Ok(Self {
             processes_dir,
             logs_dir,
             shared: Arc::new(Shared {
                 exits: Mutex::new(HashMap::new()),
                 pid_files: tokio::sync::Mutex::new(()),
-                exit_tx,
+                events,
             }),
+            adopted,
         })
-    }
-
-    /// Exits of children this runtime started, as they happen, so a crash can be acted on
-    /// at once rather than at the next probe.
-    pub fn subscribe_exits(&self) -> broadcast::Receiver<ProcessExit> {
-        self.shared.exit_tx.subscribe()
     }
 
     fn pid_file_path(&self, server_id: &str, id: &str) -> PathBuf {
@@ -653,6 +804,9 @@ impl Runtime for ProcessRuntime {
 
     async fn list(&self) -> Result<Vec<Instance>, RuntimeError> {
         self.clean_stale_intents().await;
+        // An adopted instance that died is reported now rather than at the next tick.
+        self.adopted.check(&self.shared.events);
+        self.adopted.ensure_ticker(&self.shared.events);
         let mut instances: Vec<Instance> = self
             .read_pid_files()
             .await?
@@ -714,6 +868,15 @@ impl Runtime for ProcessRuntime {
             message,
         })
     }
+
+    /// Exits of children (with their code) and of adopted instances (without), as they are
+    /// seen; see the module docs.
+    fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
+        let receiver = self.shared.events.subscribe();
+        // For a runtime created outside tokio, whose ticker could not start then.
+        self.adopted.ensure_ticker(&self.shared.events);
+        receiver
+    }
 }
 
 /// The environment a server gets on top of [`INHERITED_ENV`]: the spec's env (manifest env
@@ -736,6 +899,7 @@ async fn record_exit(
     server_id: String,
     status: ExitStatus,
 ) {
+    let at = Timestamp::now();
     let exit = ExitRecord::from_status(status);
     info!(instance = %id, code = ?exit.code, signal = ?exit.signal, "server process exited");
     shared
@@ -760,12 +924,15 @@ async fn record_exit(
             }
         }
     }
-    // Sent last, so a subscriber that reacts by calling `list` sees the exit.
-    let _ = shared.exit_tx.send(ProcessExit {
+    // Sent last, so a subscriber that reacts by calling `list` sees the exit. Without
+    // subscribers there is nobody to tell; not an error.
+    let _ = shared.events.send(RuntimeEvent {
         instance_id: id,
         server_id,
-        code: exit.code,
-        signal: exit.signal,
+        kind: RuntimeEventKind::Exited {
+            code: exit.state_code(),
+        },
+        at,
     });
 }
 
@@ -1115,6 +1282,55 @@ mod tests {
         };
         assert_eq!(exited.state_code(), Some(3));
         assert_eq!(killed.state_code(), Some(137));
+    }
+
+    #[tokio::test]
+    async fn the_adopted_watch_ends_with_the_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A "server" a previous agent started that never exits: this test process.
+        let own = proc_stat(std::process::id()).expect("own stat");
+        let file = PidFile {
+            pid: std::process::id(),
+            starttime: own.starttime,
+            server_id: "me".to_owned(),
+            version: Version::new(1, 0, 0),
+            revision: "r".to_owned(),
+            spec_hash: "h".to_owned(),
+            host_port: 1,
+            command: vec!["test".to_owned()],
+            log_path: dir.path().join("me.log"),
+            started_at: Timestamp::now(),
+            exit_code: None,
+            exit_signal: None,
+            nonce: None,
+        };
+        std::fs::create_dir_all(dir.path().join("processes")).expect("mkdir");
+        std::fs::write(
+            dir.path()
+                .join("processes")
+                .join(format!("me--{}.json", file.instance_id())),
+            serde_json::to_vec(&file).expect("json"),
+        )
+        .expect("pid file");
+
+        let runtime = ProcessRuntime::new(dir.path()).expect("runtime");
+        assert!(runtime.adopted.lock().ticking, "watching what it adopted");
+        let mut events = runtime.subscribe();
+        tokio::time::sleep(ADOPTED_POLL_INTERVAL * 2).await;
+        assert!(
+            events.try_recv().is_err(),
+            "a live adopted instance is not reported"
+        );
+
+        drop(runtime);
+        // The ticker held the last sender; it lets go at its next tick.
+        let closed = tokio::time::timeout(ADOPTED_POLL_INTERVAL * 4, events.recv())
+            .await
+            .expect("the ticker ends after the runtime is dropped");
+        assert!(
+            matches!(closed, Err(broadcast::error::RecvError::Closed)),
+            "{closed:?}"
+        );
     }
 
     #[test]

@@ -92,6 +92,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX rollout_probes_by_rollout ON rollout_probes (rollout_id, at);
     ALTER TABLE rollouts ADD COLUMN digest TEXT;
     ALTER TABLE rollouts ADD COLUMN rolled_back_to TEXT;",
+    // 3: health: state transitions, recovery attempts and overrides, per server.
+    "CREATE TABLE health_events (
+        id INTEGER PRIMARY KEY,
+        server_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        from_state TEXT,
+        to_state TEXT,
+        detail TEXT NOT NULL,
+        instance_id TEXT
+    );
+    CREATE INDEX health_events_by_server ON health_events (server_id, id);",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

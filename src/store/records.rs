@@ -221,3 +221,29 @@ pub struct RolloutProbe {
     pub detail: String,
     pub latency_ms: f64,
 }
+
+/// Something that happened to a server's health: a state transition, a recovery attempt and
+/// its outcome, an operator override.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HealthEvent {
+    pub id: i64,
+    pub server_id: String,
+    pub at: Timestamp,
+    /// `transition`, `recovery`, `override`, `version_mismatch`, `restart_detected`.
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub detail: String,
+    pub instance_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewHealthEvent {
+    pub server_id: String,
+    pub at: Timestamp,
+    pub kind: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub detail: String,
+    pub instance_id: Option<String>,
+}

@@ -156,3 +156,38 @@ fn a_newer_schema_is_refused() {
         Err(StoreError::TooNew { found: 999, .. })
     ));
 }
+
+#[test]
+fn health_events_are_kept_newest_first_and_pruned_by_age_and_count() {
+    let (_d, store) = open();
+    let at = |s: i64| Timestamp::from_second(1_700_000_000 + s).unwrap();
+    for i in 0..10 {
+        for server in ["a", "b"] {
+            store
+                .add_health_event(&NewHealthEvent {
+                    server_id: server.into(),
+                    at: at(i),
+                    kind: "transition".into(),
+                    from_state: Some("healthy".into()),
+                    to_state: Some("degraded".into()),
+                    detail: format!("event {i}"),
+                    instance_id: None,
+                })
+                .unwrap();
+        }
+    }
+    let a = store.health_events(Some("a"), None, 3).unwrap();
+    assert_eq!(
+        a.iter().map(|e| e.detail.as_str()).collect::<Vec<_>>(),
+        ["event 9", "event 8", "event 7"]
+    );
+    let newer = store.health_events(None, Some(a[0].id - 1), 100).unwrap();
+    assert_eq!(newer.len(), 2, "only events after the given id");
+    // Older than event 2 go (2 × 2), then each server keeps its newest 5 (3 × 2 more).
+    assert_eq!(store.prune_health_events(at(2), 5).unwrap(), 4 + 6);
+    let left = store.health_events(Some("b"), None, 100).unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.detail.as_str()).collect::<Vec<_>>(),
+        ["event 9", "event 8", "event 7", "event 6", "event 5"]
+    );
+}

@@ -1,11 +1,14 @@
 //! The Docker runtime against a real daemon and a real `FROM scratch` image of the example
 //! server. Containers are reached only through ports published on 127.0.0.1.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mcp_orchestration::manifest::{Resources, RestartPolicy};
 use mcp_orchestration::runtime::docker::{DockerRuntime, RegistryAuth};
-use mcp_orchestration::runtime::{InstanceState, Runtime, RuntimeError, labels};
+use mcp_orchestration::runtime::{
+    InstanceState, Runtime, RuntimeError, RuntimeEvent, RuntimeEventKind, labels,
+};
+use tokio::sync::broadcast;
 
 use crate::support::docker::{
     CASE_LABEL, ContainerGuard, DEADLINE, ImageGuard, REGISTRY_PASSWORD, REGISTRY_USER,
@@ -25,6 +28,27 @@ fn inspect_json(id: &str, path: &str) -> serde_json::Value {
     let text = docker(&["inspect", "--format", &format!("{{{{json {path}}}}}"), id]);
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("{path} of {id} is not JSON ({e}): {text}"))
+}
+
+/// The first event `wanted` accepts, or a panic after `timeout`. Other tests run beside
+/// this one and kill or stop their own containers, so events are picked, not just taken.
+async fn next_event(
+    events: &mut broadcast::Receiver<RuntimeEvent>,
+    timeout: Duration,
+    what: &str,
+    wanted: impl Fn(&RuntimeEvent) -> bool,
+) -> RuntimeEvent {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if wanted(&event) => break event,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(err) => panic!("event channel: {err}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no event for {what} within {timeout:?}"))
 }
 
 #[tokio::test]
@@ -351,4 +375,96 @@ async fn docker_refuses_to_stop_or_remove_unlabelled_containers() {
     );
     let state = docker(&["inspect", "--format", "{{.State.Status}}", &theirs]);
     assert_eq!(state, "running");
+}
+
+#[tokio::test]
+async fn docker_kill_is_reported_within_a_second() {
+    if !docker_or_skip("docker_kill_is_reported_within_a_second") {
+        return;
+    }
+    let guard = ContainerGuard::new("kill");
+    let image = example_image("1.0.0");
+    let rt = runtime().await;
+    let mut events = rt.subscribe();
+    let instance = rt
+        .start(&example_spec(guard.server_id(), "1.0.0", &image))
+        .await
+        .expect("start");
+    wait_healthy(instance.host_port.expect("host port")).await;
+
+    docker(&["kill", &instance.id]);
+    let killed = Instant::now();
+    let event = next_event(&mut events, DEADLINE, &instance.id, |e| {
+        e.instance_id == instance.id
+    })
+    .await;
+    let took = killed.elapsed();
+
+    assert_eq!(event.server_id, guard.server_id());
+    assert_eq!(
+        event.kind,
+        RuntimeEventKind::Exited { code: Some(137) },
+        "SIGKILL reads as 128 + 9"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the kill was reported {took:?} after `docker kill` returned"
+    );
+}
+
+#[tokio::test]
+async fn docker_events_of_other_containers_are_ignored() {
+    if !docker_or_skip("docker_events_of_other_containers_are_ignored") {
+        return;
+    }
+    let guard = ContainerGuard::new("foreignevt");
+    let server = guard.server_id().to_string();
+    let image = example_image("1.0.0");
+    let spec = example_spec(&server, "1.0.0", &image);
+    let ours = runtime().await;
+    let blue = runtime()
+        .await
+        .with_owner(format!("t-blue-{}", std::process::id()));
+    let mut our_events = ours.subscribe();
+    let mut blue_events = blue.subscribe();
+    let our_instance = ours.start(&spec).await.expect("start ours");
+    let blue_instance = blue.start(&spec).await.expect("start blue's");
+    // Carries our server label but not the managed one: had the runtime reported it, the
+    // event would name our server.
+    let foreign = docker(&[
+        "run",
+        "--detach",
+        "--label",
+        &format!("{}={server}", labels::SERVER),
+        &image,
+    ]);
+    for id in [&our_instance.id, &blue_instance.id, &foreign] {
+        let state = docker(&["inspect", "--format", "{{.State.Status}}", id]);
+        assert_eq!(state, "running", "{id}");
+    }
+
+    // Foreign first, then the other agent's, then ours: the first event about this test's
+    // server that each runtime reports must be about its own container.
+    docker(&["kill", &foreign]);
+    docker(&["kill", &blue_instance.id]);
+    docker(&["kill", &our_instance.id]);
+    let ours_first = next_event(&mut our_events, DEADLINE, "our server", |e| {
+        e.server_id == server
+    })
+    .await;
+    let blue_first = next_event(&mut blue_events, DEADLINE, "our server", |e| {
+        e.server_id == server
+    })
+    .await;
+
+    assert_eq!(
+        ours_first.instance_id, our_instance.id,
+        "foreign {foreign}, blue's {}: {ours_first:?}",
+        blue_instance.id
+    );
+    assert_eq!(
+        blue_first.instance_id, blue_instance.id,
+        "foreign {foreign}, ours {}: {blue_first:?}",
+        our_instance.id
+    );
 }

@@ -4,6 +4,7 @@ mod crash;
 mod docker_runtime;
 mod gitops;
 mod gitops_docker;
+mod health;
 mod hooks;
 mod manifest_fuzz;
 mod process_runtime;

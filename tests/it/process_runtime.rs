@@ -7,9 +7,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mcp_orchestration::manifest::{ProcessSpec, RestartPolicy};
-use mcp_orchestration::runtime::process::{ProcessExit, ProcessRuntime};
-use mcp_orchestration::runtime::{Instance, InstanceSpec, InstanceState, Runtime, RuntimeError};
+use mcp_orchestration::runtime::process::ProcessRuntime;
+use mcp_orchestration::runtime::{
+    Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeEvent, RuntimeEventKind,
+};
 use semver::Version;
+use tokio::sync::broadcast;
 
 use crate::support::example_server_bin;
 
@@ -204,6 +207,41 @@ async fn wait_healthy(instance: &Instance) -> serde_json::Value {
         }
     })
     .await
+}
+
+/// The next event about instance `id`, or a panic after `timeout`.
+async fn next_event_for(
+    events: &mut broadcast::Receiver<RuntimeEvent>,
+    id: &str,
+    timeout: Duration,
+) -> RuntimeEvent {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if event.instance_id == id => break event,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(err) => panic!("event channel: {err}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no event for {id} within {timeout:?}"))
+}
+
+/// SIGKILLs the process behind instance `id` (not its group: only the server dies, as in
+/// a crash).
+fn sigkill(id: &str) {
+    let (pid, start) = parse_id(id);
+    assert!(pid > 1, "pid {pid}");
+    assert_eq!(
+        proc_start_and_zombie(pid).map(|(s, _)| s),
+        Some(start),
+        "{id} is still the process the test started"
+    );
+    // SAFETY: kill(2) touches no memory; pid > 1 and its start time matches the process
+    // this test started.
+    let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
 }
 
 async fn listed(runtime: &ProcessRuntime, id: &str) -> Option<Instance> {
@@ -474,7 +512,7 @@ async fn process_list_readopts_after_runtime_restart() {
 async fn process_exit_is_reported() {
     let env = Env::new();
     let runtime = env.runtime();
-    let mut exits = runtime.subscribe_exits();
+    let mut events = runtime.subscribe();
     let instance = env.start(&runtime, &example_spec("crashy", "1.0.0")).await;
     wait_healthy(&instance).await;
 
@@ -482,26 +520,9 @@ async fn process_exit_is_reported() {
     let response = http().post(&url).send().await.expect("POST /admin/exit/3");
     assert_eq!(response.status(), 200);
 
-    let exit = tokio::time::timeout(DEADLINE, async {
-        loop {
-            match exits.recv().await {
-                Ok(exit) if exit.instance_id == instance.id => break exit,
-                Ok(_) => continue,
-                Err(err) => panic!("exit channel: {err}"),
-            }
-        }
-    })
-    .await
-    .expect("the exit is reported in time");
-    assert_eq!(
-        exit,
-        ProcessExit {
-            instance_id: instance.id.clone(),
-            server_id: "crashy".to_owned(),
-            code: Some(3),
-            signal: None,
-        }
-    );
+    let exit = next_event_for(&mut events, &instance.id, DEADLINE).await;
+    assert_eq!(exit.server_id, "crashy");
+    assert_eq!(exit.kind, RuntimeEventKind::Exited { code: Some(3) });
     let listed = listed(&runtime, &instance.id).await.expect("listed");
     assert_eq!(listed.state, InstanceState::Exited { code: Some(3) });
 
@@ -513,6 +534,86 @@ async fn process_exit_is_reported() {
     let restarted = env.runtime();
     let relisted = restarted.list().await.expect("list");
     assert_eq!(relisted[0].state, InstanceState::Exited { code: Some(3) });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_exit_is_reported_through_subscribe() {
+    let env = Env::new();
+    let runtime = env.runtime();
+    let mut events = runtime.subscribe();
+    let instance = env.start(&runtime, &example_spec("killed", "1.0.0")).await;
+    wait_healthy(&instance).await;
+
+    sigkill(&instance.id);
+    let killed = Instant::now();
+    let event = next_event_for(&mut events, &instance.id, DEADLINE).await;
+    let took = killed.elapsed();
+
+    assert_eq!(event.server_id, "killed");
+    assert_eq!(
+        event.kind,
+        RuntimeEventKind::Exited { code: Some(137) },
+        "SIGKILL reads as 128 + 9"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the exit was reported {took:?} after the kill"
+    );
+    let state = listed(&runtime, &instance.id).await.expect("listed").state;
+    assert_eq!(state, InstanceState::Exited { code: Some(137) });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn process_exit_of_an_adopted_instance_is_reported() {
+    let env = Env::new();
+    let first = env.runtime();
+    let instance = env.start(&first, &example_spec("orphaned", "1.0.0")).await;
+    let bystander = env.start(&first, &example_spec("bystander", "1.0.0")).await;
+    wait_healthy(&instance).await;
+    wait_healthy(&bystander).await;
+    drop(first);
+
+    // As after an agent restart: the processes are not this runtime's children.
+    let second = env.runtime();
+    let mut events = second.subscribe();
+    sigkill(&instance.id);
+    let killed = Instant::now();
+    let event = next_event_for(&mut events, &instance.id, DEADLINE).await;
+    let took = killed.elapsed();
+
+    assert_eq!(event.server_id, "orphaned");
+    assert_eq!(
+        event.kind,
+        RuntimeEventKind::Exited { code: None },
+        "only a parent learns the code"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the adopted instance's exit was reported {took:?} after the kill"
+    );
+    let state = listed(&second, &instance.id).await.expect("listed").state;
+    assert!(matches!(state, InstanceState::Exited { .. }), "{state:?}");
+
+    // The instance that still runs is still watched: its stop through the new runtime is
+    // reported too, and the dead one is not reported again in between.
+    second
+        .stop(&bystander.id, Duration::from_secs(5))
+        .await
+        .expect("stop the other adopted instance");
+    let mut between = Vec::new();
+    let next = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let event = events.recv().await.expect("event channel");
+            if event.instance_id == bystander.id {
+                break event;
+            }
+            between.push(event);
+        }
+    })
+    .await
+    .expect("the stop is reported");
+    assert_eq!(next.kind, RuntimeEventKind::Exited { code: None });
+    assert!(between.is_empty(), "reported once: {between:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

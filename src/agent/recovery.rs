@@ -1,0 +1,330 @@
+//! Bounded auto-recovery. When the monitor marks a server unhealthy, up to
+//! `recovery.max_attempts` actions follow, each after an exponential backoff
+//! (`backoff_seconds × backoff_multiplier^n`): restart (a fresh instance beside the broken
+//! one), then recreate (the broken one removed first, the image pulled again), then notify.
+//! Recovery stops as soon as the server serves again, never fights an operator's stop, a
+//! rollout in progress or a server removed from the manifest, and records every attempt and
+//! its outcome as a health event. When the attempts are used up the server is `failed` and
+//! stays monitored; an operator restart or a new commit starts over. The attempt count
+//! resets once the server has stayed healthy for ten probe intervals.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::state::AgentState;
+use crate::health::{HealthState, Monitor};
+use crate::runtime::{RuntimeEvent, RuntimeEventKind};
+use crate::store::NewHealthEvent;
+
+/// Forwards runtime exits to the monitor: a crash is unhealthy at once.
+pub async fn watch_exits(
+    mut events: broadcast::Receiver<RuntimeEvent>,
+    monitor: Monitor,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(e) => {
+                let cause = match e.kind {
+                    RuntimeEventKind::Exited { code: Some(c) } => {
+                        format!("the instance exited with code {c}")
+                    }
+                    RuntimeEventKind::Exited { code: None } => "the instance exited".to_owned(),
+                    RuntimeEventKind::OomKilled => {
+                        "the instance was killed for running out of memory".to_owned()
+                    }
+                };
+                monitor.instance_exited(&e.instance_id, &cause);
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => warn!(
+                missed = n,
+                "runtime events were dropped; probes will catch up"
+            ),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// The recovery manager: one recovery at a time per server.
+pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
+    let mut transitions = state.monitor.subscribe();
+    let mut active: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    // Attempts already used per server, and since when it has been healthy.
+    let used: Arc<std::sync::Mutex<HashMap<String, u32>>> = Arc::default();
+    loop {
+        let t = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            t = transitions.recv() => t,
+        };
+        let t = match t {
+            Ok(t) => t,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        active.retain(|_, task| !task.is_finished());
+        if t.to == HealthState::Unhealthy && !active.contains_key(&t.server_id) {
+            let task = tokio::spawn(recover(
+                state.clone(),
+                t.server_id.clone(),
+                used.clone(),
+                shutdown.clone(),
+            ));
+            active.insert(t.server_id, task);
+        }
+    }
+}
+
+fn event(state: &AgentState, server: &str, detail: String) {
+    let e = NewHealthEvent {
+        server_id: server.to_owned(),
+        at: Timestamp::now(),
+        kind: "recovery".into(),
+        from_state: None,
+        to_state: None,
+        detail,
+        instance_id: state.monitor.get(server).map(|h| h.instance_id),
+    };
+    if let Err(err) = state.store.add_health_event(&e) {
+        warn!(error = %err, "cannot record a recovery event");
+    }
+}
+
+async fn recover(
+    state: Arc<AgentState>,
+    server: String,
+    used: Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    shutdown: CancellationToken,
+) {
+    let Some(desired) = state.desired(&server) else {
+        return;
+    };
+    let r = desired_recovery(&state, &server);
+    let span = Duration::from_secs_f64(desired.health.interval_seconds) * 10;
+    let count = |used: &std::sync::Mutex<HashMap<String, u32>>| {
+        *used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&server)
+            .unwrap_or(&0)
+    };
+    let forget = |used: &std::sync::Mutex<HashMap<String, u32>>| {
+        used.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&server);
+    };
+    loop {
+        let attempt = count(&used);
+        if attempt >= r.max_attempts {
+            let detail =
+                format!("{attempt} recovery attempt(s) did not bring it back; it stays monitored");
+            event(&state, &server, detail.clone());
+            state.monitor.give_up(&server, &detail);
+            notify(&desired, &server, &detail);
+            // Fixed by hand later, or replaced by a commit: healthy for a while starts over.
+            while !shutdown.is_cancelled() {
+                if watch(&state, &server, span, &shutdown).await == Watch::StayedHealthy {
+                    forget(&used);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            return;
+        }
+        let backoff =
+            Duration::from_secs_f64(r.backoff_seconds * r.backoff_multiplier.powi(attempt as i32));
+        event(
+            &state,
+            &server,
+            format!(
+                "attempt {}/{} in {:.1}s",
+                attempt + 1,
+                r.max_attempts,
+                backoff.as_secs_f64()
+            ),
+        );
+        let deadline = tokio::time::Instant::now() + backoff;
+        let mut healed = false;
+        while tokio::time::Instant::now() < deadline {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if is_healthy(&state, &server) {
+                healed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50).min(backoff)).await;
+        }
+        if healed {
+            event(
+                &state,
+                &server,
+                "healthy again before the next attempt".into(),
+            );
+            match watch(&state, &server, span, &shutdown).await {
+                Watch::StayedHealthy => {
+                    forget(&used);
+                    return;
+                }
+                Watch::Unhealthy => continue,
+                Watch::Gone => return,
+            }
+        }
+        // Never fight an operator's stop or act on a server that left the manifest.
+        if state
+            .store
+            .held_servers()
+            .unwrap_or_default()
+            .contains(&server)
+        {
+            event(
+                &state,
+                &server,
+                "stopped by an operator: recovery ends".into(),
+            );
+            return;
+        }
+        let Some(desired) = state.desired(&server) else {
+            event(
+                &state,
+                &server,
+                "no longer in the manifest: recovery ends".into(),
+            );
+            return;
+        };
+        *used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server.clone())
+            .or_insert(0) += 1;
+        let (action, result) = match attempt {
+            0 => (
+                "restart",
+                state.executor.replace(&desired, false).await.map(|_| ()),
+            ),
+            1 => (
+                "recreate",
+                state.executor.replace(&desired, true).await.map(|_| ()),
+            ),
+            _ => {
+                notify(
+                    &desired,
+                    &server,
+                    "the server is unhealthy and did not recover by restarting or recreating it",
+                );
+                ("notify", Err("an operator was notified".to_owned()))
+            }
+        };
+        match &result {
+            Ok(()) => info!(server = %server, action, "recovery action done"),
+            Err(e) => {
+                warn!(server = %server, action, error = %e, "recovery action did not bring it back")
+            }
+        }
+        let outcome = match (&result, action) {
+            (_, "notify") => "sent".to_owned(),
+            (Ok(()), _) => "done, a new instance passed its health gate".to_owned(),
+            (Err(e), _) => format!("failed: {}", e.lines().next().unwrap_or_default()),
+        };
+        event(
+            &state,
+            &server,
+            format!(
+                "attempt {}/{}: {action}: {outcome}",
+                attempt + 1,
+                r.max_attempts
+            ),
+        );
+        state.wake(super::state::Trigger::Operator);
+        if result.is_ok() {
+            match watch(&state, &server, span, &shutdown).await {
+                Watch::StayedHealthy => {
+                    forget(&used);
+                    return;
+                }
+                Watch::Unhealthy => continue,
+                Watch::Gone => return,
+            }
+        }
+    }
+}
+
+fn is_healthy(state: &AgentState, server: &str) -> bool {
+    state
+        .monitor
+        .get(server)
+        .is_some_and(|h| h.state == HealthState::Healthy)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Watch {
+    StayedHealthy,
+    Unhealthy,
+    Gone,
+}
+
+/// Watches a server that should be recovering: healthy for `span` in a row, or unhealthy
+/// (or failed) again, or no longer monitored.
+async fn watch(
+    state: &AgentState,
+    server: &str,
+    span: Duration,
+    shutdown: &CancellationToken,
+) -> Watch {
+    let mut healthy_since: Option<tokio::time::Instant> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Watch::Gone;
+        }
+        match state.monitor.get(server).map(|h| h.state) {
+            None => return Watch::Gone,
+            Some(HealthState::Unhealthy | HealthState::Failed) => return Watch::Unhealthy,
+            Some(HealthState::Healthy) => {
+                let since = *healthy_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= span {
+                    return Watch::StayedHealthy;
+                }
+            }
+            Some(_) => healthy_since = None,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn desired_recovery(state: &AgentState, server: &str) -> crate::manifest::Recovery {
+    state.recovery_settings(server).unwrap_or_default()
+}
+
+fn notify(desired: &crate::reconcile::Desired, server: &str, detail: &str) {
+    let Some(url) = desired.policy.notification_channel.clone() else {
+        return;
+    };
+    let payload = serde_json::json!({
+        "event": "recovery",
+        "server_id": server,
+        "detail": detail,
+        "timestamp": Timestamp::now().to_string(),
+    });
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build();
+        match client {
+            Ok(c) => {
+                if let Err(e) = c.post(&url).json(&payload).send().await {
+                    warn!(url = %url, error = %e, "cannot reach the notification channel");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot build the notification client"),
+        }
+    });
+}

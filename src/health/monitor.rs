@@ -1,0 +1,481 @@
+//! The monitor: one probing task per server, each on its own interval (spread by a stable
+//! jitter so a thousand servers are not probed at the same instant), with a global bound on
+//! probes in flight. A slow or hanging server only delays its own task. Probe results and
+//! runtime events feed each server's [`Tracker`]; every transition is stored as a health
+//! event and broadcast to subscribers (the recovery manager, later the API's event stream).
+//!
+//! The monitor decides nothing about deploying: it only observes and reports.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::probe::{ProbeResult, Prober};
+use super::state::{HealthState, Thresholds, Tracker, Transition};
+use crate::manifest::{HealthCheck, ProbeKind};
+use crate::store::{NewHealthEvent, Store};
+
+/// What to probe for one server: its current instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub server_id: String,
+    pub instance_id: String,
+    pub port: u16,
+    /// The version deployed, compared with the version the server reports.
+    pub version: String,
+    pub check: HealthCheck,
+    pub mcp_path: String,
+}
+
+/// One server's health as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServerHealth {
+    pub server_id: String,
+    pub instance_id: String,
+    pub state: HealthState,
+    pub since: Timestamp,
+    /// The probe result or event that caused the last transition.
+    pub cause: Option<String>,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    pub last_probe: Option<ProbeResult>,
+    pub last_probe_at: Option<Timestamp>,
+    /// An operator override in force: the state shown until then.
+    pub override_until: Option<Timestamp>,
+    #[serde(skip)]
+    override_state: Option<HealthState>,
+}
+
+/// A transition, as broadcast to subscribers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransitionEvent {
+    pub server_id: String,
+    pub instance_id: String,
+    pub from: HealthState,
+    pub to: HealthState,
+    pub cause: String,
+    pub at: Timestamp,
+}
+
+struct Entry {
+    target: Target,
+    tracker: Tracker,
+    /// The tracker as it was when a rollout took the server over, restored if the rollout
+    /// ends without a new instance.
+    before_rollout: Option<Tracker>,
+    view: ServerHealth,
+    stop: CancellationToken,
+    last_uptime: Option<f64>,
+    mismatch_reported: bool,
+}
+
+struct Inner {
+    store: Store,
+    prober: Prober,
+    // A std lock: held only to read or update an entry, never across a probe or an await.
+    entries: Mutex<HashMap<String, Entry>>,
+    permits: Semaphore,
+    tx: broadcast::Sender<TransitionEvent>,
+}
+
+/// A cheap handle to the monitor.
+#[derive(Clone)]
+pub struct Monitor {
+    inner: Arc<Inner>,
+}
+
+/// A stable offset in `[0, interval)` per server, so probes spread over the interval.
+fn jitter(server: &str, interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    server.hash(&mut h);
+    let fraction = (h.finish() % 10_000) as f64 / 10_000.0;
+    interval.mul_f64(fraction)
+}
+
+impl Monitor {
+    /// A monitor recording into `store`, with at most `max_in_flight` probes at once.
+    pub fn new(store: Store, max_in_flight: usize) -> Monitor {
+        let (tx, _) = broadcast::channel(1024);
+        Monitor {
+            inner: Arc::new(Inner {
+                store,
+                prober: Prober::new(),
+                entries: Mutex::new(HashMap::new()),
+                permits: Semaphore::new(max_in_flight.max(1)),
+                tx,
+            }),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<TransitionEvent> {
+        self.inner.tx.subscribe()
+    }
+
+    /// Sets what is monitored: new servers start probing, servers gone stop, a server whose
+    /// instance changed starts over from `unknown`.
+    pub fn set_targets(&self, targets: Vec<Target>) {
+        let mut entries = self.entries();
+        let wanted: Vec<String> = targets.iter().map(|t| t.server_id.clone()).collect();
+        entries.retain(|server, e| {
+            let keep = wanted.contains(server);
+            if !keep {
+                e.stop.cancel();
+            }
+            keep
+        });
+        for target in targets {
+            match entries.get_mut(&target.server_id) {
+                Some(e) if e.target == target => {}
+                Some(e) if e.target.instance_id == target.instance_id => {
+                    // Same instance, new settings: restart the task, keep the state.
+                    e.stop.cancel();
+                    e.stop = self.spawn(&target);
+                    e.target = target;
+                }
+                _ => {
+                    let stop = self.spawn(&target);
+                    if let Some(old) = entries.remove(&target.server_id) {
+                        old.stop.cancel();
+                    }
+                    entries.insert(target.server_id.clone(), Entry::new(target, stop));
+                }
+            }
+        }
+    }
+
+    /// The servers monitored now.
+    pub fn snapshot(&self) -> Vec<ServerHealth> {
+        let mut all: Vec<ServerHealth> = self.entries().values().map(Entry::shown).collect();
+        all.sort_by(|a, b| a.server_id.cmp(&b.server_id));
+        all
+    }
+
+    pub fn get(&self, server: &str) -> Option<ServerHealth> {
+        self.entries().get(server).map(Entry::shown)
+    }
+
+    /// A rollout owns the server until [`Monitor::rollout_finished`]: probes and exits of
+    /// the instances it replaces are not the server's health.
+    pub fn rollout_started(&self, server: &str) {
+        let t = self.update(server, None, |e| {
+            if e.tracker.state != HealthState::Starting {
+                e.before_rollout = Some(e.tracker.clone());
+            }
+            e.tracker
+                .restart(HealthState::Starting, "a rollout is in progress")
+        });
+        self.emit(t);
+    }
+
+    /// The rollout published `target`: monitoring moves to it, starting from `unknown`.
+    pub fn rollout_switched(&self, target: Target) {
+        let mut entries = self.entries();
+        let stop = self.spawn(&target);
+        let mut entry = Entry::new(target.clone(), stop);
+        if let Some(mut old) = entries.remove(&target.server_id) {
+            old.before_rollout = None;
+            old.stop.cancel();
+            entry.tracker.state = old.tracker.state;
+            entry.view.state = old.view.state;
+            entry.view.since = old.view.since;
+        }
+        let t = entry
+            .tracker
+            .restart(HealthState::Unknown, "a new instance serves");
+        entry.sync_view(t.as_ref());
+        entries.insert(target.server_id.clone(), entry);
+        drop(entries);
+        self.emit(t.map(|t| (target.server_id.clone(), target.instance_id.clone(), t)));
+    }
+
+    /// The rollout ended without switching (it failed): the old instance is watched again,
+    /// from the state it had.
+    pub fn rollout_finished(&self, server: &str) {
+        let t = self.update(server, None, |e| {
+            if e.tracker.state != HealthState::Starting {
+                return None;
+            }
+            let before = e.before_rollout.take().unwrap_or_default();
+            let to = before.state;
+            let t = e
+                .tracker
+                .restart(to, "the rollout ended without a new instance");
+            e.tracker = before;
+            t
+        });
+        self.emit(t);
+    }
+
+    /// An instance exited: if it serves a monitored server, that server is unhealthy at once.
+    pub fn instance_exited(&self, instance_id: &str, cause: &str) {
+        let server = self
+            .entries()
+            .values()
+            .find(|e| e.target.instance_id == instance_id)
+            .map(|e| e.target.server_id.clone());
+        if let Some(server) = server {
+            let t = self.update(&server, Some(instance_id), |e| {
+                if e.tracker.state == HealthState::Starting {
+                    None
+                } else {
+                    e.tracker.exited(cause)
+                }
+            });
+            self.emit(t);
+        }
+    }
+
+    /// Recovery gave up on `server`.
+    pub fn give_up(&self, server: &str, cause: &str) {
+        let t = self.update(server, None, |e| e.tracker.give_up(cause));
+        self.emit(t);
+    }
+
+    /// Shows `state` for `server` until `until`, whatever the probes say; recorded as such.
+    pub fn set_override(
+        &self,
+        server: &str,
+        state: HealthState,
+        until: Timestamp,
+        reason: &str,
+    ) -> bool {
+        let mut entries = self.entries();
+        let Some(e) = entries.get_mut(server) else {
+            return false;
+        };
+        e.view.override_until = Some(until);
+        let from = e.view.state;
+        let instance = e.target.instance_id.clone();
+        drop(entries);
+        self.record(NewHealthEvent {
+            server_id: server.to_owned(),
+            at: Timestamp::now(),
+            kind: "override".into(),
+            from_state: Some(from.to_string()),
+            to_state: Some(state.to_string()),
+            detail: format!("{reason} (until {until})"),
+            instance_id: Some(instance),
+        });
+        let mut entries = self.entries();
+        if let Some(e) = entries.get_mut(server) {
+            e.view.override_state = Some(state);
+        }
+        true
+    }
+
+    /// Applies `f` to a server's entry (only while it still serves `instance`, when given)
+    /// and returns the transition it made, for [`Monitor::emit`].
+    fn update(
+        &self,
+        server: &str,
+        instance: Option<&str>,
+        f: impl FnOnce(&mut Entry) -> Option<Transition>,
+    ) -> Option<(String, String, Transition)> {
+        let mut entries = self.entries();
+        let e = entries.get_mut(server)?;
+        if instance.is_some_and(|i| i != e.target.instance_id) {
+            return None;
+        }
+        let t = f(e)?;
+        e.sync_view(Some(&t));
+        Some((server.to_owned(), e.target.instance_id.clone(), t))
+    }
+
+    fn record(&self, event: NewHealthEvent) {
+        if let Err(e) = self.inner.store.add_health_event(&event) {
+            warn!(error = %e, "cannot record a health event");
+        }
+    }
+
+    fn emit(&self, t: Option<(String, String, Transition)>) {
+        let Some((server, instance, t)) = t else {
+            return;
+        };
+        let at = Timestamp::now();
+        info!(server = %server, from = %t.from, to = %t.to, cause = %t.cause, "health changed");
+        self.record(NewHealthEvent {
+            server_id: server.clone(),
+            at,
+            kind: "transition".into(),
+            from_state: Some(t.from.to_string()),
+            to_state: Some(t.to.to_string()),
+            detail: t.cause.clone(),
+            instance_id: Some(instance.clone()),
+        });
+        // Nobody listening is fine.
+        let _ = self.inner.tx.send(TransitionEvent {
+            server_id: server,
+            instance_id: instance,
+            from: t.from,
+            to: t.to,
+            cause: t.cause,
+            at,
+        });
+    }
+
+    fn spawn(&self, target: &Target) -> CancellationToken {
+        let stop = CancellationToken::new();
+        let span = info_span!("probe", server = %target.server_id);
+        tokio::spawn(
+            probe_loop(Arc::downgrade(&self.inner), target.clone(), stop.clone()).instrument(span),
+        );
+        stop
+    }
+
+    /// Records one probe result for `target` (ignored when the server moved to another
+    /// instance meanwhile).
+    fn observe(&self, target: &Target, r: ProbeResult) {
+        let thresholds = Thresholds {
+            failure: target.check.failure_threshold,
+            success: target.check.success_threshold,
+        };
+        let mut notes = Vec::new();
+        let t = {
+            let mut entries = self.entries();
+            let Some(e) = entries.get_mut(&target.server_id) else {
+                return;
+            };
+            if e.target.instance_id != target.instance_id {
+                return;
+            }
+            if let Some(reported) = &r.version
+                && *reported != target.version
+                && !e.mismatch_reported
+            {
+                e.mismatch_reported = true;
+                notes.push((
+                    "version_mismatch",
+                    format!(
+                        "the server reports version {reported}, the agent deployed {}",
+                        target.version
+                    ),
+                ));
+            }
+            if let (Some(before), Some(now)) = (e.last_uptime, r.uptime_seconds)
+                && now + 0.5 < before
+            {
+                notes.push((
+                    "restart_detected",
+                    format!("uptime went back from {before:.1}s to {now:.1}s: the server restarted without the agent"),
+                ));
+            }
+            e.last_uptime = r.uptime_seconds.or(e.last_uptime);
+            let t = e.tracker.observe(r.outcome, &r.detail, thresholds);
+            e.view.last_probe = Some(r);
+            e.view.last_probe_at = Some(Timestamp::now());
+            e.sync_view(t.as_ref());
+            t.map(|t| (target.server_id.clone(), target.instance_id.clone(), t))
+        };
+        for (kind, detail) in notes {
+            warn!(server = %target.server_id, %detail, "{kind}");
+            self.record(NewHealthEvent {
+                server_id: target.server_id.clone(),
+                at: Timestamp::now(),
+                kind: kind.into(),
+                from_state: None,
+                to_state: None,
+                detail,
+                instance_id: Some(target.instance_id.clone()),
+            });
+        }
+        self.emit(t);
+    }
+}
+
+impl Entry {
+    fn new(target: Target, stop: CancellationToken) -> Entry {
+        Entry {
+            view: ServerHealth {
+                server_id: target.server_id.clone(),
+                instance_id: target.instance_id.clone(),
+                state: HealthState::Unknown,
+                since: Timestamp::now(),
+                cause: None,
+                consecutive_failures: 0,
+                consecutive_successes: 0,
+                last_probe: None,
+                last_probe_at: None,
+                override_until: None,
+                override_state: None,
+            },
+            target,
+            tracker: Tracker::default(),
+            before_rollout: None,
+            stop,
+            last_uptime: None,
+            mismatch_reported: false,
+        }
+    }
+
+    fn sync_view(&mut self, t: Option<&Transition>) {
+        self.view.instance_id = self.target.instance_id.clone();
+        self.view.consecutive_failures = self.tracker.consecutive_failures;
+        self.view.consecutive_successes = self.tracker.consecutive_successes;
+        if let Some(t) = t {
+            self.view.state = t.to;
+            self.view.since = Timestamp::now();
+            self.view.cause = Some(t.cause.clone());
+        }
+    }
+
+    /// The view, with an override in force applied.
+    fn shown(&self) -> ServerHealth {
+        let mut v = self.view.clone();
+        match (v.override_until, v.override_state) {
+            (Some(until), Some(state)) if until > Timestamp::now() => v.state = state,
+            _ => {
+                v.override_until = None;
+                v.override_state = None;
+            }
+        }
+        v
+    }
+}
+
+async fn probe_loop(inner: Weak<Inner>, target: Target, stop: CancellationToken) {
+    let interval = Duration::from_secs_f64(target.check.interval_seconds);
+    let timeout = Duration::from_secs_f64(target.check.timeout_seconds);
+    let endpoint = match target.check.probe {
+        ProbeKind::Mcp => target.mcp_path.clone(),
+        _ => target.check.endpoint.clone(),
+    };
+    let mut next = tokio::time::Instant::now() + jitter(&target.server_id, interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next += interval;
+        let now = tokio::time::Instant::now();
+        if next < now {
+            // Fell behind (a long timeout): keep the rhythm instead of bursting.
+            next = now + interval;
+        }
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let monitor = Monitor { inner: strong };
+        let result = {
+            let _permit = monitor.inner.permits.acquire().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = monitor.inner.prober.probe(target.check.probe, target.port, &endpoint, timeout) => r,
+            }
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        monitor.observe(&target, result);
+    }
+}

@@ -1,0 +1,363 @@
+//! Continuous health monitoring and bounded auto-recovery, with real processes.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::agent::{Options, TEST_API_KEY, TestAgent};
+use crate::support::git::ManifestRepo;
+use crate::support::{eventually, example_server_bin};
+
+/// Example servers with fast probes; `extra` is appended to each server's args.
+fn manifest(ids: &[&str], recovery: &str, extra_args: &str, interval: f64) -> String {
+    let mut text = String::from("version: \"1.1\"\nservers:\n");
+    for id in ids {
+        text.push_str(&format!(
+            "  - id: {id}\n    version: \"1.0.0\"\n    process:\n      command: {}\n      args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"{extra_args}]\n    health_check: {{ interval_seconds: {interval}, timeout_seconds: 0.15, failure_threshold: 3, success_threshold: 2 }}\n    recovery: {recovery}\n",
+            example_server_bin().display()
+        ));
+    }
+    text
+}
+
+async fn health(agent: &TestAgent, id: &str) -> Value {
+    agent.get(&format!("/servers/{id}/health")).await.1
+}
+
+async fn wait_health(agent: &TestAgent, id: &str, state: &str, deadline: Duration) -> Value {
+    eventually(deadline, &format!("{id} to be {state}"), || async {
+        let h = health(agent, id).await;
+        (h["state"] == state).then_some(h)
+    })
+    .await
+}
+
+/// Events of one server, oldest first.
+async fn events(agent: &TestAgent, id: &str) -> Vec<Value> {
+    let (_, v) = agent
+        .get(&format!("/servers/{id}/health/events?limit=1000"))
+        .await;
+    let mut all = v["events"].as_array().cloned().unwrap_or_default();
+    all.reverse();
+    all
+}
+
+fn transitions(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "transition")
+        .map(|e| {
+            (
+                e["from_state"].as_str().unwrap().to_owned(),
+                e["to_state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn admin(endpoint: &str, path: &str) {
+    let base = endpoint.trim_end_matches("/mcp");
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_of_five_goes_unhealthy_after_exactly_the_threshold_is_recovered_and_the_others_are_untouched()
+ {
+    let ids = ["h-a", "h-b", "h-c", "h-d", "h-e"];
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &manifest(
+            &ids,
+            "{ max_attempts: 3, backoff_seconds: 0.3, backoff_multiplier: 2 }",
+            "",
+            0.2,
+        ),
+        "five servers",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    for id in ids {
+        wait_health(&agent, id, "healthy", Duration::from_secs(15)).await;
+    }
+    let sick = "h-c";
+    let view = agent.server(sick).await.unwrap();
+    let before = Instant::now();
+    admin(
+        view["endpoint"].as_str().unwrap(),
+        "/admin/health/unhealthy",
+    )
+    .await;
+
+    wait_health(&agent, sick, "unhealthy", Duration::from_secs(5)).await;
+    eprintln!("unhealthy after {:?}", before.elapsed());
+    let log = events(&agent, sick).await;
+    let t = transitions(&log);
+    assert_eq!(
+        t[..3],
+        [
+            ("unknown".into(), "healthy".into()),
+            ("healthy".into(), "degraded".into()),
+            ("degraded".into(), "unhealthy".into())
+        ]
+    );
+    let to_unhealthy = log.iter().find(|e| e["to_state"] == "unhealthy").unwrap();
+    assert!(
+        to_unhealthy["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 failed probes in a row: HTTP 503"),
+        "{to_unhealthy}"
+    );
+
+    // Recovery: the first attempt (a restart) after its 0.3 s backoff brings it back.
+    wait_health(&agent, sick, "healthy", Duration::from_secs(15)).await;
+    let log = events(&agent, sick).await;
+    let recovery: Vec<&str> = log
+        .iter()
+        .filter(|e| e["kind"] == "recovery")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(recovery[0], "attempt 1/3 in 0.3s", "{recovery:?}");
+    assert_eq!(
+        recovery[1], "attempt 1/3: restart: done, a new instance passed its health gate",
+        "{recovery:?}"
+    );
+    let (_, rollouts) = agent.get(&format!("/servers/{sick}/rollouts")).await;
+    assert_eq!(rollouts["rollouts"][0]["trigger"], "recovery");
+
+    // The four others: one transition each (unknown → healthy), no failed probe, fast probes.
+    for id in ids.iter().filter(|i| **i != sick) {
+        let t = transitions(&events(&agent, id).await);
+        assert_eq!(
+            t,
+            [("unknown".to_owned(), "healthy".to_owned())],
+            "{id} changed state"
+        );
+        let h = health(&agent, id).await;
+        assert_eq!(h["consecutive_failures"], 0, "{id}: {h}");
+        let latency = h["last_probe"]["latency_ms"].as_f64().unwrap();
+        assert!(latency < 100.0, "{id} probe took {latency} ms");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_server_is_detected_within_interval_times_threshold_plus_timeout() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &manifest(&["hang"], "{ max_attempts: 0 }", "", 0.2),
+        "one server",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let view = agent
+        .wait_running("hang", "1.0.0", Duration::from_secs(10))
+        .await;
+    wait_health(&agent, "hang", "healthy", Duration::from_secs(10)).await;
+    let hung = Instant::now();
+    admin(view["endpoint"].as_str().unwrap(), "/admin/health/hang").await;
+    // With no recovery attempts it moves on to `failed` at once, so watch the transition.
+    let h = eventually(
+        Duration::from_secs(5),
+        "hang to become unhealthy",
+        || async {
+            events(&agent, "hang")
+                .await
+                .into_iter()
+                .find(|e| e["to_state"] == "unhealthy")
+        },
+    )
+    .await;
+    let took = hung.elapsed();
+    // interval × threshold + timeout = 0.2 × 3 + 0.15 s; allow one interval of phase and
+    // scheduling slack on a loaded machine.
+    let bound = Duration::from_secs_f64(0.2 * 3.0 + 0.15 + 0.2 + 0.25);
+    assert!(took <= bound, "detected after {took:?}, bound {bound:?}");
+    assert!(
+        h["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within 0.1s"),
+        "{h}"
+    );
+    eprintln!("hang detected after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_process_is_seen_at_once_and_restarted() {
+    let repo = ManifestRepo::new();
+    // Probes every 5 s: only the exit event can explain a detection within a second.
+    repo.push_manifest(
+        &manifest(
+            &["kill"],
+            "{ max_attempts: 3, backoff_seconds: 0.1 }",
+            "",
+            5.0,
+        ),
+        "one server",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let before = agent
+        .wait_running("kill", "1.0.0", Duration::from_secs(10))
+        .await;
+    let pid_file = agent.pid_files().into_iter().next().unwrap();
+    let pid =
+        serde_json::from_str::<Value>(&std::fs::read_to_string(pid_file).unwrap()).unwrap()["pid"]
+            .as_i64()
+            .unwrap();
+    let killed = Instant::now();
+    // SAFETY: kill(2) of the server process this test's agent started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    eventually(
+        Duration::from_secs(1),
+        "the exit to make it unhealthy",
+        || async {
+            let log = events(&agent, "kill").await;
+            log.iter().find(|e| e["to_state"] == "unhealthy").cloned()
+        },
+    )
+    .await;
+    eprintln!("SIGKILL seen after {:?}", killed.elapsed());
+    let after = agent
+        .wait_running("kill", "1.0.0", Duration::from_secs(10))
+        .await;
+    assert_ne!(
+        after["instance_id"], before["instance_id"],
+        "a new instance serves"
+    );
+    let log = events(&agent, "kill").await;
+    let unhealthy = log.iter().find(|e| e["to_state"] == "unhealthy").unwrap();
+    assert_eq!(unhealthy["detail"], "the instance exited with code 137");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_stays_broken_ends_failed_and_heals_through_degraded_when_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("health");
+    let repo = ManifestRepo::new();
+    let extra = format!(", \"--health-file\", \"{}\"", flag.display());
+    repo.push_manifest(
+        &manifest(
+            &["broken"],
+            "{ max_attempts: 3, backoff_seconds: 0.1, backoff_multiplier: 2 }",
+            &extra,
+            0.2,
+        ),
+        "one server",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    wait_health(&agent, "broken", "healthy", Duration::from_secs(10)).await;
+
+    // Broken for every instance, restarts included.
+    std::fs::write(&flag, "unhealthy").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health(&agent, "broken").await["state"] != "failed" {
+        if Instant::now() > deadline {
+            panic!(
+                "not failed after 30 s; events: {:#?}",
+                events(&agent, "broken").await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = events(&agent, "broken").await;
+    let recovery: Vec<&str> = log
+        .iter()
+        .filter(|e| e["kind"] == "recovery")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        recovery
+            .iter()
+            .any(|r| r.starts_with("attempt 1/3: restart")),
+        "{recovery:?}"
+    );
+    assert!(
+        recovery
+            .iter()
+            .any(|r| r.starts_with("attempt 2/3: recreate")),
+        "{recovery:?}"
+    );
+    assert!(
+        recovery
+            .iter()
+            .any(|r| r.starts_with("attempt 3/3: notify")),
+        "{recovery:?}"
+    );
+    assert!(
+        recovery
+            .iter()
+            .any(|r| r.starts_with("3 recovery attempt(s) did not bring it back")),
+        "{recovery:?}"
+    );
+    // The backoff doubles: 0.1, 0.2, 0.4 s.
+    assert!(
+        recovery.contains(&"attempt 1/3 in 0.1s")
+            && recovery.contains(&"attempt 2/3 in 0.2s")
+            && recovery.contains(&"attempt 3/3 in 0.4s"),
+        "{recovery:?}"
+    );
+
+    // Fixed: failed → degraded → healthy, with success_threshold (2) successes.
+    std::fs::remove_file(&flag).unwrap();
+    wait_health(&agent, "broken", "healthy", Duration::from_secs(10)).await;
+    let t = transitions(&events(&agent, "broken").await);
+    let tail = &t[t.len() - 3..];
+    assert_eq!(
+        tail,
+        [
+            ("unhealthy".to_owned(), "failed".to_owned()),
+            ("failed".to_owned(), "degraded".to_owned()),
+            ("degraded".to_owned(), "healthy".to_owned())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_override_is_bounded_and_recorded_and_needs_a_key() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &manifest(&["ovr"], "{ max_attempts: 0 }", "", 0.2),
+        "one server",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    wait_health(&agent, "ovr", "healthy", Duration::from_secs(10)).await;
+    let url = format!("{}/servers/ovr/health/override", agent.url);
+    let body = serde_json::json!({ "state": "unhealthy", "duration_seconds": 0.8, "reason": "maintenance" });
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.post(&url).json(&body).send().await.unwrap().status(),
+        401
+    );
+    let r = http
+        .post(&url)
+        .bearer_auth(TEST_API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(health(&agent, "ovr").await["state"], "unhealthy");
+    // It ends by itself.
+    wait_health(&agent, "ovr", "healthy", Duration::from_secs(5)).await;
+    let log = events(&agent, "ovr").await;
+    assert!(
+        log.iter()
+            .any(|e| e["kind"] == "override"
+                && e["detail"].as_str().unwrap().starts_with("maintenance")),
+        "{log:?}"
+    );
+    let too_long = serde_json::json!({ "state": "healthy", "duration_seconds": 100000 });
+    let r = http
+        .post(&url)
+        .bearer_auth(TEST_API_KEY)
+        .json(&too_long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
