@@ -1030,13 +1030,22 @@ mod tests {
     async fn a_server_without_the_handshake_is_asked_server_discover() {
         // What rmcp answers when it speaks only 2026-07-28.
         let (port, mut seen) = fake_mcp(|r| match r.rpc() {
-            "initialize" => json_reply(json!({
-                "jsonrpc": "2.0", "id": 1,
-                "error": {
-                    "code": -32022, "message": "Unsupported protocol version",
-                    "data": {"requested": "2025-06-18", "supported": ["2026-07-28"]},
-                },
-            })),
+            // With a session id for the refused handshake, which discovery must not use.
+            "initialize" => reply(
+                "200 OK",
+                &[
+                    ("content-type", "application/json"),
+                    ("mcp-session-id", "s-3"),
+                ],
+                &json!({
+                    "jsonrpc": "2.0", "id": 1,
+                    "error": {
+                        "code": -32022, "message": "Unsupported protocol version",
+                        "data": {"requested": "2025-06-18", "supported": ["2026-07-28"]},
+                    },
+                })
+                .to_string(),
+            ),
             "server/discover" => json_reply(json!({
                 "jsonrpc": "2.0", "id": 2,
                 "result": {
@@ -1069,6 +1078,9 @@ mod tests {
             meta["io.modelcontextprotocol/clientCapabilities"],
             json!({})
         );
+        let delete = next(&mut seen).await;
+        assert_eq!(delete.rpc(), "DELETE");
+        assert_eq!(delete.header("mcp-session-id"), Some("s-3"));
     }
 
     #[tokio::test]

@@ -361,3 +361,56 @@ async fn an_override_is_bounded_and_recorded_and_needs_a_key() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_kill_is_seen_within_a_second_and_the_server_is_restarted() {
+    use crate::support::docker::{ContainerGuard, docker, docker_or_skip, example_image};
+    if !docker_or_skip("docker_kill_is_seen_within_a_second_and_the_server_is_restarted") {
+        return;
+    }
+    example_image("1.0.0");
+    let guard = ContainerGuard::new("hk");
+    let id = guard.server_id().to_owned();
+    let repo = ManifestRepo::new();
+    // Probes every 5 s: only the Docker event can explain a detection within a second.
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n  - id: {id}\n    version: \"1.0.0\"\n    docker: {{ image: mcp-orch-test/example-server, port: 8080 }}\n    health_check: {{ interval_seconds: 5, timeout_seconds: 1, failure_threshold: 3, success_threshold: 1 }}\n    recovery: {{ max_attempts: 3, backoff_seconds: 0.1 }}\n"
+        ),
+        "one container",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            runtime: mcp_orchestration::settings::RuntimeChoice::Docker,
+            ..Options::default()
+        },
+    )
+    .await;
+    let before = agent
+        .wait_running(&id, "1.0.0", Duration::from_secs(30))
+        .await;
+    let container = before["instance_id"].as_str().unwrap().to_owned();
+    docker(&["kill", &container]);
+    let killed = Instant::now();
+    let seen = eventually(
+        Duration::from_secs(1),
+        "the kill to make it unhealthy",
+        || async {
+            events(&agent, &id)
+                .await
+                .into_iter()
+                .find(|e| e["to_state"] == "unhealthy")
+        },
+    )
+    .await;
+    eprintln!("docker kill seen after {:?}", killed.elapsed());
+    assert_eq!(seen["detail"], "the instance exited with code 137");
+    let after = agent
+        .wait_running(&id, "1.0.0", Duration::from_secs(30))
+        .await;
+    assert_ne!(
+        after["instance_id"], before["instance_id"],
+        "a new container serves"
+    );
+}

@@ -7,6 +7,7 @@ mod gitops_docker;
 mod health;
 mod hooks;
 mod manifest_fuzz;
+mod mcp_probe;
 mod process_runtime;
 mod registry;
 mod rollback;
