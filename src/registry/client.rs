@@ -2,6 +2,7 @@
 //! 429, pagination, conditional requests and per-host concurrency — behind two calls,
 //! `list_tags` and `digest`.
 
+use crate::error_text::chain;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -838,22 +839,6 @@ fn retry_after(headers: &HeaderMap, now: Timestamp) -> Option<Duration> {
         .parse_timestamp(value)
         .ok()?;
     Some(Duration::try_from(at.duration_since(now)).unwrap_or(Duration::ZERO))
-}
-
-/// An error and its sources, `outer: inner: innermost`; reqwest's top-level message
-/// ("error sending request") says little without its causes.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

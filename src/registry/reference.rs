@@ -299,6 +299,8 @@ mod tests {
     fn registry_hosts_follow_dockers_rule() {
         assert_eq!(registry_host("ghcr.io/acme/server:1.0.0"), "ghcr.io");
         assert_eq!(registry_host("127.0.0.1:5000/x/y:1.0.0"), "127.0.0.1:5000");
+        assert_eq!(registry_host("localhost/x:1"), "localhost");
+        assert_eq!(registry_host("acme/server:1.0.0"), "docker.io");
         assert_eq!(registry_host("server:1.0.0"), "docker.io");
         assert_eq!(
             normalize_registry("https://index.docker.io/v1/"),

@@ -22,6 +22,7 @@
 //! [`DockerRuntime::with_owner`]; it ends when the last clone of the runtime is dropped.
 //! An OOM kill produces both events, `OomKilled` and then `Exited { code: Some(137) }`.
 
+use crate::error_text::chain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1076,39 +1077,9 @@ fn daemon_message(err: &BollardError) -> String {
     }
 }
 
-/// An error and its sources, `outer: inner: innermost`; hyper's top-level messages
-/// ("client error (Connect)") say little without them.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn registry_hosts_follow_dockers_rule() {
-        assert_eq!(registry_host("ghcr.io/acme/server:1.0.0"), "ghcr.io");
-        assert_eq!(registry_host("127.0.0.1:5000/x/y:1.0.0"), "127.0.0.1:5000");
-        assert_eq!(registry_host("localhost/x:1"), "localhost");
-        assert_eq!(registry_host("acme/server:1.0.0"), "docker.io");
-        assert_eq!(registry_host("server:1.0.0"), "docker.io");
-        assert_eq!(
-            normalize_registry("https://index.docker.io/v1/"),
-            "docker.io"
-        );
-        assert_eq!(normalize_registry("GHCR.io"), "ghcr.io");
-    }
 
     #[test]
     fn images_split_at_the_tag_not_the_registry_port() {
@@ -1160,16 +1131,6 @@ mod tests {
         assert_eq!(owned.version, Version::new(1, 0, 0));
         l.remove(labels::REVISION);
         assert!(owned_labels(&l).is_err());
-    }
-
-    #[test]
-    fn registry_auth_debug_hides_the_password() {
-        let auth = RegistryAuth {
-            registry: "ghcr.io".into(),
-            username: "me".into(),
-            password: "hunter2".into(),
-        };
-        assert!(!format!("{auth:?}").contains("hunter2"));
     }
 
     fn event(action: &str, attributes: &[(&str, &str)]) -> EventMessage {
