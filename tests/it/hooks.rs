@@ -207,40 +207,15 @@ impl Sandbox {
         Sandbox { dir }
     }
 
-    /// `git` with an isolated configuration, run in `cwd`.
+    /// `git` with an isolated configuration, run in `cwd`; hooks find the binary and keep
+    /// their temp files in the sandbox.
     fn git(&self, cwd: &Path, args: &[&str]) -> Output {
-        let home = self.dir.path().join("home");
-        let mut command = Command::new("git");
-        command
-            .current_dir(cwd)
-            .args(["-c", "init.defaultBranch=main"])
+        crate::support::git::command(cwd, &self.dir.path().join("home"))
             .args(args)
-            .env("HOME", &home)
-            .env("XDG_CONFIG_HOME", &home)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", home.join(".gitconfig"))
-            .env("GIT_AUTHOR_NAME", "Hook Test")
-            .env("GIT_AUTHOR_EMAIL", "hooks@example.invalid")
-            .env("GIT_COMMITTER_NAME", "Hook Test")
-            .env("GIT_COMMITTER_EMAIL", "hooks@example.invalid")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C")
             .env("TMPDIR", self.dir.path().join("tmp"))
             .env("MCP_ORCHESTRATION_BIN", BIN)
-            .stdin(Stdio::null());
-        // In case the tests themselves run from inside a git hook.
-        for var in [
-            "GIT_DIR",
-            "GIT_WORK_TREE",
-            "GIT_INDEX_FILE",
-            "GIT_OBJECT_DIRECTORY",
-            "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-            "GIT_QUARANTINE_PATH",
-            "GIT_PREFIX",
-        ] {
-            command.env_remove(var);
-        }
-        command.output().expect("run git")
+            .output()
+            .expect("run git")
     }
 
     fn git_ok(&self, cwd: &Path, args: &[&str]) -> String {

@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-/// Runs `git` in `cwd` with no global or system configuration and a fixed identity.
-pub fn git(cwd: &Path, home: &Path, args: &[&str]) -> Output {
+/// A `git` command in `cwd` with no global or system configuration, a throwaway `home` and
+/// a fixed identity; the caller adds arguments (and environment) and runs it.
+pub fn command(cwd: &Path, home: &Path) -> Command {
     let mut command = Command::new("git");
     command
         .current_dir(cwd)
         .args(["-c", "init.defaultBranch=main"])
-        .args(args)
         .env("HOME", home)
         .env("XDG_CONFIG_HOME", home)
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -27,10 +27,18 @@ pub fn git(cwd: &Path, home: &Path, args: &[&str]) -> Output {
         "GIT_WORK_TREE",
         "GIT_INDEX_FILE",
         "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_QUARANTINE_PATH",
+        "GIT_PREFIX",
     ] {
         command.env_remove(var);
     }
-    command.output().expect("git runs")
+    command
+}
+
+/// Runs `git args` in `cwd` (see [`command`]).
+pub fn git(cwd: &Path, home: &Path, args: &[&str]) -> Output {
+    command(cwd, home).args(args).output().expect("git runs")
 }
 
 fn ok(out: Output, what: &str) -> String {
