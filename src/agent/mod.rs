@@ -116,6 +116,32 @@ fn registry_credentials(
     serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
+/// Health events are kept for this long…
+const HEALTH_EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// …and at most this many per server.
+const HEALTH_EVENTS_PER_SERVER: usize = 10_000;
+
+/// Retention of health events, hourly (and once at start).
+async fn prune_health_events(store: Store, shutdown: CancellationToken) {
+    loop {
+        let cutoff = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(HEALTH_EVENTS_MAX_AGE).unwrap_or_default())
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        match store
+            .call(move |s| s.prune_health_events(cutoff, HEALTH_EVENTS_PER_SERVER))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "pruned old health events"),
+            Err(e) => warn!(error = %e, "cannot prune health events"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
 /// This agent's identity: `<data-dir>/agent-id`, created at the first start. Containers are
 /// labelled with it, so agents sharing a Docker host never touch each other's fleets.
 fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
@@ -254,6 +280,7 @@ pub async fn run(
         }
     });
 
+    tokio::spawn(prune_health_events(store.clone(), shutdown.clone()));
     tokio::spawn(recovery::watch_exits(
         runtime.subscribe(),
         monitor.clone(),
