@@ -95,7 +95,7 @@ async fn health(State(state): State<Arc<AgentState>>) -> Json<Value> {
 }
 
 async fn servers(State(state): State<Arc<AgentState>>) -> Json<crate::agent::FleetView> {
-    Json(state.fleet())
+    Json(state.fleet_live())
 }
 
 async fn server(
@@ -103,7 +103,7 @@ async fn server(
     Path(id): Path<String>,
 ) -> Result<Json<crate::agent::ServerView>, ApiError> {
     state
-        .fleet()
+        .fleet_live()
         .servers
         .into_iter()
         .find(|s| s.id == id)

@@ -83,6 +83,12 @@ async fn one_of_five_goes_unhealthy_after_exactly_the_threshold_is_recovered_and
     for id in ids {
         wait_health(&agent, id, "healthy", Duration::from_secs(15)).await;
     }
+    // The fleet view carries each server's live health for the gateway and `status`.
+    let (_, fleet) = agent.get("/servers").await;
+    for s in fleet["servers"].as_array().unwrap() {
+        assert_eq!(s["health"], "healthy", "{s}");
+        assert!(s["health_since"].is_string(), "{s}");
+    }
     let sick = "h-c";
     let view = agent.server(sick).await.unwrap();
     let before = Instant::now();
@@ -94,6 +100,11 @@ async fn one_of_five_goes_unhealthy_after_exactly_the_threshold_is_recovered_and
 
     wait_health(&agent, sick, "unhealthy", Duration::from_secs(5)).await;
     eprintln!("unhealthy after {:?}", before.elapsed());
+    let view = agent.server(sick).await.unwrap();
+    assert!(
+        view["health"] == "unhealthy" || view["health"] == "starting",
+        "the server's view shows its health: {view}"
+    );
     let log = events(&agent, sick).await;
     let t = transitions(&log);
     assert_eq!(
