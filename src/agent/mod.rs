@@ -284,6 +284,7 @@ pub async fn run(
     tokio::spawn(recovery::watch_exits(
         runtime.subscribe(),
         monitor.clone(),
+        Arc::downgrade(&state),
         shutdown.clone(),
     ));
     tokio::spawn(recovery::run(state.clone(), shutdown.clone()));

@@ -22,10 +22,13 @@ use crate::health::{HealthState, Monitor};
 use crate::runtime::{RuntimeEvent, RuntimeEventKind};
 use crate::store::NewHealthEvent;
 
-/// Forwards runtime exits to the monitor: a crash is unhealthy at once.
+/// Forwards runtime exits to the monitor (a crash is unhealthy at once) and wakes a sync:
+/// a runtime may restart the instance itself (Docker's restart policy), possibly on another
+/// host port, and the published endpoint must follow.
 pub async fn watch_exits(
     mut events: broadcast::Receiver<RuntimeEvent>,
     monitor: Monitor,
+    state: std::sync::Weak<AgentState>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -45,6 +48,13 @@ pub async fn watch_exits(
                     }
                 };
                 monitor.instance_exited(&e.instance_id, &cause);
+                if let Some(state) = state.upgrade() {
+                    // Docker restarts within a second or so; refresh after it had the chance.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        state.wake(super::state::Trigger::Operator);
+                    });
+                }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => warn!(
                 missed = n,
