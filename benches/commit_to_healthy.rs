@@ -9,7 +9,7 @@
 //! tests build them). Everything runs on 127.0.0.1. Results are printed as Markdown rows for
 //! BENCHMARKS.md.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,23 +19,6 @@ use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;
 
 mod common;
-
-fn example_server() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--example",
-            "example-server",
-        ])
-        .current_dir(root)
-        .status()
-        .expect("cargo");
-    assert!(status.success());
-    root.join("target/release/examples/example-server")
-}
 
 fn manifest(runtime: RuntimeChoice, bin: &Path, version: &str) -> String {
     let body = match runtime {
@@ -262,7 +245,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let docker = std::env::var("BENCH_DOCKER").is_ok_and(|v| v == "1");
-    let bin = example_server();
+    let bin = common::release_example();
     println!("| runtime | trigger | pushes | median ms | p95 ms | max ms |");
     println!("|---|---|---|---|---|---|");
     let mut runtimes = vec![RuntimeChoice::Process];

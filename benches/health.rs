@@ -26,23 +26,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
 
-fn example_bin() -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--example",
-            "example-server",
-        ])
-        .current_dir(root)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    root.join("target/release/examples/example-server")
-}
-
 /// Serves `GET /health/<n>` with the health standard until killed (the `--serve` role).
 async fn serve_health(port_file: &str) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -447,7 +430,7 @@ async fn main() {
 
     // BENCH_PARTS=detect,scale,crash (default: all) runs only some parts.
     let parts = std::env::var("BENCH_PARTS").unwrap_or_else(|_| "detect,scale,crash".into());
-    let bin = example_bin();
+    let bin = common::release_example();
     if parts.contains("detect") {
         detection(&bin, samples).await;
     }

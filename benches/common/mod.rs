@@ -200,6 +200,24 @@ pub fn kill_fleet(data: &Path, runtime: RuntimeChoice) {
     }
 }
 
+/// The example server, built in release mode (dynamically linked: for the process runtime).
+pub fn release_example() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "example-server",
+        ])
+        .current_dir(root)
+        .status()
+        .expect("cargo");
+    assert!(status.success());
+    root.join("target/release/examples/example-server")
+}
+
 /// The statically linked example server, built once into `target/static`.
 pub fn static_example() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

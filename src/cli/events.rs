@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat};
+use super::output::{self, OutputFormat, text};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -24,10 +24,6 @@ pub struct Args {
     /// JSON lines, one event per line.
     #[arg(long, short, value_enum, default_value_t)]
     output: OutputFormat,
-}
-
-fn text(v: &Value, key: &str) -> String {
-    v.get(key).and_then(Value::as_str).unwrap_or("-").to_owned()
 }
 
 fn print(e: &Value, json: bool) {

@@ -88,3 +88,13 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
         line(row.clone());
     }
 }
+
+/// A field of an agent's JSON answer as text for a table: strings as they are, numbers and
+/// booleans printed, absent or null as `-`.
+pub fn text(v: &serde_json::Value, key: &str) -> String {
+    match v.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat};
+use super::output::{self, OutputFormat, text};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -50,14 +50,6 @@ pub struct RollbackArgs {
     timeout: String,
     #[arg(long, short, value_enum, default_value_t)]
     output: OutputFormat,
-}
-
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".to_owned(),
-        Some(other) => other.to_string(),
-    }
 }
 
 pub fn history(settings: &Settings, args: HistoryArgs) -> anyhow::Result<u8> {

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat};
+use super::output::{self, OutputFormat, text};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -76,14 +76,6 @@ enum RevisionsCommand {
         /// A commit id or a prefix of at least 4 characters.
         commit: String,
     },
-}
-
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".to_owned(),
-        Some(other) => other.to_string(),
-    }
 }
 
 fn short(commit: &str) -> &str {
