@@ -106,6 +106,8 @@ pub struct AgentState {
     pub branch: String,
     pub webhook_secret: Option<String>,
     pub started_at: Timestamp,
+    /// How long syncs took (`GET /metrics`).
+    pub sync_duration: crate::metrics::Histogram,
     /// API keys accepted by the HTTP API (see `api::auth`).
     pub api_keys: Vec<String>,
     /// Whether read routes need a key too (the agent listens beyond loopback).
@@ -139,6 +141,7 @@ impl AgentState {
             branch,
             webhook_secret,
             started_at: Timestamp::now(),
+            sync_duration: crate::metrics::Histogram::default(),
             api_keys: Vec::new(),
             keys_for_reads: false,
             fleet: RwLock::new(FleetView::default()),

@@ -157,6 +157,7 @@ impl Syncer {
         }
         self.publish(source_error).await;
         let took = started.elapsed();
+        self.state.sync_duration.observe(took.as_secs_f64());
         if took.as_secs() >= 30 {
             warn!(
                 seconds = took.as_secs_f64(),

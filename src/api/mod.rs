@@ -43,6 +43,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/servers/{id}/restart", post(restart))
         .route("/health/status", get(health_status))
         .route("/health/events", get(health_events))
+        .route("/metrics", get(metrics))
         .route("/revisions", get(revisions))
         .route("/revisions/{commit}", get(revision))
         .route("/webhooks/git", post(webhook::push))
@@ -440,4 +441,70 @@ async fn health_override(
     Ok(Json(
         json!({ "server_id": id, "state": health, "until": until.to_string() }),
     ))
+}
+
+/// `GET /metrics`: Prometheus text format — servers by deployment state and by health,
+/// rollouts by outcome, probe latency and sync duration histograms.
+async fn metrics(
+    State(state): State<Arc<AgentState>>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use std::collections::BTreeMap;
+    let fleet = state.fleet_live();
+    let mut deployed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut health: BTreeMap<String, u64> = BTreeMap::new();
+    for s in &fleet.servers {
+        *deployed.entry(s.state.clone()).or_default() += 1;
+        let h = s.health.map_or("unmonitored", |h| h.as_str());
+        *health.entry(h.to_owned()).or_default() += 1;
+    }
+    let rollouts = state
+        .store
+        .call(|st| st.rollout_counts())
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let mut out = String::new();
+    use crate::metrics::render_family;
+    render_family(
+        &mut out,
+        "mcp_orchestration_servers",
+        "gauge",
+        "Servers of the applied manifest by deployment state.",
+        "state",
+        &deployed.into_iter().collect::<Vec<_>>(),
+    );
+    render_family(
+        &mut out,
+        "mcp_orchestration_server_health",
+        "gauge",
+        "Servers by health state.",
+        "state",
+        &health.into_iter().collect::<Vec<_>>(),
+    );
+    render_family(
+        &mut out,
+        "mcp_orchestration_rollouts_total",
+        "counter",
+        "Rollouts by outcome.",
+        "outcome",
+        &rollouts,
+    );
+    state.monitor.probe_latency().render(
+        &mut out,
+        "mcp_orchestration_probe_duration_seconds",
+        "How long health probes took.",
+    );
+    state.sync_duration.render(
+        &mut out,
+        "mcp_orchestration_sync_duration_seconds",
+        "How long syncs (fetch, and run or reconcile) took.",
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
 }

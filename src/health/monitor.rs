@@ -82,6 +82,7 @@ struct Inner {
     entries: Mutex<HashMap<String, Entry>>,
     permits: Semaphore,
     tx: broadcast::Sender<TransitionEvent>,
+    latency: crate::metrics::Histogram,
 }
 
 /// A cheap handle to the monitor.
@@ -110,12 +111,18 @@ impl Monitor {
                 entries: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(max_in_flight.max(1)),
                 tx,
+                latency: crate::metrics::Histogram::default(),
             }),
         }
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long probes took, for `GET /metrics`.
+    pub fn probe_latency(&self) -> &crate::metrics::Histogram {
+        &self.inner.latency
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<TransitionEvent> {
@@ -476,6 +483,7 @@ async fn probe_loop(inner: Weak<Inner>, target: Target, stop: CancellationToken)
         if stop.is_cancelled() {
             return;
         }
+        monitor.inner.latency.observe(result.latency_ms / 1000.0);
         monitor.observe(&target, result);
     }
 }

@@ -477,6 +477,20 @@ impl Store {
             .collect()
     }
 
+    /// How many rollouts ended (or are running) with each outcome.
+    pub fn rollout_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT outcome, COUNT(*) FROM rollouts GROUP BY outcome ORDER BY outcome",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     pub fn set_rollout_digest(&self, id: i64, digest: &str) -> Result<(), StoreError> {
         self.conn()
             .prepare_cached("UPDATE rollouts SET digest = ?2 WHERE id = ?1")?

@@ -415,3 +415,44 @@ async fn an_operator_stop_needs_a_key_and_is_respected_until_deploy() {
     assert_eq!(envelope["error"]["code"], "SERVER_NOT_FOUND");
     assert!(envelope["error"]["request_id"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_report_the_fleet_its_rollouts_and_probe_latency() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[("nu", "1.0.0")]), "nu");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent
+        .wait_running("nu", "1.0.0", Duration::from_secs(10))
+        .await;
+    let text = eventually(
+        Duration::from_secs(10),
+        "a healthy server in the metrics",
+        || async {
+            let r = reqwest::get(format!("{}/metrics", agent.url)).await.ok()?;
+            let kind = r.headers().get("content-type")?.to_str().ok()?.to_owned();
+            assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+            let text = r.text().await.ok()?;
+            text.contains("mcp_orchestration_server_health{state=\"healthy\"} 1\n")
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        text.contains("mcp_orchestration_servers{state=\"running\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mcp_orchestration_rollouts_total{outcome=\"succeeded\"} 1\n"),
+        "{text}"
+    );
+    let probes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp_orchestration_probe_duration_seconds_count "))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(probes >= 1, "{text}");
+    assert!(
+        text.contains("# TYPE mcp_orchestration_sync_duration_seconds histogram"),
+        "{text}"
+    );
+}
