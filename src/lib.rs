@@ -11,6 +11,7 @@ pub mod health;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;
+pub mod publish;
 pub mod reconcile;
 pub mod registry;
 pub mod runtime;

@@ -33,6 +33,8 @@ pub mod env {
     pub const POLL_INTERVAL: &str = "MCP_ORCHESTRATION_POLL_INTERVAL";
     /// How often registries are asked for new tags: `60s`.
     pub const REGISTRY_POLL_INTERVAL: &str = "MCP_ORCHESTRATION_REGISTRY_POLL_INTERVAL";
+    /// Gateways to publish the backend set to, comma-separated.
+    pub const GATEWAY_URL: &str = "MCP_ORCHESTRATION_GATEWAY_URL";
     /// YAML list of `{registry, username, password}` for pulls and tag listing.
     pub const REGISTRY_CREDENTIALS: &str = "MCP_ORCHESTRATION_REGISTRY_CREDENTIALS";
     /// `process` (default) or `docker`.
@@ -126,6 +128,7 @@ pub struct AgentOptions {
     pub registry_poll_interval: Option<String>,
     pub drain: Option<String>,
     pub registry_credentials: Option<PathBuf>,
+    pub gateway_url: Option<Vec<String>>,
     pub runtime: Option<RuntimeChoice>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -148,6 +151,7 @@ impl AgentOptions {
             registry_poll_interval: self.registry_poll_interval.or(other.registry_poll_interval),
             drain: self.drain.or(other.drain),
             registry_credentials: self.registry_credentials.or(other.registry_credentials),
+            gateway_url: self.gateway_url.or(other.gateway_url),
             runtime: self.runtime.or(other.runtime),
             listen: self.listen.or(other.listen),
             data_dir: self.data_dir.or(other.data_dir),
@@ -210,6 +214,8 @@ pub struct AgentSettings {
     /// How long an old instance keeps serving after its successor is published.
     pub drain: std::time::Duration,
     pub registry_credentials: Option<PathBuf>,
+    /// Gateways that receive the backend set (see `publish`).
+    pub gateway_urls: Vec<String>,
     pub runtime: RuntimeChoice,
     pub listen: std::net::SocketAddr,
     pub data_dir: PathBuf,
@@ -358,6 +364,7 @@ impl Settings {
             registry_poll_interval,
             drain,
             registry_credentials: a.registry_credentials.clone(),
+            gateway_urls: a.gateway_url.clone().unwrap_or_default(),
             runtime: a.runtime.unwrap_or_default(),
             listen,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),

@@ -119,6 +119,7 @@ pub async fn start_agent(repo: &str, o: AgentOptions) -> Agent {
         registry_poll_interval: o.registry_poll,
         drain: Duration::ZERO,
         registry_credentials: None,
+        gateway_urls: Vec::new(),
         runtime: o.runtime,
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),

@@ -281,6 +281,11 @@ pub async fn run(
     });
 
     tokio::spawn(prune_health_events(store.clone(), shutdown.clone()));
+    tokio::spawn(crate::publish::run(
+        state.clone(),
+        settings.gateway_urls.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(recovery::watch_exits(
         runtime.subscribe(),
         monitor.clone(),

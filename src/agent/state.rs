@@ -120,6 +120,7 @@ pub struct AgentState {
     /// The image repositories the applied manifest's servers use, for the registry poller.
     images: RwLock<BTreeSet<String>>,
     images_changed: tokio::sync::Notify,
+    routing: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -149,6 +150,7 @@ impl AgentState {
             tags: RwLock::default(),
             images: RwLock::default(),
             images_changed: tokio::sync::Notify::new(),
+            routing: tokio::sync::Notify::new(),
         }
     }
 
@@ -312,6 +314,8 @@ impl AgentState {
             view.instance_id = Some(instance.id.clone());
             view.revision = Some(instance.revision.clone());
         }
+        drop(fleet);
+        self.routing.notify_one();
     }
 
     /// Tags per image repository, as last polled.
@@ -385,6 +389,12 @@ impl AgentState {
 
     pub fn set_fleet(&self, view: FleetView) {
         *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = view;
+        self.routing.notify_one();
+    }
+
+    /// Resolves when the fleet view changed (the gateway publisher listens).
+    pub async fn routing_changed(&self) {
+        self.routing.notified().await;
     }
 
     /// Asks the sync loop to run soon; bursts collapse into one sync.

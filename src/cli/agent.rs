@@ -32,6 +32,9 @@ pub struct Args {
     /// YAML list of `{registry, username, password}`, for pulling images and listing tags.
     #[arg(long, env = env::REGISTRY_CREDENTIALS, value_name = "FILE")]
     registry_credentials: Option<PathBuf>,
+    /// A gateway that receives the backend set on every routing change (repeatable).
+    #[arg(long, env = env::GATEWAY_URL, value_name = "URL", value_delimiter = ',')]
+    gateway_url: Vec<String>,
     /// Where servers run [default: process]
     #[arg(long, env = env::RUNTIME, value_enum)]
     runtime: Option<RuntimeArg>,
@@ -77,6 +80,7 @@ impl Args {
             registry_poll_interval: self.registry_poll_interval.clone(),
             drain: self.drain.clone(),
             registry_credentials: self.registry_credentials.clone(),
+            gateway_url: (!self.gateway_url.is_empty()).then(|| self.gateway_url.clone()),
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Process => RuntimeChoice::Process,
                 RuntimeArg::Docker => RuntimeChoice::Docker,

@@ -426,3 +426,105 @@ async fn docker_kill_is_seen_within_a_second_and_the_server_is_restarted() {
         "a new container serves"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_health_transition_reaches_the_gateway_within_a_second_in_order_across_a_gateway_restart()
+{
+    use crate::support::receiver::Receiver;
+    let gateway = Receiver::start().await;
+    let port = gateway.port;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &manifest(&["gw"], "{ max_attempts: 0 }", "", 0.2),
+        "one server",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway_urls: vec![gateway.url.clone()],
+            ..Options::default()
+        },
+    )
+    .await;
+    let backend = |body: &Value| {
+        body["backends"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["id"] == "gw").cloned())
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the gateway to learn of a healthy gw",
+        || async {
+            gateway.bodies().iter().rev().find_map(|b| {
+                backend(b).filter(|b| b["health"] == "healthy" && b["routable"] == true)
+            })
+        },
+    )
+    .await;
+
+    // A transition reaches the gateway within a second of happening.
+    let view = agent.server("gw").await.unwrap();
+    admin(
+        view["endpoint"].as_str().unwrap(),
+        "/admin/health/unhealthy",
+    )
+    .await;
+    let transition = eventually(
+        Duration::from_secs(5),
+        "the degraded transition",
+        || async {
+            events(&agent, "gw")
+                .await
+                .into_iter()
+                .find(|e| e["to_state"] == "degraded")
+        },
+    )
+    .await;
+    let delivered = eventually(
+        Duration::from_secs(5),
+        "the gateway to learn of it",
+        || async {
+            gateway
+                .bodies()
+                .into_iter()
+                .find(|b| backend(b).is_some_and(|x| x["health"] == "degraded"))
+        },
+    )
+    .await;
+    let at: jiff::Timestamp = transition["at"].as_str().unwrap().parse().unwrap();
+    let received: jiff::Timestamp = delivered["received_at"].as_str().unwrap().parse().unwrap();
+    let latency = received.duration_since(at).as_secs_f64();
+    assert!(latency < 1.0, "transition → gateway took {latency:.3} s");
+    eprintln!("transition → gateway in {:.1} ms", latency * 1000.0);
+
+    // The gateway goes down; the server goes unhealthy (then failed) meanwhile.
+    let before_restart = gateway.bodies();
+    drop(gateway);
+    eventually(Duration::from_secs(5), "gw to be failed", || async {
+        (health(&agent, "gw").await["state"] == "failed").then_some(())
+    })
+    .await;
+    // Back on the same port: it receives the latest state, nothing older.
+    let gateway = Receiver::start_on(port).await;
+    let latest = eventually(
+        Duration::from_secs(10),
+        "the gateway to catch up",
+        || async {
+            gateway
+                .bodies()
+                .into_iter()
+                .find(|b| backend(b).is_some_and(|x| x["health"] == "failed"))
+        },
+    )
+    .await;
+    assert_eq!(backend(&latest).unwrap()["routable"], false);
+    let sequences: Vec<u64> = before_restart
+        .iter()
+        .chain(gateway.bodies().iter())
+        .map(|b| b["sequence"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "sequences must only grow: {sequences:?}"
+    );
+}

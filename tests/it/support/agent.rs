@@ -61,6 +61,7 @@ pub struct Options {
     pub drain: Duration,
     /// Replaces [`test_trust`].
     pub trust: Option<TrustPolicy>,
+    pub gateway_urls: Vec<String>,
     pub webhook_secret: Option<String>,
     pub runtime: RuntimeChoice,
 }
@@ -73,6 +74,7 @@ impl Default for Options {
             registry_poll_interval: Duration::from_secs(120),
             drain: Duration::ZERO,
             trust: None,
+            gateway_urls: Vec::new(),
             webhook_secret: None,
             runtime: RuntimeChoice::Process,
         }
@@ -107,6 +109,7 @@ impl TestAgent {
             registry_poll_interval: options.registry_poll_interval,
             drain: options.drain,
             registry_credentials: None,
+            gateway_urls: options.gateway_urls.clone(),
             runtime: options.runtime,
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data.path().to_owned(),

@@ -9,14 +9,22 @@ use tokio::net::TcpListener;
 
 pub struct Receiver {
     pub url: String,
+    pub port: u16,
     bodies: Arc<Mutex<Vec<Value>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/events", listener.local_addr().expect("addr"));
+        Self::start_on(0).await
+    }
+
+    /// Listens on `port` (0: any free one). Restarting on the same port simulates a
+    /// gateway that went down and came back.
+    pub async fn start_on(port: u16) -> Receiver {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let url = format!("http://127.0.0.1:{port}/events");
         let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
         let store = bodies.clone();
         let task = tokio::spawn(async move {
@@ -47,7 +55,12 @@ impl Receiver {
                             .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
-                            if let Ok(v) = serde_json::from_slice(&buf[end + 4..end + 4 + len]) {
+                            if let Ok(mut v) =
+                                serde_json::from_slice::<Value>(&buf[end + 4..end + 4 + len])
+                            {
+                                // When it arrived, for latency checks.
+                                v["received_at"] =
+                                    Value::String(jiff::Timestamp::now().to_string());
                                 store.lock().expect("lock").push(v);
                             }
                             let _ = socket
@@ -59,7 +72,12 @@ impl Receiver {
                 });
             }
         });
-        Receiver { url, bodies, task }
+        Receiver {
+            url,
+            port,
+            bodies,
+            task,
+        }
     }
 
     pub fn bodies(&self) -> Vec<Value> {

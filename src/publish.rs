@@ -1,0 +1,164 @@
+//! Publishing the routing state to MCP gateways: every `--gateway-url` receives a JSON POST
+//! of the full backend set on start and whenever something that affects routing changes
+//! (a deploy, an upgrade, a removal, a health transition).
+//!
+//! The contract a gateway implements: each payload carries a `sequence` that only grows
+//! (across agent restarts too) and replaces everything before it; a backend that is absent
+//! is removed. Bursts coalesce and the latest state wins: while a gateway is down the agent
+//! retries with backoff, always with the newest state, so nothing older ever overwrites
+//! newer. This module reads the fleet view; it never decides anything about it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agent::AgentState;
+
+/// One backend as a gateway routes to it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Backend {
+    pub id: String,
+    pub endpoint: String,
+    pub transport: crate::manifest::Transport,
+    pub version: Option<String>,
+    /// `healthy`, `degraded`, `unhealthy`, `failed`, `starting` or `unknown`.
+    pub health: String,
+    pub health_since: Option<Timestamp>,
+    /// Whether to send traffic to it: healthy or degraded.
+    pub routable: bool,
+}
+
+/// What a gateway receives.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Payload {
+    pub sequence: u64,
+    /// The applied manifest revision.
+    pub revision: Option<String>,
+    pub generated_at: Timestamp,
+    pub backends: Vec<Backend>,
+}
+
+const SEQUENCE_KEY: &str = "publish_sequence";
+
+/// The routing-relevant part of the fleet now.
+fn backends(state: &AgentState) -> (Option<String>, Vec<Backend>) {
+    let fleet = state.fleet_live();
+    let backends = fleet
+        .servers
+        .into_iter()
+        .filter_map(|s| {
+            let endpoint = s.endpoint?;
+            let health = s.health.map_or("unknown", |h| h.as_str()).to_owned();
+            Some(Backend {
+                id: s.id,
+                endpoint,
+                transport: s.transport,
+                version: s.running_version,
+                routable: s.health.is_some_and(|h| h.serves()),
+                health,
+                health_since: s.health_since,
+            })
+        })
+        .collect();
+    (fleet.applied_revision, backends)
+}
+
+/// Runs the publisher for `urls` until shutdown.
+pub async fn run(state: Arc<AgentState>, urls: Vec<String>, shutdown: CancellationToken) {
+    if urls.is_empty() {
+        return;
+    }
+    let mut sequence: u64 = state
+        .store
+        .meta(SEQUENCE_KEY)
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (tx, rx) = watch::channel::<Option<Payload>>(None);
+    for url in urls {
+        tokio::spawn(deliver(url, rx.clone(), shutdown.clone()));
+    }
+    let mut transitions = state.monitor.subscribe();
+    let mut last: Option<(Option<String>, Vec<Backend>)> = None;
+    loop {
+        let (revision, backends) = backends(&state);
+        // Health-since timestamps alone do not change routing... but they do tell a gateway
+        // when a state began, so any difference is published.
+        if last.as_ref() != Some(&(revision.clone(), backends.clone())) {
+            sequence += 1;
+            if let Err(e) = state.store.set_meta(SEQUENCE_KEY, &sequence.to_string()) {
+                warn!(error = %e, "cannot persist the publish sequence");
+            }
+            last = Some((revision.clone(), backends.clone()));
+            let _ = tx.send(Some(Payload {
+                sequence,
+                revision,
+                generated_at: Timestamp::now(),
+                backends,
+            }));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = state.routing_changed() => {}
+            _ = transitions.recv() => {}
+            // A safety net for changes no one announced.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        // Coalesce a burst into one payload.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while transitions.try_recv().is_ok() {}
+    }
+}
+
+/// Delivers the newest payload to one gateway, retrying with backoff while it is down.
+async fn deliver(
+    url: String,
+    mut rx: watch::Receiver<Option<Payload>>,
+    shutdown: CancellationToken,
+) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot build the gateway client");
+            return;
+        }
+    };
+    let mut delivered = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let payload = rx.borrow_and_update().clone();
+        if let Some(p) = payload.filter(|p| p.sequence > delivered) {
+            match http.post(&url).json(&p).send().await {
+                Ok(r) if r.status().is_success() => {
+                    delivered = p.sequence;
+                    backoff = Duration::from_millis(100);
+                    info!(gateway = %url, sequence = p.sequence, backends = p.backends.len(), "published to the gateway");
+                    continue;
+                }
+                Ok(r) => {
+                    warn!(gateway = %url, status = r.status().as_u16(), "the gateway refused the backend set; retrying")
+                }
+                Err(e) => warn!(gateway = %url, error = %e, "cannot reach the gateway; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
