@@ -118,7 +118,7 @@ async fn recover(
     let Some(desired) = state.desired(&server) else {
         return;
     };
-    let r = desired_recovery(&state, &server);
+    let r = desired.recovery.clone();
     let span = Duration::from_secs_f64(desired.health.interval_seconds) * 10;
     let count = |used: &std::sync::Mutex<HashMap<String, u32>>| {
         *used
@@ -310,31 +310,18 @@ async fn watch(
     }
 }
 
-fn desired_recovery(state: &AgentState, server: &str) -> crate::manifest::Recovery {
-    state.recovery_settings(server).unwrap_or_default()
-}
-
+/// Tells the policy's notification channel, if any (in the background; never blocks).
 fn notify(desired: &crate::reconcile::Desired, server: &str, detail: &str) {
     let Some(url) = desired.policy.notification_channel.clone() else {
         return;
     };
-    let payload = serde_json::json!({
-        "event": "recovery",
-        "server_id": server,
-        "detail": detail,
-        "timestamp": Timestamp::now().to_string(),
-    });
-    tokio::spawn(async move {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build();
-        match client {
-            Ok(c) => {
-                if let Err(e) = c.post(&url).json(&payload).send().await {
-                    warn!(url = %url, error = %e, "cannot reach the notification channel");
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot build the notification client"),
-        }
-    });
+    crate::reconcile::execute::notify(
+        url,
+        serde_json::json!({
+            "event": "recovery",
+            "server_id": server,
+            "detail": detail,
+            "timestamp": Timestamp::now().to_string(),
+        }),
+    );
 }

@@ -259,10 +259,6 @@ impl AgentState {
             .cloned()
     }
 
-    pub fn recovery_settings(&self, server: &str) -> Option<crate::manifest::Recovery> {
-        self.desired(server).map(|d| d.recovery)
-    }
-
     pub fn set_desired(&self, desired: &[Desired]) {
         *self.desired.write().unwrap_or_else(|p| p.into_inner()) = desired
             .iter()

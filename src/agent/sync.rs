@@ -42,6 +42,8 @@ pub struct Syncer {
     failed: BTreeMap<String, String>,
     /// Newer versions policies with `auto_update: false` only report.
     update_available: BTreeMap<String, String>,
+    /// Operator rollback pins (server → version), as `desired` last read them.
+    pins: BTreeMap<String, String>,
     /// Per-server problems of the current desired state (missing secrets, wrong runtime).
     problems: Vec<DesiredProblem>,
     /// Consecutive fetch failures, for backoff.
@@ -68,6 +70,7 @@ impl Syncer {
             last_head: None,
             failed: BTreeMap::new(),
             update_available: BTreeMap::new(),
+            pins: BTreeMap::new(),
             problems: Vec::new(),
             fetch_failures: 0,
         }
@@ -444,6 +447,7 @@ impl Syncer {
         );
         self.problems = problems;
         self.update_available = update_available;
+        self.pins = pins;
         // A spec that failed exactly as it is now is left alone; a changed one is a new try.
         self.failed = desired
             .iter()
@@ -549,14 +553,8 @@ impl Syncer {
         let desired = self.desired(observed);
         self.state.set_desired(&desired);
         let mut targets = Vec::new();
-        let pins: BTreeMap<String, String> = self
-            .state
-            .store
-            .pins()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| (p.server_id, p.version))
-            .collect();
+        // `desired` just read the pins; reuse them.
+        let pins = self.pins.clone();
         let held = self.state.store.held_servers().unwrap_or_default();
         let now = Timestamp::now();
         let mut servers = Vec::new();

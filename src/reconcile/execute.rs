@@ -728,7 +728,7 @@ fn first_line(s: &str) -> String {
 
 /// POSTs a JSON event to a notification channel in the background: a channel that is down
 /// is logged and never delays or fails a rollout.
-fn notify(url: String, payload: serde_json::Value) {
+pub(crate) fn notify(url: String, payload: serde_json::Value) {
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
