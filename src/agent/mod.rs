@@ -116,24 +116,29 @@ fn registry_credentials(
     serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
-/// Health events are kept for this long…
-const HEALTH_EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
-/// …and at most this many per server.
+/// Health events and the event log are kept for this long…
+const EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// …and at most this many health events per server…
 const HEALTH_EVENTS_PER_SERVER: usize = 10_000;
+/// …and this many entries of the event log.
+const EVENT_LOG_ENTRIES: usize = 100_000;
 
-/// Retention of health events, hourly (and once at start).
-async fn prune_health_events(store: Store, shutdown: CancellationToken) {
+/// Retention of health events and the event log, hourly (and once at start).
+async fn prune_events(store: Store, shutdown: CancellationToken) {
     loop {
         let cutoff = jiff::Timestamp::now()
-            .checked_sub(jiff::SignedDuration::try_from(HEALTH_EVENTS_MAX_AGE).unwrap_or_default())
+            .checked_sub(jiff::SignedDuration::try_from(EVENTS_MAX_AGE).unwrap_or_default())
             .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
         match store
-            .call(move |s| s.prune_health_events(cutoff, HEALTH_EVENTS_PER_SERVER))
+            .call(move |s| {
+                Ok(s.prune_health_events(cutoff, HEALTH_EVENTS_PER_SERVER)?
+                    + s.prune_events(cutoff, EVENT_LOG_ENTRIES)?)
+            })
             .await
         {
             Ok(0) => {}
-            Ok(n) => info!(removed = n, "pruned old health events"),
-            Err(e) => warn!(error = %e, "cannot prune health events"),
+            Ok(n) => info!(removed = n, "pruned old events"),
+            Err(e) => warn!(error = %e, "cannot prune old events"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -237,6 +242,7 @@ pub async fn run(
     );
     state.api_keys = api_keys(&settings)?;
     state.keys_for_reads = !settings.listen.ip().is_loopback();
+    state.shutdown = shutdown.clone();
     let state = Arc::new(state);
     let _ = phase_target.set(Arc::downgrade(&state));
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -280,7 +286,7 @@ pub async fn run(
         }
     });
 
-    tokio::spawn(prune_health_events(store.clone(), shutdown.clone()));
+    tokio::spawn(prune_events(store.clone(), shutdown.clone()));
     tokio::spawn(crate::publish::run(
         state.clone(),
         settings.gateway_urls.clone(),

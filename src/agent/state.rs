@@ -112,6 +112,8 @@ pub struct AgentState {
     pub api_keys: Vec<String>,
     /// Whether read routes need a key too (the agent listens beyond loopback).
     pub keys_for_reads: bool,
+    /// Cancelled when the agent stops; long-lived responses (event streams) end with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
     // A std lock: readers copy out, the sync loop swaps in a new view; never held across await.
     fleet: RwLock<FleetView>,
     triggers: mpsc::Sender<Trigger>,
@@ -145,6 +147,7 @@ impl AgentState {
             sync_duration: crate::metrics::Histogram::default(),
             api_keys: Vec::new(),
             keys_for_reads: false,
+            shutdown: tokio_util::sync::CancellationToken::new(),
             fleet: RwLock::new(FleetView::default()),
             triggers,
             tags: RwLock::default(),

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod events;
 mod webhook;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/health/status", get(health_status))
         .route("/health/events", get(health_events))
         .route("/metrics", get(metrics))
+        .route("/events", get(events::stream))
+        .route("/events/history", get(events::history))
         .route("/revisions", get(revisions))
         .route("/revisions/{commit}", get(revision))
         .route("/webhooks/git", post(webhook::push))

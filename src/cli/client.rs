@@ -47,6 +47,74 @@ impl Client {
         self.request(method, path, Some(body))
     }
 
+    /// Follows `GET {path}` as Server-Sent Events, calling `on_event` with each event's JSON
+    /// data, for as long as the agent is reachable. A dropped connection is resumed with
+    /// `Last-Event-ID`, so nothing is missed or printed twice; `last_id` starts the stream.
+    pub fn follow(
+        &self,
+        path: &str,
+        mut last_id: Option<i64>,
+        mut on_event: impl FnMut(&Value),
+    ) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.base);
+        // No overall timeout (the stream is endless); the agent sends a keep-alive every 15 s,
+        // so a silent minute means the connection is gone.
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let mut backoff = std::time::Duration::from_millis(250);
+        self.rt.block_on(async {
+            loop {
+                let mut request = http.get(&url).header("accept", "text/event-stream");
+                if let Some(key) = &self.key {
+                    request = request.bearer_auth(key);
+                }
+                if let Some(id) = last_id {
+                    request = request.header("last-event-id", id.to_string());
+                }
+                let lost = match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        backoff = std::time::Duration::from_millis(250);
+                        let mut parser = SseParser::default();
+                        let mut body = response.bytes_stream();
+                        loop {
+                            match futures::StreamExt::next(&mut body).await {
+                                Some(Ok(chunk)) => {
+                                    for e in parser.push(&chunk) {
+                                        if let Some(id) = e.id {
+                                            last_id = Some(id);
+                                        }
+                                        if let Ok(v) = serde_json::from_str::<Value>(&e.data) {
+                                            on_event(&v);
+                                        }
+                                    }
+                                }
+                                Some(Err(e)) => break format!("{e}"),
+                                None => break "the agent closed the stream".to_owned(),
+                            }
+                        }
+                    }
+                    Ok(response) => {
+                        let status = response.status();
+                        let body: Value = response.json().await.unwrap_or_default();
+                        let message = body
+                            .pointer("/error/message")
+                            .and_then(Value::as_str)
+                            .unwrap_or("request failed");
+                        // A refusal will not change by retrying.
+                        bail!("{message} (HTTP {})", status.as_u16());
+                    }
+                    Err(e) => format!("cannot reach the agent at {}: {e}", self.base),
+                };
+                eprintln!("{lost}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+        })
+    }
+
     /// Sends a request; an error envelope becomes an error carrying its message.
     fn request<T: DeserializeOwned>(
         &self,
@@ -84,5 +152,84 @@ impl Client {
             }
             serde_json::from_value(body).with_context(|| format!("unexpected answer from {url}"))
         })
+    }
+}
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Default, PartialEq)]
+pub struct SseMessage {
+    pub id: Option<i64>,
+    pub data: String,
+}
+
+/// Splits a byte stream into SSE events (`id:` and `data:` fields; comments and other
+/// fields are skipped), whatever the chunk boundaries.
+#[derive(Default)]
+pub struct SseParser {
+    buffer: Vec<u8>,
+}
+
+impl SseParser {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
+        self.buffer.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(end) = find_blank_line(&self.buffer) {
+            let block: Vec<u8> = self.buffer.drain(..end.0).collect();
+            self.buffer.drain(..end.1 - end.0);
+            let mut message = SseMessage::default();
+            let mut data = Vec::new();
+            for line in String::from_utf8_lossy(&block).lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "id" => message.id = value.parse().ok(),
+                    "data" => data.push(value.to_owned()),
+                    _ => {}
+                }
+            }
+            if !data.is_empty() {
+                message.data = data.join("\n");
+                out.push(message);
+            }
+        }
+        out
+    }
+}
+
+/// Where the first event ends: (end of its text, start of the next).
+fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
+    (0..b.len()).find_map(|i| {
+        if b[i..].starts_with(b"\n\n") {
+            Some((i, i + 2))
+        } else if b[i..].starts_with(b"\r\n\r\n") {
+            Some((i, i + 4))
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_parsed_across_chunk_boundaries() {
+        let mut p = SseParser::default();
+        assert!(p.push(b": keep-alive\n\nid: 7\nevent: run.st").is_empty());
+        let got = p.push(b"arted\ndata: {\"a\":1}\n\nid: 8\r\ndata: x\r\ndata: y\r\n\r\n");
+        assert_eq!(
+            got,
+            [
+                SseMessage {
+                    id: Some(7),
+                    data: r#"{"a":1}"#.into()
+                },
+                SseMessage {
+                    id: Some(8),
+                    data: "x\ny".into()
+                }
+            ]
+        );
     }
 }

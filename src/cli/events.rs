@@ -1,7 +1,6 @@
-//! `mcp-orchestration events [--server S] [--follow]`: health transitions, recovery
-//! attempts and overrides, oldest first; `--follow` keeps printing new ones.
-
-use std::time::Duration;
+//! `mcp-orchestration events [--server S] [--follow]`: the agent's event log (runs, rollout
+//! steps, health transitions, recovery attempts, overrides), oldest first; `--follow` keeps
+//! printing new ones as they happen, over `GET /events`.
 
 use serde_json::Value;
 
@@ -15,7 +14,8 @@ pub struct Args {
     /// Only this server's events.
     #[arg(long)]
     server: Option<String>,
-    /// Keep printing new events as they happen (Ctrl-C stops).
+    /// Keep printing new events as they happen (Ctrl-C stops); resumes by itself after a
+    /// dropped connection without missing any.
     #[arg(long, short)]
     follow: bool,
     /// How many past events to show first.
@@ -31,46 +31,58 @@ fn print(e: &Value, json: bool) {
         println!("{e}");
         return;
     }
-    let change = match (e["from_state"].as_str(), e["to_state"].as_str()) {
-        (Some(f), Some(t)) => format!("{f} → {}", output::severity_word(t)),
-        _ => String::new(),
+    let kind = text(e, "kind");
+    let kind = match e.pointer("/data/to_state").and_then(Value::as_str) {
+        Some(to) if kind == "health.transition" => {
+            format!("{kind:<18} {}", output::severity_word(to))
+        }
+        _ => format!("{kind:<18}"),
     };
+    let server = e["server_id"].as_str().unwrap_or("-");
     println!(
-        "{}  {:<24} {:<12} {:<22} {}",
+        "{}  {server:<24} {kind} {}",
         text(e, "at"),
-        text(e, "server_id"),
-        text(e, "kind"),
-        change,
-        text(e, "detail")
+        text(e, "summary")
     );
+}
+
+fn query(server: Option<&str>) -> String {
+    server
+        .map(|s| format!("server={}", encode(s)))
+        .unwrap_or_default()
+}
+
+/// Percent-encodes a query value (server ids are DNS-like, but a typo should not break the URL).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
     let json = args.output == OutputFormat::Json;
-    let filter = args
-        .server
-        .as_ref()
-        .map(|s| format!("&server={s}"))
-        .unwrap_or_default();
-    let first: Value = client.get(&format!("/health/events?limit={}{filter}", args.limit))?;
-    let mut events = first["events"].as_array().cloned().unwrap_or_default();
-    events.reverse();
-    let mut last = events.last().and_then(|e| e["id"].as_i64()).unwrap_or(0);
+    let filter = query(args.server.as_deref());
+    let first: Value = client.get(&format!(
+        "/events/history?limit={}&{filter}",
+        args.limit.clamp(1, 1000)
+    ))?;
+    let events = first["events"].as_array().cloned().unwrap_or_default();
     for e in &events {
         print(e, json);
     }
     if !args.follow {
         return Ok(exit::OK);
     }
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let next: Value = client.get(&format!("/health/events?limit=1000&after={last}{filter}"))?;
-        let mut new = next["events"].as_array().cloned().unwrap_or_default();
-        new.reverse();
-        for e in &new {
-            print(e, json);
-            last = last.max(e["id"].as_i64().unwrap_or(last));
-        }
-    }
+    let last = events.last().and_then(|e| e["id"].as_i64());
+    // Without any past event, everything from the start of the log is new.
+    client.follow(&format!("/events?{filter}"), Some(last.unwrap_or(0)), |e| {
+        print(e, json)
+    })?;
+    Ok(exit::OK)
 }

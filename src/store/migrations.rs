@@ -104,6 +104,16 @@ const MIGRATIONS: &[&str] = &[
         instance_id TEXT
     );
     CREATE INDEX health_events_by_server ON health_events (server_id, id);",
+    // 4: one event log of every state change, for `GET /events`. AUTOINCREMENT so an id is
+    // never reused after pruning: a client resuming with `Last-Event-ID` must not skip any.
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        server_id TEXT,
+        summary TEXT NOT NULL,
+        data TEXT NOT NULL
+    );",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -6,6 +6,7 @@
 //! rule. Calls are synchronous: async callers wrap them in `spawn_blocking` (see
 //! [`Store::call`]).
 
+mod events;
 mod migrations;
 mod records;
 
@@ -15,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
+pub use events::Event;
 pub use records::*;
 
 use crate::manifest::Diagnostic;
@@ -45,6 +47,7 @@ pub enum StoreError {
 pub struct Store {
     // A std mutex: every use is a short, synchronous SQLite call, never held across `.await`.
     conn: Arc<Mutex<Connection>>,
+    events: tokio::sync::broadcast::Sender<Event>,
 }
 
 impl std::fmt::Debug for Store {
@@ -63,6 +66,11 @@ fn parse_ts(s: Option<String>) -> Result<Option<Timestamp>, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
     })
     .transpose()
+}
+
+/// A commit id as people read it.
+fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
 }
 
 fn req_ts(s: String) -> Result<Timestamp, StoreError> {
@@ -89,6 +97,7 @@ impl Store {
         migrations::apply(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            events: events::channel(),
         })
     }
 
@@ -110,6 +119,7 @@ impl Store {
         }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
+            events: events::channel(),
         })
     }
 
@@ -134,8 +144,9 @@ impl Store {
     // ---- runs ----
 
     pub fn begin_run(&self, run: &NewRun) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        conn.prepare_cached(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
             "INSERT INTO runs (commit_id, author, message, committed_at, trigger, seen_at, result)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
         )?
@@ -147,7 +158,26 @@ impl Store {
             run.trigger,
             ts(run.seen_at)
         ])?;
-        Ok(conn.last_insert_rowid())
+        let id = tx.last_insert_rowid();
+        let event = events::insert(
+            &tx,
+            events::NewEvent {
+                at: run.seen_at,
+                kind: "run.started",
+                server_id: None,
+                summary: format!("run {id} of {} ({})", short(&run.commit_id), run.trigger),
+                data: serde_json::json!({
+                    "run_id": id,
+                    "commit": run.commit_id,
+                    "trigger": run.trigger,
+                    "author": run.author,
+                    "message": run.message,
+                }),
+            },
+        )?;
+        tx.commit()?;
+        self.broadcast(Some(event));
+        Ok(id)
     }
 
     pub fn record_stage(&self, run_id: i64, stage: &StageRecord) -> Result<(), StoreError> {
@@ -175,14 +205,44 @@ impl Store {
         errors: &[Diagnostic],
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        let errors = if errors.is_empty() {
+        let errors_json = if errors.is_empty() {
             None
         } else {
             Some(serde_json::to_string(errors).map_err(|e| StoreError::Corrupt(e.to_string()))?)
         };
-        self.conn()
-            .prepare_cached("UPDATE runs SET result = ?2, reason = ?3, errors = ?4, finished_at = ?5 WHERE id = ?1")?
-            .execute(params![run_id, result.as_str(), reason, errors, ts(at)])?;
+        let count = errors.len();
+        let errors = errors_json;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let commit: Option<String> = tx
+            .prepare_cached("UPDATE runs SET result = ?2, reason = ?3, errors = ?4, finished_at = ?5 WHERE id = ?1 RETURNING commit_id")?
+            .query_row(params![run_id, result.as_str(), reason, errors, ts(at)], |r| r.get(0))
+            .optional()?;
+        let event = match commit {
+            Some(commit) => Some(events::insert(
+                &tx,
+                events::NewEvent {
+                    at,
+                    kind: "run.finished",
+                    server_id: None,
+                    summary: format!(
+                        "run {run_id} of {}: {result}{}",
+                        short(&commit),
+                        reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                    ),
+                    data: serde_json::json!({
+                        "run_id": run_id,
+                        "commit": commit,
+                        "result": result,
+                        "reason": reason,
+                        "errors": count,
+                    }),
+                },
+            )?),
+            None => None,
+        };
+        tx.commit()?;
+        self.broadcast(event);
         Ok(())
     }
 
@@ -337,8 +397,9 @@ impl Store {
     // ---- rollouts ----
 
     pub fn begin_rollout(&self, r: &NewRollout) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        conn.prepare_cached(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
             "INSERT INTO rollouts (run_id, server_id, trigger, action, from_version, to_version, image, command,
                                    revision, strategy, started_at, outcome)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'in_progress')",
@@ -356,17 +417,47 @@ impl Store {
             r.strategy,
             ts(r.started_at)
         ])?;
-        Ok(conn.last_insert_rowid())
+        let id = tx.last_insert_rowid();
+        let versions = match (&r.from_version, &r.to_version) {
+            (Some(f), Some(t)) if f != t => format!(" {f} → {t}"),
+            (_, Some(t)) => format!(" {t}"),
+            (Some(f), None) => format!(" {f}"),
+            (None, None) => String::new(),
+        };
+        let event = events::insert(
+            &tx,
+            events::NewEvent {
+                at: r.started_at,
+                kind: "rollout.started",
+                server_id: Some(&r.server_id),
+                summary: format!("rollout {id}: {}{versions} ({})", r.action, r.trigger),
+                data: serde_json::json!({
+                    "rollout_id": id,
+                    "run_id": r.run_id,
+                    "action": r.action,
+                    "trigger": r.trigger,
+                    "from_version": r.from_version,
+                    "to_version": r.to_version,
+                    "revision": r.revision,
+                    "strategy": r.strategy,
+                }),
+            },
+        )?;
+        tx.commit()?;
+        self.broadcast(Some(event));
+        Ok(id)
     }
 
     pub fn finish_rollout(&self, id: i64, end: &RolloutEnd) -> Result<(), StoreError> {
-        self.conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let row: Option<(String, String, Option<String>)> = tx
             .prepare_cached(
                 "UPDATE rollouts SET outcome = ?2, reason = ?3, instance_id = ?4, endpoint = ?5, finished_at = ?6,
                                      rolled_back_to = ?7
-                 WHERE id = ?1",
+                 WHERE id = ?1 RETURNING server_id, action, to_version",
             )?
-            .execute(params![
+            .query_row(params![
                 id,
                 end.outcome.as_str(),
                 end.reason,
@@ -374,7 +465,45 @@ impl Store {
                 end.endpoint,
                 ts(end.finished_at),
                 end.rolled_back_to
-            ])?;
+            ], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let event = match row {
+            Some((server, action, to_version)) => {
+                let mut summary = format!("rollout {id}: {action}");
+                if let Some(v) = &to_version {
+                    summary.push_str(&format!(" {v}"));
+                }
+                summary.push_str(&format!(" {}", end.outcome));
+                if let Some(v) = &end.rolled_back_to {
+                    summary.push_str(&format!(", rolled back to {v}"));
+                }
+                if let Some(r) = &end.reason {
+                    summary.push_str(&format!(": {r}"));
+                }
+                Some(events::insert(
+                    &tx,
+                    events::NewEvent {
+                        at: end.finished_at,
+                        kind: "rollout.finished",
+                        server_id: Some(&server),
+                        summary,
+                        data: serde_json::json!({
+                            "rollout_id": id,
+                            "action": action,
+                            "to_version": to_version,
+                            "outcome": end.outcome,
+                            "reason": end.reason,
+                            "endpoint": end.endpoint,
+                            "instance_id": end.instance_id,
+                            "rolled_back_to": end.rolled_back_to,
+                        }),
+                    },
+                )?)
+            }
+            None => None,
+        };
+        tx.commit()?;
+        self.broadcast(event);
         Ok(())
     }
 
@@ -505,11 +634,31 @@ impl Store {
         detail: Option<&str>,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO rollout_steps (rollout_id, at, step, detail) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![id, ts(at), step, detail])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO rollout_steps (rollout_id, at, step, detail) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![id, ts(at), step, detail])?;
+        let server: Option<String> = tx
+            .prepare_cached("SELECT server_id FROM rollouts WHERE id = ?1")?
+            .query_row(params![id], |r| r.get(0))
+            .optional()?;
+        let event = events::insert(
+            &tx,
+            events::NewEvent {
+                at,
+                kind: "rollout.step",
+                server_id: server.as_deref(),
+                summary: match detail {
+                    Some(d) => format!("rollout {id}: {step}: {d}"),
+                    None => format!("rollout {id}: {step}"),
+                },
+                data: serde_json::json!({ "rollout_id": id, "step": step, "detail": detail }),
+            },
+        )?;
+        tx.commit()?;
+        self.broadcast(Some(event));
         Ok(())
     }
 
@@ -624,13 +773,38 @@ impl Store {
     // ---- health events ----
 
     pub fn add_health_event(&self, e: &NewHealthEvent) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        conn.prepare_cached(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
             "INSERT INTO health_events (server_id, at, kind, from_state, to_state, detail, instance_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
         .execute(params![e.server_id, ts(e.at), e.kind, e.from_state, e.to_state, e.detail, e.instance_id])?;
-        Ok(conn.last_insert_rowid())
+        let id = tx.last_insert_rowid();
+        let summary = match (&e.from_state, &e.to_state) {
+            (Some(f), Some(t)) => format!("{f} → {t}: {}", e.detail),
+            (None, Some(t)) => format!("{t}: {}", e.detail),
+            _ => e.detail.clone(),
+        };
+        let event = events::insert(
+            &tx,
+            events::NewEvent {
+                at: e.at,
+                kind: &format!("health.{}", e.kind),
+                server_id: Some(&e.server_id),
+                summary,
+                data: serde_json::json!({
+                    "health_event_id": id,
+                    "from_state": e.from_state,
+                    "to_state": e.to_state,
+                    "detail": e.detail,
+                    "instance_id": e.instance_id,
+                }),
+            },
+        )?;
+        tx.commit()?;
+        self.broadcast(Some(event));
+        Ok(id)
     }
 
     /// Health events, newest first; of one server when given; only those after `after_id`.

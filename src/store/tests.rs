@@ -191,3 +191,106 @@ fn health_events_are_kept_newest_first_and_pruned_by_age_and_count() {
         ["event 9", "event 8", "event 7", "event 6", "event 5"]
     );
 }
+
+#[test]
+fn every_recorded_change_lands_in_the_event_log_in_order_and_live() {
+    let (_d, store) = open();
+    let mut live = store.subscribe();
+    let run = store.begin_run(&new_run("abcdef0123456789")).unwrap();
+    let rollout = store
+        .begin_rollout(&NewRollout {
+            run_id: Some(run),
+            server_id: "s".into(),
+            trigger: "commit".into(),
+            action: RolloutAction::Update,
+            from_version: Some("1.0.0".into()),
+            to_version: Some("1.1.0".into()),
+            image: None,
+            command: Some("/bin/x".into()),
+            revision: None,
+            strategy: Some("beside".into()),
+            started_at: now(),
+        })
+        .unwrap();
+    store
+        .add_rollout_step(rollout, "health_gate", Some("passed"), now())
+        .unwrap();
+    store
+        .finish_rollout(
+            rollout,
+            &RolloutEnd {
+                outcome: RolloutOutcome::Succeeded,
+                reason: None,
+                instance_id: Some("i-1".into()),
+                endpoint: Some("http://127.0.0.1:1/mcp".into()),
+                finished_at: now(),
+                rolled_back_to: None,
+            },
+        )
+        .unwrap();
+    store
+        .add_health_event(&NewHealthEvent {
+            server_id: "s".into(),
+            at: now(),
+            kind: "transition".into(),
+            from_state: Some("healthy".into()),
+            to_state: Some("unhealthy".into()),
+            detail: "3 probes failed".into(),
+            instance_id: Some("i-1".into()),
+        })
+        .unwrap();
+    store
+        .finish_run(run, RunResult::Applied, None, &[], now())
+        .unwrap();
+
+    let kinds = [
+        "run.started",
+        "rollout.started",
+        "rollout.step",
+        "rollout.finished",
+        "health.transition",
+        "run.finished",
+    ];
+    let log = store.events_after(None, None, 100).unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        kinds
+    );
+    assert!(log.windows(2).all(|w| w[0].id < w[1].id));
+    let received: Vec<Event> = (0..kinds.len()).map(|_| live.try_recv().unwrap()).collect();
+    assert_eq!(
+        received, log,
+        "live subscribers see exactly the log, in order"
+    );
+
+    // The step knows its server through its rollout; the summary reads as a sentence.
+    assert_eq!(log[2].server_id.as_deref(), Some("s"));
+    assert_eq!(log[3].summary, "rollout 1: update 1.1.0 succeeded");
+    assert_eq!(log[4].summary, "healthy → unhealthy: 3 probes failed");
+    assert_eq!(log[5].data["commit"], "abcdef0123456789");
+    assert_eq!(
+        store.events_after(Some(log[3].id), Some("s"), 100).unwrap(),
+        vec![log[4].clone()],
+        "after an id, of one server"
+    );
+    assert_eq!(
+        store.latest_events(None, None, 2).unwrap(),
+        vec![log[5].clone(), log[4].clone()]
+    );
+}
+
+#[test]
+fn pruned_event_ids_are_never_reused() {
+    let (_d, store) = open();
+    for i in 0..5 {
+        store.begin_run(&new_run(&format!("aaaa{i}"))).unwrap();
+    }
+    assert_eq!(store.prune_events(now(), 2).unwrap(), 3);
+    let left = store.events_after(None, None, 100).unwrap();
+    assert_eq!(left.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 5]);
+    // Even with every event pruned, the next id continues: a client resuming from 5 misses
+    // nothing and sees nothing twice.
+    assert_eq!(store.prune_events(now(), 0).unwrap(), 2);
+    store.begin_run(&new_run("bbbb")).unwrap();
+    assert_eq!(store.events_after(Some(5), None, 100).unwrap()[0].id, 6);
+}

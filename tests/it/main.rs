@@ -2,6 +2,7 @@
 
 mod crash;
 mod docker_runtime;
+mod events;
 mod gitops;
 mod gitops_docker;
 mod health;

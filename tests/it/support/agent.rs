@@ -206,6 +206,18 @@ impl TestAgent {
         pid_files(self.data.path())
     }
 
+    /// Stops the agent, which must finish within `deadline` (graceful shutdown is not held
+    /// up by open connections); the fleet is cleaned up.
+    pub async fn stop_within(mut self, deadline: Duration) {
+        self.token.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(deadline, task)
+                .await
+                .expect("the agent stops within the deadline")
+                .expect("the agent task ends cleanly");
+        }
+    }
+
     /// Stops the agent and returns its data dir (the fleet keeps running).
     pub async fn stop(mut self) -> tempfile::TempDir {
         self.token.cancel();

@@ -1,0 +1,232 @@
+//! `GET /events`: every state change as Server-Sent Events, and `GET /events/history` for
+//! the same log as JSON.
+//!
+//! Each SSE event carries the log id as its `id:`, so a client that reconnects with
+//! `Last-Event-ID` (browsers' `EventSource` does so by itself) gets everything after it that
+//! is still retained, then the live stream, with nothing twice. A subscriber that falls
+//! behind the live broadcast re-reads the log instead of losing events.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use super::ApiError;
+use crate::agent::AgentState;
+use crate::store::Event;
+
+/// Events re-read from the log per query while catching a client up.
+const PAGE: usize = 500;
+/// At most this many past events are replayed when a client asks for a backlog.
+const MAX_BACKLOG: usize = 1000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Only this server's events.
+    server: Option<String>,
+    /// Only events whose kind starts with this (`health`, `rollout`, `run.finished`).
+    kind: Option<String>,
+    /// Replay the newest N retained events before the live ones (ignored with
+    /// `Last-Event-ID` / `after`, which replay everything after that id).
+    backlog: Option<usize>,
+    /// Like `Last-Event-ID`, for clients that cannot set headers.
+    after: Option<i64>,
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", message)
+}
+
+struct Filter {
+    server: Option<String>,
+    kind: Option<String>,
+}
+
+impl Filter {
+    fn wants(&self, e: &Event) -> bool {
+        self.server
+            .as_deref()
+            .is_none_or(|s| e.server_id.as_deref() == Some(s))
+            && self.kind.as_deref().is_none_or(|k| e.kind.starts_with(k))
+    }
+}
+
+fn sse(e: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(e.id.to_string())
+        .event(e.kind.clone())
+        .json_data(e)
+        .unwrap_or_else(|_| SseEvent::default().comment("unserialisable event"))
+}
+
+/// `GET /events?server=&kind=&backlog=&after=`, honouring `Last-Event-ID`.
+pub async fn stream(
+    State(state): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let header = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| bad("Last-Event-ID must be an event id (a non-negative integer)"))
+        })
+        .transpose()?;
+    let resume_after = header.or(q.after);
+    if resume_after.is_some_and(|id| id < 0) {
+        return Err(bad("`after` must be an event id (a non-negative integer)"));
+    }
+    let backlog = q.backlog.unwrap_or(0);
+    if backlog > MAX_BACKLOG {
+        return Err(bad(format!("`backlog` is at most {MAX_BACKLOG}")));
+    }
+    let filter = Filter {
+        server: q.server,
+        kind: q.kind,
+    };
+    // Where the stream starts is read before subscribing, and the log is read after: an
+    // event committed in between is in the log, and duplicates are skipped by id.
+    let start = match resume_after {
+        Some(id) => id,
+        None if backlog > 0 => {
+            let server = filter.server.clone();
+            let newest = state
+                .store
+                .call(move |s| s.latest_events(server.as_deref(), None, backlog))
+                .await
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            match newest.last() {
+                Some(oldest) => oldest.id - 1,
+                None => latest_id(&state).await?,
+            }
+        }
+        None => latest_id(&state).await?,
+    };
+    let live = state.store.subscribe();
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    tokio::spawn(feed(state, filter, start, live, tx));
+    let stream =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The id of the newest event in the log (0 when empty): a live-only stream starts there.
+async fn latest_id(state: &AgentState) -> Result<i64, ApiError> {
+    Ok(state
+        .store
+        .call(|s| s.latest_events(None, None, 1))
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+        .first()
+        .map_or(0, |e| e.id))
+}
+
+/// Sends the client every event after `last`: first from the log, then live; ends when the
+/// client goes away or the agent shuts down (so graceful shutdown is not held up).
+async fn feed(
+    state: Arc<AgentState>,
+    filter: Filter,
+    mut last: i64,
+    mut live: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<SseEvent>,
+) {
+    let shutdown = state.shutdown.clone();
+    let catch_up = |last: i64| {
+        let store = state.store.clone();
+        async move {
+            let mut out = Vec::new();
+            let mut from = last;
+            loop {
+                let page = store
+                    .call(move |s| s.events_after(Some(from), None, PAGE))
+                    .await?;
+                let full = page.len() == PAGE;
+                if let Some(e) = page.last() {
+                    from = e.id;
+                }
+                out.extend(page);
+                if !full {
+                    return Ok::<_, crate::store::StoreError>(out);
+                }
+            }
+        }
+    };
+    let mut pending = match catch_up(last).await {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the event log for a subscriber");
+            return;
+        }
+    };
+    loop {
+        for e in pending.drain(..) {
+            if e.id <= last {
+                continue;
+            }
+            last = e.id;
+            if filter.wants(&e) && tx.send(sse(&e)).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            received = live.recv() => match received {
+                Ok(e) => pending.push(e),
+                Err(broadcast::error::RecvError::Lagged(_)) => match catch_up(last).await {
+                    Ok(events) => pending = events,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the event log for a subscriber");
+                        return;
+                    }
+                },
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    server: Option<String>,
+    /// Events after this id, oldest first; without it, the newest `limit`.
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /events/history?server=&after=&limit=`: the retained log as JSON, oldest first.
+pub async fn history(
+    State(state): State<Arc<AgentState>>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let events = state
+        .store
+        .call(move |s| match q.after {
+            Some(after) => s.events_after(Some(after), q.server.as_deref(), limit),
+            None => {
+                let mut newest = s.latest_events(q.server.as_deref(), None, limit)?;
+                newest.reverse();
+                Ok(newest)
+            }
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    Ok(Json(json!({ "events": events })))
+}

@@ -1,0 +1,161 @@
+//! The event log: every state change (runs, rollouts and their steps, health transitions,
+//! recovery attempts, overrides) as one ordered stream with ids, for `GET /events`.
+//!
+//! The store methods that record a change append its event in the same transaction, and
+//! broadcast it to live subscribers while they still hold the connection: the broadcast
+//! order is the id order, and nothing is broadcast that did not commit.
+
+use jiff::Timestamp;
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use super::{Store, StoreError, req_ts, ts};
+
+/// Live subscribers that fall this far behind lose the broadcast and re-read the log.
+const LIVE_BUFFER: usize = 1024;
+
+/// One entry of the event log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// Grows with every event and is never reused, even after pruning.
+    pub id: i64,
+    pub at: Timestamp,
+    /// `run.started`, `run.finished`, `rollout.started`, `rollout.step`, `rollout.finished`,
+    /// `health.transition`, `health.recovery`, `health.override`, or a health note.
+    pub kind: String,
+    pub server_id: Option<String>,
+    /// One line for people (the CLI prints it).
+    pub summary: String,
+    /// The change itself; its fields depend on the kind.
+    pub data: Value,
+}
+
+/// An event before it has an id.
+pub(super) struct NewEvent<'a> {
+    pub at: Timestamp,
+    pub kind: &'a str,
+    pub server_id: Option<&'a str>,
+    pub summary: String,
+    pub data: Value,
+}
+
+pub(super) fn channel() -> broadcast::Sender<Event> {
+    broadcast::channel(LIVE_BUFFER).0
+}
+
+/// Inserts `e` on `conn` (the caller's transaction); the caller broadcasts after commit.
+pub(super) fn insert(conn: &Connection, e: NewEvent<'_>) -> Result<Event, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, kind, server_id, summary, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        ts(e.at),
+        e.kind,
+        e.server_id,
+        e.summary,
+        e.data.to_string()
+    ])?;
+    Ok(Event {
+        id: conn.last_insert_rowid(),
+        at: e.at,
+        kind: e.kind.to_owned(),
+        server_id: e.server_id.map(str::to_owned),
+        summary: e.summary,
+        data: e.data,
+    })
+}
+
+impl Store {
+    /// Live events from now on. A receiver that lags gets `RecvError::Lagged` and should
+    /// re-read [`Store::events_after`] from the last id it saw.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub(super) fn broadcast(&self, event: Option<Event>) {
+        if let Some(event) = event {
+            // No subscribers is not an error.
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// Events with an id above `after` (all when `None`), oldest first, of one server when
+    /// given, at most `limit`.
+    pub fn events_after(
+        &self,
+        after: Option<i64>,
+        server: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.query_events(
+            "SELECT id, at, kind, server_id, summary, data FROM events
+             WHERE id > ?1 AND (?2 IS NULL OR server_id = ?2) ORDER BY id LIMIT ?3",
+            params![after.unwrap_or(0), server, limit as i64],
+        )
+    }
+
+    /// The newest `limit` events (of one server when given, only ids below `before` when
+    /// given), newest first.
+    pub fn latest_events(
+        &self,
+        server: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.query_events(
+            "SELECT id, at, kind, server_id, summary, data FROM events
+             WHERE (?1 IS NULL OR server_id = ?1) AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3",
+            params![server, before, limit as i64],
+        )
+    }
+
+    fn query_events(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<Event>, StoreError> {
+        let conn = self.conn();
+        let rows = conn
+            .prepare_cached(sql)?
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(conn);
+        rows.into_iter()
+            .map(|(id, at, kind, server_id, summary, data)| {
+                Ok(Event {
+                    id,
+                    at: req_ts(at)?,
+                    kind,
+                    server_id,
+                    summary,
+                    data: serde_json::from_str(&data)
+                        .map_err(|e| StoreError::Corrupt(format!("event {id}: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Retention: drops events older than `before`, and all but the newest `keep`.
+    pub fn prune_events(&self, before: Timestamp, keep: usize) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        let old = conn
+            .prepare_cached("DELETE FROM events WHERE at < ?1")?
+            .execute(params![ts(before)])?;
+        let extra = conn
+            .prepare_cached("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1")?
+            .execute(params![keep as i64])?;
+        Ok(old + extra)
+    }
+}
