@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::agent::AgentState;
 
 /// One backend as a gateway routes to it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Backend {
     pub id: String,
     pub endpoint: String,
@@ -34,7 +34,7 @@ pub struct Backend {
 }
 
 /// What a gateway receives.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Payload {
     pub sequence: u64,
     /// The applied manifest revision.

@@ -54,7 +54,7 @@ impl Trigger {
 }
 
 /// One server as an operator or the gateway sees it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ServerView {
     pub id: String,
     pub name: Option<String>,
@@ -83,7 +83,7 @@ pub struct ServerView {
 }
 
 /// The fleet after the last sync.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct FleetView {
     /// The commit whose manifest is applied.
     pub applied_revision: Option<String>,

@@ -1,7 +1,7 @@
 //! API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
 //!
 //! Mutating routes always need a key. Read routes need one only when the agent listens
-//! beyond loopback. `GET /health` and the webhook (which has its HMAC) are always open.
+//! beyond loopback. `GET /health`, `GET /openapi.json` and the webhook (which has its HMAC) are always open.
 
 use std::sync::Arc;
 
@@ -15,7 +15,8 @@ use super::error::ApiError;
 use crate::agent::AgentState;
 
 fn open_route(method: &Method, path: &str) -> bool {
-    (path == "/health" && method == Method::GET) || path == "/webhooks/git"
+    ((path == "/health" || path == "/openapi.json") && method == Method::GET)
+        || path == "/webhooks/git"
 }
 
 fn presented(req: &Request) -> Option<&str> {

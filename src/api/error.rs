@@ -14,6 +14,26 @@ use serde_json::{Value, json};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// What a failing response's body is (and what `GET /openapi.json` documents).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct ErrorBody {
+    /// Stable: `SERVER_NOT_FOUND`, `ROLLOUT_NOT_FOUND`, `REVISION_NOT_FOUND`,
+    /// `VALIDATION_FAILED`, `BAD_REQUEST`, `UNAUTHORIZED`, `NOT_FOUND`, `METHOD_NOT_ALLOWED`,
+    /// `CONFLICT`, `PAYLOAD_TOO_LARGE`, `UNSUPPORTED_MEDIA_TYPE`, `INTERNAL`.
+    pub code: String,
+    pub message: String,
+    /// Structured context, e.g. `{"server_id": "..."}`; null when there is none.
+    pub details: Value,
+    pub timestamp: jiff::Timestamp,
+    /// The request's `x-request-id`, also in the response header.
+    pub request_id: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -74,15 +94,15 @@ impl ApiError {
     }
 
     fn render(&self, request_id: &str) -> Response {
-        let body = json!({
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "details": self.details,
-                "timestamp": jiff::Timestamp::now().to_string(),
-                "request_id": request_id,
-            }
-        });
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+                timestamp: jiff::Timestamp::now(),
+                request_id: request_id.to_owned(),
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -28,7 +28,7 @@ const PAGE: usize = 500;
 /// At most this many past events are replayed when a client asks for a backlog.
 const MAX_BACKLOG: usize = 1000;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Only this server's events.
@@ -201,7 +201,7 @@ async fn feed(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     server: Option<String>,

@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod events;
+pub mod openapi;
 mod webhook;
 
 use std::sync::Arc;
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::Method;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -26,30 +28,52 @@ use crate::agent::AgentState;
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// Every route the API serves: method, path, handler. `router` is built from this list and
+/// `openapi::document` must describe exactly it (a test compares the two).
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AgentState>>)> {
+    vec![
+        (Method::GET, "/health", get(health)),
+        (Method::GET, "/openapi.json", get(openapi_json)),
+        (Method::GET, "/servers", get(servers)),
+        (Method::GET, "/servers/{id}", get(server)),
+        (Method::DELETE, "/servers/{id}", delete(stop)),
+        (Method::GET, "/servers/{id}/status", get(server)),
+        (Method::POST, "/servers/{id}/deploy", post(deploy)),
+        (Method::GET, "/servers/{id}/rollouts", get(server_rollouts)),
+        (Method::POST, "/servers/{id}/rollback", post(rollback)),
+        (Method::POST, "/servers/{id}/rollout/resume", post(resume)),
+        (Method::POST, "/servers/{id}/rollout/retry", post(deploy)),
+        (Method::GET, "/rollouts/{id}", get(rollout)),
+        (Method::GET, "/servers/{id}/health", get(server_health)),
+        (
+            Method::GET,
+            "/servers/{id}/health/events",
+            get(server_health_events),
+        ),
+        (
+            Method::POST,
+            "/servers/{id}/health/override",
+            post(health_override),
+        ),
+        (Method::POST, "/servers/{id}/restart", post(restart)),
+        (Method::GET, "/health/status", get(health_status)),
+        (Method::GET, "/health/events", get(health_events)),
+        (Method::GET, "/events", get(events::stream)),
+        (Method::GET, "/events/history", get(events::history)),
+        (Method::GET, "/metrics", get(metrics)),
+        (Method::GET, "/revisions", get(revisions)),
+        (Method::GET, "/revisions/{commit}", get(revision)),
+        (Method::POST, "/webhooks/git", post(webhook::push)),
+    ]
+}
+
 pub fn router(state: Arc<AgentState>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/servers", get(servers))
-        .route("/servers/{id}", get(server).delete(stop))
-        .route("/servers/{id}/status", get(server))
-        .route("/servers/{id}/deploy", post(deploy))
-        .route("/servers/{id}/rollouts", get(server_rollouts))
-        .route("/servers/{id}/rollback", post(rollback))
-        .route("/servers/{id}/rollout/resume", post(resume))
-        .route("/servers/{id}/rollout/retry", post(deploy))
-        .route("/rollouts/{id}", get(rollout))
-        .route("/servers/{id}/health", get(server_health))
-        .route("/servers/{id}/health/events", get(server_health_events))
-        .route("/servers/{id}/health/override", post(health_override))
-        .route("/servers/{id}/restart", post(restart))
-        .route("/health/status", get(health_status))
-        .route("/health/events", get(health_events))
-        .route("/metrics", get(metrics))
-        .route("/events", get(events::stream))
-        .route("/events/history", get(events::history))
-        .route("/revisions", get(revisions))
-        .route("/revisions/{commit}", get(revision))
-        .route("/webhooks/git", post(webhook::push))
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        // Routes of one path with different methods merge into one method router.
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
@@ -62,8 +86,37 @@ pub fn router(state: Arc<AgentState>) -> Router {
             auth::require_key,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::middleware::from_fn(error::request_id))
         .with_state(state)
+}
+
+/// Refuses a declared body over [`BODY_LIMIT`] before any handler runs, also on routes that
+/// never read one (`DefaultBodyLimit` acts only where a body is read).
+async fn refuse_large_bodies(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("request bodies are limited to {BODY_LIMIT} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// `GET /openapi.json`: the API described from the routes and types above.
+async fn openapi_json() -> Json<Value> {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(openapi::document).clone())
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled.
@@ -115,7 +168,7 @@ async fn server(
         .ok_or_else(|| ApiError::server_not_found(&id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Limit {
     limit: Option<usize>,
@@ -234,7 +287,7 @@ async fn rollout(
     Ok(Json(v))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
     to: Option<String>,
@@ -288,7 +341,7 @@ async fn resume(
     Ok(Json(json!({ "server_id": id, "resumed": lifted })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     limit: Option<usize>,
@@ -395,7 +448,7 @@ async fn restart(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideRequest {
     state: String,

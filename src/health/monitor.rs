@@ -34,7 +34,7 @@ pub struct Target {
 }
 
 /// One server's health as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ServerHealth {
     pub server_id: String,
     pub instance_id: String,

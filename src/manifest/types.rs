@@ -47,7 +47,7 @@ pub struct Server {
     pub update_policy: UpdatePolicyRef,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
     StreamableHttp,

@@ -17,7 +17,7 @@ use super::{Store, StoreError, req_ts, ts};
 const LIVE_BUFFER: usize = 1024;
 
 /// One entry of the event log.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Event {
     /// Grows with every event and is never reused, even after pruning.
     pub id: i64,

@@ -1,5 +1,6 @@
 //! All integration tests, built as one binary so they share one build and one link.
 
+mod api;
 mod crash;
 mod docker_runtime;
 mod events;
