@@ -237,6 +237,7 @@ pub async fn run(
     );
     state.api_keys = api_keys(&settings)?;
     state.keys_for_reads = !settings.listen.ip().is_loopback();
+    state.shutdown = shutdown.clone();
     let state = Arc::new(state);
     let _ = phase_target.set(Arc::downgrade(&state));
     let listener = tokio::net::TcpListener::bind(settings.listen)

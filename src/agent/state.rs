@@ -112,6 +112,9 @@ pub struct AgentState {
     pub api_keys: Vec<String>,
     /// Whether read routes need a key too (the agent listens beyond loopback).
     pub keys_for_reads: bool,
+    /// The agent's shutdown token. Long-lived responses (MCP sessions and their streams)
+    /// end with it, so they never hold the HTTP server's graceful shutdown open.
+    pub shutdown: tokio_util::sync::CancellationToken,
     // A std lock: readers copy out, the sync loop swaps in a new view; never held across await.
     fleet: RwLock<FleetView>,
     triggers: mpsc::Sender<Trigger>,
@@ -145,6 +148,7 @@ impl AgentState {
             sync_duration: crate::metrics::Histogram::default(),
             api_keys: Vec::new(),
             keys_for_reads: false,
+            shutdown: tokio_util::sync::CancellationToken::new(),
             fleet: RwLock::new(FleetView::default()),
             triggers,
             tags: RwLock::default(),
