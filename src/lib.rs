@@ -9,6 +9,7 @@ pub mod cli;
 pub mod error_text;
 pub mod health;
 pub mod manifest;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod publish;

@@ -112,7 +112,8 @@ pub struct AgentState {
     pub api_keys: Vec<String>,
     /// Whether read routes need a key too (the agent listens beyond loopback).
     pub keys_for_reads: bool,
-    /// Cancelled when the agent stops; long-lived responses (event streams) end with it.
+    /// The agent's shutdown token. Long-lived responses (event streams, MCP sessions) end
+    /// with it, so they never hold the HTTP server's graceful shutdown open.
     pub shutdown: tokio_util::sync::CancellationToken,
     // A std lock: readers copy out, the sync loop swaps in a new view; never held across await.
     fleet: RwLock<FleetView>,

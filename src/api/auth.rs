@@ -1,7 +1,9 @@
 //! API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
 //!
 //! Mutating routes always need a key. Read routes need one only when the agent listens
-//! beyond loopback. `GET /health`, `GET /openapi.json` and the webhook (which has its HMAC) are always open.
+//! beyond loopback. `/mcp` always needs one, whatever the method: its tools stop, deploy
+//! and roll back servers. `GET /health`, `GET /openapi.json` and the webhook (which has its
+//! HMAC) are always open.
 
 use std::sync::Arc;
 
@@ -17,6 +19,12 @@ use crate::agent::AgentState;
 fn open_route(method: &Method, path: &str) -> bool {
     ((path == "/health" || path == "/openapi.json") && method == Method::GET)
         || path == "/webhooks/git"
+}
+
+/// MCP carries mutating tools on every method (a `GET` opens a session's stream), so the
+/// read/write split of the REST routes does not apply to it.
+fn always_keyed(path: &str) -> bool {
+    path == "/mcp" || path.starts_with("/mcp/")
 }
 
 fn presented(req: &Request) -> Option<&str> {
@@ -55,7 +63,7 @@ pub async fn require_key(
     next: Next,
 ) -> Response {
     let method = req.method().clone();
-    let read = method == Method::GET || method == Method::HEAD;
+    let read = (method == Method::GET || method == Method::HEAD) && !always_keyed(req.uri().path());
     if open_route(&method, req.uri().path()) || (read && !state.keys_for_reads) {
         return next.run(req).await;
     }
@@ -102,6 +110,14 @@ mod tests {
         assert!(!key_matches("gamma", &keys));
         assert!(!key_matches("", &keys));
         assert!(!key_matches("alpha", &[]));
+    }
+
+    #[test]
+    fn mcp_needs_a_key_on_every_method() {
+        assert!(always_keyed("/mcp"));
+        assert!(always_keyed("/mcp/"));
+        assert!(!always_keyed("/mcpx"));
+        assert!(!always_keyed("/servers"));
     }
 
     #[test]

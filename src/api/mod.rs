@@ -1,10 +1,12 @@
 //! The agent's HTTP API (axum): status for operators and the gateway, run history, and the
-//! git webhook. It holds no state of its own: every handler reads [`AgentState`].
+//! git webhook; `/mcp` nests the MCP tools (see `crate::mcp`). It holds no state of its
+//! own: every handler reads [`AgentState`], mostly through [`ops`], which the tools share.
 
 mod auth;
 mod error;
 mod events;
 pub mod openapi;
+pub mod ops;
 mod webhook;
 
 use std::sync::Arc;
@@ -27,6 +29,9 @@ use crate::agent::AgentState;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Where the MCP tools are served (streamable HTTP: POST, GET and DELETE).
+pub const MCP_PATH: &str = "/mcp";
 
 /// Every route the API serves: method, path, handler. `router` is built from this list and
 /// `openapi::document` must describe exactly it (a test compares the two).
@@ -67,6 +72,15 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AgentState>>)> {
     ]
 }
 
+/// Every method and path the router answers: [`routes`] and the MCP service.
+pub fn served() -> Vec<(Method, &'static str)> {
+    let mut all: Vec<_> = routes().into_iter().map(|(m, p, _)| (m, p)).collect();
+    for m in [Method::POST, Method::GET, Method::DELETE] {
+        all.push((m, MCP_PATH));
+    }
+    all
+}
+
 pub fn router(state: Arc<AgentState>) -> Router {
     let mut router = Router::new();
     for (_, path, handler) in routes() {
@@ -74,6 +88,12 @@ pub fn router(state: Arc<AgentState>) -> Router {
         router = router.route(path, handler);
     }
     router
+        // MCP's streamable HTTP: one service for POST (messages), GET (a session's stream)
+        // and DELETE (end a session), behind the same auth.
+        .nest_service(
+            MCP_PATH,
+            crate::mcp::http_service(state.clone(), state.shutdown.child_token()),
+        )
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
@@ -159,13 +179,7 @@ async fn server(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<Json<crate::agent::ServerView>, ApiError> {
-    state
-        .fleet_live()
-        .servers
-        .into_iter()
-        .find(|s| s.id == id)
-        .map(Json)
-        .ok_or_else(|| ApiError::server_not_found(&id))
+    ops::server(&state, &id).map(Json)
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -209,25 +223,12 @@ async fn revision(
         })
 }
 
-fn operator_error(e: crate::agent::OperatorError) -> ApiError {
-    match e {
-        crate::agent::OperatorError::UnknownServer(id) => ApiError::server_not_found(&id),
-        e @ crate::agent::OperatorError::NothingToRollBackTo(_) => {
-            ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
-        }
-        other => ApiError::internal(format!("{other:#}")),
-    }
-}
-
 /// `DELETE /servers/{id}`: an operator's stop, kept until `POST /servers/{id}/deploy`.
 async fn stop(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let stopped = state.stop(&id).await.map_err(operator_error)?;
-    Ok(Json(
-        json!({ "server_id": id, "stopped_instances": stopped, "held": true }),
-    ))
+    ops::stop(&state, &id).await.map(Json)
 }
 
 /// `POST /servers/{id}/deploy`: lifts a stop and retries a failed version; converges now.
@@ -235,11 +236,7 @@ async fn deploy(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.deploy(&id).await.map_err(operator_error)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "server_id": id, "deploy": "requested" })),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(ops::deploy(&state, &id).await?)))
 }
 
 /// `GET /servers/{id}/rollouts?limit=N`: the server's rollouts, newest first.
@@ -248,18 +245,7 @@ async fn server_rollouts(
     Path(id): Path<String>,
     Query(q): Query<Limit>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(20).clamp(1, 500);
-    let known = state.fleet().servers.iter().any(|s| s.id == id);
-    let s = id.clone();
-    let rollouts = state
-        .store
-        .call(move |st| st.rollouts(Some(&s), limit))
-        .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    if !known && rollouts.is_empty() {
-        return Err(ApiError::server_not_found(&id));
-    }
-    Ok(Json(json!({ "server_id": id, "rollouts": rollouts })))
+    ops::server_rollouts(&state, &id, q.limit).await.map(Json)
 }
 
 /// `GET /rollouts/{id}`: one rollout with its timeline and the probes of its health gate.
@@ -311,25 +297,8 @@ async fn rollback(
             )
         })?
     };
-    let to = match request.to {
-        Some(v) => Some(
-            semver::Version::parse(v.trim_start_matches('v')).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "VALIDATION_FAILED",
-                    format!("`{v}` is not a version: {e}"),
-                )
-            })?,
-        ),
-        None => None,
-    };
-    let version = state.rollback(&id, to).await.map_err(operator_error)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(
-            json!({ "server_id": id, "rollback_to": version, "auto_update": "paused until resumed" }),
-        ),
-    ))
+    let answer = ops::rollback(&state, &id, request.to.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// `POST /servers/{id}/rollout/resume`: lifts an operator's rollback.
@@ -337,7 +306,7 @@ async fn resume(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let lifted = state.resume(&id).await.map_err(operator_error)?;
+    let lifted = state.resume(&id).await.map_err(ops::operator_error)?;
     Ok(Json(json!({ "server_id": id, "resumed": lifted })))
 }
 
@@ -356,35 +325,7 @@ async fn server_health(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let Some(h) = state.monitor.get(&id) else {
-        if state.fleet().servers.iter().any(|s| s.id == id) {
-            return Ok(Json(
-                json!({ "server_id": id, "state": "unknown", "monitored": false,
-                "reason": "the server has no running instance to probe" }),
-            ));
-        }
-        return Err(ApiError::server_not_found(&id));
-    };
-    let s = id.clone();
-    let recent = state
-        .store
-        .call(move |st| st.health_events(Some(&s), None, 20))
-        .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    let recovery: Vec<_> = recent
-        .iter()
-        .take_while(|e| {
-            e.kind != "transition"
-                || e.to_state.as_deref() == Some("unhealthy")
-                || e.to_state.as_deref() == Some("failed")
-        })
-        .filter(|e| e.kind == "recovery")
-        .cloned()
-        .collect();
-    let mut v = serde_json::to_value(&h).map_err(|e| ApiError::internal(e.to_string()))?;
-    v["monitored"] = json!(true);
-    v["recovery"] = json!(recovery);
-    Ok(Json(v))
+    ops::server_health(&state, &id).await.map(Json)
 }
 
 async fn server_health_events(
@@ -399,17 +340,9 @@ async fn server_health_events(
             "`server` is given by the path here",
         ));
     }
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let s = id.clone();
-    let events = state
-        .store
-        .call(move |st| st.health_events(Some(&s), q.after, limit))
+    ops::server_health_events(&state, &id, q.after, q.limit)
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    if events.is_empty() && !state.fleet().servers.iter().any(|s| s.id == id) {
-        return Err(ApiError::server_not_found(&id));
-    }
-    Ok(Json(json!({ "server_id": id, "events": events })))
+        .map(Json)
 }
 
 /// `GET /health/events?server=&after=&limit=`: health events of every server, newest first.
@@ -417,23 +350,14 @@ async fn health_events(
     State(state): State<Arc<AgentState>>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let events = state
-        .store
-        .call(move |st| st.health_events(q.server.as_deref(), q.after, limit))
+    ops::health_events(&state, q.server, q.after, q.limit)
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    Ok(Json(json!({ "events": events })))
+        .map(Json)
 }
 
 /// `GET /health/status`: every monitored server's health, and counts by state.
 async fn health_status(State(state): State<Arc<AgentState>>) -> Json<Value> {
-    let all = state.monitor.snapshot();
-    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    for h in &all {
-        *counts.entry(h.state.as_str()).or_default() += 1;
-    }
-    Json(json!({ "servers": all, "counts": counts }))
+    Json(ops::health_status(&state))
 }
 
 /// `POST /servers/{id}/restart`: a fresh instance, and recovery starts over.
@@ -441,11 +365,7 @@ async fn restart(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.restart(&id).map_err(operator_error)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "server_id": id, "restart": "requested" })),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(ops::restart(&state, &id)?)))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

@@ -4,6 +4,7 @@
 mod agent;
 mod client;
 mod events;
+mod mcp;
 mod output;
 mod rollouts;
 mod status;
@@ -87,6 +88,8 @@ enum Command {
     Rollback(rollouts::RollbackArgs),
     /// Health transitions, recovery attempts and overrides; `--follow` for live ones.
     Events(events::Args),
+    /// Serve the agent's MCP tools on stdio (for desktop clients), forwarded to its `/mcp`.
+    Mcp,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -133,6 +136,7 @@ pub fn main() -> ExitCode {
         Command::Rollout(args) => rollouts::rollout(&settings, args),
         Command::Rollback(args) => rollouts::rollback(&settings, args),
         Command::Events(args) => events::run(&settings, args),
+        Command::Mcp => mcp::run(&settings),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -254,7 +254,7 @@ async fn every_documented_route_answers_with_and_without_a_key_and_refuses_bad_i
     }
 
     // Reads with a key, on the real server, succeed.
-    for op in ops.iter().filter(|o| o.method == Method::GET) {
+    for op in ops.iter().filter(|o| o.method == Method::GET && !o.write) {
         let real = concrete(&op.path, "api-a", rollout, &commit);
         let a = call(&agent, Method::GET, &real, Some(TEST_API_KEY), None).await;
         assert_eq!(a.status, 200, "GET {real}: {}", a.body);

@@ -10,6 +10,7 @@ mod health;
 mod hooks;
 mod manifest_fuzz;
 mod mcp_probe;
+mod mcp_tools;
 mod process_runtime;
 mod registry;
 mod rollback;

@@ -1,0 +1,60 @@
+//! The agent's MCP tools (rmcp): an operator's view and controls — list, status, deploy,
+//! stop, restart, health, rollouts, rollback — for MCP clients.
+//!
+//! They are served in-process at `/mcp` on the API's listener (streamable HTTP, behind the
+//! API's keys), and over stdio by `mcp-orchestration mcp`, a bridge that forwards to a
+//! running agent's `/mcp`, so there is one implementation. Nothing here holds state or
+//! decides anything: every tool is a call into [`crate::api::ops`], like the HTTP routes.
+
+mod stdio;
+mod tools;
+
+use std::sync::Arc;
+
+use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+pub use stdio::{BridgeError, serve_stdio};
+pub use tools::Tools;
+
+use crate::agent::AgentState;
+
+/// What `/mcp` is: a tower service the API nests.
+pub type HttpService = StreamableHttpService<Tools, LocalSessionManager>;
+
+const INSTRUCTIONS: &str = "Tools of mcp-orchestration, the GitOps agent that runs this \
+    fleet of MCP servers from a git repository. The manifest in git is the desired state; \
+    these tools inspect what runs and act on it as an operator would. Start with \
+    list_servers; server ids are the manifest's.";
+
+/// Who the tools say they are, in-process and through the stdio bridge alike.
+fn server_config() -> ServerConfig {
+    ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        .with_server_info(Implementation::new(
+            "mcp-orchestration",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(INSTRUCTIONS)
+}
+
+/// The `/mcp` endpoint. Cancelling `shutdown` ends every session and its stream, so the
+/// HTTP server's graceful shutdown is not held open by idle clients.
+pub fn http_service(state: Arc<AgentState>, shutdown: CancellationToken) -> HttpService {
+    let mut config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(shutdown)
+        .with_max_request_body_bytes(crate::api::BODY_LIMIT);
+    if state.keys_for_reads {
+        // Beyond loopback the agent is reached by names rmcp cannot know, and its `Host`
+        // check (a DNS-rebinding guard) would refuse them. `/mcp` always needs an API key,
+        // which a rebinding page does not have.
+        config = config.disable_allowed_hosts();
+    }
+    let tools = Tools::new(state);
+    StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}

@@ -1,0 +1,319 @@
+//! The tools themselves: typed arguments, descriptions for the model, and a call into
+//! [`crate::api::ops`] each. Results are the API's JSON (as text and structured content).
+//!
+//! Failures the caller can act on are tool results marked as errors, never protocol
+//! errors, because clients show a model the former and hide the latter: an [`ApiError`]
+//! (`SERVER_NOT_FOUND`, `VALIDATION_FAILED`, ...) with its code and message, and, as rmcp
+//! does on its own since MCP 2025-11-25 (SEP-1303), arguments that do not fit the schema.
+//! Only an unknown tool is a protocol error (invalid params).
+
+use std::sync::Arc;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::agent::AgentState;
+use crate::api::ApiError;
+use crate::api::ops;
+
+/// The tools of one agent. rmcp asks for one value per MCP session; clones share the
+/// state and the router.
+#[derive(Clone)]
+pub struct Tools {
+    state: Arc<AgentState>,
+    tool_router: ToolRouter<Tools>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerArgs {
+    /// The server's id, as in the manifest (`list_servers` shows them all).
+    pub server_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckArgs {
+    /// One server's id; leave it out for every monitored server and counts by state.
+    #[serde(default)]
+    pub server_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthEventsArgs {
+    /// Only this server's events (an unknown id is an error); every server's when left out.
+    #[serde(default)]
+    pub server_id: Option<String>,
+    /// Only events with a larger `id`: pass the largest id seen to get what happened since.
+    #[serde(default)]
+    pub after: Option<i64>,
+    /// How many events, newest first (default 50, at most 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutHistoryArgs {
+    /// The server's id, as in the manifest.
+    pub server_id: String,
+    /// How many rollouts, newest first (default 20, at most 500).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackArgs {
+    /// The server's id, as in the manifest.
+    pub server_id: String,
+    /// The version to go back to, e.g. `1.1.0`; by default the last version that rolled
+    /// out successfully before the one running now.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// The tool's answer: the operation's JSON, or its error for the model to read.
+fn reply<T: Serialize>(result: Result<T, ApiError>) -> Result<CallToolResult, ErrorData> {
+    match result {
+        Ok(value) => serde_json::to_value(value)
+            .map(CallToolResult::structured)
+            .map_err(|e| ErrorData::internal_error(format!("cannot encode the result: {e}"), None)),
+        Err(e) => Ok(tool_error(&e)),
+    }
+}
+
+fn tool_error(e: &ApiError) -> CallToolResult {
+    let mut result = CallToolResult::error(vec![ContentBlock::text(format!(
+        "{}: {}",
+        e.code, e.message
+    ))]);
+    result.structured_content = Some(json!({
+        "error": { "code": e.code, "message": e.message, "details": e.details }
+    }));
+    result
+}
+
+#[tool_router]
+impl Tools {
+    pub fn new(state: Arc<AgentState>) -> Tools {
+        Tools {
+            state,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "List every MCP server of the applied manifest: desired and running \
+            version, deployment state (running, pending, failed, stopped, removing) and why, \
+            live health, endpoint, and any version held by a rollback or waiting as an \
+            update. Also the applied git revision and any error fetching the repository.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_servers(&self) -> Result<CallToolResult, ErrorData> {
+        reply(Ok(self.state.fleet_live()))
+    }
+
+    #[tool(
+        description = "One server's status: desired and running version, deployment state \
+            and reason, live health, endpoint, instance and revision.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn server_status(
+        &self,
+        Parameters(args): Parameters<ServerArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(ops::server(&self.state, &args.server_id))
+    }
+
+    #[tool(
+        description = "Deploy a server again: lifts an operator's stop and forgets versions \
+            that failed, then converges now. Returns once requested; follow progress with \
+            server_status.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn deploy_server(
+        &self,
+        Parameters(args): Parameters<ServerArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(ops::deploy(&self.state, &args.server_id).await)
+    }
+
+    #[tool(
+        description = "Stop a server: its instances are stopped and removed, and it stays \
+            stopped (syncs leave it alone) until deploy_server.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn stop_server(
+        &self,
+        Parameters(args): Parameters<ServerArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(ops::stop(&self.state, &args.server_id).await)
+    }
+
+    #[tool(
+        description = "Restart a server: a fresh instance replaces the running one and the \
+            recovery count starts over. Runs in the background; returns once under way.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn restart_server(
+        &self,
+        Parameters(args): Parameters<ServerArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(ops::restart(&self.state, &args.server_id))
+    }
+
+    #[tool(
+        description = "Health as the agent's monitor sees it. For one server: state \
+            (unknown, starting, healthy, degraded, unhealthy, failed), since when and why, \
+            the last probe, consecutive successes and failures, and recovery attempts since \
+            the last transition. Without server_id: every monitored server and counts by \
+            state.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn health_check(
+        &self,
+        Parameters(args): Parameters<HealthCheckArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        match args.server_id {
+            Some(id) => reply(ops::server_health(&self.state, &id).await),
+            None => reply(Ok(ops::health_status(&self.state))),
+        }
+    }
+
+    #[tool(
+        description = "Health events, newest first: transitions between health states, \
+            recovery attempts and operators' overrides, each with its time and detail.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn health_events(
+        &self,
+        Parameters(args): Parameters<HealthEventsArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let HealthEventsArgs {
+            server_id,
+            after,
+            limit,
+        } = args;
+        match server_id {
+            Some(id) => reply(ops::server_health_events(&self.state, &id, after, limit).await),
+            None => reply(ops::health_events(&self.state, None, after, limit).await),
+        }
+    }
+
+    #[tool(
+        description = "A server's rollouts, newest first: what triggered each (commit, \
+            registry, operator, recovery), from and to which version, the outcome and why.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn rollout_history(
+        &self,
+        Parameters(args): Parameters<RolloutHistoryArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(ops::server_rollouts(&self.state, &args.server_id, args.limit).await)
+    }
+
+    #[tool(
+        description = "Roll a server back to an earlier version (by default the last one \
+            that rolled out successfully before the current one) and hold it there: \
+            auto-update is paused for it until resumed (`mcp-orchestration rollout resume`).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn rollback_server(
+        &self,
+        Parameters(args): Parameters<RollbackArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(ops::rollback(&self.state, &args.server_id, args.to.as_deref()).await)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Tools {
+    fn get_info(&self) -> ServerConfig {
+        super::server_config()
+    }
+
+    // Written out (rather than generated) to put each call in its own span.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let span = tracing::info_span!("mcp_tool", name = %request.name);
+        let call = ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).instrument(span).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_errors_become_tool_errors_with_their_code_and_message() {
+        let r = reply::<()>(Err(ApiError::server_not_found("nope"))).unwrap();
+        assert_eq!(r.is_error, Some(true));
+        assert_eq!(
+            r.content[0].as_text().unwrap().text,
+            "SERVER_NOT_FOUND: no server `nope` in the applied manifest"
+        );
+        assert_eq!(
+            r.structured_content.unwrap(),
+            json!({ "error": {
+                "code": "SERVER_NOT_FOUND",
+                "message": "no server `nope` in the applied manifest",
+                "details": { "server_id": "nope" },
+            }})
+        );
+    }
+
+    #[test]
+    fn results_are_json_text_and_structured_content_alike() {
+        let r = reply(Ok(json!({ "server_id": "a", "held": true }))).unwrap();
+        assert_eq!(r.is_error, Some(false));
+        let text: serde_json::Value =
+            serde_json::from_str(&r.content[0].as_text().unwrap().text).unwrap();
+        assert_eq!(Some(text), r.structured_content);
+    }
+
+    #[test]
+    fn server_arguments_are_required_and_nothing_else_is_accepted() {
+        let tools = Tools::tool_router().list_all();
+        let status = tools.iter().find(|t| t.name == "server_status").unwrap();
+        assert_eq!(status.input_schema["required"], json!(["server_id"]));
+        assert_eq!(status.input_schema["additionalProperties"], json!(false));
+        let rollback = tools.iter().find(|t| t.name == "rollback_server").unwrap();
+        assert_eq!(rollback.input_schema["required"], json!(["server_id"]));
+    }
+}
