@@ -70,7 +70,10 @@ pub fn render_family(
 ) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (value, n) in samples {
-        let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+        let escaped = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
         let _ = writeln!(out, "{name}{{{label}=\"{escaped}\"}} {n}");
     }
 }

@@ -45,6 +45,25 @@ pub struct Payload {
 
 const SEQUENCE_KEY: &str = "publish_sequence";
 
+/// Deliveries and failed attempts per gateway, for `GET /metrics`.
+#[derive(Clone, Default)]
+pub struct Counts(Arc<std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>>);
+
+impl Counts {
+    fn add(&self, gateway: &str, delivered: u64, failed: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(gateway.to_owned()).or_default();
+        e.0 += delivered;
+        e.1 += failed;
+    }
+
+    /// `(gateway, delivered, failed)` for every gateway published to.
+    pub fn snapshot(&self) -> Vec<(String, u64, u64)> {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|(g, (d, f))| (g.clone(), *d, *f)).collect()
+    }
+}
+
 /// The routing-relevant part of the fleet now.
 fn backends(state: &AgentState) -> (Option<String>, Vec<Backend>) {
     let fleet = state.fleet_live();
@@ -82,7 +101,13 @@ pub async fn run(state: Arc<AgentState>, urls: Vec<String>, shutdown: Cancellati
         .unwrap_or(0);
     let (tx, rx) = watch::channel::<Option<Payload>>(None);
     for url in urls {
-        tokio::spawn(deliver(url, rx.clone(), shutdown.clone()));
+        state.publish_counts.add(&url, 0, 0);
+        tokio::spawn(deliver(
+            url,
+            rx.clone(),
+            state.publish_counts.clone(),
+            shutdown.clone(),
+        ));
     }
     let mut transitions = state.monitor.subscribe();
     let mut last: Option<(Option<String>, Vec<Backend>)> = None;
@@ -120,6 +145,7 @@ pub async fn run(state: Arc<AgentState>, urls: Vec<String>, shutdown: Cancellati
 async fn deliver(
     url: String,
     mut rx: watch::Receiver<Option<Payload>>,
+    counts: Counts,
     shutdown: CancellationToken,
 ) {
     let http = match reqwest::Client::builder()
@@ -140,14 +166,19 @@ async fn deliver(
             match http.post(&url).json(&p).send().await {
                 Ok(r) if r.status().is_success() => {
                     delivered = p.sequence;
+                    counts.add(&url, 1, 0);
                     backoff = Duration::from_millis(100);
                     info!(gateway = %url, sequence = p.sequence, backends = p.backends.len(), "published to the gateway");
                     continue;
                 }
                 Ok(r) => {
+                    counts.add(&url, 0, 1);
                     warn!(gateway = %url, status = r.status().as_u16(), "the gateway refused the backend set; retrying")
                 }
-                Err(e) => warn!(gateway = %url, error = %e, "cannot reach the gateway; retrying"),
+                Err(e) => {
+                    counts.add(&url, 0, 1);
+                    warn!(gateway = %url, error = %e, "cannot reach the gateway; retrying")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

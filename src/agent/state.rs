@@ -106,6 +106,8 @@ pub struct AgentState {
     pub branch: String,
     pub webhook_secret: Option<String>,
     pub started_at: Timestamp,
+    /// Gateway deliveries and failures (`GET /metrics`).
+    pub publish_counts: crate::publish::Counts,
     /// How long syncs took (`GET /metrics`).
     pub sync_duration: crate::metrics::Histogram,
     /// API keys accepted by the HTTP API (see `api::auth`).
@@ -146,6 +148,7 @@ impl AgentState {
             webhook_secret,
             started_at: Timestamp::now(),
             sync_duration: crate::metrics::Histogram::default(),
+            publish_counts: crate::publish::Counts::default(),
             api_keys: Vec::new(),
             keys_for_reads: false,
             shutdown: tokio_util::sync::CancellationToken::new(),

@@ -420,7 +420,8 @@ async fn health_override(
 }
 
 /// `GET /metrics`: Prometheus text format — servers by deployment state and by health,
-/// rollouts by outcome, probe latency and sync duration histograms.
+/// rollouts by outcome, probe latency and sync duration histograms, gateway deliveries and
+/// failed delivery attempts.
 async fn metrics(
     State(state): State<Arc<AgentState>>,
 ) -> Result<axum::response::Response, ApiError> {
@@ -464,6 +465,29 @@ async fn metrics(
         "Rollouts by outcome.",
         "outcome",
         &rollouts,
+    );
+    let publish = state.publish_counts.snapshot();
+    render_family(
+        &mut out,
+        "mcp_orchestration_gateway_publishes_total",
+        "counter",
+        "Backend sets delivered to each gateway.",
+        "gateway",
+        &publish
+            .iter()
+            .map(|(g, d, _)| (g.clone(), *d))
+            .collect::<Vec<_>>(),
+    );
+    render_family(
+        &mut out,
+        "mcp_orchestration_gateway_publish_failures_total",
+        "counter",
+        "Failed attempts to deliver a backend set to each gateway (refused or unreachable).",
+        "gateway",
+        &publish
+            .iter()
+            .map(|(g, _, f)| (g.clone(), *f))
+            .collect::<Vec<_>>(),
     );
     state.monitor.probe_latency().render(
         &mut out,

@@ -427,6 +427,21 @@ async fn docker_kill_is_seen_within_a_second_and_the_server_is_restarted() {
     );
 }
 
+/// A counter of `GET /metrics` for one gateway.
+async fn counter(agent: &TestAgent, gateway: &str, name: &str) -> u64 {
+    let metrics = reqwest::get(format!("{}/metrics", agent.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{gateway=\"{gateway}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{name} for {gateway} in {metrics}"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_health_transition_reaches_the_gateway_within_a_second_in_order_across_a_gateway_restart()
 {
@@ -499,10 +514,27 @@ async fn a_health_transition_reaches_the_gateway_within_a_second_in_order_across
 
     // The gateway goes down; the server goes unhealthy (then failed) meanwhile.
     let before_restart = gateway.bodies();
+    let url = gateway.url.clone();
     drop(gateway);
     eventually(Duration::from_secs(5), "gw to be failed", || async {
         (health(&agent, "gw").await["state"] == "failed").then_some(())
     })
+    .await;
+    // The attempts while it is down are counted for the operator.
+    eventually(
+        Duration::from_secs(10),
+        "a failed delivery to be counted",
+        || async {
+            (counter(
+                &agent,
+                &url,
+                "mcp_orchestration_gateway_publish_failures_total",
+            )
+            .await
+                >= 1)
+                .then_some(())
+        },
+    )
     .await;
     // Back on the same port: it receives the latest state, nothing older.
     let gateway = Receiver::start_on(port).await;
@@ -518,6 +550,8 @@ async fn a_health_transition_reaches_the_gateway_within_a_second_in_order_across
     )
     .await;
     assert_eq!(backend(&latest).unwrap()["routable"], false);
+    let delivered = counter(&agent, &url, "mcp_orchestration_gateway_publishes_total").await;
+    assert!(delivered >= 2, "{delivered} deliveries counted");
     let sequences: Vec<u64> = before_restart
         .iter()
         .chain(gateway.bodies().iter())
