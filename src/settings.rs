@@ -69,6 +69,8 @@ pub mod defaults {
     pub const REGISTRY_POLL_INTERVAL_SECONDS: f64 = 60.0;
     pub const LISTEN: &str = "127.0.0.1:7070";
     pub const AGENT_URL: &str = "http://127.0.0.1:7070";
+    /// rmcp logs every MCP session at info; that is noise in an agent's log.
+    pub const LOG_LEVEL: &str = "info,rmcp=warn";
     pub const CONCURRENCY: usize = 4;
 }
 
@@ -273,7 +275,7 @@ impl Settings {
             log_level: over
                 .log_level
                 .or(file.log_level)
-                .unwrap_or_else(|| "info".to_owned()),
+                .unwrap_or_else(|| defaults::LOG_LEVEL.to_owned()),
             trust_policy: over.trust_policy.or(file.trust_policy),
             agent_url: over
                 .agent_url
