@@ -106,6 +106,11 @@ pub struct AgentOptions {
 }
 
 pub async fn start_agent(repo: &str, o: AgentOptions) -> Agent {
+    start_agent_with(repo, o, Vec::new()).await
+}
+
+/// [`start_agent`], publishing to `gateway_urls`.
+pub async fn start_agent_with(repo: &str, o: AgentOptions, gateway_urls: Vec<String>) -> Agent {
     let data = tempfile::tempdir().unwrap();
     let settings = AgentSettings {
         git: GitSettings {
@@ -119,7 +124,7 @@ pub async fn start_agent(repo: &str, o: AgentOptions) -> Agent {
         registry_poll_interval: o.registry_poll,
         drain: Duration::ZERO,
         registry_credentials: None,
-        gateway_urls: Vec::new(),
+        gateway_urls,
         runtime: o.runtime,
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),
