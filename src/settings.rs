@@ -44,6 +44,7 @@ pub mod env {
     pub const DATA_DIR: &str = "MCP_ORCHESTRATION_DATA_DIR";
     /// HMAC secret of `POST /webhooks/git` (`X-Hub-Signature-256`).
     pub const WEBHOOK_SECRET: &str = "MCP_ORCHESTRATION_WEBHOOK_SECRET";
+    pub const REQUIRE_KEY_FOR_READS: &str = "MCP_ORCHESTRATION_REQUIRE_KEY_FOR_READS";
     /// Token for https git remotes.
     pub const GIT_TOKEN: &str = "MCP_ORCHESTRATION_GIT_TOKEN";
     /// Private key file for ssh git remotes.
@@ -140,6 +141,7 @@ pub struct AgentOptions {
     pub secrets_file: Option<PathBuf>,
     pub concurrency: Option<usize>,
     pub api_keys_file: Option<PathBuf>,
+    pub require_key_for_reads: Option<bool>,
 }
 
 impl AgentOptions {
@@ -163,6 +165,7 @@ impl AgentOptions {
             secrets_file: self.secrets_file.or(other.secrets_file),
             concurrency: self.concurrency.or(other.concurrency),
             api_keys_file: self.api_keys_file.or(other.api_keys_file),
+            require_key_for_reads: self.require_key_for_reads.or(other.require_key_for_reads),
         }
     }
 }
@@ -227,6 +230,9 @@ pub struct AgentSettings {
     /// A key the API accepts (besides those of `api_keys_file`).
     pub api_key: Option<String>,
     pub api_keys_file: Option<PathBuf>,
+    /// Whether read routes need a key too: always beyond loopback, and on loopback when
+    /// asked (a machine shared with people who should not see the fleet).
+    pub keys_for_reads: bool,
 }
 
 /// The data dir when none is given: `$XDG_DATA_HOME/mcp-orchestration`, else
@@ -375,6 +381,7 @@ impl Settings {
             concurrency,
             api_key: self.api_key.clone(),
             api_keys_file: a.api_keys_file.clone(),
+            keys_for_reads: a.require_key_for_reads.unwrap_or(false) || !listen.ip().is_loopback(),
         })
     }
 

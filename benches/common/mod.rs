@@ -133,6 +133,7 @@ pub async fn start_agent_with(repo: &str, o: AgentOptions, gateway_urls: Vec<Str
         concurrency: 4,
         api_key: Some("bench-key".into()),
         api_keys_file: None,
+        keys_for_reads: false,
     };
     let token = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();

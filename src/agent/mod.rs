@@ -241,7 +241,7 @@ pub async fn run(
         tx,
     );
     state.api_keys = api_keys(&settings)?;
-    state.keys_for_reads = !settings.listen.ip().is_loopback();
+    state.keys_for_reads = settings.keys_for_reads;
     state.shutdown = shutdown.clone();
     let state = Arc::new(state);
     let _ = phase_target.set(Arc::downgrade(&state));

@@ -62,6 +62,9 @@ pub struct Args {
     /// A file of API keys the HTTP API accepts, one per line.
     #[arg(long, env = env::API_KEYS_FILE, value_name = "FILE")]
     api_keys_file: Option<PathBuf>,
+    /// Read routes need a key too, also on loopback (always so beyond loopback).
+    #[arg(long, env = env::REQUIRE_KEY_FOR_READS)]
+    require_key_for_reads: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -93,6 +96,7 @@ impl Args {
             secrets_file: self.secrets_file.clone(),
             concurrency: self.concurrency,
             api_keys_file: self.api_keys_file.clone(),
+            require_key_for_reads: self.require_key_for_reads.then_some(true),
         }
     }
 }

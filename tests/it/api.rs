@@ -337,3 +337,39 @@ async fn every_documented_route_answers_with_and_without_a_key_and_refuses_bad_i
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_keys_for_reads_every_route_but_the_open_ones_needs_a_key() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest(), "one server");
+    let agent = TestAgent::start(
+        &repo.remote_url(),
+        Options {
+            require_key_for_reads: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let doc = call(&agent, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(doc.status, 200, "the document stays open");
+    for op in operations(&doc.body) {
+        let open = doc.body["paths"][&op.path][op.method.as_str().to_ascii_lowercase()]["security"]
+            .as_array()
+            .unwrap()
+            .is_empty();
+        let path = concrete(&op.path, "api-a", 1, "abcd");
+        let a = call(&agent, op.method.clone(), &path, None, None).await;
+        if open {
+            assert_ne!(a.status, 401, "{} {} is open", op.method, op.path);
+        } else {
+            assert_envelope(
+                &a,
+                &format!("{} {} without a key", op.method, op.path),
+                401,
+                Some("UNAUTHORIZED"),
+            );
+        }
+    }
+    let a = call(&agent, Method::GET, "/servers", Some(TEST_API_KEY), None).await;
+    assert_eq!(a.status, 200);
+}

@@ -64,6 +64,7 @@ pub struct Options {
     pub gateway_urls: Vec<String>,
     pub webhook_secret: Option<String>,
     pub runtime: RuntimeChoice,
+    pub require_key_for_reads: bool,
 }
 
 impl Default for Options {
@@ -77,6 +78,7 @@ impl Default for Options {
             gateway_urls: Vec::new(),
             webhook_secret: None,
             runtime: RuntimeChoice::Process,
+            require_key_for_reads: false,
         }
     }
 }
@@ -118,6 +120,7 @@ impl TestAgent {
             concurrency: 4,
             api_key: Some(TEST_API_KEY.into()),
             api_keys_file: None,
+            keys_for_reads: options.require_key_for_reads,
         };
         let token = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
