@@ -306,8 +306,7 @@ async fn resume(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let lifted = state.resume(&id).await.map_err(ops::operator_error)?;
-    Ok(Json(json!({ "server_id": id, "resumed": lifted })))
+    ops::resume(&state, &id).await.map(Json)
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

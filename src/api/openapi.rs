@@ -572,7 +572,7 @@ pub fn document() -> Value {
             summary,
             description: "The tools: list_servers, server_status, deploy_server, stop_server, \
                           restart_server, health_check, health_events, rollout_history, \
-                          rollback_server. Always needs a key, whatever the method.",
+                          rollback_server, resume_server. Always needs a key, whatever the method.",
             tag: "mcp",
             auth: Auth::Write,
             body: (method == "post")

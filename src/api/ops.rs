@@ -83,6 +83,12 @@ pub async fn rollback(state: &AgentState, id: &str, to: Option<&str>) -> Result<
     Ok(json!({ "server_id": id, "rollback_to": version, "auto_update": "paused until resumed" }))
 }
 
+/// Lifts an operator's rollback: auto-update resumes under the manifest's policy.
+pub async fn resume(state: &AgentState, id: &str) -> Result<Value, ApiError> {
+    let lifted = state.resume(id).await.map_err(operator_error)?;
+    Ok(json!({ "server_id": id, "resumed": lifted }))
+}
+
 /// The server's rollouts, newest first. A server that left the manifest still has its
 /// history; only an id never seen is unknown.
 pub async fn server_rollouts(

@@ -242,7 +242,7 @@ impl Tools {
     #[tool(
         description = "Roll a server back to an earlier version (by default the last one \
             that rolled out successfully before the current one) and hold it there: \
-            auto-update is paused for it until resumed (`mcp-orchestration rollout resume`).",
+            auto-update is paused for it until resume_server.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,
@@ -255,6 +255,23 @@ impl Tools {
         Parameters(args): Parameters<RollbackArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         reply(ops::rollback(&self.state, &args.server_id, args.to.as_deref()).await)
+    }
+
+    #[tool(
+        description = "Lift a rollback_server hold: the server follows its update policy \
+            again and converges now. `resumed` is false when nothing was held.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn resume_server(
+        &self,
+        Parameters(args): Parameters<ServerArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(ops::resume(&self.state, &args.server_id).await)
     }
 }
 

@@ -23,12 +23,13 @@ use crate::support::{BIN, eventually};
 /// polled, so a fast machine does not wait this long.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-const TOOLS: [&str; 9] = [
+const TOOLS: [&str; 10] = [
     "deploy_server",
     "health_check",
     "health_events",
     "list_servers",
     "restart_server",
+    "resume_server",
     "rollback_server",
     "rollout_history",
     "server_status",
@@ -216,6 +217,7 @@ async fn every_tool_is_listed_with_a_schema_and_acts_on_the_live_fleet() {
         "restart_server",
         "rollout_history",
         "rollback_server",
+        "resume_server",
     ] {
         let r = try_call(&client, tool, json!({ "server_id": "nope" }))
             .await
@@ -263,6 +265,16 @@ async fn every_tool_is_listed_with_a_schema_and_acts_on_the_live_fleet() {
         (&a["state"], &a["pinned_version"]),
         (&json!("running"), &json!("1.0.0"))
     );
+    // resume_server lifts the hold: the server follows its manifest (1.1.0) again.
+    let resumed = call(&client, "resume_server", json!({ "server_id": "mcp-a" })).await;
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    agent.wait_running("mcp-a", "1.1.0", DEADLINE).await;
+    eventually(DEADLINE, "mcp-a no longer held", || async {
+        let a = agent.server("mcp-a").await?;
+        a["pinned_version"].is_null().then_some(())
+    })
+    .await;
+
     // A tool that does not exist is the one protocol error.
     match try_call(&client, "delete_everything", json!({})).await {
         Err(ServiceError::McpError(e)) => assert_eq!(e.code, ErrorCode::INVALID_PARAMS),
