@@ -116,7 +116,7 @@ pub async fn stream(
     };
     let live = state.store.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
-    tokio::spawn(feed(state, filter, start, live, tx));
+    tokio::spawn(feed(state, filter, start, resume_after.is_some(), live, tx));
     let stream =
         futures::stream::unfold(
             rx,
@@ -136,65 +136,78 @@ async fn latest_id(state: &AgentState) -> Result<i64, ApiError> {
         .map_or(0, |e| e.id))
 }
 
-/// Sends the client every event after `last`: first from the log, then live; ends when the
-/// client goes away or the agent shuts down (so graceful shutdown is not held up).
+/// Sends the client every event after `last`: first from the log, page by page, then live;
+/// a lag behind the broadcast goes back to the log. Ends when the client goes away or the
+/// agent shuts down (so graceful shutdown is never held up, not even by a client that
+/// stopped reading). `resuming` asks to be told when pruned events were missed.
 async fn feed(
     state: Arc<AgentState>,
     filter: Filter,
     mut last: i64,
+    resuming: bool,
     mut live: broadcast::Receiver<Event>,
     tx: mpsc::Sender<SseEvent>,
 ) {
     let shutdown = state.shutdown.clone();
-    let catch_up = |last: i64| {
-        let store = state.store.clone();
-        async move {
-            let mut out = Vec::new();
-            let mut from = last;
-            loop {
-                let page = store
-                    .call(move |s| s.events_after(Some(from), None, PAGE))
-                    .await?;
-                let full = page.len() == PAGE;
-                if let Some(e) = page.last() {
-                    from = e.id;
-                }
-                out.extend(page);
-                if !full {
-                    return Ok::<_, crate::store::StoreError>(out);
-                }
-            }
+    let send = async |event: SseEvent| {
+        tokio::select! {
+            sent = tx.send(event) => sent.is_ok(),
+            _ = shutdown.cancelled() => false,
         }
     };
-    let mut pending = match catch_up(last).await {
-        Ok(events) => events,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the event log for a subscriber");
-            return;
-        }
-    };
+    let mut from_log = true;
+    let mut first_page = resuming;
     loop {
-        for e in pending.drain(..) {
-            if e.id <= last {
-                continue;
+        if from_log {
+            let after = last;
+            let page = match state
+                .store
+                .call(move |s| s.events_after(Some(after), None, PAGE))
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the event log for a subscriber");
+                    return;
+                }
+            };
+            if std::mem::take(&mut first_page)
+                && let Some(e) = page.first().filter(|e| e.id > last + 1)
+            {
+                // Ids have no holes but pruning: say what is gone, without an id of its own.
+                let gap = SseEvent::default().event("gap").data(
+                    json!({
+                        "after": last,
+                        "next": e.id,
+                        "message": "events between these ids were pruned from the log",
+                    })
+                    .to_string(),
+                );
+                if !send(gap).await {
+                    return;
+                }
             }
-            last = e.id;
-            if filter.wants(&e) && tx.send(sse(&e)).await.is_err() {
-                return;
+            from_log = page.len() == PAGE;
+            for e in page {
+                last = e.id;
+                if filter.wants(&e) && !send(sse(&e)).await {
+                    return;
+                }
             }
+            continue;
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tx.closed() => return,
             received = live.recv() => match received {
-                Ok(e) => pending.push(e),
-                Err(broadcast::error::RecvError::Lagged(_)) => match catch_up(last).await {
-                    Ok(events) => pending = events,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the event log for a subscriber");
+                Ok(e) if e.id <= last => {}
+                Ok(e) => {
+                    last = e.id;
+                    if filter.wants(&e) && !send(sse(&e)).await {
                         return;
                     }
-                },
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => from_log = true,
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }

@@ -270,3 +270,38 @@ async fn events_follow_prints_the_past_then_new_events_as_they_happen() {
         "in order, once: {got:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_resuming_past_pruned_events_is_told_what_it_missed() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest("ev-p"), "one server");
+    let agent = TestAgent::start(&repo.remote_url(), Options::default()).await;
+    agent.wait_runs(1).await;
+    // Quiet from here on: deployed, healthy, nothing left to log.
+    eventually(Duration::from_secs(15), "ev-p healthy", || async {
+        (agent.server("ev-p").await?["health"] == "healthy").then_some(())
+    })
+    .await;
+    let (_, log) = agent.get("/events/history?after=0&limit=1000").await;
+    let ids = ids(log["events"].as_array().unwrap());
+    assert!(ids.len() >= 4, "{ids:?}");
+    // Retention drops the oldest events while a client is away.
+    let store = mcp_orchestration::store::Store::open(&agent.data.path().join("state.db")).unwrap();
+    let newest = *ids.last().unwrap();
+    store
+        .prune_events(jiff::Timestamp::UNIX_EPOCH, (newest - ids[2] + 1) as usize)
+        .unwrap();
+    let resumed = Subscription::open(&agent, "", Some(ids[0])).await;
+    let got = resumed
+        .wait_for("the newest event", |e| e["id"] == newest)
+        .await;
+    assert_eq!(got[0]["after"], ids[0], "{got:?}");
+    assert_eq!(got[0]["next"], ids[2], "{got:?}");
+    assert_eq!(
+        got[1..]
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        ids[2..]
+    );
+}
