@@ -2,6 +2,7 @@
 
 mod crash;
 mod docker_runtime;
+mod gateway_receiver;
 mod gitops;
 mod gitops_docker;
 mod health;
