@@ -180,20 +180,7 @@ fn idle(secs: u64) -> (f64, u64) {
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "empty"]);
     git(&work, &["push", "-q", "origin", "HEAD:main"]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "mcp-orchestration",
-        ])
-        .current_dir(root)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut child = Command::new(root.join("target/release/mcp-orchestration"))
+    let mut child = Command::new(common::release_agent())
         .args([
             "agent",
             "--listen",

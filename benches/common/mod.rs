@@ -219,6 +219,24 @@ pub fn release_example() -> PathBuf {
     root.join("target/release/examples/example-server")
 }
 
+/// The agent binary, built in release mode.
+pub fn release_agent() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--bin",
+            "mcp-orchestration",
+        ])
+        .current_dir(root)
+        .status()
+        .expect("cargo");
+    assert!(status.success());
+    root.join("target/release/mcp-orchestration")
+}
+
 /// The statically linked example server, built once into `target/static`.
 pub fn static_example() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
