@@ -218,28 +218,6 @@ fn listen_overflows() -> u64 {
         .unwrap_or(0)
 }
 
-/// User + system CPU of `pid` in seconds, and its peak RSS (`VmHWM`) in KiB.
-fn cpu_and_peak_rss(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // Linux reports CPU time in clock ticks of 1/100 s.
-    (ticks as f64 / 100.0, hwm)
-}
-
 /// The agent binary as its own process, killed with its fleet on drop.
 struct AgentProcess {
     child: Child,
@@ -384,8 +362,8 @@ fn row(label: &str, n: usize, samples: &mut Samples, seconds: Option<f64>) {
 
 async fn run(agent: &AgentProcess, n: usize, requests: usize) -> Vec<String> {
     let barrier = Arc::new(Barrier::new(n + 1));
-    let pid = agent.child.id();
-    let (cpu_before, _) = cpu_and_peak_rss(pid);
+    let pid = agent.child.id().to_string();
+    let cpu_before = common::cpu_seconds(&pid);
     let overflows_before = listen_overflows();
     let opening = Instant::now();
     let clients: Vec<_> = (0..n)
@@ -411,7 +389,8 @@ async fn run(agent: &AgentProcess, n: usize, requests: usize) -> Vec<String> {
             phases.entry(phase).or_default().merge(s);
         }
     }
-    let (cpu_after, hwm) = cpu_and_peak_rss(pid);
+    let cpu = common::cpu_seconds(&pid) - cpu_before;
+    let hwm = common::status_kib(&pid, "VmHWM");
     let overflows = listen_overflows().saturating_sub(overflows_before);
 
     row(
@@ -428,7 +407,6 @@ async fn run(agent: &AgentProcess, n: usize, requests: usize) -> Vec<String> {
         .chain(phases.values())
         .map(|s| s.ok.len() + s.failed())
         .sum();
-    let cpu = cpu_after - cpu_before;
     let mut notes = vec![format!(
         "N={n}: {open} connections established on the agent's port once all were open; {overflows} listen-queue overflows (machine-wide); agent CPU {cpu:.2} s for {total} requests ({:.0} µs a request); agent peak RSS since its start {hwm} KiB",
         cpu / total as f64 * 1e6
