@@ -230,40 +230,30 @@ pub fn kill_fleet(data: &Path, runtime: RuntimeChoice) {
     }
 }
 
-/// The example server, built in release mode (dynamically linked: for the process runtime).
-pub fn release_example() -> PathBuf {
+/// Builds `name` in release mode (`kind` is `--bin` or `--example`) and returns its path,
+/// `target/release/<subdir>/<name>`.
+fn release_build(kind: &str, name: &str, subdir: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--example",
-            "example-server",
-        ])
+        .args(["build", "--release", "--quiet", kind, name])
         .current_dir(root)
         .status()
         .expect("cargo");
-    assert!(status.success());
-    root.join("target/release/examples/example-server")
+    assert!(
+        status.success(),
+        "cargo build --release {kind} {name} failed"
+    );
+    root.join("target/release").join(subdir).join(name)
+}
+
+/// The example server, built in release mode (dynamically linked: for the process runtime).
+pub fn release_example() -> PathBuf {
+    release_build("--example", "example-server", "examples")
 }
 
 /// The agent binary, built in release mode.
 pub fn release_agent() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "mcp-orchestration",
-        ])
-        .current_dir(root)
-        .status()
-        .expect("cargo");
-    assert!(status.success());
-    root.join("target/release/mcp-orchestration")
+    release_build("--bin", "mcp-orchestration", "")
 }
 
 /// The statically linked example server, built once into `target/static`.
