@@ -61,14 +61,15 @@ impl Phase {
 
     /// The path of request `k` of connection `conn`; ids rotate so every server is asked.
     fn path(self, conn: usize, k: usize) -> String {
-        let server = || format!("/servers/{}", SERVERS[(conn + k) % SERVERS.len()]);
+        let server = |i: usize| format!("/servers/{}", SERVERS[i % SERVERS.len()]);
         match self {
             Phase::Servers => "/servers".into(),
-            Phase::Server => server(),
+            Phase::Server => server(conn + k),
             Phase::HealthStatus => "/health/status".into(),
+            // `k / 3`, or every `/servers/{id}` of the mix would name the same server.
             Phase::Mix => match (conn + k) % 3 {
                 0 => "/servers".into(),
-                1 => server(),
+                1 => server(conn + k / 3),
                 _ => "/health/status".into(),
             },
         }
