@@ -80,9 +80,14 @@ impl Gateway {
                 lines.lock().expect("log lock").push(line);
             }
         });
-        let base = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the receiver prints its address within 10 s");
+        let Ok(base) = rx.recv_timeout(Duration::from_secs(10)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the receiver did not print its address within 10 s:\n{}",
+                log.lock().expect("log lock").join("\n")
+            );
+        };
         Gateway {
             child,
             base,
