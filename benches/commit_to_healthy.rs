@@ -180,20 +180,7 @@ fn idle(secs: u64) -> (f64, u64) {
     git(&work, &["add", "-A"]);
     git(&work, &["commit", "-qm", "empty"]);
     git(&work, &["push", "-q", "origin", "HEAD:main"]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "mcp-orchestration",
-        ])
-        .current_dir(root)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut child = Command::new(root.join("target/release/mcp-orchestration"))
+    let mut child = Command::new(common::release_agent())
         .args([
             "agent",
             "--listen",
@@ -210,30 +197,13 @@ fn idle(secs: u64) -> (f64, u64) {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let ticks = |pid: u32| -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    };
-    let before = ticks(child.id());
+    let pid = child.id().to_string();
+    let before = common::cpu_seconds(&pid);
     std::thread::sleep(Duration::from_secs(secs));
-    let after = ticks(child.id());
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    let rss_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let cpu = (common::cpu_seconds(&pid) - before) / secs as f64 * 100.0;
+    let rss_kb = common::status_kib(&pid, "VmRSS");
     let _ = child.kill();
     let _ = child.wait();
-    // Linux reports CPU time in clock ticks of 1/100 s.
-    let cpu = (after - before) as f64 / 100.0 / secs as f64 * 100.0;
     (cpu, rss_kb)
 }
 

@@ -55,27 +55,6 @@ async fn serve_health(port_file: &str) {
     }
 }
 
-fn proc_cpu_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn scale(n: usize, seconds: u64, port: u16) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = mcp_orchestration::store::Store::open(&dir.path().join("state.db")).unwrap();
@@ -96,9 +75,9 @@ async fn scale(n: usize, seconds: u64, port: u16) -> (f64, u64) {
     monitor.set_targets(targets);
     // One full interval to reach the steady state, then measure another.
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let before = proc_cpu_ticks();
+    let before = common::cpu_seconds("self");
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let ticks = proc_cpu_ticks() - before;
+    let cpu = common::cpu_seconds("self") - before;
     let healthy = monitor
         .snapshot()
         .iter()
@@ -106,7 +85,10 @@ async fn scale(n: usize, seconds: u64, port: u16) -> (f64, u64) {
         .count();
     assert_eq!(healthy, n, "every simulated server is probed and healthy");
     monitor.set_targets(Vec::new());
-    (ticks as f64 / 100.0 / seconds as f64 * 100.0, rss_kib())
+    (
+        cpu / seconds as f64 * 100.0,
+        common::status_kib("self", "VmRSS"),
+    )
 }
 
 fn process_manifest(bin: &Path, interval: f64) -> String {

@@ -48,6 +48,35 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// User + system CPU time of process `pid` (`"self"`: this one), in seconds.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields are counted after the command name, which may hold spaces and parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| -> u64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    // Linux reports CPU time in clock ticks of 1/100 s.
+    (field(11) + field(12)) as f64 / 100.0
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`), 0 when absent.
+pub fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -207,22 +236,30 @@ pub fn kill_fleet(data: &Path, runtime: RuntimeChoice) {
     }
 }
 
-/// The example server, built in release mode (dynamically linked: for the process runtime).
-pub fn release_example() -> PathBuf {
+/// Builds `name` in release mode (`kind` is `--bin` or `--example`) and returns its path,
+/// `target/release/<subdir>/<name>`.
+fn release_build(kind: &str, name: &str, subdir: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--example",
-            "example-server",
-        ])
+        .args(["build", "--release", "--quiet", kind, name])
         .current_dir(root)
         .status()
         .expect("cargo");
-    assert!(status.success());
-    root.join("target/release/examples/example-server")
+    assert!(
+        status.success(),
+        "cargo build --release {kind} {name} failed"
+    );
+    root.join("target/release").join(subdir).join(name)
+}
+
+/// The example server, built in release mode (dynamically linked: for the process runtime).
+pub fn release_example() -> PathBuf {
+    release_build("--example", "example-server", "examples")
+}
+
+/// The agent binary, built in release mode.
+pub fn release_agent() -> PathBuf {
+    release_build("--bin", "mcp-orchestration", "")
 }
 
 /// The statically linked example server, built once into `target/static`.
