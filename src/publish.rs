@@ -88,7 +88,12 @@ fn backends(state: &AgentState) -> (Option<String>, Vec<Backend>) {
 }
 
 /// Runs the publisher for `urls` until shutdown.
-pub async fn run(state: Arc<AgentState>, urls: Vec<String>, shutdown: CancellationToken) {
+pub async fn run(
+    state: Arc<AgentState>,
+    urls: Vec<String>,
+    resend_every: Duration,
+    shutdown: CancellationToken,
+) {
     if urls.is_empty() {
         return;
     }
@@ -106,6 +111,7 @@ pub async fn run(state: Arc<AgentState>, urls: Vec<String>, shutdown: Cancellati
             url,
             rx.clone(),
             state.publish_counts.clone(),
+            resend_every,
             shutdown.clone(),
         ));
     }
@@ -146,6 +152,7 @@ async fn deliver(
     url: String,
     mut rx: watch::Receiver<Option<Payload>>,
     counts: Counts,
+    resend_every: Duration,
     shutdown: CancellationToken,
 ) {
     let http = match reqwest::Client::builder()
@@ -160,15 +167,22 @@ async fn deliver(
     };
     let mut delivered = 0u64;
     let mut backoff = Duration::from_millis(100);
+    let mut resend = false;
     loop {
         let payload = rx.borrow_and_update().clone();
-        if let Some(p) = payload.filter(|p| p.sequence > delivered) {
+        if let Some(p) = payload.filter(|p| p.sequence > delivered || resend) {
+            let again = p.sequence == delivered;
+            resend = false;
             match http.post(&url).json(&p).send().await {
                 Ok(r) if r.status().is_success() => {
                     delivered = p.sequence;
                     counts.add(&url, 1, 0);
                     backoff = Duration::from_millis(100);
-                    info!(gateway = %url, sequence = p.sequence, backends = p.backends.len(), "published to the gateway");
+                    if again {
+                        tracing::debug!(gateway = %url, sequence = p.sequence, "sent the backend set again");
+                    } else {
+                        info!(gateway = %url, sequence = p.sequence, backends = p.backends.len(), "published to the gateway");
+                    }
                     continue;
                 }
                 Ok(r) => {
@@ -190,6 +204,9 @@ async fn deliver(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = rx.changed() => if r.is_err() { return },
+            // Nothing changed for a while: send the same state again, so a gateway that
+            // restarted since (and lost its table) is not left empty until the next change.
+            _ = tokio::time::sleep(resend_every) => resend = true,
         }
     }
 }

@@ -132,6 +132,7 @@ pub struct AgentOptions {
     pub drain: Option<String>,
     pub registry_credentials: Option<PathBuf>,
     pub gateway_url: Option<Vec<String>>,
+    pub gateway_resend_interval: Option<String>,
     pub runtime: Option<RuntimeChoice>,
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
@@ -156,6 +157,9 @@ impl AgentOptions {
             drain: self.drain.or(other.drain),
             registry_credentials: self.registry_credentials.or(other.registry_credentials),
             gateway_url: self.gateway_url.or(other.gateway_url),
+            gateway_resend_interval: self
+                .gateway_resend_interval
+                .or(other.gateway_resend_interval),
             runtime: self.runtime.or(other.runtime),
             listen: self.listen.or(other.listen),
             data_dir: self.data_dir.or(other.data_dir),
@@ -221,6 +225,9 @@ pub struct AgentSettings {
     pub registry_credentials: Option<PathBuf>,
     /// Gateways that receive the backend set (see `publish`).
     pub gateway_urls: Vec<String>,
+    /// How often the latest backend set is sent again without a change, so a gateway that
+    /// restarted (and lost its table) learns it; its sequence makes it a no-op otherwise.
+    pub gateway_resend_interval: std::time::Duration,
     pub runtime: RuntimeChoice,
     pub listen: std::net::SocketAddr,
     pub data_dir: PathBuf,
@@ -339,6 +346,13 @@ impl Settings {
             })?,
             None => std::time::Duration::from_secs(2),
         };
+        let gateway_resend_interval = match &a.gateway_resend_interval {
+            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
+                name: "gateway-resend-interval",
+                message,
+            })?,
+            None => std::time::Duration::from_secs(30),
+        };
         let listen_text = a
             .listen
             .clone()
@@ -373,6 +387,7 @@ impl Settings {
             drain,
             registry_credentials: a.registry_credentials.clone(),
             gateway_urls: a.gateway_url.clone().unwrap_or_default(),
+            gateway_resend_interval,
             runtime: a.runtime.unwrap_or_default(),
             listen,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),

@@ -154,6 +154,7 @@ pub async fn start_agent_with(repo: &str, o: AgentOptions, gateway_urls: Vec<Str
         drain: Duration::ZERO,
         registry_credentials: None,
         gateway_urls,
+        gateway_resend_interval: Duration::from_secs(30),
         runtime: o.runtime,
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),

@@ -176,6 +176,20 @@ fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     Ok(id)
 }
 
+/// Binds the API's socket with a listen backlog of 1,024 rather than tokio's 128: with
+/// hundreds of clients connecting at once (`benches/api.rs` at 1,000), a short queue
+/// overflows and the kernel drops SYNs, which clients only retry after a second.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Runs the agent until `shutdown` is cancelled. `on_ready` receives the address the API
 /// listens on (useful when `listen` asks for port 0).
 pub async fn run(
@@ -245,12 +259,10 @@ pub async fn run(
     state.shutdown = shutdown.clone();
     let state = Arc::new(state);
     let _ = phase_target.set(Arc::downgrade(&state));
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| AgentError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
+    let listener = listen(settings.listen).map_err(|source| AgentError::Listen {
+        addr: settings.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(AgentError::Serve)?;
     let api = tokio::spawn(crate::api::serve(listener, state.clone(), shutdown.clone()));
     info!(
@@ -290,6 +302,7 @@ pub async fn run(
     tokio::spawn(crate::publish::run(
         state.clone(),
         settings.gateway_urls.clone(),
+        settings.gateway_resend_interval,
         shutdown.clone(),
     ));
     tokio::spawn(recovery::watch_exits(

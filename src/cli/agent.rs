@@ -35,6 +35,10 @@ pub struct Args {
     /// A gateway that receives the backend set on every routing change (repeatable).
     #[arg(long, env = env::GATEWAY_URL, value_name = "URL", value_delimiter = ',')]
     gateway_url: Vec<String>,
+    /// Send the latest backend set again after this long without a change, for gateways
+    /// that restarted [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    gateway_resend_interval: Option<String>,
     /// Where servers run [default: process]
     #[arg(long, env = env::RUNTIME, value_enum)]
     runtime: Option<RuntimeArg>,
@@ -84,6 +88,7 @@ impl Args {
             drain: self.drain.clone(),
             registry_credentials: self.registry_credentials.clone(),
             gateway_url: (!self.gateway_url.is_empty()).then(|| self.gateway_url.clone()),
+            gateway_resend_interval: self.gateway_resend_interval.clone(),
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Process => RuntimeChoice::Process,
                 RuntimeArg::Docker => RuntimeChoice::Docker,

@@ -562,3 +562,46 @@ async fn a_health_transition_reaches_the_gateway_within_a_second_in_order_across
         "sequences must only grow: {sequences:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_restarts_between_changes_gets_the_latest_state_again() {
+    use crate::support::receiver::Receiver;
+    let gateway = Receiver::start().await;
+    let port = gateway.port;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &manifest(&["gw-r"], "{ max_attempts: 0 }", "", 0.2),
+        "one server",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway_urls: vec![gateway.url.clone()],
+            gateway_resend_interval: Duration::from_secs(1),
+            ..Options::default()
+        },
+    )
+    .await;
+    let healthy = |b: &Value| {
+        b["backends"].as_array().is_some_and(|b| {
+            b.iter()
+                .any(|b| b["id"] == "gw-r" && b["health"] == "healthy")
+        })
+    };
+    let applied = eventually(Duration::from_secs(10), "a healthy gw-r", || async {
+        gateway.bodies().into_iter().rev().find(|b| healthy(b))
+    })
+    .await;
+    // The gateway restarts and forgets; nothing changes in the fleet.
+    drop(gateway);
+    let gateway = Receiver::start_on(port).await;
+    let again = eventually(Duration::from_secs(5), "the state sent again", || async {
+        gateway.bodies().into_iter().find(|b| healthy(b))
+    })
+    .await;
+    assert!(
+        again["sequence"].as_u64() >= applied["sequence"].as_u64(),
+        "never older: {again} after {applied}"
+    );
+    assert_eq!(agent.server("gw-r").await.unwrap()["health"], "healthy");
+}

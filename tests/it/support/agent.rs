@@ -62,6 +62,7 @@ pub struct Options {
     /// Replaces [`test_trust`].
     pub trust: Option<TrustPolicy>,
     pub gateway_urls: Vec<String>,
+    pub gateway_resend_interval: Duration,
     pub webhook_secret: Option<String>,
     pub runtime: RuntimeChoice,
     pub require_key_for_reads: bool,
@@ -76,6 +77,7 @@ impl Default for Options {
             drain: Duration::ZERO,
             trust: None,
             gateway_urls: Vec::new(),
+            gateway_resend_interval: Duration::from_secs(30),
             webhook_secret: None,
             runtime: RuntimeChoice::Process,
             require_key_for_reads: false,
@@ -112,6 +114,7 @@ impl TestAgent {
             drain: options.drain,
             registry_credentials: None,
             gateway_urls: options.gateway_urls.clone(),
+            gateway_resend_interval: options.gateway_resend_interval,
             runtime: options.runtime,
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data.path().to_owned(),
