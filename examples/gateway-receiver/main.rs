@@ -151,10 +151,14 @@ async fn receive(State(table): State<Shared>, body: Bytes) -> Response {
         && payload.sequence <= last
     {
         drop(table);
-        log(&format!(
-            "ignored stale sequence {} (last applied {last})",
-            payload.sequence
-        ));
+        // The same sequence is the agent's periodic resend (for gateways that restarted):
+        // nothing to say. Only an older one is worth a line.
+        if payload.sequence < last {
+            log(&format!(
+                "ignored stale sequence {} (last applied {last})",
+                payload.sequence
+            ));
+        }
         // Acknowledged, not refused: any non-2xx makes the agent retry, and a payload that
         // is already superseded would only be sent again.
         return Json(
