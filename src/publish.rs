@@ -106,7 +106,7 @@ pub async fn run(
         .unwrap_or(0);
     let (tx, rx) = watch::channel::<Option<Payload>>(None);
     for url in urls {
-        state.publish_counts.add(&url, 0, 0);
+        state.publish_counts.add(&redact(&url), 0, 0);
         tokio::spawn(deliver(
             url,
             rx.clone(),
@@ -147,6 +147,19 @@ pub async fn run(
     }
 }
 
+/// A gateway URL fit for logs and metric labels: no user, password or query.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => url.to_owned(),
+    }
+}
+
 /// Delivers the newest payload to one gateway, retrying with backoff while it is down.
 async fn deliver(
     url: String,
@@ -165,6 +178,8 @@ async fn deliver(
             return;
         }
     };
+    // Logs and metric labels name the gateway without credentials or query.
+    let name = redact(&url);
     let mut delivered = 0u64;
     let mut backoff = Duration::from_millis(100);
     let mut resend = false;
@@ -176,22 +191,24 @@ async fn deliver(
             match http.post(&url).json(&p).send().await {
                 Ok(r) if r.status().is_success() => {
                     delivered = p.sequence;
-                    counts.add(&url, 1, 0);
+                    if !again {
+                        counts.add(&name, 1, 0);
+                    }
                     backoff = Duration::from_millis(100);
                     if again {
-                        tracing::debug!(gateway = %url, sequence = p.sequence, "sent the backend set again");
+                        tracing::debug!(gateway = %name, sequence = p.sequence, "sent the backend set again");
                     } else {
-                        info!(gateway = %url, sequence = p.sequence, backends = p.backends.len(), "published to the gateway");
+                        info!(gateway = %name, sequence = p.sequence, backends = p.backends.len(), "published to the gateway");
                     }
                     continue;
                 }
                 Ok(r) => {
-                    counts.add(&url, 0, 1);
-                    warn!(gateway = %url, status = r.status().as_u16(), "the gateway refused the backend set; retrying")
+                    counts.add(&name, 0, 1);
+                    warn!(gateway = %name, status = r.status().as_u16(), "the gateway refused the backend set; retrying")
                 }
                 Err(e) => {
-                    counts.add(&url, 0, 1);
-                    warn!(gateway = %url, error = %e, "cannot reach the gateway; retrying")
+                    counts.add(&name, 0, 1);
+                    warn!(gateway = %name, error = %e.without_url(), "cannot reach the gateway; retrying")
                 }
             }
             tokio::select! {
@@ -208,5 +225,20 @@ async fn deliver(
             // restarted since (and lost its table) is not left empty until the next change.
             _ = tokio::time::sleep(resend_every) => resend = true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gateway_names_carry_no_credentials() {
+        assert_eq!(
+            super::redact("https://user:s3cret@gw.example/backends?token=abc"),
+            "https://gw.example/backends"
+        );
+        assert_eq!(
+            super::redact("http://127.0.0.1:9090/routes"),
+            "http://127.0.0.1:9090/routes"
+        );
     }
 }

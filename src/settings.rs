@@ -347,10 +347,18 @@ impl Settings {
             None => std::time::Duration::from_secs(2),
         };
         let gateway_resend_interval = match &a.gateway_resend_interval {
-            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
-                name: "gateway-resend-interval",
-                message,
-            })?,
+            Some(text) => parse_duration(text)
+                .and_then(|d| {
+                    if d < std::time::Duration::from_secs(1) {
+                        Err("at least 1s (it is a safety net, not a stream)".to_owned())
+                    } else {
+                        Ok(d)
+                    }
+                })
+                .map_err(|message| SettingsError::Invalid {
+                    name: "gateway-resend-interval",
+                    message,
+                })?,
             None => std::time::Duration::from_secs(30),
         };
         let listen_text = a

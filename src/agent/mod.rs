@@ -185,6 +185,8 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // As std and tokio do on Unix: a restarted agent can bind while old connections linger.
+    #[cfg(unix)]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)

@@ -35,8 +35,9 @@ pub struct StreamQuery {
     server: Option<String>,
     /// Only events whose kind starts with this (`health`, `rollout`, `run.finished`).
     kind: Option<String>,
-    /// Replay the newest N retained events before the live ones (ignored with
-    /// `Last-Event-ID` / `after`, which replay everything after that id).
+    /// Replay the newest N retained events (of `server` when given, of every kind) before
+    /// the live ones (ignored with `Last-Event-ID` / `after`, which replay everything
+    /// after that id).
     backlog: Option<usize>,
     /// Like `Last-Event-ID`, for clients that cannot set headers.
     after: Option<i64>,
@@ -98,25 +99,45 @@ pub async fn stream(
     };
     // Where the stream starts is read before subscribing, and the log is read after: an
     // event committed in between is in the log, and duplicates are skipped by id.
-    let start = match resume_after {
-        Some(id) => id,
-        None if backlog > 0 => {
-            let server = filter.server.clone();
-            let newest = state
-                .store
-                .call(move |s| s.latest_events(server.as_deref(), None, backlog))
-                .await
-                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-            match newest.last() {
-                Some(oldest) => oldest.id - 1,
-                None => latest_id(&state).await?,
+    let mut notice = None;
+    let start =
+        match resume_after {
+            Some(id) => {
+                let latest = latest_id(&state).await?;
+                if id > latest {
+                    // An id this log never gave (its data dir was wiped, or another agent's):
+                    // waiting for ids to pass it would hide everything until then.
+                    notice = Some(SseEvent::default().event("reset").data(
+                    json!({
+                        "after": id,
+                        "latest": latest,
+                        "message": "the log has no event this new; following from its newest",
+                    })
+                    .to_string(),
+                ));
+                    latest
+                } else {
+                    id
+                }
             }
-        }
-        None => latest_id(&state).await?,
-    };
+            None if backlog > 0 => {
+                let server = filter.server.clone();
+                let newest = state
+                    .store
+                    .call(move |s| s.latest_events(server.as_deref(), None, backlog))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                match newest.last() {
+                    Some(oldest) => oldest.id - 1,
+                    None => latest_id(&state).await?,
+                }
+            }
+            None => latest_id(&state).await?,
+        };
     let live = state.store.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
-    tokio::spawn(feed(state, filter, start, resume_after.is_some(), live, tx));
+    let resuming = resume_after.is_some() && notice.is_none();
+    tokio::spawn(feed(state, filter, start, resuming, notice, live, tx));
     let stream =
         futures::stream::unfold(
             rx,
@@ -139,12 +160,14 @@ async fn latest_id(state: &AgentState) -> Result<i64, ApiError> {
 /// Sends the client every event after `last`: first from the log, page by page, then live;
 /// a lag behind the broadcast goes back to the log. Ends when the client goes away or the
 /// agent shuts down (so graceful shutdown is never held up, not even by a client that
-/// stopped reading). `resuming` asks to be told when pruned events were missed.
+/// stopped reading). `resuming` asks to be told when pruned events were missed; `notice`
+/// goes first.
 async fn feed(
     state: Arc<AgentState>,
     filter: Filter,
     mut last: i64,
     resuming: bool,
+    notice: Option<SseEvent>,
     mut live: broadcast::Receiver<Event>,
     tx: mpsc::Sender<SseEvent>,
 ) {
@@ -155,6 +178,11 @@ async fn feed(
             _ = shutdown.cancelled() => false,
         }
     };
+    if let Some(notice) = notice
+        && !send(notice).await
+    {
+        return;
+    }
     let mut from_log = true;
     let mut first_page = resuming;
     loop {

@@ -496,7 +496,10 @@ pub fn document() -> Value {
         description: "Each SSE event has `id:` (the event id, only growing), `event:` (the kind: \
                       `run.started`, `run.finished`, `rollout.started`, `rollout.step`, \
                       `rollout.finished`, `health.transition`, `health.recovery`, \
-                      `health.override`, ...) and `data:` (the event as JSON). A comment is sent \
+                      `health.override`, ...) and `data:` (the event as JSON). Notes about the stream \
+                      itself come without an id: `gap` (events after Last-Event-ID were \
+                      pruned; data: after, next, message) and `reset` (Last-Event-ID is \
+                      newer than the log; data: after, latest, message). A comment is sent \
                       every 15 s; the stream ends when the agent shuts down.",
         tag: "events",
         query: stream_params,

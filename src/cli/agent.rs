@@ -67,7 +67,7 @@ pub struct Args {
     #[arg(long, env = env::API_KEYS_FILE, value_name = "FILE")]
     api_keys_file: Option<PathBuf>,
     /// Read routes need a key too, also on loopback (always so beyond loopback).
-    #[arg(long, env = env::REQUIRE_KEY_FOR_READS)]
+    #[arg(long, env = env::REQUIRE_KEY_FOR_READS, value_parser = clap::builder::BoolishValueParser::new())]
     require_key_for_reads: bool,
 }
 

@@ -86,8 +86,17 @@ impl Client {
                                         if let Some(id) = e.id {
                                             last_id = Some(id);
                                         }
-                                        if let Ok(v) = serde_json::from_str::<Value>(&e.data) {
-                                            on_event(&v);
+                                        let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
+                                            continue;
+                                        };
+                                        match e.event.as_str() {
+                                            // The agent's notes about the stream itself.
+                                            "gap" | "reset" => eprintln!(
+                                                "note: {} (after id {})",
+                                                v["message"].as_str().unwrap_or(&e.event),
+                                                v["after"]
+                                            ),
+                                            _ => on_event(&v),
                                         }
                                     }
                                 }
@@ -159,6 +168,8 @@ impl Client {
 #[derive(Debug, Default, PartialEq)]
 pub struct SseMessage {
     pub id: Option<i64>,
+    /// The `event:` field; empty for a plain message.
+    pub event: String,
     pub data: String,
 }
 
@@ -183,6 +194,7 @@ impl SseParser {
                 let value = value.strip_prefix(' ').unwrap_or(value);
                 match field {
                     "id" => message.id = value.parse().ok(),
+                    "event" => message.event = value.to_owned(),
                     "data" => data.push(value.to_owned()),
                     _ => {}
                 }
@@ -223,10 +235,12 @@ mod tests {
             [
                 SseMessage {
                     id: Some(7),
+                    event: "run.started".into(),
                     data: r#"{"a":1}"#.into()
                 },
                 SseMessage {
                     id: Some(8),
+                    event: String::new(),
                     data: "x\ny".into()
                 }
             ]

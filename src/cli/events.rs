@@ -79,10 +79,14 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     if !args.follow {
         return Ok(exit::OK);
     }
-    let last = events.last().and_then(|e| e["id"].as_i64());
-    // Without any past event, everything from the start of the log is new.
-    client.follow(&format!("/events?{filter}"), Some(last.unwrap_or(0)), |e| {
-        print(e, json)
-    })?;
+    let last = match events.last().and_then(|e| e["id"].as_i64()) {
+        Some(id) => id,
+        // Nothing of this server yet: new is whatever follows the newest event of any.
+        None => {
+            let newest: Value = client.get("/events/history?limit=1")?;
+            newest["events"][0]["id"].as_i64().unwrap_or(0)
+        }
+    };
+    client.follow(&format!("/events?{filter}"), Some(last), |e| print(e, json))?;
     Ok(exit::OK)
 }

@@ -89,11 +89,20 @@ impl Store {
         server: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        self.query_events(
-            "SELECT id, at, kind, server_id, summary, data FROM events
-             WHERE id > ?1 AND (?2 IS NULL OR server_id = ?2) ORDER BY id LIMIT ?3",
-            params![after.unwrap_or(0), server, limit as i64],
-        )
+        let after = after.unwrap_or(0);
+        // Two statements, so the filtered one can use `events_by_server`.
+        match server {
+            Some(server) => self.query_events(
+                "SELECT id, at, kind, server_id, summary, data FROM events
+                 WHERE server_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                params![server, after, limit as i64],
+            ),
+            None => self.query_events(
+                "SELECT id, at, kind, server_id, summary, data FROM events
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![after, limit as i64],
+            ),
+        }
     }
 
     /// The newest `limit` events (of one server when given, only ids below `before` when
@@ -104,12 +113,19 @@ impl Store {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        self.query_events(
-            "SELECT id, at, kind, server_id, summary, data FROM events
-             WHERE (?1 IS NULL OR server_id = ?1) AND (?2 IS NULL OR id < ?2)
-             ORDER BY id DESC LIMIT ?3",
-            params![server, before, limit as i64],
-        )
+        let before = before.unwrap_or(i64::MAX);
+        match server {
+            Some(server) => self.query_events(
+                "SELECT id, at, kind, server_id, summary, data FROM events
+                 WHERE server_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+                params![server, before, limit as i64],
+            ),
+            None => self.query_events(
+                "SELECT id, at, kind, server_id, summary, data FROM events
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+                params![before, limit as i64],
+            ),
+        }
     }
 
     fn query_events(

@@ -114,6 +114,8 @@ const MIGRATIONS: &[&str] = &[
         summary TEXT NOT NULL,
         data TEXT NOT NULL
     );",
+    // 5: reading one server's events without scanning the whole log.
+    "CREATE INDEX events_by_server ON events (server_id, id);",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

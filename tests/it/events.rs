@@ -305,3 +305,29 @@ async fn a_client_resuming_past_pruned_events_is_told_what_it_missed() {
         ids[2..]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_newer_than_the_log_resets_the_stream_instead_of_hiding_events() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest("ev-r"), "one server");
+    let agent = TestAgent::start(&repo.remote_url(), Options::default()).await;
+    let s = agent
+        .wait_running("ev-r", "1.0.0", Duration::from_secs(20))
+        .await;
+    // An id from another agent's log, far ahead of this one.
+    let resumed = Subscription::open(&agent, "", Some(1_000_000)).await;
+    let base = s["endpoint"].as_str().unwrap().trim_end_matches("/mcp");
+    reqwest::Client::new()
+        .post(format!("{base}/admin/health/unhealthy"))
+        .send()
+        .await
+        .unwrap();
+    let got = resumed
+        .wait_for("a live transition", |e| e["kind"] == "health.transition")
+        .await;
+    assert_eq!(
+        got[0]["after"], 1_000_000,
+        "the reset note comes first: {got:?}"
+    );
+    assert!(got[0]["latest"].as_i64().unwrap() < 1_000_000);
+}
