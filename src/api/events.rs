@@ -100,40 +100,32 @@ pub async fn stream(
     // Where the stream starts is read before subscribing, and the log is read after: an
     // event committed in between is in the log, and duplicates are skipped by id.
     let mut notice = None;
-    let start =
-        match resume_after {
-            Some(id) => {
-                let latest = latest_id(&state).await?;
-                if id > latest {
-                    // An id this log never gave (its data dir was wiped, or another agent's):
-                    // waiting for ids to pass it would hide everything until then.
-                    notice = Some(SseEvent::default().event("reset").data(
-                    json!({
-                        "after": id,
-                        "latest": latest,
-                        "message": "the log has no event this new; following from its newest",
-                    })
-                    .to_string(),
-                ));
-                    latest
-                } else {
-                    id
-                }
+    let start = match resume_after {
+        Some(id) => {
+            let latest = latest_id(&state).await?;
+            if id > latest {
+                // An id this log never gave (its data dir was wiped, or another agent's):
+                // waiting for ids to pass it would hide everything until then.
+                notice = Some(reset_note(id, latest));
+                latest
+            } else {
+                id
             }
-            None if backlog > 0 => {
-                let server = filter.server.clone();
-                let newest = state
-                    .store
-                    .call(move |s| s.latest_events(server.as_deref(), None, backlog))
-                    .await
-                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-                match newest.last() {
-                    Some(oldest) => oldest.id - 1,
-                    None => latest_id(&state).await?,
-                }
+        }
+        None if backlog > 0 => {
+            let server = filter.server.clone();
+            let newest = state
+                .store
+                .call(move |s| s.latest_events(server.as_deref(), None, backlog))
+                .await
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            match newest.last() {
+                Some(oldest) => oldest.id - 1,
+                None => latest_id(&state).await?,
             }
-            None => latest_id(&state).await?,
-        };
+        }
+        None => latest_id(&state).await?,
+    };
     let live = state.store.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
     let resuming = resume_after.is_some() && notice.is_none();
@@ -144,6 +136,16 @@ pub async fn stream(
             |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
         );
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The note that replaces a resume id newer than the log: the stream follows from `latest`.
+fn reset_note(after: i64, latest: i64) -> SseEvent {
+    let data = json!({
+        "after": after,
+        "latest": latest,
+        "message": "the log has no event this new; following from its newest",
+    });
+    SseEvent::default().event("reset").data(data.to_string())
 }
 
 /// The id of the newest event in the log (0 when empty): a live-only stream starts there.
