@@ -22,7 +22,18 @@ impl Receiver {
     /// Listens on `port` (0: any free one). Restarting on the same port simulates a
     /// gateway that went down and came back.
     pub async fn start_on(port: u16) -> Receiver {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        // A receiver dropped a moment ago releases its port once its task is cancelled,
+        // which `abort` only requests.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => break l,
+                Err(_) if port != 0 && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("bind 127.0.0.1:{port}: {e}"),
+            }
+        };
         let port = listener.local_addr().expect("addr").port();
         let url = format!("http://127.0.0.1:{port}/events");
         let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
