@@ -54,16 +54,11 @@ async fn subscribe(url: String) -> Arrivals {
     assert!(response.status().is_success());
     tokio::spawn(async move {
         let mut body = response.bytes_stream();
-        let mut buffer = Vec::<u8>::new();
+        let mut parser = mcp_orchestration::sse::Parser::default();
         while let Some(Ok(chunk)) = body.next().await {
             let now = Timestamp::now();
-            buffer.extend_from_slice(&chunk);
-            while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = buffer.drain(..end + 2).collect();
-                let text = String::from_utf8_lossy(&block);
-                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: "))
-                    && let Ok(e) = serde_json::from_str::<Value>(data)
-                {
+            for m in parser.push(&chunk) {
+                if let Ok(e) = serde_json::from_str::<Value>(&m.data) {
                     let at: Timestamp = e["at"].as_str().unwrap().parse().unwrap();
                     out.lock()
                         .unwrap()

@@ -18,4 +18,5 @@ pub mod registry;
 pub mod runtime;
 pub mod settings;
 pub mod source;
+pub mod sse;
 pub mod store;

@@ -77,13 +77,15 @@ impl Client {
                 let lost = match request.send().await {
                     Ok(response) if response.status().is_success() => {
                         backoff = std::time::Duration::from_millis(250);
-                        let mut parser = SseParser::default();
+                        let mut parser = crate::sse::Parser::default();
                         let mut body = response.bytes_stream();
                         loop {
                             match futures::StreamExt::next(&mut body).await {
                                 Some(Ok(chunk)) => {
                                     for e in parser.push(&chunk) {
-                                        if let Some(id) = e.id {
+                                        if let Some(id) =
+                                            e.id.as_deref().and_then(|id| id.parse().ok())
+                                        {
                                             last_id = Some(id);
                                         }
                                         let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
@@ -161,89 +163,5 @@ impl Client {
             }
             serde_json::from_value(body).with_context(|| format!("unexpected answer from {url}"))
         })
-    }
-}
-
-/// One Server-Sent Event as received.
-#[derive(Debug, Default, PartialEq)]
-pub struct SseMessage {
-    pub id: Option<i64>,
-    /// The `event:` field; empty for a plain message.
-    pub event: String,
-    pub data: String,
-}
-
-/// Splits a byte stream into SSE events (`id:` and `data:` fields; comments and other
-/// fields are skipped), whatever the chunk boundaries.
-#[derive(Default)]
-pub struct SseParser {
-    buffer: Vec<u8>,
-}
-
-impl SseParser {
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
-        self.buffer.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        while let Some(end) = find_blank_line(&self.buffer) {
-            let block: Vec<u8> = self.buffer.drain(..end.0).collect();
-            self.buffer.drain(..end.1 - end.0);
-            let mut message = SseMessage::default();
-            let mut data = Vec::new();
-            for line in String::from_utf8_lossy(&block).lines() {
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match field {
-                    "id" => message.id = value.parse().ok(),
-                    "event" => message.event = value.to_owned(),
-                    "data" => data.push(value.to_owned()),
-                    _ => {}
-                }
-            }
-            if !data.is_empty() {
-                message.data = data.join("\n");
-                out.push(message);
-            }
-        }
-        out
-    }
-}
-
-/// Where the first event ends: (end of its text, start of the next).
-fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
-    (0..b.len()).find_map(|i| {
-        if b[i..].starts_with(b"\n\n") {
-            Some((i, i + 2))
-        } else if b[i..].starts_with(b"\r\n\r\n") {
-            Some((i, i + 4))
-        } else {
-            None
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_are_parsed_across_chunk_boundaries() {
-        let mut p = SseParser::default();
-        assert!(p.push(b": keep-alive\n\nid: 7\nevent: run.st").is_empty());
-        let got = p.push(b"arted\ndata: {\"a\":1}\n\nid: 8\r\ndata: x\r\ndata: y\r\n\r\n");
-        assert_eq!(
-            got,
-            [
-                SseMessage {
-                    id: Some(7),
-                    event: "run.started".into(),
-                    data: r#"{"a":1}"#.into()
-                },
-                SseMessage {
-                    id: Some(8),
-                    event: String::new(),
-                    data: "x\ny".into()
-                }
-            ]
-        );
     }
 }

@@ -612,10 +612,7 @@ struct AnswerScan {
     /// The request's id; `None` for a notification, whose answer holds no response.
     id: Option<u64>,
     body: Vec<u8>,
-    /// How far `body` has been split into SSE lines.
-    parsed: usize,
-    /// The `data:` lines of the SSE event being read.
-    data: Vec<String>,
+    events: crate::sse::Parser,
 }
 
 impl AnswerScan {
@@ -624,8 +621,7 @@ impl AnswerScan {
             sse,
             id,
             body: Vec::new(),
-            parsed: 0,
-            data: Vec::new(),
+            events: crate::sse::Parser::default(),
         }
     }
 
@@ -642,23 +638,11 @@ impl AnswerScan {
                 .ok()
                 .and_then(|v| self.response_in(&v));
         }
-        // Splitting on b'\n' is safe in UTF-8: no multi-byte character contains it.
-        while let Some(end) = self.body[self.parsed..].iter().position(|&b| b == b'\n') {
-            let line = &self.body[self.parsed..self.parsed + end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let line = String::from_utf8_lossy(line).into_owned();
-            self.parsed += end + 1;
-            if line.is_empty() {
-                if let Some(answer) = self.dispatch() {
-                    return Some(answer);
-                }
-            } else if let Some(value) = line.strip_prefix("data:") {
-                self.data
-                    .push(value.strip_prefix(' ').unwrap_or(value).to_owned());
-            }
-            // `event:`, `id:`, `retry:` and `:` comments say nothing about the response.
-        }
-        None
+        // `event:`, `id:`, `retry:` and `:` comments say nothing about the response.
+        self.events
+            .push(chunk)
+            .iter()
+            .find_map(|m| self.response_in_data(&m.data))
     }
 
     /// The body has ended: an SSE event without its closing blank line still counts.
@@ -666,16 +650,12 @@ impl AnswerScan {
         if !self.sse {
             return None;
         }
-        if self.parsed < self.body.len() {
-            self.push(b"\n");
-        }
-        self.dispatch()
+        let last = self.events.finish()?;
+        self.response_in_data(&last.data)
     }
 
-    fn dispatch(&mut self) -> Option<McpAnswer> {
-        let data = self.data.join("\n");
-        self.data.clear();
-        let value: Value = serde_json::from_str(&data).ok()?;
+    fn response_in_data(&self, data: &str) -> Option<McpAnswer> {
+        let value: Value = serde_json::from_str(data).ok()?;
         self.response_in(&value)
     }
 

@@ -42,21 +42,11 @@ impl Subscription {
         let (e, d) = (events.clone(), ended.clone());
         tokio::spawn(async move {
             let mut body = response.bytes_stream();
-            let mut buffer = String::new();
+            let mut parser = mcp_orchestration::sse::Parser::default();
             while let Some(Ok(chunk)) = body.next().await {
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let block: String = buffer.drain(..end + 2).collect();
-                    let mut id = None;
-                    let mut data = None;
-                    for line in block.lines() {
-                        if let Some(v) = line.strip_prefix("id: ") {
-                            id = v.parse::<i64>().ok();
-                        } else if let Some(v) = line.strip_prefix("data: ") {
-                            data = serde_json::from_str::<Value>(v).ok();
-                        }
-                    }
-                    if let Some(data) = data {
+                for m in parser.push(&chunk) {
+                    if let Ok(data) = serde_json::from_str::<Value>(&m.data) {
+                        let id = m.id.and_then(|id| id.parse::<i64>().ok());
                         assert_eq!(id, data["id"].as_i64(), "the SSE id is the event's id");
                         e.lock().unwrap().push(data);
                     }
