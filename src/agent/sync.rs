@@ -19,7 +19,7 @@ use crate::policy::TrustPolicy;
 use crate::reconcile::execute::{ApplyContext, Executor, ServerOutcome};
 use crate::reconcile::{Desired, DesiredProblem, desired_state, plan};
 use crate::runtime::Instance;
-use crate::source::{GitSource, Revision};
+use crate::source::{GitSource, Revision, short_commit};
 use crate::store::{NewRun, RunResult, Stage, StageRecord, StageStatus};
 
 /// The revision whose manifest is in force.
@@ -99,12 +99,12 @@ impl Syncer {
                 if let Some(files) = rev.files
                     && let Ok(checked) = manifest::check(&files, &self.trust)
                 {
-                    info!(revision = %short(&commit), "restored the applied revision");
+                    info!(revision = %short_commit(&commit), "restored the applied revision");
                     self.applied = Some(Applied { commit, checked });
                 }
             }
             Err(e) => {
-                warn!(revision = %short(&commit), error = %e, "cannot read the applied revision; waiting for the next fetch")
+                warn!(revision = %short_commit(&commit), error = %e, "cannot read the applied revision; waiting for the next fetch")
             }
         }
     }
@@ -135,8 +135,7 @@ impl Syncer {
                     let skip =
                         already == Some(RunResult::Rejected) || (applied_here && !interrupted);
                     if !skip {
-                        let span =
-                            info_span!("run", revision = %short(&head), trigger = trigger.as_str());
+                        let span = info_span!("run", revision = %short_commit(&head), trigger = trigger.as_str());
                         self.run_commit(&head, trigger, seen_at, (fetch_started, fetch_finished))
                             .instrument(span)
                             .await;
@@ -643,8 +642,4 @@ impl Syncer {
         };
         (view, targets)
     }
-}
-
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(10)]
 }

@@ -7,6 +7,7 @@ use super::client::Client;
 use super::exit;
 use super::output::{self, OutputFormat, text};
 use crate::settings::Settings;
+use crate::source::short_commit;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -78,10 +79,6 @@ enum RevisionsCommand {
     },
 }
 
-fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(10)]
-}
-
 pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
     if let Some(id) = &args.server {
@@ -148,7 +145,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                 &rows,
             );
             let applied = text(&fleet, "applied_revision");
-            println!("\napplied revision: {}", short(&applied));
+            println!("\napplied revision: {}", short_commit(&applied));
             if let Some(e) = fleet.get("source_error").and_then(Value::as_str) {
                 println!("source error: {e}");
             }
@@ -187,7 +184,7 @@ pub fn revisions(settings: &Settings, args: RevisionsArgs) -> anyhow::Result<u8>
                         .iter()
                         .map(|r| {
                             vec![
-                                short(&text(r, "commit_id")).to_owned(),
+                                short_commit(&text(r, "commit_id")).to_owned(),
                                 text(r, "result"),
                                 text(r, "seen_at"),
                                 text(r, "trigger"),

@@ -10,3 +10,8 @@ pub mod watch;
 
 pub use files::{ReadError, read_repo_files, read_text};
 pub use git::{GitError, GitSettings, GitSource, Revision};
+
+/// A commit id as people read it: its first 10 characters.
+pub fn short_commit(commit: &str) -> &str {
+    commit.get(..10).unwrap_or(commit)
+}

@@ -20,6 +20,7 @@ pub use events::Event;
 pub use records::*;
 
 use crate::manifest::Diagnostic;
+use crate::source::short_commit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -66,11 +67,6 @@ fn parse_ts(s: Option<String>) -> Result<Option<Timestamp>, StoreError> {
             .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
     })
     .transpose()
-}
-
-/// A commit id as people read it.
-fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
 }
 
 fn req_ts(s: String) -> Result<Timestamp, StoreError> {
@@ -165,7 +161,11 @@ impl Store {
                 at: run.seen_at,
                 kind: "run.started",
                 server_id: None,
-                summary: format!("run {id} of {} ({})", short(&run.commit_id), run.trigger),
+                summary: format!(
+                    "run {id} of {} ({})",
+                    short_commit(&run.commit_id),
+                    run.trigger
+                ),
                 data: serde_json::json!({
                     "run_id": id,
                     "commit": run.commit_id,
@@ -227,7 +227,7 @@ impl Store {
                     server_id: None,
                     summary: format!(
                         "run {run_id} of {}: {result}{}",
-                        short(&commit),
+                        short_commit(&commit),
                         reason.map(|r| format!(" ({r})")).unwrap_or_default()
                     ),
                     data: serde_json::json!({
