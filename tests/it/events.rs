@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::support::agent::{Options, TEST_API_KEY, TestAgent};
 use crate::support::git::ManifestRepo;
-use crate::support::{BIN, eventually, example_server_bin};
+use crate::support::{BIN, admin, eventually, example_server_bin};
 
 fn manifest(id: &str) -> String {
     format!(
@@ -105,13 +105,7 @@ async fn the_stream_carries_every_change_with_ids_and_a_reconnect_misses_nothing
     assert_eq!(finished["data"]["outcome"], "succeeded");
 
     // A health transition arrives live.
-    let base = s["endpoint"].as_str().unwrap().trim_end_matches("/mcp");
-    let r = reqwest::Client::new()
-        .post(format!("{base}/admin/health/unhealthy"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    admin(s["endpoint"].as_str().unwrap(), "/admin/health/unhealthy").await;
     let seen = first
         .wait_for("the transition to unhealthy", |e| {
             e["kind"] == "health.transition" && e["data"]["to_state"] == "unhealthy"
@@ -238,12 +232,7 @@ async fn events_follow_prints_the_past_then_new_events_as_they_happen() {
             .then_some(())
     })
     .await;
-    let base = s["endpoint"].as_str().unwrap().trim_end_matches("/mcp");
-    reqwest::Client::new()
-        .post(format!("{base}/admin/health/unhealthy"))
-        .send()
-        .await
-        .unwrap();
+    admin(s["endpoint"].as_str().unwrap(), "/admin/health/unhealthy").await;
     let all = eventually(Duration::from_secs(15), "the live transition", || async {
         let all = lines.lock().unwrap().clone();
         all.iter()
@@ -306,12 +295,7 @@ async fn an_id_newer_than_the_log_resets_the_stream_instead_of_hiding_events() {
         .await;
     // An id from another agent's log, far ahead of this one.
     let resumed = Subscription::open(&agent, "", Some(1_000_000)).await;
-    let base = s["endpoint"].as_str().unwrap().trim_end_matches("/mcp");
-    reqwest::Client::new()
-        .post(format!("{base}/admin/health/unhealthy"))
-        .send()
-        .await
-        .unwrap();
+    admin(s["endpoint"].as_str().unwrap(), "/admin/health/unhealthy").await;
     let got = resumed
         .wait_for("a live transition", |e| e["kind"] == "health.transition")
         .await;

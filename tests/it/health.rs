@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::support::agent::{Options, TEST_API_KEY, TestAgent};
 use crate::support::git::ManifestRepo;
-use crate::support::{eventually, example_server_bin};
+use crate::support::{admin, eventually, example_server_bin};
 
 /// Example servers with fast probes; `extra` is appended to each server's args.
 fn manifest(ids: &[&str], recovery: &str, extra_args: &str, interval: f64) -> String {
@@ -53,16 +53,6 @@ fn transitions(events: &[Value]) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-async fn admin(endpoint: &str, path: &str) {
-    let base = endpoint.trim_end_matches("/mcp");
-    let r = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
 }
 
 #[tokio::test(flavor = "multi_thread")]

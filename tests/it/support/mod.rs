@@ -50,6 +50,18 @@ pub mod images;
 pub mod receiver;
 pub mod registry;
 
+/// Calls the example server's `/admin` route `path` (e.g. `/admin/health/unhealthy`) beside
+/// its MCP `endpoint`.
+pub async fn admin(endpoint: &str, path: &str) {
+    let base = endpoint.trim_end_matches("/mcp");
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+}
+
 /// Polls `check` until it returns `Some`, or panics after `deadline` with `what`.
 pub async fn eventually<T, F, Fut>(deadline: std::time::Duration, what: &str, mut check: F) -> T
 where
