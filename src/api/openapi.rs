@@ -387,9 +387,10 @@ pub fn document() -> Value {
         ),
         ..Op::default()
     });
-    let mut timeline = rollout.clone();
-    timeline =
-        json!({ "allOf": [timeline, object(&[("steps", array(step)), ("probes", array(probe))])] });
+    let timeline = json!({ "allOf": [
+        rollout.clone(),
+        object(&[("steps", array(step)), ("probes", array(probe))]),
+    ] });
     d.add(Op {
         path: "/rollouts/{id}",
         summary: "One rollout with its timeline and the probes of its health gate",
