@@ -119,6 +119,7 @@ async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &
                 allowed_images: vec!["mcp-orch-test/".into()],
                 allowed_commands: vec![bin.parent().unwrap().display().to_string()],
                 source: "bench".into(),
+                ..Default::default()
             },
         },
     )

@@ -188,6 +188,7 @@ async fn main() {
                 allowed_images: vec![],
                 allowed_commands: vec![example.parent().unwrap().display().to_string()],
                 source: "bench".into(),
+                ..Default::default()
             },
         },
         vec![gateway_url],

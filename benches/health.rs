@@ -58,7 +58,7 @@ async fn serve_health(port_file: &str) {
 async fn scale(n: usize, seconds: u64, port: u16) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = mcp_orchestration::store::Store::open(&dir.path().join("state.db")).unwrap();
-    let monitor = Monitor::new(store.clone(), 256);
+    let monitor = Monitor::new(store.clone(), 256, Default::default());
     let targets = (0..n)
         .map(|i| Target {
             server_id: format!("s{i}"),
@@ -143,6 +143,7 @@ async fn detection(bin: &Path, samples: usize) {
                 allowed_images: vec![],
                 allowed_commands: vec![bin.parent().unwrap().display().to_string()],
                 source: "bench".into(),
+                ..Default::default()
             },
         },
     )
@@ -310,6 +311,7 @@ async fn crash_to_healthy(samples: usize) {
                 allowed_images: vec!["mcp-orch-bench/".into()],
                 allowed_commands: vec![],
                 source: "bench".into(),
+                ..Default::default()
             },
         },
     )

@@ -121,6 +121,7 @@ async fn main() {
                 allowed_images: vec![format!("{host}/")],
                 allowed_commands: vec![],
                 source: "bench".into(),
+                ..Default::default()
             },
         },
     )

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod policy;
 pub mod publish;
 pub mod reconcile;
+pub mod redact;
 pub mod registry;
 pub mod runtime;
 pub mod settings;

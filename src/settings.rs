@@ -143,6 +143,8 @@ pub struct AgentOptions {
     pub concurrency: Option<usize>,
     pub api_keys_file: Option<PathBuf>,
     pub require_key_for_reads: Option<bool>,
+    pub header_read_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 impl AgentOptions {
@@ -170,6 +172,8 @@ impl AgentOptions {
             concurrency: self.concurrency.or(other.concurrency),
             api_keys_file: self.api_keys_file.or(other.api_keys_file),
             require_key_for_reads: self.require_key_for_reads.or(other.require_key_for_reads),
+            header_read_timeout: self.header_read_timeout.or(other.header_read_timeout),
+            max_connections: self.max_connections.or(other.max_connections),
         }
     }
 }
@@ -240,6 +244,12 @@ pub struct AgentSettings {
     /// Whether read routes need a key too: always beyond loopback, and on loopback when
     /// asked (a machine shared with people who should not see the fleet).
     pub keys_for_reads: bool,
+    /// An API client must send a whole request head within this long of connecting or of
+    /// its previous response; idle and slow connections are closed after it.
+    pub header_read_timeout: std::time::Duration,
+    /// At most this many API connections at once; `None`: 4,096, or half the open-file
+    /// limit when that is lower.
+    pub max_connections: Option<usize>,
 }
 
 /// The data dir when none is given: `$XDG_DATA_HOME/mcp-orchestration`, else
@@ -369,6 +379,19 @@ impl Settings {
             name: "listen",
             message: format!("`{listen_text}` is not an address like 127.0.0.1:7070"),
         })?;
+        let header_read_timeout = match &a.header_read_timeout {
+            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
+                name: "header-read-timeout",
+                message,
+            })?,
+            None => std::time::Duration::from_secs(10),
+        };
+        if a.max_connections == Some(0) {
+            return Err(SettingsError::Invalid {
+                name: "max-connections",
+                message: "must be at least 1".to_owned(),
+            });
+        }
         let concurrency = a.concurrency.unwrap_or(defaults::CONCURRENCY);
         if concurrency == 0 {
             return Err(SettingsError::Invalid {
@@ -405,6 +428,8 @@ impl Settings {
             api_key: self.api_key.clone(),
             api_keys_file: a.api_keys_file.clone(),
             keys_for_reads: a.require_key_for_reads.unwrap_or(false) || !listen.ip().is_loopback(),
+            header_read_timeout,
+            max_connections: a.max_connections,
         })
     }
 

@@ -164,6 +164,8 @@ pub async fn start_agent_with(repo: &str, o: AgentOptions, gateway_urls: Vec<Str
         api_key: Some("bench-key".into()),
         api_keys_file: None,
         keys_for_reads: false,
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: None,
     };
     let token = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -176,6 +176,74 @@ fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     Ok(id)
 }
 
+/// Creates the data dir readable by the agent's user only (0700), makes its existing files
+/// 0600, and sets the agent's umask to 0077 so every file it creates later (the database
+/// and its WAL, logs, pid files, the API key) is private too: they hold rollout reasons,
+/// log lines and keys. The process runtime gives servers the usual 0022 back.
+fn private_data_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| AgentError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let meta = entry.metadata().map_err(io)?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one, as servers that hold many connections
+/// do: a default soft limit of 1,024 is quickly shared out between API clients, git
+/// fetches, runtime calls and probes. Returns the soft limit now in force.
+fn raise_nofile_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                info!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open-file limit"
+                );
+                return limit.rlim_max;
+            }
+            warn!(
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                "cannot raise the open-file limit"
+            );
+        }
+    }
+    limit.rlim_cur
+}
+
+/// Half the descriptors for API connections, the rest for everything else; at most 4,096.
+fn default_max_connections(nofile_limit: u64) -> usize {
+    usize::try_from(nofile_limit / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(64, 4096)
+}
+
 /// Binds the API's socket with a listen backlog of 1,024 rather than tokio's 128: with
 /// hundreds of clients connecting at once (`benches/api.rs` at 1,000), a short queue
 /// overflows and the kernel drops SYNs, which clients only retry after a second.
@@ -200,10 +268,8 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| AgentError::DataDir {
-        path: settings.data_dir.clone(),
-        source,
-    })?;
+    private_data_dir(&settings.data_dir)?;
+    let nofile_limit = raise_nofile_limit();
     let store = Store::open(&settings.data_dir.join("state.db"))?;
     let interrupted = store.interrupt_unfinished(jiff::Timestamp::now())?;
     if interrupted > 0 {
@@ -213,6 +279,18 @@ pub async fn run(
         );
     }
     let registry_auths = registry_credentials(&settings)?;
+    // The agent's own secrets, and every value it hands a server, are blanked out of what
+    // servers print before it reaches a reason, an event or a notification.
+    let redactor = crate::redact::Redactor::default();
+    settings
+        .webhook_secret
+        .iter()
+        .chain(settings.git.token.iter())
+        .chain(settings.api_key.iter())
+        .for_each(|s| redactor.add(s));
+    registry_auths
+        .iter()
+        .for_each(|a| redactor.add(&a.password));
     let runtime: Arc<dyn Runtime> = match settings.runtime {
         RuntimeChoice::Docker => {
             let owner = agent_id(&settings.data_dir)?;
@@ -223,11 +301,12 @@ pub async fn run(
                     .with_registry_auth(registry_auths.clone()),
             )
         }
-        RuntimeChoice::Process => Arc::new(crate::runtime::process::ProcessRuntime::new(
-            &settings.data_dir,
-        )?),
+        RuntimeChoice::Process => Arc::new(
+            crate::runtime::process::ProcessRuntime::new(&settings.data_dir)?
+                .with_trust(trust.clone()),
+        ),
     };
-    let secrets = Secrets::load(settings.secrets_file.as_deref())?;
+    let secrets = Secrets::load(settings.secrets_file.as_deref(), &trust, &redactor)?;
     let git = settings.git.clone();
     let mirror = settings.data_dir.join("repo.git");
     let source = tokio::task::spawn_blocking(move || GitSource::open(git, mirror))
@@ -240,13 +319,14 @@ pub async fn run(
     let phase_target: Arc<std::sync::OnceLock<std::sync::Weak<AgentState>>> = Arc::default();
     let target = phase_target.clone();
     let mut executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency)
+        .with_redactor(redactor.clone())
         .on_phase(move |server, phase| {
             if let Some(state) = target.get().and_then(std::sync::Weak::upgrade) {
                 state.rollout_phase(server, phase);
             }
         });
     executor.drain = settings.drain;
-    let monitor = crate::health::Monitor::new(store.clone(), 256);
+    let monitor = crate::health::Monitor::new(store.clone(), 256, redactor.clone());
     let mut state = AgentState::new(
         store.clone(),
         executor.clone(),
@@ -257,6 +337,7 @@ pub async fn run(
         tx,
     );
     state.api_keys = api_keys(&settings)?;
+    state.api_keys.iter().for_each(|k| redactor.add(k));
     state.keys_for_reads = settings.keys_for_reads;
     state.shutdown = shutdown.clone();
     let state = Arc::new(state);
@@ -266,7 +347,18 @@ pub async fn run(
         source,
     })?;
     let addr = listener.local_addr().map_err(AgentError::Serve)?;
-    let api = tokio::spawn(crate::api::serve(listener, state.clone(), shutdown.clone()));
+    let limits = crate::api::serve::Limits {
+        header_read_timeout: settings.header_read_timeout,
+        max_connections: settings
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(nofile_limit)),
+    };
+    let api = tokio::spawn(crate::api::serve(
+        listener,
+        state.clone(),
+        limits,
+        shutdown.clone(),
+    ));
     info!(
         repo = %settings.git.url,
         branch = %settings.git.branch,

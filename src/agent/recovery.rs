@@ -139,7 +139,7 @@ async fn recover(
                 format!("{attempt} recovery attempt(s) did not bring it back; it stays monitored");
             event(&state, &server, detail.clone());
             state.monitor.give_up(&server, &detail);
-            notify(&desired, &server, &detail);
+            notify(&state, &desired, &server, &detail);
             // Fixed by hand later, or replaced by a commit: healthy for a while starts over.
             while !shutdown.is_cancelled() {
                 if watch(&state, &server, span, &shutdown).await == Watch::StayedHealthy {
@@ -227,6 +227,7 @@ async fn recover(
             ),
             _ => {
                 notify(
+                    &state,
                     &desired,
                     &server,
                     "the server is unhealthy and did not recover by restarting or recreating it",
@@ -311,11 +312,12 @@ async fn watch(
 }
 
 /// Tells the policy's notification channel, if any (in the background; never blocks).
-fn notify(desired: &crate::reconcile::Desired, server: &str, detail: &str) {
+fn notify(state: &AgentState, desired: &crate::reconcile::Desired, server: &str, detail: &str) {
     let Some(url) = desired.policy.notification_channel.clone() else {
         return;
     };
     crate::reconcile::execute::notify(
+        state.executor.redactor(),
         url,
         serde_json::json!({
             "event": "recovery",

@@ -261,7 +261,12 @@ impl Syncer {
             warn!("rejected: the commit has no manifest; the applied revision keeps running");
             return;
         };
-        let checked = match manifest::check(&files, &self.trust) {
+        let checked = manifest::check_with(
+            &files,
+            &self.trust,
+            Some(&manifest::host_command_check(&self.trust)),
+        );
+        let checked = match checked {
             Ok(c) => c,
             Err(diags) => {
                 let errors = diags

@@ -7,6 +7,7 @@ mod error;
 mod events;
 pub mod openapi;
 pub mod ops;
+pub mod serve;
 mod webhook;
 
 use std::sync::Arc;
@@ -105,6 +106,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
             state.clone(),
             auth::require_key,
         ))
+        .layer(axum::Extension(Arc::new(webhook::Guard::default())))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::middleware::from_fn(error::request_id))
@@ -139,15 +141,14 @@ async fn openapi_json() -> Json<Value> {
     Json(DOC.get_or_init(openapi::document).clone())
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Serves the API on `listener` until `shutdown` is cancelled, within `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AgentState>,
+    limits: serve::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    serve::serve(listener, router(state), limits, shutdown).await
 }
 
 /// The agent's own health, in the health standard's format.

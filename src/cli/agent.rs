@@ -45,10 +45,12 @@ pub struct Args {
     /// Address of the HTTP API [default: 127.0.0.1:7070]
     #[arg(long, env = env::LISTEN, value_name = "ADDR")]
     listen: Option<String>,
-    /// HMAC secret that `POST /webhooks/git` signatures must match.
+    /// HMAC secret that `POST /webhooks/git` signatures must match. A flag's value is
+    /// visible to every user in `ps`: prefer the environment variable or the config file
     #[arg(long, env = env::WEBHOOK_SECRET, value_name = "SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
-    /// Token for https remotes.
+    /// Token for https remotes. A flag's value is visible to every user in `ps`: prefer the
+    /// environment variable or the config file
     #[arg(long, env = env::GIT_TOKEN, value_name = "TOKEN", hide_env_values = true)]
     git_token: Option<String>,
     /// Private key file for ssh remotes.
@@ -69,6 +71,14 @@ pub struct Args {
     /// Read routes need a key too, also on loopback (always so beyond loopback).
     #[arg(long, env = env::REQUIRE_KEY_FOR_READS, value_parser = clap::builder::BoolishValueParser::new())]
     require_key_for_reads: bool,
+    /// Close API connections that do not send a whole request head within this long of
+    /// connecting or of their previous response (slow or idle clients) [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    header_read_timeout: Option<String>,
+    /// At most this many API connections at once; more are closed when accepted
+    /// [default: 4096, or half the open-file limit]
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -102,11 +112,38 @@ impl Args {
             concurrency: self.concurrency,
             api_keys_file: self.api_keys_file.clone(),
             require_key_for_reads: self.require_key_for_reads.then_some(true),
+            header_read_timeout: self.header_read_timeout.clone(),
+            max_connections: self.max_connections,
         }
     }
 }
 
+/// The flags whose values are secrets.
+const SECRET_FLAGS: &[&str] = &["--api-key", "--webhook-secret", "--git-token"];
+
+/// The secret flags given on the command line (not through the environment or a file).
+fn secret_flags_given(args: impl IntoIterator<Item = String>) -> Vec<&'static str> {
+    let args: Vec<String> = args.into_iter().collect();
+    SECRET_FLAGS
+        .iter()
+        .copied()
+        .filter(|flag| {
+            args.iter().any(|a| {
+                a == flag
+                    || a.strip_prefix(flag)
+                        .is_some_and(|rest| rest.starts_with('='))
+            })
+        })
+        .collect()
+}
+
 pub fn run(settings: &Settings) -> anyhow::Result<u8> {
+    for flag in secret_flags_given(std::env::args()) {
+        warn!(
+            flag,
+            "a secret given as a flag is visible to every user of this machine (ps, /proc/PID/cmdline); use its MCP_ORCHESTRATION_* variable or the config file instead"
+        );
+    }
     let agent = settings.agent()?;
     let trust = settings.load_trust_policy()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -143,5 +180,20 @@ async fn wait_for_signal() {
         }
         // Without signal handlers Ctrl-C still works through the default disposition.
         _ => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_flags_are_found_in_both_spellings_and_only_as_flags() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            secret_flags_given(args(&["mcp", "agent", "--api-key", "k", "--git-token=t"])),
+            vec!["--api-key", "--git-token"]
+        );
+        assert!(secret_flags_given(args(&["mcp", "agent", "--api-keys-file", "f"])).is_empty());
     }
 }

@@ -47,7 +47,8 @@ pub struct Cli {
     #[arg(long, global = true, env = env::URL, value_name = "URL")]
     agent_url: Option<String>,
     /// API key: accepted by `agent`, sent by the other commands [default: the agent's
-    /// generated `<data-dir>/api-key`]
+    /// generated `<data-dir>/api-key`]. A flag's value is visible to every user in `ps`:
+    /// prefer the environment variable or `--api-keys-file`
     #[arg(long, global = true, env = env::API_KEY, value_name = "KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// The agent's data dir: state, logs, the repository mirror, the generated API key

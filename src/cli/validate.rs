@@ -34,7 +34,8 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     };
     let files = read_repo_files(&dir, &file)
         .with_context(|| format!("cannot validate {}", args.path.display()))?;
-    let (diagnostics, summary, code) = match manifest::check(&files, &trust) {
+    let on_host = manifest::host_command_check(&trust);
+    let (diagnostics, summary, code) = match manifest::check_with(&files, &trust, Some(&on_host)) {
         Ok(checked) => {
             let ids: Vec<&str> = checked
                 .manifest

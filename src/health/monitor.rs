@@ -102,12 +102,12 @@ fn jitter(server: &str, interval: Duration) -> Duration {
 
 impl Monitor {
     /// A monitor recording into `store`, with at most `max_in_flight` probes at once.
-    pub fn new(store: Store, max_in_flight: usize) -> Monitor {
+    pub fn new(store: Store, max_in_flight: usize, redactor: crate::redact::Redactor) -> Monitor {
         let (tx, _) = broadcast::channel(1024);
         Monitor {
             inner: Arc::new(Inner {
                 store,
-                prober: Prober::new(),
+                prober: Prober::new().with_redactor(redactor),
                 entries: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(max_in_flight.max(1)),
                 tx,

@@ -88,6 +88,9 @@ struct HealthBody {
 #[derive(Clone, Debug)]
 pub struct Prober {
     http: reqwest::Client,
+    /// A server's answer may echo its configuration; what it says is redacted before it
+    /// becomes a probe's detail.
+    redactor: crate::redact::Redactor,
 }
 
 impl Default for Prober {
@@ -104,7 +107,16 @@ impl Prober {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .unwrap_or_default();
-        Prober { http }
+        Prober {
+            http,
+            redactor: crate::redact::Redactor::default(),
+        }
+    }
+
+    /// The same prober, blanking `redactor`'s values out of every probe's detail.
+    pub fn with_redactor(mut self, redactor: crate::redact::Redactor) -> Prober {
+        self.redactor = redactor;
+        self
     }
 
     /// Probes `127.0.0.1:port` once with the given kind, endpoint and timeout.
@@ -123,7 +135,7 @@ impl Prober {
         };
         ProbeResult {
             outcome,
-            detail,
+            detail: self.redactor.redact(&detail),
             version,
             uptime_seconds: uptime,
             latency_ms: start.elapsed().as_secs_f64() * 1000.0,

@@ -14,7 +14,7 @@ pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Severity};
 pub use types::*;
-pub use validate::{Checked, RepoFiles, check};
+pub use validate::{Checked, CommandCheck, RepoFiles, check, check_with, host_command_check};
 
 /// The manifest's file name inside a manifest repository.
 pub const MANIFEST_FILE: &str = "ecosystem-manifest.yaml";

@@ -42,9 +42,23 @@ impl Checked {
     }
 }
 
+/// Looks at a local command on the host: `Err(why)` when its real path (symlinks resolved)
+/// is not allowed. Given by the caller, so `check` itself never touches the file system.
+pub type CommandCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
+
 /// Decodes and validates a manifest repository's files. On failure, returns every problem
 /// (errors and warnings) sorted by file and position.
 pub fn check(files: &RepoFiles, agent_trust: &TrustPolicy) -> Result<Checked, Vec<Diagnostic>> {
+    check_with(files, agent_trust, None)
+}
+
+/// [`check`], plus `on_host` for every local command (with `{version}` filled in from the
+/// manifest): the agent and `validate` pass [`host_command_check`].
+pub fn check_with(
+    files: &RepoFiles,
+    agent_trust: &TrustPolicy,
+    on_host: Option<CommandCheck<'_>>,
+) -> Result<Checked, Vec<Diagnostic>> {
     let mut all = Vec::new();
     let mut policies = PolicySet::shipped();
     for d in policies.add_repo_files(&files.policies) {
@@ -79,6 +93,18 @@ pub fn check(files: &RepoFiles, agent_trust: &TrustPolicy) -> Result<Checked, Ve
     };
     if let Some(m) = &manifest {
         cross_checks(&mut d, m, &policies, agent_trust, repo_trust.as_ref());
+        if let Some(on_host) = on_host {
+            for (i, s) in m.servers.iter().enumerate() {
+                let Some(p) = &s.process else { continue };
+                let command = p.command.replace("{version}", &s.version.to_string());
+                if command.contains("{port}") {
+                    continue;
+                }
+                if let Err(why) = on_host(&command) {
+                    d.error(&join(&index("servers", i), "process.command"), why);
+                }
+            }
+        }
     }
     all.extend(d.diags.into_vec());
     diagnostic::sort(&mut all);
@@ -99,6 +125,14 @@ fn narrowing_warnings(d: &mut Decoder, repo: &TrustPolicy, agent: &TrustPolicy) 
             d.warning(
                 &format!("allowed_images[{i}]"),
                 format!("`{p}` is outside the agent's trust policy ({}); a repository can narrow it, never widen it", agent.source),
+            );
+        }
+    }
+    for (i, u) in repo.allowed_notification_urls.iter().enumerate() {
+        if !agent.allows_notification_url(u) {
+            d.warning(
+                &format!("allowed_notification_urls[{i}]"),
+                format!("`{u}` is outside the agent's trust policy ({}); a repository can narrow it, never widen it", agent.source),
             );
         }
     }
@@ -187,6 +221,65 @@ fn cross_checks(
                 );
             }
         }
+        // A named policy's channel is reported on the server that uses it: the policy file
+        // may be shipped, and it is the operator's trust policy that refuses it.
+        let (policy, at) = match &s.update_policy {
+            UpdatePolicyRef::Named(name) => (
+                policies.get(name).map(|n| &n.policy),
+                join(&path, "update_policy"),
+            ),
+            UpdatePolicyRef::Inline(p) => {
+                (Some(p), join(&path, "update_policy.notification_channel"))
+            }
+        };
+        if let Some(url) = policy.and_then(|p| p.notification_channel.as_deref()) {
+            if !agent.allows_notification_url(url) {
+                d.error(
+                    &at,
+                    format!(
+                        "notification channel `{url}` is not allowed by the agent's trust policy ({}), whose `allowed_notification_urls` are: {}; rollout reasons (log lines included) would be sent there",
+                        agent.source,
+                        list_or_nothing(&agent.allowed_notification_urls)
+                    ),
+                );
+            } else if let Some(r) = repo.filter(|r| !r.allows_notification_url(url)) {
+                d.error(
+                    &at,
+                    format!(
+                        "notification channel `{url}` is not allowed by the repository's {}",
+                        r.source
+                    ),
+                );
+            }
+        }
+        if let Some(process) = &s.process {
+            let names = process
+                .env
+                .keys()
+                .map(|k| (k.as_str(), join(&path, &format!("process.env.{k}"))))
+                .chain(s.config_requirements.iter().enumerate().map(|(j, r)| {
+                    (
+                        r.name.as_str(),
+                        join(&index(&join(&path, "config_requirements"), j), "name"),
+                    )
+                }));
+            for (name, at) in names {
+                if !agent.allows_process_env(name) {
+                    d.error(
+                        &at,
+                        format!(
+                            "`{name}` makes a program load code other than its own; a process server gets it only when the agent's trust policy ({}) lists it in `allowed_process_env`",
+                            agent.source
+                        ),
+                    );
+                } else if let Some(r) = repo.filter(|r| !r.allows_process_env(name)) {
+                    d.error(
+                        &at,
+                        format!("`{name}` is not allowed by the repository's {}", r.source),
+                    );
+                }
+            }
+        }
         if let Some(process) = &s.process
             && process.command.starts_with('/')
         {
@@ -219,5 +312,17 @@ fn list_or_nothing(items: &[String]) -> String {
         "nothing".to_owned()
     } else {
         items.join(", ")
+    }
+}
+
+/// The check the agent and `validate` run on this host: a command that exists must really
+/// lie in an allowed directory once its symlinks are resolved (`allowed/sh -> /bin/sh` is
+/// refused). One that does not exist yet is left to the check made again at start.
+pub fn host_command_check(trust: &TrustPolicy) -> impl Fn(&str) -> Result<(), String> + '_ {
+    move |command| {
+        if !std::path::Path::new(command).exists() {
+            return Ok(());
+        }
+        trust.check_real_command(command).map(|_| ())
     }
 }

@@ -106,7 +106,7 @@ fn one(
     }
     if !missing.is_empty() {
         return Err(format!(
-            "required configuration not provided to the agent: {} (set it in the agent's environment or secrets file)",
+            "required configuration not provided to the agent: {} (put it in the agent's secrets file, or list the agent's environment variable in the trust policy's `allowed_env`)",
             missing.join(", ")
         ));
     }

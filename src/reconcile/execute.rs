@@ -17,6 +17,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::desired::Desired;
 use super::plan::{Action, Plan};
 use crate::health::{ProbeOutcome, Prober};
+use crate::redact::Redactor;
 use crate::runtime::{Instance, Runtime};
 use crate::store::{NewRollout, RolloutAction, RolloutEnd, RolloutOutcome, Store};
 
@@ -53,6 +54,8 @@ pub struct Executor {
     /// Told about each rollout's phases: the health monitor steps aside while a rollout
     /// owns a server, and a new instance is published before the old one is stopped.
     on_phase: Option<PhaseHook>,
+    /// Blanks secret values out of log tails, probe details and notifications.
+    redactor: Redactor,
 }
 
 /// A rollout's phases, as [`Executor::on_phase`] reports them.
@@ -79,7 +82,20 @@ impl Executor {
             stop_grace: Duration::from_secs(10),
             drain: Duration::from_secs(2),
             on_phase: None,
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Redacts `redactor`'s values from what servers say (log tails, probe answers) and
+    /// from notifications.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Executor {
+        self.prober = self.prober.with_redactor(redactor.clone());
+        self.redactor = redactor;
+        self
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// Sets the callback told about each rollout's phases.
@@ -408,6 +424,7 @@ impl Executor {
                 .logs_tail(&instance.id, 20)
                 .await
                 .unwrap_or_default();
+            let tail = self.redactor.redact(&tail);
             if !tail.trim().is_empty() {
                 reason.push_str(&format!("\nlast log lines:\n{}", tail.trim_end()));
             }
@@ -454,6 +471,7 @@ impl Executor {
         );
         if let Some(url) = &desired.policy.notification_channel {
             notify(
+                &self.redactor,
                 url.clone(),
                 serde_json::json!({
                     "event": event,
@@ -728,7 +746,9 @@ fn first_line(s: &str) -> String {
 
 /// POSTs a JSON event to a notification channel in the background: a channel that is down
 /// is logged and never delays or fails a rollout.
-pub(crate) fn notify(url: String, payload: serde_json::Value) {
+/// Whatever the payload carries is redacted first: reasons hold log lines.
+pub(crate) fn notify(redactor: &Redactor, url: String, mut payload: serde_json::Value) {
+    redactor.redact_json(&mut payload);
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_secs(5))

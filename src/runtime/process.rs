@@ -92,6 +92,10 @@ pub struct ProcessRuntime {
     /// ticker has a `Weak`), so dropping the runtime ends the ticker; `shared` would not,
     /// because the waiters of still-running children hold it.
     adopted: Arc<AdoptedWatch>,
+    /// The operator's trust policy, checked again against the real program (symlinks
+    /// resolved) and the environment right before each start: validation saw the files as
+    /// they were then, and a link can be swapped since.
+    trust: Option<crate::policy::TrustPolicy>,
 }
 
 #[derive(Debug)]
@@ -367,7 +371,14 @@ impl ProcessRuntime {
                 events,
             }),
             adopted,
+            trust: None,
         })
+    }
+
+    /// Checks every start against `trust` (see the `trust` field).
+    pub fn with_trust(mut self, trust: crate::policy::TrustPolicy) -> Self {
+        self.trust = Some(trust);
+        self
     }
 
     fn pid_file_path(&self, server_id: &str, id: &str) -> PathBuf {
@@ -542,6 +553,20 @@ impl ProcessRuntime {
             .into_iter()
             .map(|(k, v)| (k, substitute(&v)))
             .collect();
+        // The real program is started, so a link swapped after this check cannot redirect
+        // the start; the name it was given stays its `argv[0]`.
+        let program = match &self.trust {
+            Some(trust) => {
+                if let Some(name) = env.keys().find(|k| !trust.allows_process_env(k)) {
+                    return Err(start_error(format!(
+                        "`{name}` makes a program load code other than its own and the trust policy ({}) does not list it in `allowed_process_env`",
+                        trust.source
+                    )));
+                }
+                trust.check_real_command(&command).map_err(start_error)?
+            }
+            None => PathBuf::from(&command),
+        };
 
         // The log file is named after the instance, which needs the pid, which needs the
         // spawn, which needs the file. So the child starts writing to a temporary name that
@@ -575,8 +600,9 @@ impl ProcessRuntime {
             .await
             .map_err(|err| start_error(format!("cannot write {}: {err}", intent_path.display())))?;
 
-        let mut cmd = tokio::process::Command::new(&command);
-        cmd.args(&args)
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.arg0(&command)
+            .args(&args)
             .env_clear()
             .envs(
                 INHERITED_ENV
@@ -593,6 +619,14 @@ impl ProcessRuntime {
             .process_group(0)
             // Servers outlive the agent on purpose: a restarted agent adopts them.
             .kill_on_drop(false);
+        // The agent's own umask (0077) keeps its data dir private; a server gets the usual
+        // one. SAFETY: umask is async-signal-safe and touches nothing but the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(err) => {

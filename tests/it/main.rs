@@ -8,6 +8,7 @@ mod gateway_receiver;
 mod gitops;
 mod gitops_docker;
 mod health;
+mod holes;
 mod hooks;
 mod manifest_fuzz;
 mod mcp_probe;

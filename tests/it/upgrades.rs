@@ -27,7 +27,9 @@ fn manifest(servers: &[String]) -> String {
     format!("version: \"1.1\"\nservers:\n{}", servers.concat())
 }
 
-async fn agent_for(repo: &ManifestRepo, host: &str) -> TestAgent {
+/// An agent on the test registry; `channels` are the notification URLs its trust policy
+/// allows.
+async fn agent_for(repo: &ManifestRepo, host: &str, channels: &[&str]) -> TestAgent {
     TestAgent::start(
         repo.remote().to_str().unwrap(),
         Options {
@@ -36,7 +38,9 @@ async fn agent_for(repo: &ManifestRepo, host: &str) -> TestAgent {
             trust: Some(TrustPolicy {
                 allowed_images: vec![format!("{host}/")],
                 allowed_commands: vec![],
+                allowed_notification_urls: channels.iter().map(|c| c.to_string()).collect(),
                 source: "test".into(),
+                ..Default::default()
             }),
             ..Options::default()
         },
@@ -79,7 +83,7 @@ async fn registry_upgrades_follow_each_update_policy() {
         ]),
         "three policies",
     );
-    let agent = agent_for(&repo, &host).await;
+    let agent = agent_for(&repo, &host, &[]).await;
     agent.wait_running(&lat, "2.0.0", DEADLINE).await;
     agent.wait_running(&sem, "1.0.0", DEADLINE).await;
     agent.wait_running(&pin, "1.0.0", DEADLINE).await;
@@ -151,7 +155,7 @@ async fn a_failing_version_is_rolled_back_remembered_and_skipped_until_a_newer_o
         &manifest(&[server(&id, &host, "1.0.0", &policy)]),
         "one server",
     );
-    let agent = agent_for(&repo, &host).await;
+    let agent = agent_for(&repo, &host, &[&receiver.url]).await;
     let good = agent.wait_running(&id, "1.1.0", DEADLINE).await;
 
     publish(&host, "1.2.0", "unhealthy");
@@ -256,6 +260,7 @@ async fn an_upgrade_with_a_dynamic_port_has_zero_downtime() {
             allowed_images: vec![format!("{host}/")],
             allowed_commands: vec![],
             source: "test".into(),
+            ..Default::default()
         }),
         ..Options::default()
     };

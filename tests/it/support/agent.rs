@@ -49,6 +49,7 @@ pub fn test_trust() -> TrustPolicy {
         allowed_images: vec!["mcp-orch-test/".into(), "127.0.0.1:5000/".into()],
         allowed_commands: vec![bin.parent().expect("examples dir").display().to_string()],
         source: "test trust policy".into(),
+        ..Default::default()
     }
 }
 
@@ -66,6 +67,9 @@ pub struct Options {
     pub webhook_secret: Option<String>,
     pub runtime: RuntimeChoice,
     pub require_key_for_reads: bool,
+    pub secrets_file: Option<PathBuf>,
+    pub header_read_timeout: Duration,
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Options {
@@ -81,6 +85,9 @@ impl Default for Options {
             webhook_secret: None,
             runtime: RuntimeChoice::Process,
             require_key_for_reads: false,
+            secrets_file: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: None,
         }
     }
 }
@@ -119,11 +126,13 @@ impl TestAgent {
             listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data.path().to_owned(),
             webhook_secret: options.webhook_secret,
-            secrets_file: None,
+            secrets_file: options.secrets_file.clone(),
             concurrency: 4,
             api_key: Some(TEST_API_KEY.into()),
             api_keys_file: None,
             keys_for_reads: options.require_key_for_reads,
+            header_read_timeout: options.header_read_timeout,
+            max_connections: options.max_connections,
         };
         let token = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -1,0 +1,369 @@
+//! Regression tests for the holes an outside attack and a new user found (issue 10), each
+//! named after what it prevents. Real processes, real git, real SQLite, real HTTP.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use mcp_orchestration::policy::TrustPolicy;
+
+use crate::support::agent::{Options, TestAgent};
+use crate::support::eventually;
+use crate::support::git::ManifestRepo;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Writes an executable shell script.
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn trust_for(dir: &Path) -> TrustPolicy {
+    TrustPolicy {
+        allowed_commands: vec![dir.display().to_string()],
+        allowed_env: vec!["LEAKY_ALLOWED".into()],
+        source: "test trust policy".into(),
+        ..Default::default()
+    }
+}
+
+/// Every byte of the agent's database files, WAL included.
+fn database_bytes(data: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["state.db", "state.db-wal"] {
+        if let Ok(b) = std::fs::read(data.join(name)) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_cannot_exfiltrate_the_agents_secrets() {
+    const SECRET: &str = "s3cr3t-from-the-secrets-file";
+    let bin = tempfile::tempdir().unwrap();
+    // A server that prints its whole environment and dies: its log tail becomes the failed
+    // gate's reason.
+    let leaky = bin.path().join("leaky");
+    script(&leaky, "env\nexit 3");
+    let secrets = bin.path().join("secrets.yaml");
+    std::fs::write(&secrets, format!("LEAKY_TOKEN: {SECRET}\n")).unwrap();
+
+    let repo = ManifestRepo::new();
+    let health = "health_check: { interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 1 }";
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n\
+             - id: leaky\n  version: \"1.0.0\"\n  process: {{ command: {cmd}, args: [\"{{port}}\"] }}\n  {health}\n  config_requirements:\n    - {{ name: LEAKY_TOKEN, secret: true }}\n\
+             - id: greedy\n  version: \"1.0.0\"\n  process: {{ command: {cmd}, args: [\"{{port}}\"] }}\n  {health}\n  config_requirements:\n    - {{ name: PATH, secret: true }}\n",
+            cmd = leaky.display()
+        ),
+        "a server that prints its environment, and one asking for the agent's PATH",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            trust: Some(trust_for(bin.path())),
+            secrets_file: Some(secrets.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+
+    // The agent's environment is not a source unless the operator allow-listed the name.
+    let greedy = eventually(
+        DEADLINE,
+        "greedy to be refused its configuration",
+        || async {
+            let s = agent.server("greedy").await?;
+            let reason = s["reason"].as_str()?.to_owned();
+            reason.contains("PATH").then_some(reason)
+        },
+    )
+    .await;
+    assert!(greedy.contains("allowed_env"), "{greedy}");
+
+    // The leaky server's failed gate keeps its log tail, with the secret blanked out.
+    let reason = eventually(DEADLINE, "leaky's rollout to fail", || async {
+        let (_, v) = agent.get("/servers/leaky/rollouts").await;
+        let r = v["rollouts"].as_array()?.first()?.clone();
+        (r["outcome"] == "failed").then(|| r["reason"].as_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    assert!(reason.contains("LEAKY_TOKEN=[redacted]"), "{reason}");
+    assert!(!reason.contains(SECRET), "{reason}");
+
+    for path in ["/revisions", "/events/history", "/servers/leaky/rollouts"] {
+        let (_, v) = agent.get(path).await;
+        assert!(
+            !v.to_string().contains(SECRET),
+            "{path} leaks the secret: {v}"
+        );
+    }
+    let db = database_bytes(agent.data.path());
+    assert!(!db.is_empty());
+    assert!(!contains(&db, SECRET), "state.db holds the secret");
+
+    // The data dir and every file in it are the agent's user's alone.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(agent.data.path()), 0o700);
+    for entry in std::fs::read_dir(agent.data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is readable by others",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notification_channel_outside_the_trust_policy_is_rejected() {
+    let bin = tempfile::tempdir().unwrap();
+    let server = bin.path().join("server");
+    script(&server, "exit 0");
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n- id: chatty\n  version: \"1.0.0\"\n  process: {{ command: {} }}\n  update_policy: {{ version_strategy: pinned, notification_channel: \"http://127.0.0.1:9/collect\" }}\n",
+            server.display()
+        ),
+        "a channel the pusher chose",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            trust: Some(trust_for(bin.path())),
+            ..Options::default()
+        },
+    )
+    .await;
+    agent.wait_runs(1).await;
+    let (_, v) = agent.get("/revisions").await;
+    let run = &v["revisions"][0];
+    assert_eq!(run["result"], "rejected", "{run}");
+    assert!(
+        run.to_string().contains("allowed_notification_urls"),
+        "the rejection names the trust policy's list: {run}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_symlink_cannot_escape_the_command_trust_policy() {
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/bin/sh", bin.path().join("sh")).unwrap();
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n- id: escape\n  version: \"1.0.0\"\n  process: {{ command: {}, args: [\"-c\", \"sleep 60\"] }}\n",
+            bin.path().join("sh").display()
+        ),
+        "a link to a shell in an allowed directory",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            trust: Some(trust_for(bin.path())),
+            ..Options::default()
+        },
+    )
+    .await;
+    agent.wait_runs(1).await;
+    let (_, v) = agent.get("/revisions").await;
+    let run = &v["revisions"][0];
+    assert_eq!(run["result"], "rejected", "{run}");
+    assert!(run.to_string().contains("resolves to"), "{run}");
+    assert!(agent.pid_files().is_empty(), "nothing was started");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_cannot_preload_a_library_into_a_process_server() {
+    let bin = tempfile::tempdir().unwrap();
+    let server = bin.path().join("server");
+    script(&server, "exit 0");
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n- id: preload\n  version: \"1.0.0\"\n  process: {{ command: {}, env: {{ LD_PRELOAD: /tmp/evil.so }} }}\n",
+            server.display()
+        ),
+        "LD_PRELOAD through an allowed command",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            trust: Some(trust_for(bin.path())),
+            ..Options::default()
+        },
+    )
+    .await;
+    agent.wait_runs(1).await;
+    let (_, v) = agent.get("/revisions").await;
+    let run = &v["revisions"][0];
+    assert_eq!(run["result"], "rejected", "{run}");
+    assert!(run.to_string().contains("allowed_process_env"), "{run}");
+}
+
+/// How many syncs the agent has finished, from `GET /metrics`.
+async fn sync_count(agent: &TestAgent) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", agent.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("mcp_orchestration_sync_duration_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the sync counter")
+}
+
+async fn wait_syncs(agent: &TestAgent, n: u64) {
+    eventually(DEADLINE, &format!("{n} syncs"), || async {
+        (sync_count(agent).await >= n).then_some(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_webhook_wakes_nothing_and_a_flood_is_rate_limited() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&crate::support::agent::process_manifest(&[]), "empty fleet");
+    let agent = TestAgent::start(
+        &repo.remote_url(),
+        Options {
+            webhook_secret: Some("s3cret".into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    agent.wait_runs(1).await;
+    let before = sync_count(&agent).await;
+    let url = format!("{}/webhooks/git", agent.url);
+    let send = |client: reqwest::Client, delivery: &'static str, body: &'static str| {
+        let url = url.clone();
+        let signature = mcp_orchestration::api::sign_webhook(b"s3cret", body.as_bytes());
+        async move {
+            client
+                .post(&url)
+                .header("x-hub-signature-256", signature)
+                .header("x-github-delivery", delivery)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    const FIRST: &str = r#"{"ref":"refs/heads/main","after":"1"}"#;
+    let client = reqwest::Client::new();
+    assert_eq!(send(client.clone(), "delivery-1", FIRST).await, 202);
+    wait_syncs(&agent, before + 1).await;
+
+    // A captured delivery replayed with a fresh id (the id header is not signed).
+    assert_eq!(send(client.clone(), "delivery-1b", FIRST).await, 200);
+    // The attack's 2,000 replays of one captured delivery.
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..2000 {
+        *statuses
+            .entry(send(client.clone(), "delivery-1", FIRST).await)
+            .or_insert(0) += 1;
+    }
+    assert!(
+        !statuses.contains_key(&202),
+        "a replay was accepted: {statuses:?}"
+    );
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 1900,
+        "the flood is rate limited: {statuses:?}"
+    );
+
+    // A new delivery from another source is the counted event: one more sync, and none for
+    // the replays before it.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let second = r#"{"ref":"refs/heads/main","after":"2"}"#;
+    assert_eq!(send(other, "delivery-2", second).await, 202);
+    wait_syncs(&agent, before + 2).await;
+    assert_eq!(sync_count(&agent).await, before + 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_idle_connections_cannot_exhaust_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&crate::support::agent::process_manifest(&[]), "empty fleet");
+    let agent = TestAgent::start(
+        &repo.remote_url(),
+        Options {
+            header_read_timeout: Duration::from_millis(500),
+            max_connections: Some(64),
+            ..Options::default()
+        },
+    )
+    .await;
+    agent.wait_runs(1).await;
+    let addr = agent.url.trim_start_matches("http://").to_owned();
+
+    // Slowloris: more clients than the cap, each sending half a request head and waiting.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // Over the cap the agent may close before this write lands; that is fine.
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await;
+        slow.push(s);
+    }
+    // An idle kept-alive client: one request, then silence.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+
+    // Every one of them is closed by the agent, not held.
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+    let results = futures::future::join_all(slow.into_iter().map(closed)).await;
+    assert!(
+        results.iter().all(|c| *c),
+        "{} of 200 slow connections were still open after 5 s",
+        results.iter().filter(|c| !**c).count()
+    );
+    assert!(closed(idle).await, "the idle connection is closed");
+
+    // And the API still answers.
+    let (status, health) = agent.get("/health").await;
+    assert_eq!(status, 200, "{health}");
+
+    // The open-file limit was raised to the hard limit at start.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct passed in.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    assert_eq!(limit.rlim_cur, limit.rlim_max);
+}
