@@ -118,6 +118,16 @@ pub async fn run(
     let mut transitions = state.monitor.subscribe();
     let mut last: Option<(Option<String>, Vec<Backend>)> = None;
     loop {
+        // Until the runtime has been listed the view is empty for lack of knowledge, not
+        // because the fleet is gone: an agent that restarts must not withdraw every backend.
+        if !state.fleet().observed {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = state.routing_changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            continue;
+        }
         let (revision, backends) = backends(&state);
         // Health-since timestamps alone do not change routing... but they do tell a gateway
         // when a state began, so any difference is published.

@@ -4,6 +4,7 @@
 //! Shutdown finishes the current sync step and stops serving; the fleet keeps running (the
 //! servers are not the agent's children) and is adopted again at the next start.
 
+mod lock;
 mod recovery;
 mod registry_poll;
 mod secrets;
@@ -54,6 +55,11 @@ pub enum AgentError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error(
+        "the data directory {path} is in use by another agent{}; give each agent its own --data-dir",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
 }
 
 /// The keys the API accepts: `--api-key` and the lines of `--api-keys-file`; with neither,
@@ -268,8 +274,17 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), AgentError> {
+    // Nothing is touched before the data dir is ours alone: a second agent on it would roll
+    // out the same commits and stop the first one's instances.
+    let (_lock, mut created) = lock::DataDir::acquire(&settings.data_dir)?;
     private_data_dir(&settings.data_dir)?;
     let nofile_limit = raise_nofile_limit();
+    // A busy port fails the start before the store is opened (and a previous agent's
+    // unfinished work is marked interrupted).
+    let listener = listen(settings.listen).map_err(|source| AgentError::Listen {
+        addr: settings.listen,
+        source,
+    })?;
     let store = Store::open(&settings.data_dir.join("state.db"))?;
     let interrupted = store.interrupt_unfinished(jiff::Timestamp::now())?;
     if interrupted > 0 {
@@ -342,10 +357,6 @@ pub async fn run(
     state.shutdown = shutdown.clone();
     let state = Arc::new(state);
     let _ = phase_target.set(Arc::downgrade(&state));
-    let listener = listen(settings.listen).map_err(|source| AgentError::Listen {
-        addr: settings.listen,
-        source,
-    })?;
     let addr = listener.local_addr().map_err(AgentError::Serve)?;
     let limits = crate::api::serve::Limits {
         header_read_timeout: settings.header_read_timeout,
@@ -370,6 +381,8 @@ pub async fn run(
         "agent started"
     );
     on_ready(addr);
+    // Started: from here on the data dir holds state worth keeping, whatever happens.
+    created.keep();
 
     // A local repository is watched, so commits and pushes are seen at once.
     let _watcher = settings.git.local_git_dir().and_then(|dir| {
@@ -422,7 +435,10 @@ pub async fn run(
             break;
         }
         // Back off while the remote is unreachable, up to the poll interval.
-        let wait = if syncer.fetch_failures > 0 {
+        let wait = if syncer.commit_waiting() {
+            // A commit the store could not record yet: try again soon.
+            Duration::from_secs(1).min(settings.poll_interval)
+        } else if syncer.fetch_failures > 0 {
             let backoff =
                 Duration::from_millis(500) * 2u32.saturating_pow(syncer.fetch_failures.min(10));
             backoff.min(settings.poll_interval)

@@ -25,6 +25,12 @@ pub enum OperatorError {
     Runtime(String),
     #[error("`{0}` has no earlier successful version to roll back to; name one with --to")]
     NothingToRollBackTo(String),
+    #[error("`{0}` is stopped by an operator; `deploy` it to start it again")]
+    Stopped(String),
+    #[error(
+        "`{server}` never ran {version} successfully here; roll back to a version from its history (`mcp-orchestration history {server}`), or pass force to go anyway"
+    )]
+    NotInHistory { server: String, version: String },
 }
 
 /// What woke a sync.
@@ -92,7 +98,17 @@ pub struct FleetView {
     pub last_sync: Option<Timestamp>,
     /// Set while the repository cannot be fetched.
     pub source_error: Option<String>,
+    /// Set while the runtime cannot list its instances: the servers and endpoints shown
+    /// are the last ones seen, not a fleet that vanished.
+    pub runtime_error: Option<String>,
+    /// Set while the state database cannot record runs: a new commit waits for it.
+    pub store_error: Option<String>,
     pub servers: Vec<ServerView>,
+    /// Whether the runtime has been listed since the agent started. Until then the view
+    /// is empty for lack of knowledge, and nothing is published to gateways.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub observed: bool,
 }
 
 /// State shared between the agent's tasks.
@@ -192,10 +208,15 @@ impl AgentState {
 
     /// An operator's rollback: holds the server at `to` (or the version it ran before the
     /// current one), pausing auto-update for it, and converges now. Returns the version.
+    ///
+    /// A named version must have rolled out successfully on this server before, unless
+    /// `force`: a version that never ran would otherwise "succeed" as a hold and then count
+    /// as the version to go back to.
     pub async fn rollback(
         &self,
         server: &str,
         to: Option<semver::Version>,
+        force: bool,
     ) -> Result<String, OperatorError> {
         self.known(server)?;
         let current = self
@@ -204,22 +225,30 @@ impl AgentState {
             .into_iter()
             .find(|s| s.id == server)
             .and_then(|s| s.running_version);
+        let s = server.to_owned();
+        let history = self
+            .store
+            .call(move |st| st.rollouts(Some(&s), 10_000))
+            .await?;
+        let mut ran = history
+            .iter()
+            .filter(|r| r.outcome == crate::store::RolloutOutcome::Succeeded)
+            .filter_map(|r| r.to_version.clone());
         let version = match to {
-            Some(v) => v.to_string(),
-            None => {
-                let s = server.to_owned();
-                let history = self
-                    .store
-                    .call(move |st| st.rollouts(Some(&s), 200))
-                    .await?;
-                // The newest successful rollout to something other than what runs now.
-                history
-                    .iter()
-                    .filter(|r| r.outcome == crate::store::RolloutOutcome::Succeeded)
-                    .filter_map(|r| r.to_version.clone())
-                    .find(|v| Some(v) != current.as_ref())
-                    .ok_or_else(|| OperatorError::NothingToRollBackTo(server.to_owned()))?
+            Some(v) => {
+                let v = v.to_string();
+                if !force && !ran.any(|r| r == v) {
+                    return Err(OperatorError::NotInHistory {
+                        server: server.to_owned(),
+                        version: v,
+                    });
+                }
+                v
             }
+            // The newest successful rollout to something other than what runs now.
+            None => ran
+                .find(|v| Some(v) != current.as_ref())
+                .ok_or_else(|| OperatorError::NothingToRollBackTo(server.to_owned()))?,
         };
         let pin = crate::store::Pin {
             server_id: server.to_owned(),
@@ -375,13 +404,31 @@ impl AgentState {
 
     /// An operator's restart: a fresh instance replaces the current one, and the recovery
     /// count starts over. Runs in the background; returns once it is under way.
-    pub fn restart(self: &std::sync::Arc<Self>, server: &str) -> Result<(), OperatorError> {
+    ///
+    /// A server an operator stopped stays stopped: only `deploy` lifts a stop.
+    pub async fn restart(self: &std::sync::Arc<Self>, server: &str) -> Result<(), OperatorError> {
         self.known(server)?;
+        // The store, not the fleet view: a stop is recorded before its sync shows it.
+        let held = self.store.call(|st| st.held_servers()).await?;
+        if held.iter().any(|h| h == server) {
+            return Err(OperatorError::Stopped(server.to_owned()));
+        }
         let desired = self.desired(server).ok_or_else(|| {
             OperatorError::Runtime(format!("`{server}` cannot run here; see its status"))
         })?;
         let state = self.clone();
+        let held = self.store.clone();
+        let id = server.to_owned();
         tokio::spawn(async move {
+            // A stop that landed since the check above wins.
+            match held.call(move |st| st.held_servers()).await {
+                Ok(h) if h.contains(&id) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(server = %id, error = %e, "cannot read operator stops; not restarting");
+                    return;
+                }
+            }
             if let Err(e) = state.executor.replace(&desired, false).await {
                 tracing::warn!(server = %desired.server_id(), error = %e, "operator restart failed");
             }

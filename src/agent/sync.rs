@@ -48,6 +48,8 @@ pub struct Syncer {
     problems: Vec<DesiredProblem>,
     /// Consecutive fetch failures, for backoff.
     pub fetch_failures: u32,
+    /// Why the last new commit could not be recorded, until one can be.
+    store_error: Option<String>,
 }
 
 const APPLIED_KEY: &str = "applied_revision";
@@ -73,7 +75,13 @@ impl Syncer {
             pins: BTreeMap::new(),
             problems: Vec::new(),
             fetch_failures: 0,
+            store_error: None,
         }
+    }
+
+    /// Whether the last sync left a new commit unrecorded, to be tried again soon.
+    pub fn commit_waiting(&self) -> bool {
+        self.store_error.is_some()
     }
 
     async fn blocking<T: Send + 'static>(
@@ -136,9 +144,18 @@ impl Syncer {
                         already == Some(RunResult::Rejected) || (applied_here && !interrupted);
                     if !skip {
                         let span = info_span!("run", revision = %short_commit(&head), trigger = trigger.as_str());
-                        self.run_commit(&head, trigger, seen_at, (fetch_started, fetch_finished))
+                        let recorded = self
+                            .run_commit(&head, trigger, seen_at, (fetch_started, fetch_finished))
                             .instrument(span)
                             .await;
+                        // A commit that could not even be recorded is not seen yet: the
+                        // next sync tries it again (the loop backs off meanwhile).
+                        if let Err(e) = recorded {
+                            self.last_head = None;
+                            self.store_error = Some(e);
+                        } else {
+                            self.store_error = None;
+                        }
                         self.publish(source_error).await;
                         return;
                     }
@@ -174,7 +191,7 @@ impl Syncer {
         trigger: Trigger,
         seen_at: Timestamp,
         fetch: (Timestamp, Timestamp),
-    ) {
+    ) -> Result<(), String> {
         let store = self.state.store.clone();
         let h = head.to_owned();
         let revision: Result<Revision, String> = self.blocking(move |s| s.revision(&h)).await;
@@ -192,8 +209,9 @@ impl Syncer {
         }) {
             Ok(id) => id,
             Err(e) => {
-                warn!(error = %e, "cannot record the run; not applying the commit");
-                return;
+                let e = crate::error_text::chain(&e);
+                warn!(error = %e, "cannot record the run; not applying the commit until it can be");
+                return Err(format!("cannot record a run for the new commit: {e}"));
             }
         };
         info!(message = message.as_deref().unwrap_or(""), "new commit");
@@ -239,7 +257,7 @@ impl Syncer {
                     Some(e.clone()),
                 );
                 finish(RunResult::Failed, Some(e), &[]);
-                return;
+                return Ok(());
             }
         };
         let Some(files) = revision.files else {
@@ -259,7 +277,7 @@ impl Syncer {
                 &[err],
             );
             warn!("rejected: the commit has no manifest; the applied revision keeps running");
-            return;
+            return Ok(());
         };
         let checked = manifest::check_with(
             &files,
@@ -285,7 +303,7 @@ impl Syncer {
                 for d in diags.iter().take(20) {
                     warn!(diagnostic = %d, "rejected commit");
                 }
-                return;
+                return Ok(());
             }
         };
         stage(Stage::Validate, StageStatus::Succeeded, started, None);
@@ -316,7 +334,7 @@ impl Syncer {
             Err(e) => {
                 stage(Stage::Plan, StageStatus::Failed, started, Some(e.clone()));
                 finish(RunResult::Failed, Some(e.clone()), &[]);
-                return;
+                return Ok(());
             }
         };
         stage(
@@ -378,6 +396,7 @@ impl Syncer {
             warn!(reason = %reason, "applied with failures");
             finish(RunResult::Failed, Some(reason), &[]);
         }
+        Ok(())
     }
 
     /// The desired state now: each server at the version its policy resolves to (from the
@@ -486,8 +505,17 @@ impl Syncer {
             Err(e) => return (Err(format!("cannot list instances: {e}")), Vec::new()),
         };
         let desired = self.desired(&observed);
+        // Fail closed: without knowing which servers an operator stopped, nothing changes
+        // (an empty list would bring them back).
+        let held = match self.state.store.held_servers() {
+            Ok(h) => h,
+            Err(e) => {
+                let e = crate::error_text::chain(&e);
+                return (Err(format!("cannot read operator stops: {e}")), Vec::new());
+            }
+        };
         let mut leave_alone: BTreeMap<String, String> = BTreeMap::new();
-        for server in self.state.store.held_servers().unwrap_or_default() {
+        for server in held {
             leave_alone.insert(server, "stopped by an operator".to_owned());
         }
         for (server, reason) in &self.failed {
@@ -514,9 +542,18 @@ impl Syncer {
         (Ok(summary), outcomes)
     }
 
-    /// Servers that do not run their desired spec, with why.
+    /// Servers that do not run their desired spec, with why. A runtime that cannot be
+    /// listed is said so, not taken for an empty fleet.
     async fn verify(&mut self) -> Vec<String> {
-        let observed = self.executor.runtime().list().await.unwrap_or_default();
+        let observed = match self.executor.runtime().list().await {
+            Ok(o) => o,
+            Err(e) => {
+                return vec![format!(
+                    "cannot verify: the runtime cannot list its instances: {}",
+                    crate::error_text::chain(&e)
+                )];
+            }
+        };
         let desired = self.desired(&observed);
         desired
             .iter()
@@ -532,18 +569,30 @@ impl Syncer {
             .collect()
     }
 
-    /// Publishes the fleet view for the API, from what actually runs.
+    /// Publishes the fleet view for the API, from what actually runs. When the runtime
+    /// cannot be listed, what is unknown stays unknown: the last view (instances,
+    /// endpoints) and the monitor's targets are kept, marked with the error, until the
+    /// runtime answers again. An empty listing is never made up from a failure.
     async fn publish(&mut self, source_error: Option<String>) {
-        let observed = match self.executor.runtime().list().await {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(error = %e, "cannot list instances for the status view");
-                Vec::new()
+        match self.executor.runtime().list().await {
+            Ok(observed) => {
+                let (mut view, targets) = self.view(source_error, &observed);
+                view.store_error = self.store_error.clone();
+                view.observed = true;
+                self.state.set_fleet(view);
+                self.state.monitor.set_targets(targets);
             }
-        };
-        let (view, targets) = self.view(source_error, &observed);
-        self.state.set_fleet(view);
-        self.state.monitor.set_targets(targets);
+            Err(e) => {
+                let e = crate::error_text::chain(&e);
+                warn!(error = %e, "cannot list the runtime's instances; keeping the last known fleet");
+                let mut view = self.state.fleet();
+                view.source_error = source_error;
+                view.store_error = self.store_error.clone();
+                view.runtime_error = Some(format!("the runtime cannot list its instances: {e}"));
+                view.last_sync = Some(Timestamp::now());
+                self.state.set_fleet(view);
+            }
+        }
     }
 
     /// The fleet view for the API and the monitor's targets: the running instance of every
@@ -643,7 +692,10 @@ impl Syncer {
             head: self.last_head.clone(),
             last_sync: Some(now),
             source_error,
+            runtime_error: None,
+            store_error: None,
             servers,
+            observed: false,
         };
         (view, targets)
     }

@@ -157,7 +157,10 @@ async fn health(State(state): State<Arc<AgentState>>) -> Json<Value> {
     let uptime = jiff::Timestamp::now()
         .duration_since(state.started_at)
         .as_secs_f64();
-    let status = if fleet.source_error.is_some() {
+    let status = if fleet.source_error.is_some()
+        || fleet.runtime_error.is_some()
+        || fleet.store_error.is_some()
+    {
         "degraded"
     } else {
         "healthy"
@@ -169,6 +172,8 @@ async fn health(State(state): State<Arc<AgentState>>) -> Json<Value> {
         "runtime": state.runtime.as_str(),
         "applied_revision": fleet.applied_revision,
         "source_error": fleet.source_error,
+        "runtime_error": fleet.runtime_error,
+        "store_error": fleet.store_error,
     }))
 }
 
@@ -277,10 +282,15 @@ async fn rollout(
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
+    /// The version to go back to; by default the one before the current.
     to: Option<String>,
+    /// Allow a `to` version that never rolled out successfully on this server.
+    #[serde(default)]
+    force: bool,
 }
 
-/// `POST /servers/{id}/rollback` with an optional `{"to": "1.1.0"}`: an operator rollback,
+/// `POST /servers/{id}/rollback` with an optional `{"to": "1.1.0", "force": false}`: an
+/// operator rollback to a version from the server's history (any version with `force`),
 /// holding the server at that version until `POST /servers/{id}/rollout/resume`.
 async fn rollback(
     State(state): State<Arc<AgentState>>,
@@ -298,7 +308,7 @@ async fn rollback(
             )
         })?
     };
-    let answer = ops::rollback(&state, &id, request.to.as_deref()).await?;
+    let answer = ops::rollback(&state, &id, request.to.as_deref(), request.force).await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
@@ -365,7 +375,7 @@ async fn restart(
     State(state): State<Arc<AgentState>>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(ops::restart(&state, &id)?)))
+    Ok((StatusCode::ACCEPTED, Json(ops::restart(&state, &id).await?)))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

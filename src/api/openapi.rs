@@ -277,6 +277,8 @@ pub fn document() -> Value {
                 ("runtime", string()),
                 ("applied_revision", json!({ "type": ["string", "null"] })),
                 ("source_error", json!({ "type": ["string", "null"] })),
+                ("runtime_error", json!({ "type": ["string", "null"] })),
+                ("store_error", json!({ "type": ["string", "null"] })),
             ]),
         ),
         ..Op::default()

@@ -31,7 +31,9 @@ fn validation(message: String) -> ApiError {
 pub fn operator_error(e: OperatorError) -> ApiError {
     match e {
         OperatorError::UnknownServer(id) => ApiError::server_not_found(&id),
-        e @ OperatorError::NothingToRollBackTo(_) => {
+        e @ (OperatorError::NothingToRollBackTo(_)
+        | OperatorError::Stopped(_)
+        | OperatorError::NotInHistory { .. }) => {
             ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
         }
         other => ApiError::internal(format!("{other:#}")),
@@ -65,21 +67,29 @@ pub async fn deploy(state: &AgentState, id: &str) -> Result<Value, ApiError> {
 }
 
 /// A fresh instance replaces the current one, in the background.
-pub fn restart(state: &Arc<AgentState>, id: &str) -> Result<Value, ApiError> {
-    state.restart(id).map_err(operator_error)?;
+pub async fn restart(state: &Arc<AgentState>, id: &str) -> Result<Value, ApiError> {
+    state.restart(id).await.map_err(operator_error)?;
     Ok(json!({ "server_id": id, "restart": "requested" }))
 }
 
 /// Holds the server at `to` (a version, `v` prefix allowed) or at the version it ran
 /// before, pausing auto-update for it until resumed.
-pub async fn rollback(state: &AgentState, id: &str, to: Option<&str>) -> Result<Value, ApiError> {
+pub async fn rollback(
+    state: &AgentState,
+    id: &str,
+    to: Option<&str>,
+    force: bool,
+) -> Result<Value, ApiError> {
     let to = to
         .map(|v| {
             semver::Version::parse(v.trim_start_matches('v'))
                 .map_err(|e| validation(format!("`{v}` is not a version: {e}")))
         })
         .transpose()?;
-    let version = state.rollback(id, to).await.map_err(operator_error)?;
+    let version = state
+        .rollback(id, to, force)
+        .await
+        .map_err(operator_error)?;
     Ok(json!({ "server_id": id, "rollback_to": version, "auto_update": "paused until resumed" }))
 }
 

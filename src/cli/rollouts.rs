@@ -45,6 +45,9 @@ pub struct RollbackArgs {
     /// The version to go back to [default: the one before the current]
     #[arg(long)]
     to: Option<String>,
+    /// Allow a --to version that never rolled out successfully on this server.
+    #[arg(long, requires = "to")]
+    force: bool,
     /// Give up waiting after this long (the rollback itself goes on).
     #[arg(long, default_value = "300s")]
     timeout: String,
@@ -190,7 +193,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
     let before: Value = client.get(&format!("/servers/{}/rollouts?limit=1", args.server))?;
     let last_id = before["rollouts"][0]["id"].as_i64().unwrap_or(0);
     let body = match &args.to {
-        Some(v) => serde_json::json!({ "to": v }),
+        Some(v) => serde_json::json!({ "to": v, "force": args.force }),
         None => serde_json::json!({}),
     };
     let answer: Value = client.send_json(

@@ -146,8 +146,17 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
             );
             let applied = text(&fleet, "applied_revision");
             println!("\napplied revision: {}", short_commit(&applied));
-            if let Some(e) = fleet.get("source_error").and_then(Value::as_str) {
-                println!("source error: {e}");
+            for (key, label) in [
+                ("source_error", "source error"),
+                (
+                    "runtime_error",
+                    "runtime error (the servers shown are the last seen)",
+                ),
+                ("store_error", "state database error"),
+            ] {
+                if let Some(e) = fleet.get(key).and_then(Value::as_str) {
+                    println!("{label}: {e}");
+                }
             }
         }
     }

@@ -82,6 +82,9 @@ pub struct RollbackArgs {
     /// out successfully before the one running now.
     #[serde(default)]
     pub to: Option<String>,
+    /// Allow a `to` version that never rolled out successfully on this server.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// The tool's answer: the operation's JSON, or its error for the model to read.
@@ -186,7 +189,7 @@ impl Tools {
         &self,
         Parameters(args): Parameters<ServerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::restart(&self.state, &args.server_id))
+        reply(ops::restart(&self.state, &args.server_id).await)
     }
 
     #[tool(
@@ -254,7 +257,7 @@ impl Tools {
         &self,
         Parameters(args): Parameters<RollbackArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::rollback(&self.state, &args.server_id, args.to.as_deref()).await)
+        reply(ops::rollback(&self.state, &args.server_id, args.to.as_deref(), args.force).await)
     }
 
     #[tool(

@@ -367,3 +367,283 @@ async fn slow_and_idle_connections_cannot_exhaust_the_api() {
     );
     assert_eq!(limit.rlim_cur, limit.rlim_max);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_does_not_resurrect_a_stopped_server() {
+    use reqwest::Method;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("held", "1.0.0")]),
+        "one server",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_running("held", "1.0.0", DEADLINE).await;
+    let (status, _) = agent.call(Method::DELETE, "/servers/held", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = agent
+        .call(Method::POST, "/servers/held/restart", None)
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deploy"),
+        "{body}"
+    );
+    // The counted event: a sync after the refused restart still shows it stopped, with no
+    // process behind it.
+    let before = sync_count(&agent).await;
+    let (status, _) = agent
+        .call(Method::POST, "/servers/held/rollout/resume", None)
+        .await;
+    assert_eq!(status, 200);
+    wait_syncs(&agent, before + 1).await;
+    assert_eq!(agent.server("held").await.unwrap()["state"], "stopped");
+    let running: Vec<_> = agent
+        .pid_files()
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter(|t| t.contains("\"held\""))
+        .collect();
+    assert!(
+        running.is_empty(),
+        "a stopped server has a process: {running:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_to_a_version_that_never_ran_is_refused_without_force() {
+    use reqwest::Method;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("rb", "1.0.0")]),
+        "1.0.0",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_running("rb", "1.0.0", DEADLINE).await;
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("rb", "1.1.0")]),
+        "1.1.0",
+    );
+    agent.wait_running("rb", "1.1.0", DEADLINE).await;
+
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/servers/rb/rollback",
+            Some(serde_json::json!({"to": "9.9.9"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never ran 9.9.9"),
+        "{body}"
+    );
+    assert!(agent.server("rb").await.unwrap()["pinned_version"].is_null());
+
+    // A version from its history is fine.
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/servers/rb/rollback",
+            Some(serde_json::json!({"to": "1.0.0"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    agent.wait_running("rb", "1.0.0", DEADLINE).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_never_share_a_data_dir_and_a_failed_start_leaves_none_behind() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("solo", "1.0.0")]),
+        "one server",
+    );
+    let first = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    first.wait_running("solo", "1.0.0", DEADLINE).await;
+
+    // A second agent on the same data dir is refused before it touches anything.
+    let options = Options::default();
+    let settings = crate::support::agent::settings(
+        repo.remote().to_str().unwrap(),
+        &options,
+        first.data.path(),
+    );
+    let err = mcp_orchestration::agent::run(
+        settings,
+        crate::support::agent::test_trust(),
+        tokio_util::sync::CancellationToken::new(),
+        |_| panic!("the second agent must not start"),
+    )
+    .await
+    .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("in use by another agent"), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    let (_, runs) = first.get("/revisions").await;
+    assert!(
+        runs["revisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["result"] != "interrupted"),
+        "{runs}"
+    );
+    first.wait_running("solo", "1.0.0", DEADLINE).await;
+
+    // A start that fails (its port is taken) leaves no data dir behind when none existed.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let fresh = parent.path().join("never-started");
+    let mut settings =
+        crate::support::agent::settings(repo.remote().to_str().unwrap(), &options, &fresh);
+    settings.listen = taken.local_addr().unwrap();
+    let err = mcp_orchestration::agent::run(
+        settings,
+        crate::support::agent::test_trust(),
+        tokio_util::sync::CancellationToken::new(),
+        |_| panic!("the agent cannot listen"),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("cannot listen"), "{err:#}");
+    assert!(!fresh.exists(), "the failed start left {}", fresh.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_agent_never_publishes_an_empty_backend_set() {
+    use crate::support::receiver::Receiver;
+    let receiver = Receiver::start().await;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("kept", "1.0.0")]),
+        "one server",
+    );
+    let options = || Options {
+        gateway_urls: vec![receiver.url.clone()],
+        ..Options::default()
+    };
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), options()).await;
+    agent.wait_running("kept", "1.0.0", DEADLINE).await;
+    let data = agent.stop().await;
+    let seen = receiver.bodies().len();
+
+    let agent = TestAgent::start_in(repo.remote().to_str().unwrap(), options(), data).await;
+    // The counted event: the restarted agent's first delivery.
+    let first = eventually(DEADLINE, "a delivery from the restarted agent", || async {
+        receiver.bodies().get(seen).cloned()
+    })
+    .await;
+    assert_eq!(
+        first["backends"][0]["id"], "kept",
+        "the first set after a restart names the running server: {first}"
+    );
+    for body in &receiver.bodies()[seen..] {
+        assert!(
+            !body["backends"].as_array().unwrap().is_empty(),
+            "an empty set was published: {body}"
+        );
+    }
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_seen_while_the_store_cannot_write_is_retried_not_lost() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&crate::support::agent::process_manifest(&[]), "empty fleet");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_runs(1).await;
+
+    // A real SQLite failure, injected from outside: every new run is refused.
+    let db = rusqlite::Connection::open(agent.data.path().join("state.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_runs BEFORE INSERT ON runs BEGIN SELECT RAISE(FAIL, 'injected: disk full'); END;",
+    )
+    .unwrap();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("late", "1.0.0")]),
+        "a commit the store cannot record",
+    );
+    let health = eventually(DEADLINE, "/health to report the store", || async {
+        let (_, h) = agent.get("/health").await;
+        h["store_error"].is_string().then_some(h)
+    })
+    .await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["store_error"].as_str().unwrap().contains("injected"),
+        "{health}"
+    );
+
+    // The store writes again: the commit is run, without a restart.
+    db.execute_batch("DROP TRIGGER refuse_runs;").unwrap();
+    agent.wait_running("late", "1.0.0", DEADLINE).await;
+    let (_, h) = agent.get("/health").await;
+    assert!(h["store_error"].is_null(), "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runtime_that_cannot_be_listed_is_not_an_empty_fleet() {
+    use crate::support::receiver::Receiver;
+    use reqwest::Method;
+    let receiver = Receiver::start().await;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("steady", "1.0.0")]),
+        "one server",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway_urls: vec![receiver.url.clone()],
+            ..Options::default()
+        },
+    )
+    .await;
+    let before_fault = agent.wait_running("steady", "1.0.0", DEADLINE).await;
+
+    // The runtime's listing now fails (its pid-file directory is gone).
+    let processes = agent.data.path().join("processes");
+    let away = agent.data.path().join("processes.away");
+    std::fs::rename(&processes, &away).unwrap();
+    let syncs = sync_count(&agent).await;
+    agent
+        .call(Method::POST, "/servers/steady/rollout/resume", None)
+        .await;
+    wait_syncs(&agent, syncs + 1).await;
+
+    let (_, health) = agent.get("/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(health["runtime_error"].is_string(), "{health}");
+    let during = agent.server("steady").await.unwrap();
+    assert_eq!(during["endpoint"], before_fault["endpoint"], "{during}");
+    assert_eq!(during["instance_id"], before_fault["instance_id"]);
+    assert_eq!(during["health"], "healthy", "still monitored: {during}");
+    for body in receiver.bodies() {
+        assert_eq!(
+            body["backends"][0]["id"], "steady",
+            "a set without the server was published: {body}"
+        );
+    }
+
+    // The runtime answers again: the error clears, the same instance serves.
+    std::fs::rename(&away, &processes).unwrap();
+    let syncs = sync_count(&agent).await;
+    agent
+        .call(Method::POST, "/servers/steady/rollout/resume", None)
+        .await;
+    wait_syncs(&agent, syncs + 1).await;
+    let (_, health) = agent.get("/health").await;
+    assert!(health["runtime_error"].is_null(), "{health}");
+    let after = agent.server("steady").await.unwrap();
+    assert_eq!(after["instance_id"], before_fault["instance_id"]);
+}

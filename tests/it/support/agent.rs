@@ -92,6 +92,36 @@ impl Default for Options {
     }
 }
 
+/// The settings a test agent runs with: `repo`, `options` and `data_dir`.
+pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings {
+    AgentSettings {
+        git: GitSettings {
+            url: repo.to_owned(),
+            branch: "main".into(),
+            manifest_path: "ecosystem-manifest.yaml".into(),
+            token: None,
+            ssh_key: None,
+        },
+        poll_interval: options.poll_interval,
+        registry_poll_interval: options.registry_poll_interval,
+        drain: options.drain,
+        registry_credentials: None,
+        gateway_urls: options.gateway_urls.clone(),
+        gateway_resend_interval: options.gateway_resend_interval,
+        runtime: options.runtime,
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: data_dir.to_owned(),
+        webhook_secret: options.webhook_secret.clone(),
+        secrets_file: options.secrets_file.clone(),
+        concurrency: 4,
+        api_key: Some(TEST_API_KEY.into()),
+        api_keys_file: None,
+        keys_for_reads: options.require_key_for_reads,
+        header_read_timeout: options.header_read_timeout,
+        max_connections: options.max_connections,
+    }
+}
+
 pub struct TestAgent {
     pub url: String,
     pub data: tempfile::TempDir,
@@ -108,36 +138,11 @@ impl TestAgent {
 
     /// Starts on an existing data dir (a restart).
     pub async fn start_in(repo: &str, options: Options, data: tempfile::TempDir) -> TestAgent {
-        let settings = AgentSettings {
-            git: GitSettings {
-                url: repo.to_owned(),
-                branch: "main".into(),
-                manifest_path: "ecosystem-manifest.yaml".into(),
-                token: None,
-                ssh_key: None,
-            },
-            poll_interval: options.poll_interval,
-            registry_poll_interval: options.registry_poll_interval,
-            drain: options.drain,
-            registry_credentials: None,
-            gateway_urls: options.gateway_urls.clone(),
-            gateway_resend_interval: options.gateway_resend_interval,
-            runtime: options.runtime,
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            data_dir: data.path().to_owned(),
-            webhook_secret: options.webhook_secret,
-            secrets_file: options.secrets_file.clone(),
-            concurrency: 4,
-            api_key: Some(TEST_API_KEY.into()),
-            api_keys_file: None,
-            keys_for_reads: options.require_key_for_reads,
-            header_read_timeout: options.header_read_timeout,
-            max_connections: options.max_connections,
-        };
+        let settings = settings(repo, &options, data.path());
         let token = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let t = token.clone();
-        let trust = options.trust.unwrap_or_else(test_trust);
+        let trust = options.trust.clone().unwrap_or_else(test_trust);
         let task = tokio::spawn(async move {
             let result = mcp_orchestration::agent::run(settings, trust, t, move |addr| {
                 let _ = tx.send(addr);
@@ -170,6 +175,25 @@ impl TestAgent {
             .send()
             .await
             .expect("agent answers");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends `method path` with the test key and an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TEST_API_KEY);
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.expect("agent answers");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
