@@ -145,6 +145,7 @@ pub struct AgentOptions {
     pub require_key_for_reads: Option<bool>,
     pub header_read_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    pub git_timeout: Option<String>,
 }
 
 impl AgentOptions {
@@ -174,6 +175,7 @@ impl AgentOptions {
             require_key_for_reads: self.require_key_for_reads.or(other.require_key_for_reads),
             header_read_timeout: self.header_read_timeout.or(other.header_read_timeout),
             max_connections: self.max_connections.or(other.max_connections),
+            git_timeout: self.git_timeout.or(other.git_timeout),
         }
     }
 }
@@ -379,6 +381,13 @@ impl Settings {
             name: "listen",
             message: format!("`{listen_text}` is not an address like 127.0.0.1:7070"),
         })?;
+        let git_timeout = match &a.git_timeout {
+            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
+                name: "git-timeout",
+                message,
+            })?,
+            None => std::time::Duration::from_secs(30),
+        };
         let header_read_timeout = match &a.header_read_timeout {
             Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
                 name: "header-read-timeout",
@@ -412,6 +421,7 @@ impl Settings {
                     .unwrap_or_else(|| defaults::MANIFEST_PATH.to_owned()),
                 token: a.git_token.clone(),
                 ssh_key: a.ssh_key.clone(),
+                timeout: git_timeout,
             },
             poll_interval,
             registry_poll_interval,

@@ -148,6 +148,7 @@ pub async fn start_agent_with(repo: &str, o: AgentOptions, gateway_urls: Vec<Str
             manifest_path: "ecosystem-manifest.yaml".into(),
             token: None,
             ssh_key: None,
+            timeout: Duration::from_secs(30),
         },
         poll_interval: o.poll,
         registry_poll_interval: o.registry_poll,

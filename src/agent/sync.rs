@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use tracing::{Instrument, info, info_span, warn};
@@ -50,9 +50,17 @@ pub struct Syncer {
     pub fetch_failures: u32,
     /// Why the last new commit could not be recorded, until one can be.
     store_error: Option<String>,
+    /// Set while a fetch runs on the blocking pool, also after the sync stopped waiting
+    /// for it: a second fetch into the same mirror would only fight over its locks.
+    fetching: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const APPLIED_KEY: &str = "applied_revision";
+/// The revision in force before the applied one, to fall back to from a poison commit.
+const PREVIOUS_KEY: &str = "previous_applied_revision";
+
+/// Runs of one commit cut short by a dying agent in validation before it counts as poison.
+const POISON_AFTER: usize = 2;
 
 impl Syncer {
     pub fn new(
@@ -76,6 +84,39 @@ impl Syncer {
             problems: Vec::new(),
             fetch_failures: 0,
             store_error: None,
+            fetching: Arc::default(),
+        }
+    }
+
+    /// Fetches the branch head, within the fetch's own budget and never past shutdown.
+    async fn fetch(&self) -> Result<String, String> {
+        use std::sync::atomic::Ordering;
+        if self.fetching.swap(true, Ordering::SeqCst) {
+            return Err(
+                "the previous fetch has not finished yet; the remote accepts connections but does not answer"
+                    .to_owned(),
+            );
+        }
+        let source = self.source.clone();
+        let fetching = self.fetching.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let head = source.fetch();
+            fetching.store(false, Ordering::SeqCst);
+            head
+        });
+        // libgit2 bounds each read; this bounds the whole fetch, with a margin for it.
+        let budget = self.source.settings().timeout * crate::source::FETCH_BUDGET_FACTOR
+            + Duration::from_secs(5);
+        tokio::select! {
+            joined = tokio::time::timeout(budget, task) => match joined {
+                Ok(Ok(head)) => head.map_err(|e| crate::error_text::chain(&e)),
+                Ok(Err(e)) => Err(format!("the fetch task failed: {e}")),
+                Err(_) => Err(format!(
+                    "the fetch did not finish within {}s; the remote accepts connections but does not answer",
+                    budget.as_secs()
+                )),
+            },
+            _ = self.state.shutdown.cancelled() => Err("the agent is shutting down".to_owned()),
         }
     }
 
@@ -98,9 +139,17 @@ impl Syncer {
     /// Loads the revision applied before a restart, so the agent keeps it in force even if
     /// the branch now points at a commit that was rejected.
     pub async fn restore(&mut self) {
+        // Empty after a poison commit with nothing in force before it.
         let Ok(Some(commit)) = self.state.store.meta(APPLIED_KEY) else {
             return;
         };
+        if !commit.is_empty() {
+            self.load_applied(commit).await;
+        }
+    }
+
+    /// Puts `commit` in force again (its files read from the mirror and checked).
+    async fn load_applied(&mut self, commit: String) {
         let c = commit.clone();
         match self.blocking(move |s| s.revision(&c)).await {
             Ok(rev) => {
@@ -121,7 +170,7 @@ impl Syncer {
         let started = Instant::now();
         let seen_at = Timestamp::now();
         let fetch_started = Timestamp::now();
-        let head = self.blocking(|s| s.fetch()).await;
+        let head = self.fetch().await;
         let fetch_finished = Timestamp::now();
         let mut source_error = None;
         match head {
@@ -140,8 +189,23 @@ impl Syncer {
                     // again, unless its run was cut short (the agent died mid-apply). Anything
                     // else (new, or an older commit a force-push went back to) runs.
                     let interrupted = already == Some(RunResult::Interrupted);
-                    let skip =
-                        already == Some(RunResult::Rejected) || (applied_here && !interrupted);
+                    // A commit whose runs died with the agent twice during validation is
+                    // poison (a manifest that exhausts memory, say): it is recorded as failed
+                    // and not run again, or every restart would die on it.
+                    let poisoned = self
+                        .state
+                        .store
+                        .runs_died_in_validation(&head)
+                        .is_ok_and(|n| n >= POISON_AFTER);
+                    if poisoned && interrupted {
+                        self.record_poison(&head, trigger, seen_at);
+                    }
+                    if poisoned && self.applied.as_ref().is_some_and(|a| a.commit == head) {
+                        self.fall_back_from_poison().await;
+                    }
+                    let skip = poisoned
+                        || already == Some(RunResult::Rejected)
+                        || (applied_here && !interrupted);
                     if !skip {
                         let span = info_span!("run", revision = %short_commit(&head), trigger = trigger.as_str());
                         let recorded = self
@@ -314,6 +378,9 @@ impl Syncer {
             checked,
         };
         let previous = self.applied.replace(applied);
+        if let Some(prev) = previous.as_ref().filter(|p| p.commit != head) {
+            let _ = store.set_meta(PREVIOUS_KEY, &prev.commit);
+        }
         let _ = store.set_meta(APPLIED_KEY, head);
         if let (Some(prev), Some(now)) = (&previous, &self.applied) {
             for server in &now.checked.manifest.servers {
@@ -540,6 +607,46 @@ impl Syncer {
             .apply(&p, &ApplyContext { run_id, trigger })
             .await;
         (Ok(summary), outcomes)
+    }
+
+    /// A poison commit got as far as being applied: the revision in force before it is
+    /// put back (or none, leaving what runs alone), so converging does not redo it.
+    async fn fall_back_from_poison(&mut self) {
+        self.applied = None;
+        match self.state.store.meta(PREVIOUS_KEY) {
+            Ok(Some(previous)) => {
+                let _ = self.state.store.set_meta(APPLIED_KEY, &previous);
+                self.load_applied(previous).await;
+            }
+            Ok(None) => {
+                let _ = self.state.store.set_meta(APPLIED_KEY, "");
+            }
+            Err(e) => warn!(error = %e, "cannot read the previous revision"),
+        }
+    }
+
+    /// Records that `head` is not run again: its runs died with the agent twice.
+    fn record_poison(&self, head: &str, trigger: Trigger, seen_at: Timestamp) {
+        let store = &self.state.store;
+        let reason = format!(
+            "the agent died {POISON_AFTER} times while validating this commit; it is not run again (push a new commit to try again)"
+        );
+        warn!(revision = %short_commit(head), "{reason}");
+        let recorded = store
+            .begin_run(&NewRun {
+                commit_id: head.to_owned(),
+                author: None,
+                message: None,
+                committed_at: None,
+                trigger: trigger.as_str().to_owned(),
+                seen_at,
+            })
+            .and_then(|id| {
+                store.finish_run(id, RunResult::Failed, Some(&reason), &[], Timestamp::now())
+            });
+        if let Err(e) = recorded {
+            warn!(error = %e, "cannot record the poison commit's run");
+        }
     }
 
     /// Servers that do not run their desired spec, with why. A runtime that cannot be

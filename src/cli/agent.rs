@@ -79,6 +79,10 @@ pub struct Args {
     /// [default: 4096, or half the open-file limit]
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+    /// How long connecting to the git remote, and each wait for its data, may take; a
+    /// whole fetch at most ten times as long [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    git_timeout: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -114,6 +118,7 @@ impl Args {
             require_key_for_reads: self.require_key_for_reads.then_some(true),
             header_read_timeout: self.header_read_timeout.clone(),
             max_connections: self.max_connections,
+            git_timeout: self.git_timeout.clone(),
         }
     }
 }
@@ -150,7 +155,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
@@ -162,7 +167,11 @@ pub fn run(settings: &Settings) -> anyhow::Result<u8> {
             std::process::exit(i32::from(exit::ERROR));
         });
         crate::agent::run(agent, trust, shutdown, |_| {}).await
-    })?;
+    });
+    // A git fetch stuck on a silent remote sits on the blocking pool until libgit2's
+    // timeout; the agent has already stopped and must not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result?;
     Ok(exit::OK)
 }
 

@@ -121,7 +121,8 @@ pub fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&anyhow::Error::new(e)),
     };
-    init_logging(&settings);
+    // Held to the end of `main`: dropping it flushes the last log lines.
+    let _logging = init_logging(&settings);
     let result = match cli.command {
         Command::Validate(args) => validate::run(&settings, args),
         Command::Schema => {
@@ -150,16 +151,42 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(exit::ERROR)
 }
 
-fn init_logging(settings: &Settings) {
+/// stderr for the log writer thread: a write that fails (its reader went away: `agent |
+/// tee log` after Ctrl-C) is dropped, never reported, since reporting it would be another
+/// write to the same broken stderr (`eprintln!` panics there).
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// Logs go through a bounded, lossy queue to a writer thread: a task that logs never
+/// blocks on a stderr nobody reads, never panics on one that is closed, and the signal
+/// handler keeps working either way. Lines that do not fit in the queue are dropped.
+fn init_logging(settings: &Settings) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("mcp-orchestration-log")
+        .finish(QuietStderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
+        .log_internal_errors(false)
         .with_ansi(output::color_enabled_for_stderr());
     // A second init (in tests that call `main` twice) is harmless, hence `try_init`.
     let _ = match settings.log_format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    guard
 }

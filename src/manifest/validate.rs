@@ -42,6 +42,9 @@ impl Checked {
     }
 }
 
+/// The largest manifest, policy or trust-policy file `check` reads.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+
 /// Looks at a local command on the host: `Err(why)` when its real path (symlinks resolved)
 /// is not allowed. Given by the caller, so `check` itself never touches the file system.
 pub type CommandCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
@@ -59,6 +62,28 @@ pub fn check_with(
     agent_trust: &TrustPolicy,
     on_host: Option<CommandCheck<'_>>,
 ) -> Result<Checked, Vec<Diagnostic>> {
+    // A manifest is a few kilobytes; anything near this size is a mistake or an attack,
+    // and is refused before a parser spends memory on it.
+    let oversized: Vec<Diagnostic> = std::iter::once(&files.manifest)
+        .chain(&files.policies)
+        .chain(&files.trust)
+        .filter(|f| f.text.len() > MAX_FILE_BYTES)
+        .map(|f| Diagnostic {
+            severity: Severity::Error,
+            file: f.path.clone(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: format!(
+                "the file is {} bytes; at most {} KiB is read",
+                f.text.len(),
+                MAX_FILE_BYTES / 1024
+            ),
+        })
+        .collect();
+    if !oversized.is_empty() {
+        return Err(oversized);
+    }
     let mut all = Vec::new();
     let mut policies = PolicySet::shipped();
     for d in policies.add_repo_files(&files.policies) {

@@ -14,8 +14,11 @@ use super::diagnostic::Position;
 
 /// Deeper nesting than this is not a manifest; refusing it keeps recursion bounded.
 const MAX_DEPTH: usize = 64;
-/// Upper bound on nodes, so aliases cannot expand a small file into a huge tree.
+/// Upper bound on nodes, so aliases cannot expand a small file into a huge tree…
 const MAX_NODES: usize = 200_000;
+/// …and on the bytes of scalar text the tree holds once aliases are expanded: few nodes
+/// can still be huge (one 1 MB scalar aliased 400×400 times asks for 160 GB).
+const MAX_EXPANDED_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -101,6 +104,7 @@ struct Builder {
     anchors: HashMap<usize, Node>,
     documents: Vec<Node>,
     nodes: usize,
+    bytes: usize,
     error: Option<SyntaxError>,
 }
 
@@ -114,11 +118,23 @@ impl Builder {
         }
     }
 
-    fn count(&mut self, at: Position, n: usize) {
-        self.nodes += n;
+    /// Counts `nodes` more values holding `bytes` more text; false (with the error set)
+    /// once the document is over either bound, so nothing more is built.
+    fn count(&mut self, at: Position, nodes: usize, bytes: usize) -> bool {
+        self.nodes = self.nodes.saturating_add(nodes);
+        self.bytes = self.bytes.saturating_add(bytes);
         if self.nodes > MAX_NODES {
             self.fail(at, "document too large (aliases expand to too many values)");
+        } else if self.bytes > MAX_EXPANDED_BYTES {
+            self.fail(
+                at,
+                format!(
+                    "document too large (aliases expand to more than {} MiB of text)",
+                    MAX_EXPANDED_BYTES / (1024 * 1024)
+                ),
+            );
         }
+        self.error.is_none()
     }
 
     fn finish(&mut self, node: Node, anchor: usize) {
@@ -136,16 +152,16 @@ impl Builder {
     }
 }
 
-fn size(node: &Node) -> usize {
+/// A node's (values, bytes of scalar text), aliases included.
+fn size(node: &Node) -> (usize, usize) {
+    let add = |a: (usize, usize), b: (usize, usize)| (a.0 + b.0, a.1.saturating_add(b.1));
     match &node.value {
-        Value::Scalar { .. } => 1,
-        Value::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
-        Value::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| size(k) + size(v))
-                .sum::<usize>()
-        }
+        Value::Scalar { text, .. } => (1, text.len()),
+        Value::Seq(items) => items.iter().map(size).fold((1, 0), add),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| add(size(k), size(v)))
+            .fold((1, 0), add),
     }
 }
 
@@ -188,7 +204,9 @@ impl MarkedEventReceiver for Builder {
         let at = position(mark);
         match event {
             Event::Scalar(text, style, anchor, _tag) => {
-                self.count(at, 1);
+                if !self.count(at, 1, text.len()) {
+                    return;
+                }
                 let plain = style == TScalarStyle::Plain;
                 self.finish(
                     Node {
@@ -198,11 +216,16 @@ impl MarkedEventReceiver for Builder {
                     anchor,
                 );
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(mut node) => {
-                    self.count(at, size(&node));
-                    node.at = at;
-                    self.finish(node, 0);
+            // Counted before it is copied: the copy is what would exhaust memory.
+            Event::Alias(id) => match self.anchors.get(&id).map(size) {
+                Some((nodes, bytes)) => {
+                    if !self.count(at, nodes, bytes) {
+                        return;
+                    }
+                    if let Some(mut node) = self.anchors.get(&id).cloned() {
+                        node.at = at;
+                        self.finish(node, 0);
+                    }
                 }
                 None => self.fail(at, "alias refers to an unknown anchor"),
             },
@@ -211,7 +234,9 @@ impl MarkedEventReceiver for Builder {
                     self.fail(at, format!("nesting deeper than {MAX_DEPTH} levels"));
                     return;
                 }
-                self.count(at, 1);
+                if !self.count(at, 1, 0) {
+                    return;
+                }
                 self.stack
                     .push(if matches!(event, Event::SequenceStart(..)) {
                         Frame::Seq(at, anchor, Vec::new())
@@ -334,5 +359,20 @@ mod tests {
     fn several_documents_are_refused() {
         let err = parse("a: 1\n---\nb: 2\n").unwrap_err();
         assert!(err.message.contains("single YAML document"), "{err:?}");
+    }
+
+    #[test]
+    fn aliases_of_a_large_scalar_cannot_expand_without_bound() {
+        // One 1 MB scalar, aliased 400 times, that list aliased 400 times: few nodes,
+        // 160 GB of text. It must fail fast with a located error, not allocate.
+        let big = "x".repeat(1024 * 1024);
+        let mut text = format!("a: &a \"{big}\"\nb: &b [");
+        text.push_str(&vec!["*a"; 400].join(", "));
+        text.push_str("]\nc: [");
+        text.push_str(&vec!["*b"; 400].join(", "));
+        text.push_str("]\n");
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("MiB of text"), "{err:?}");
+        assert!(err.at.line >= 2, "{err:?}");
     }
 }

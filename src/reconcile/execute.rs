@@ -316,6 +316,28 @@ impl Executor {
             )),
         );
 
+        // Leftovers of earlier attempts (an agent killed mid-rollout leaves a created,
+        // exited or never-gated instance behind) go before another instance is started;
+        // left for later, every interrupted attempt would add one more.
+        let leftovers: Vec<&Instance> = from
+            .iter()
+            .filter(|i| previous.as_ref().is_none_or(|p| p.id != i.id))
+            .collect();
+        if strategy == "beside" && !leftovers.is_empty() {
+            for leftover in &leftovers {
+                if let Err(e) = self.retire(leftover).await {
+                    warn!(instance = %leftover.id, error = %e, "cannot remove a leftover instance");
+                }
+            }
+            self.step(
+                id,
+                "removed_leftovers",
+                Some(format!(
+                    "{} instance(s) left by an earlier, unfinished attempt",
+                    leftovers.len()
+                )),
+            );
+        }
         if strategy == "stop_then_start" {
             for old in from {
                 if let Err(e) = self.retire(old).await {

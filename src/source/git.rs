@@ -22,7 +22,13 @@ pub struct GitSettings {
     pub token: Option<String>,
     /// A private key file for ssh remotes.
     pub ssh_key: Option<PathBuf>,
+    /// How long connecting, and each wait for data, may take during a fetch; a whole
+    /// fetch may take [`FETCH_BUDGET_FACTOR`] times as long.
+    pub timeout: std::time::Duration,
 }
+
+/// A fetch that still receives data may run this many times the timeout in all.
+pub const FETCH_BUDGET_FACTOR: u32 = 10;
 
 impl GitSettings {
     /// The repository's git directory when `url` is a local path, for the filesystem watch.
@@ -154,6 +160,18 @@ impl GitSource {
                 "the remote asks for credentials; give --git-token or --ssh-key",
             ))
         });
+        // A remote that accepts and then never answers must not hold the sync loop: bound
+        // the connect and every read (libgit2's server timeouts, for http and ssh), and the
+        // whole transfer while data trickles in.
+        let timeout_ms = i32::try_from(self.settings.timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: these only store an integer in libgit2's global options; they race with
+        // nothing that reads them mid-call (each socket reads them when it opens).
+        unsafe {
+            let _ = git2::opts::set_server_connect_timeout_in_milliseconds(timeout_ms);
+            let _ = git2::opts::set_server_timeout_in_milliseconds(timeout_ms);
+        }
+        let deadline = std::time::Instant::now() + self.settings.timeout * FETCH_BUDGET_FACTOR;
+        callbacks.transfer_progress(move |_| std::time::Instant::now() < deadline);
         let mut options = FetchOptions::new();
         options.remote_callbacks(callbacks);
         options.prune(git2::FetchPrune::On);

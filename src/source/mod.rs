@@ -9,7 +9,7 @@ mod git;
 pub mod watch;
 
 pub use files::{ReadError, read_repo_files, read_text};
-pub use git::{GitError, GitSettings, GitSource, Revision};
+pub use git::{FETCH_BUDGET_FACTOR, GitError, GitSettings, GitSource, Revision};
 
 /// A commit id as people read it: its first 10 characters.
 pub fn short_commit(commit: &str) -> &str {

@@ -246,22 +246,98 @@ impl Store {
         Ok(())
     }
 
-    /// Marks runs and rollouts left unfinished by an agent that died as interrupted.
+    /// Marks runs and rollouts left unfinished by an agent that died as interrupted, each
+    /// with the closing event it never got (a stream's consumer would otherwise see it in
+    /// progress forever).
     pub fn interrupt_unfinished(&self, at: Timestamp) -> Result<usize, StoreError> {
+        const RUN_REASON: &str = "the agent stopped during this run";
+        const ROLLOUT_REASON: &str = "the agent stopped during this rollout";
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let runs = tx.execute(
-            "UPDATE runs SET result = 'interrupted', reason = 'the agent stopped during this run', finished_at = ?1
-             WHERE result = 'running'",
-            params![ts(at)],
-        )?;
-        let rollouts = tx.execute(
-            "UPDATE rollouts SET outcome = 'interrupted', reason = 'the agent stopped during this rollout', finished_at = ?1
-             WHERE outcome = 'in_progress'",
-            params![ts(at)],
-        )?;
+        let runs: Vec<(i64, String)> = tx
+            .prepare(
+                "UPDATE runs SET result = 'interrupted', reason = ?2, finished_at = ?1
+                 WHERE result = 'running' RETURNING id, commit_id",
+            )?
+            .query_map(params![ts(at), RUN_REASON], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let rollouts: Vec<(i64, String, String, Option<String>)> = tx
+            .prepare(
+                "UPDATE rollouts SET outcome = 'interrupted', reason = ?2, finished_at = ?1
+                 WHERE outcome = 'in_progress' RETURNING id, server_id, action, to_version",
+            )?
+            .query_map(params![ts(at), ROLLOUT_REASON], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut closing = Vec::new();
+        for (run_id, commit) in &runs {
+            closing.push(events::insert(
+                &tx,
+                events::NewEvent {
+                    at,
+                    kind: "run.finished",
+                    server_id: None,
+                    summary: format!(
+                        "run {run_id} of {}: interrupted ({RUN_REASON})",
+                        short_commit(commit)
+                    ),
+                    data: serde_json::json!({
+                        "run_id": run_id,
+                        "commit": commit,
+                        "result": RunResult::Interrupted,
+                        "reason": RUN_REASON,
+                        "errors": 0,
+                    }),
+                },
+            )?);
+        }
+        for (id, server, action, to_version) in &rollouts {
+            closing.push(events::insert(
+                &tx,
+                events::NewEvent {
+                    at,
+                    kind: "rollout.finished",
+                    server_id: Some(server),
+                    summary: format!(
+                        "rollout {id}: {action}{} interrupted: {ROLLOUT_REASON}",
+                        to_version
+                            .as_deref()
+                            .map(|v| format!(" {v}"))
+                            .unwrap_or_default()
+                    ),
+                    data: serde_json::json!({
+                        "rollout_id": id,
+                        "action": action,
+                        "to_version": to_version,
+                        "outcome": RolloutOutcome::Interrupted,
+                        "reason": ROLLOUT_REASON,
+                        "endpoint": null,
+                        "instance_id": null,
+                        "rolled_back_to": null,
+                    }),
+                },
+            )?);
+        }
         tx.commit()?;
-        Ok(runs + rollouts)
+        for event in closing {
+            self.broadcast(Some(event));
+        }
+        Ok(runs.len() + rollouts.len())
+    }
+
+    /// How many runs of `commit` the agent died in before their validation finished:
+    /// validation takes milliseconds, so dying there is the commit's doing, where dying
+    /// during a long apply may as well be an operator's restart.
+    pub fn runs_died_in_validation(&self, commit: &str) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        let n: i64 = conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM runs r WHERE r.commit_id = ?1 AND r.result = 'interrupted'
+                 AND NOT EXISTS (SELECT 1 FROM run_stages s WHERE s.run_id = r.id AND s.stage = 'validate')",
+            )?
+            .query_row(params![commit], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
     }
 
     fn run_from_row(row: &Row<'_>) -> rusqlite::Result<RawRun> {

@@ -647,3 +647,514 @@ async fn a_runtime_that_cannot_be_listed_is_not_an_empty_fleet() {
     let after = agent.server("steady").await.unwrap();
     assert_eq!(after["instance_id"], before_fault["instance_id"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_remote_that_never_answers_cannot_hang_the_sync_loop() {
+    // A peer that accepts connections and then says nothing, ever.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let agent = TestAgent::start(
+        &format!("http://127.0.0.1:{port}/ecosystem-manifest.git"),
+        Options {
+            git_timeout: Duration::from_millis(500),
+            ..Options::default()
+        },
+    )
+    .await;
+    let health = eventually(DEADLINE, "the stuck fetch to be reported", || async {
+        let (_, h) = agent.get("/health").await;
+        h["source_error"].is_string().then_some(h)
+    })
+    .await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    // The loop goes on: fetches are tried again (with backoff), each one bounded.
+    let first = sync_count(&agent).await;
+    wait_syncs(&agent, first + 2).await;
+    agent.stop_within(Duration::from_secs(5)).await;
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_yaml_bomb_or_a_huge_manifest_is_rejected_and_the_agent_survives() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("calm", "1.0.0")]),
+        "one server",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let before = agent.wait_running("calm", "1.0.0", DEADLINE).await;
+
+    // Under 1 MiB on disk; 512 KiB × 400 × 400 = 80 GB once aliases are expanded.
+    let big = "x".repeat(512 * 1024);
+    let bomb = format!(
+        "version: \"1.1\"\nservers: []\na: &a \"{big}\"\nb: &b [{}]\nc: [{}]\n",
+        vec!["*a"; 400].join(", "),
+        vec!["*b"; 400].join(", ")
+    );
+    let bomb_commit = repo.push_manifest(&bomb, "a YAML bomb");
+    agent.wait_runs(2).await;
+    // More than 1 MiB of plain text.
+    let huge = format!(
+        "version: \"1.1\"\nservers: []\n# {}\n",
+        "y".repeat(2 * 1024 * 1024)
+    );
+    let huge_commit = repo.push_manifest(&huge, "a huge manifest");
+    agent.wait_runs(3).await;
+    let (_, v) = agent.get("/revisions").await;
+    let runs = v["revisions"].as_array().unwrap();
+    let run_of = |c: &str| runs.iter().find(|r| r["commit_id"] == c).cloned().unwrap();
+    let bomb_run = run_of(&bomb_commit);
+    assert_eq!(bomb_run["result"], "rejected", "{bomb_run}");
+    assert!(bomb_run.to_string().contains("MiB of text"), "{bomb_run}");
+    let huge_run = run_of(&huge_commit);
+    assert_eq!(huge_run["result"], "rejected", "{huge_run}");
+    assert!(
+        huge_run.to_string().contains("at most 1024 KiB"),
+        "{huge_run}"
+    );
+    let after = agent.wait_running("calm", "1.0.0", DEADLINE).await;
+    assert_eq!(
+        after["instance_id"], before["instance_id"],
+        "nothing that runs changed"
+    );
+}
+
+/// The agent binary on `repo` and `data`, trusting `commands`; killed on drop.
+struct Spawned {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_agent(repo: &ManifestRepo, data: &Path, commands: &[&Path]) -> Spawned {
+    let trust = data.with_extension("trust.yaml");
+    let dirs: Vec<String> = commands
+        .iter()
+        .map(|d| format!("\"{}\"", d.display()))
+        .collect();
+    std::fs::write(
+        &trust,
+        format!(
+            "allowed_images: []\nallowed_commands: [{}]\n",
+            dirs.join(", ")
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(crate::support::BIN)
+        .args(["agent", "--poll-interval", "60s", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--repo")
+        .arg(repo.remote())
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--trust-policy")
+        .arg(&trust)
+        .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Spawned {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// A client whose every request gives up after 2 s: an agent that stopped answering makes
+/// a test fail, not hang.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+async fn runs_of(url: &str) -> Option<Vec<serde_json::Value>> {
+    let v: serde_json::Value = http()
+        .get(format!("{url}/revisions"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["revisions"].as_array().cloned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_killed_the_agent_twice_is_not_run_again() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("calm", "1.0.0")]),
+        "a good commit",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let before = agent.wait_running("calm", "1.0.0", DEADLINE).await;
+    let data = agent.stop().await;
+
+    // The next commit killed the agent twice while it was being validated (as a manifest
+    // that exhausts memory does): two runs left `running`, each with only its fetch stage.
+    let poison = repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("calm", "2.0.0")]),
+        "a commit the agent dies on",
+    );
+    {
+        let db = rusqlite::Connection::open(data.path().join("state.db")).unwrap();
+        for _ in 0..2 {
+            db.execute(
+                "INSERT INTO runs (commit_id, trigger, seen_at, result) VALUES (?1, 'poll', '2026-01-01T00:00:00Z', 'running')",
+                [&poison],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO run_stages (run_id, stage, status, started_at, finished_at) VALUES (last_insert_rowid(), 'fetch', 'succeeded', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
+                [],
+            )
+            .unwrap();
+            // The restart after each death marks the run interrupted.
+            db.execute(
+                "UPDATE runs SET result = 'interrupted' WHERE result = 'running'",
+                [],
+            )
+            .unwrap();
+        }
+    }
+
+    // The next start records the commit as failed instead of running it a third time.
+    let agent =
+        TestAgent::start_in(repo.remote().to_str().unwrap(), Options::default(), data).await;
+    let runs = eventually(DEADLINE, "the poison commit's failed run", || async {
+        let (_, v) = agent.get("/revisions").await;
+        let runs = v["revisions"].as_array()?.clone();
+        (runs.first()?["result"] == "failed").then_some(runs)
+    })
+    .await;
+    assert_eq!(runs[0]["commit_id"], poison.as_str());
+    assert!(
+        runs[0]["reason"].as_str().unwrap().contains("died 2 times"),
+        "{:?}",
+        runs[0]
+    );
+    let mine: Vec<_> = runs
+        .iter()
+        .filter(|r| r["commit_id"] == poison.as_str())
+        .collect();
+    assert_eq!(
+        mine.len(),
+        3,
+        "two interrupted runs and the failed one: {mine:?}"
+    );
+    assert!(mine.iter().all(|r| r["result"] != "running"), "{mine:?}");
+    // The good revision stays in force: the same instance serves 1.0.0.
+    let after = agent.wait_running("calm", "1.0.0", DEADLINE).await;
+    assert_eq!(after["instance_id"], before["instance_id"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interrupted_runs_and_rollouts_get_a_closing_event() {
+    let bin = tempfile::tempdir().unwrap();
+    let stuck = bin.path().join("stuck");
+    script(&stuck, "exec sleep 300");
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n- id: stuck\n  version: \"1.0.0\"\n  process: {{ command: {} }}\n  update_policy: {{ version_strategy: pinned, progress_deadline_seconds: 600 }}\n",
+            stuck.display()
+        ),
+        "a run that never ends",
+    );
+    let mut agent = spawn_agent(&repo, &data, &[bin.path()]);
+    eventually(DEADLINE, "a rollout in progress", || async {
+        let v: serde_json::Value = reqwest::get(format!("{}/servers/stuck/rollouts", agent.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["rollouts"][0]["outcome"] == "in_progress").then_some(())
+    })
+    .await;
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    crate::support::agent::kill_fleet(&data);
+
+    let agent = spawn_agent(&repo, &data, &[bin.path()]);
+    let closing = eventually(DEADLINE, "closing events", || async {
+        let v: serde_json::Value = reqwest::get(format!("{}/events/history?limit=500", agent.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let events = v["events"].as_array()?.clone();
+        let run = events
+            .iter()
+            .any(|e| e["kind"] == "run.finished" && e["data"]["result"] == "interrupted");
+        let rollout = events
+            .iter()
+            .any(|e| e["kind"] == "rollout.finished" && e["data"]["outcome"] == "interrupted");
+        (run && rollout).then_some(events)
+    })
+    .await;
+    assert!(!closing.is_empty());
+    drop(agent);
+    crate::support::agent::kill_fleet(&data);
+}
+
+/// Sends SIGTERM to `child` and waits (with a deadline) for it to exit.
+fn terminate_within(child: &mut std::process::Child, deadline: Duration) -> bool {
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The agent binary with its stderr on a pipe the test controls, logging at `level`.
+fn agent_with_stderr_pipe(
+    repo: &ManifestRepo,
+    data: &Path,
+    level: &str,
+) -> (Spawned, std::process::ChildStderr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(crate::support::BIN)
+        .args([
+            "agent",
+            "--poll-interval",
+            "60s",
+            "--log-level",
+            level,
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--repo")
+        .arg(repo.remote())
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    (
+        Spawned {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        },
+        stderr,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_stderr_reader_went_away_still_stops() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&crate::support::agent::process_manifest(&[]), "empty fleet");
+    let root = tempfile::tempdir().unwrap();
+    let (mut agent, stderr) = agent_with_stderr_pipe(&repo, &root.path().join("data"), "info");
+    // `agent | tee log`, then Ctrl-C killed tee: every log write now fails with EPIPE.
+    drop(stderr);
+    eventually(DEADLINE, "the agent's first run", || async {
+        let runs = runs_of(&agent.url).await?;
+        (!runs.is_empty() && runs[0]["result"] != "running").then_some(())
+    })
+    .await;
+    // It logs (a new commit), and keeps serving.
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[]),
+        "another commit",
+    );
+    eventually(DEADLINE, "the second run", || async {
+        (runs_of(&agent.url).await?.len() >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        terminate_within(&mut agent.child, Duration::from_secs(10)),
+        "SIGTERM did not stop the agent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_whose_stderr_nobody_reads_still_stops() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&crate::support::agent::process_manifest(&[]), "empty fleet");
+    let root = tempfile::tempdir().unwrap();
+    // A reader that never reads: the pipe fills after 64 KiB of trace logging.
+    let (mut agent, _stderr) = agent_with_stderr_pipe(&repo, &root.path().join("data"), "trace");
+    eventually(DEADLINE, "the agent's first run", || async {
+        let runs = runs_of(&agent.url).await?;
+        (!runs.is_empty() && runs[0]["result"] != "running").then_some(())
+    })
+    .await;
+    // Each request logs several trace lines: well past what the pipe holds.
+    for _ in 0..300 {
+        assert!(
+            http()
+                .get(format!("{}/servers", agent.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            "the agent stopped answering while its stderr was full"
+        );
+    }
+    assert!(
+        terminate_within(&mut agent.child, Duration::from_secs(10)),
+        "SIGTERM did not stop the agent"
+    );
+}
+
+/// Live (not zombie) pids recorded in `data`'s pid files for `server`, with their command.
+fn live_instances(data: &Path, server: &str) -> Vec<(i32, String)> {
+    crate::support::agent::pid_files(data)
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter_map(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(|v| v["server_id"] == server)
+        .filter_map(|v| Some((v["pid"].as_i64()? as i32, v["command"].to_string())))
+        .filter(|(pid, _)| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_rollouts_does_not_pile_up_instances() {
+    let bin = tempfile::tempdir().unwrap();
+    let stuck = bin.path().join("stuck");
+    script(&stuck, "exec sleep 300");
+    let example = crate::support::example_server_bin();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let _fleet = FleetKiller(data.clone());
+    // The example server's directory and the stuck script's are both allowed.
+    let commands = [example.parent().unwrap(), bin.path()];
+    let repo = ManifestRepo::new();
+    let health = "health_check: { interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 1 }";
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n- id: pile\n  version: \"1.0.0\"\n  process: {{ command: {}, args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"] }}\n  {health}\n",
+            example.display()
+        ),
+        "a healthy server",
+    );
+    let agent = spawn_agent(&repo, &data, &commands);
+    eventually(DEADLINE, "pile running", || async {
+        let v: serde_json::Value = http()
+            .get(format!("{}/servers/pile", agent.url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["state"] == "running").then_some(())
+    })
+    .await;
+    drop(agent);
+    // An update whose new instance never passes its gate: the rollout stays in progress.
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n- id: pile\n  version: \"1.1.0\"\n  process: {{ command: {} }}\n  {health}\n  update_policy: {{ version_strategy: pinned, progress_deadline_seconds: 600 }}\n",
+            stuck.display()
+        ),
+        "an update stuck in its gate",
+    );
+
+    // Three times: the agent dies mid-rollout and its half-started instance dies with it.
+    for round in 1..=3 {
+        let mut agent = spawn_agent(&repo, &data, &commands);
+        eventually(
+            DEADLINE,
+            &format!("rollout {round} started its instance"),
+            || async {
+                live_instances(&data, "pile")
+                    .iter()
+                    .any(|(_, c)| c.contains("stuck"))
+                    .then_some(())
+            },
+        )
+        .await;
+        agent.child.kill().unwrap();
+        agent.child.wait().unwrap();
+        for (pid, command) in live_instances(&data, "pile") {
+            if command.contains("stuck") {
+                // SAFETY: a process group this test's agent started (see kill_fleet).
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+        eventually(DEADLINE, "the stuck instance to die", || async {
+            (!live_instances(&data, "pile")
+                .iter()
+                .any(|(_, c)| c.contains("stuck")))
+            .then_some(())
+        })
+        .await;
+    }
+
+    // The fourth agent cleans up before it starts: the old instance and one new one.
+    let agent = spawn_agent(&repo, &data, &commands);
+    eventually(DEADLINE, "the fourth rollout's instance", || async {
+        live_instances(&data, "pile")
+            .iter()
+            .any(|(_, c)| c.contains("stuck"))
+            .then_some(())
+    })
+    .await;
+    let recorded: Vec<_> = crate::support::agent::pid_files(&data)
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .filter(|t| t.contains("\"pile\""))
+        .collect();
+    assert_eq!(
+        recorded.len(),
+        2,
+        "the serving instance and one new one, no leftovers: {recorded:#?}"
+    );
+    drop(agent);
+}
+
+struct FleetKiller(std::path::PathBuf);
+
+impl Drop for FleetKiller {
+    fn drop(&mut self) {
+        crate::support::agent::kill_fleet(&self.0);
+    }
+}

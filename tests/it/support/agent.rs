@@ -70,6 +70,7 @@ pub struct Options {
     pub secrets_file: Option<PathBuf>,
     pub header_read_timeout: Duration,
     pub max_connections: Option<usize>,
+    pub git_timeout: Duration,
 }
 
 impl Default for Options {
@@ -88,6 +89,7 @@ impl Default for Options {
             secrets_file: None,
             header_read_timeout: Duration::from_secs(10),
             max_connections: None,
+            git_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -101,6 +103,7 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
             manifest_path: "ecosystem-manifest.yaml".into(),
             token: None,
             ssh_key: None,
+            timeout: options.git_timeout,
         },
         poll_interval: options.poll_interval,
         registry_poll_interval: options.registry_poll_interval,
