@@ -316,12 +316,53 @@ impl Settings {
     /// data dir (readable when the CLI runs on the agent's machine as its user).
     pub fn client_api_key(&self) -> Option<String> {
         self.api_key.clone().or_else(|| {
-            let dir = self.agent.data_dir.clone().unwrap_or_else(default_data_dir);
-            std::fs::read_to_string(dir.join(API_KEY_FILE))
+            std::fs::read_to_string(self.client_key_file())
                 .ok()
                 .map(|k| k.trim().to_owned())
                 .filter(|k| !k.is_empty())
         })
+    }
+
+    /// Where the CLI looks for the agent's generated key when none is given.
+    pub fn client_key_file(&self) -> PathBuf {
+        self.agent
+            .data_dir
+            .clone()
+            .unwrap_or_else(default_data_dir)
+            .join(API_KEY_FILE)
+    }
+
+    /// What to tell a user whose key the agent refused: which key was sent, or where the
+    /// CLI looked for one, and how to point it at the right one. A CLI run with another data
+    /// dir than the agent's (the quickstart's, say) otherwise only sees "401".
+    pub fn client_key_hint(&self) -> String {
+        let file = self.client_key_file();
+        let dir = file.parent().unwrap_or(&file).display();
+        let point = format!(
+            "export {}=<the agent's --data-dir> (or pass --data-dir), or give the key with \
+             --api-key or {}",
+            env::DATA_DIR,
+            env::API_KEY
+        );
+        if self.api_key.is_some() {
+            format!(
+                "the key given by --api-key, {} or the config file was refused; give the \
+                 agent's key, or leave it out to read the agent's {API_KEY_FILE} file",
+                env::API_KEY
+            )
+        } else if self.client_api_key().is_some() {
+            format!(
+                "the key in {} (data dir {dir}) was refused, so the agent uses another data \
+                 dir: {point}",
+                file.display()
+            )
+        } else {
+            format!(
+                "no API key: none was given and {} does not exist or is unreadable (data dir \
+                 {dir}): {point}",
+                file.display()
+            )
+        }
     }
 
     /// Validates the agent's options into [`AgentSettings`].

@@ -10,6 +10,8 @@ use crate::settings::Settings;
 pub struct Client {
     base: String,
     key: Option<String>,
+    /// Which key was sent or where none was found, for a 401's message.
+    key_hint: String,
     http: reqwest::Client,
     rt: tokio::runtime::Runtime,
 }
@@ -19,6 +21,7 @@ impl Client {
         Ok(Client {
             base: settings.agent_url.trim_end_matches('/').to_owned(),
             key: settings.client_api_key(),
+            key_hint: settings.client_key_hint(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()
@@ -115,7 +118,7 @@ impl Client {
                             .and_then(Value::as_str)
                             .unwrap_or("request failed");
                         // A refusal will not change by retrying.
-                        bail!("{message} (HTTP {})", status.as_u16());
+                        bail!("{}", self.refusal(status, message));
                     }
                     Err(e) => format!("cannot reach the agent at {}: {e}", self.base),
                 };
@@ -124,6 +127,16 @@ impl Client {
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
         })
+    }
+
+    /// The error message of a refused request; a 401 also says which key was sent or where
+    /// none was found.
+    fn refusal(&self, status: reqwest::StatusCode, message: &str) -> String {
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            format!("{message} (HTTP 401: {})", self.key_hint)
+        } else {
+            format!("{message} (HTTP {})", status.as_u16())
+        }
     }
 
     /// Sends a request; an error envelope becomes an error carrying its message.
@@ -142,10 +155,12 @@ impl Client {
             if let Some(key) = &self.key {
                 request = request.bearer_auth(key);
             }
-            let response = request
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the agent at {} (is it running? set --agent-url)", self.base))?;
+            let response = request.send().await.with_context(|| {
+                format!(
+                    "cannot reach the agent at {} (is it running? set --agent-url)",
+                    self.base
+                )
+            })?;
             let status = response.status();
             let body: Value = response
                 .json()
@@ -156,10 +171,7 @@ impl Client {
                     .pointer("/error/message")
                     .and_then(Value::as_str)
                     .unwrap_or("request failed");
-                if status.as_u16() == 401 {
-                    bail!("{message} (HTTP 401: give --api-key or MCP_ORCHESTRATION_API_KEY, or run on the agent's machine with its --data-dir)");
-                }
-                bail!("{message} (HTTP {})", status.as_u16());
+                bail!("{}", self.refusal(status, message));
             }
             serde_json::from_value(body).with_context(|| format!("unexpected answer from {url}"))
         })

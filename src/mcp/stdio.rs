@@ -33,7 +33,7 @@ pub enum BridgeError {
     #[error("the agent at {url} refused the MCP connection ({hint})")]
     Refused {
         url: String,
-        hint: &'static str,
+        hint: String,
         #[source]
         source: Box<ClientInitializeError>,
     },
@@ -42,20 +42,19 @@ pub enum BridgeError {
     Stdio(#[source] Box<ServerInitializeError>),
 }
 
-/// Serves the agent's tools on stdin/stdout until the client closes stdin.
-pub async fn serve_stdio(agent_url: &str, api_key: Option<String>) -> Result<(), BridgeError> {
+/// Serves the agent's tools on stdin/stdout until the client closes stdin. `key_hint` says
+/// which key is sent or where none was found, for when the agent refuses it.
+pub async fn serve_stdio(
+    agent_url: &str,
+    api_key: Option<String>,
+    key_hint: String,
+) -> Result<(), BridgeError> {
     let base = agent_url.trim_end_matches('/').to_owned();
     reachable(&base).await?;
     // A restarted agent has forgotten our session; a new one is opened transparently, so
     // the desktop client never needs restarting with the agent.
     let mut config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
         .reinit_on_expired_session(true);
-    let hint = if api_key.is_some() {
-        "check the API key: --api-key or MCP_ORCHESTRATION_API_KEY"
-    } else {
-        "no API key found: give --api-key or MCP_ORCHESTRATION_API_KEY, or run on the \
-         agent's machine with its --data-dir"
-    };
     if let Some(key) = api_key {
         config = config.auth_header(key);
     }
@@ -67,7 +66,7 @@ pub async fn serve_stdio(agent_url: &str, api_key: Option<String>) -> Result<(),
     .await
     .map_err(|e| BridgeError::Refused {
         url: base.clone(),
-        hint,
+        hint: key_hint,
         source: Box::new(e),
     })?;
     info!(agent = %base, "serving the agent's MCP tools on stdio");

@@ -1,0 +1,181 @@
+//! Regression tests for what a new user and an outside attack ran into (issue 10, items
+//! 18-25), each named after what it prevents. Real binaries, real git, real HTTP.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::agent::{Options, TestAgent, kill_fleet, process_manifest};
+use crate::support::docker::free_port;
+use crate::support::{BIN, REPO, eventually, stderr};
+
+/// The binary with `args`, with none of the caller's `MCP_ORCHESTRATION_*` settings, so
+/// only what a test passes decides where the CLI looks.
+fn cli(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    without_settings(&mut command)
+        .args(args)
+        .env("NO_COLOR", "1");
+    command
+}
+
+/// The quickstart, run as a user would, in its own process group so that it (the agent it
+/// `exec`s) can be stopped; the fleet it started is killed too.
+struct Quickstart {
+    child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on the process group this test created for the quickstart.
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
+        }
+        kill_fleet(&self.dir.path().join("qs/data"));
+    }
+}
+
+/// Removes the caller's `MCP_ORCHESTRATION_*` settings from `command`.
+fn without_settings(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MCP_ORCHESTRATION_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quickstart_prints_the_environment_that_lets_the_cli_change_things() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut command = tokio::process::Command::new("bash");
+    without_settings(&mut command)
+        .arg(Path::new(REPO).join("examples/quickstart.sh"))
+        .env("QUICKSTART_DIR", dir.path().join("qs"))
+        .env("QUICKSTART_LISTEN", &listen)
+        // A fresh home: the CLI's default data dir holds no key of any other agent.
+        .env("HOME", &home)
+        .env_remove("XDG_DATA_HOME")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", home.join(".gitconfig"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.path().join("quickstart.log")).unwrap(),
+        ))
+        .process_group(0);
+    let mut child = command.spawn().expect("bash runs the quickstart");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let qs = Quickstart { child, dir };
+    let log = || std::fs::read_to_string(qs.dir.path().join("quickstart.log")).unwrap_or_default();
+
+    // What the quickstart tells the user to do, up to the agent's start (it builds first).
+    let mut printed = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let last = line.contains("status hello");
+            printed.push(line);
+            if last {
+                break;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(300), read)
+        .await
+        .is_err()
+    {
+        panic!(
+            "the quickstart printed its instructions within 300 s:\n{}",
+            log()
+        );
+    }
+    let text = printed.join("\n");
+    let exports: Vec<&str> = printed
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("export "))
+        .collect();
+    assert!(
+        exports
+            .iter()
+            .any(|l| l.starts_with("export MCP_ORCHESTRATION_DATA_DIR=")),
+        "the quickstart says where the agent's data dir (and key) is:\n{text}\n{}",
+        log()
+    );
+
+    // The agent is up and the example server runs.
+    let url = format!("http://{listen}");
+    eventually(Duration::from_secs(60), "hello to run", || async {
+        let hello: Value = reqwest::get(format!("{url}/servers/hello"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (hello["state"] == "running").then_some(())
+    })
+    .await;
+
+    // In "another terminal": the printed exports, then a command that changes something.
+    let script = format!("{}\nmcp-orchestration deploy hello", exports.join("\n"));
+    let deploy = without_settings(&mut tokio::process::Command::new("bash"))
+        .args(["-c", &script])
+        .env("HOME", &home)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        deploy.status.success(),
+        "deploy with the quickstart's environment:\n{}",
+        stderr(&deploy)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_cli_says_which_data_dir_it_read_the_key_from() {
+    let repo = crate::support::git::ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[]), "empty fleet");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let dir = elsewhere.path().display().to_string();
+
+    // No key in that data dir: the message names the file and how to point elsewhere.
+    let out = cli(&[
+        "deploy",
+        "nope",
+        "--agent-url",
+        &agent.url,
+        "--data-dir",
+        &dir,
+    ])
+    .output()
+    .await
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("HTTP 401"), "{err}");
+    assert!(err.contains(&format!("{dir}/api-key")), "{err}");
+    assert!(err.contains("MCP_ORCHESTRATION_DATA_DIR"), "{err}");
+
+    // Another agent's key in it: refused, and the message says which file it came from.
+    std::fs::write(elsewhere.path().join("api-key"), "mcpo_not_this_agents\n").unwrap();
+    let out = cli(&["deploy", "nope", "--agent-url", &agent.url])
+        .env("MCP_ORCHESTRATION_DATA_DIR", &dir)
+        .output()
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("the key in {dir}/api-key")), "{err}");
+    assert!(err.contains("MCP_ORCHESTRATION_DATA_DIR"), "{err}");
+}
