@@ -5,6 +5,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::output::errln;
 use crate::settings::Settings;
 
 pub struct Client {
@@ -51,13 +52,14 @@ impl Client {
     }
 
     /// Follows `GET {path}` as Server-Sent Events, calling `on_event` with each event's JSON
-    /// data, for as long as the agent is reachable. A dropped connection is resumed with
-    /// `Last-Event-ID`, so nothing is missed or printed twice; `last_id` starts the stream.
+    /// data, for as long as the agent is reachable and `on_event` returns true. A dropped
+    /// connection is resumed with `Last-Event-ID`, so nothing is missed or printed twice;
+    /// `last_id` starts the stream.
     pub fn follow(
         &self,
         path: &str,
         mut last_id: Option<i64>,
-        mut on_event: impl FnMut(&Value),
+        mut on_event: impl FnMut(&Value) -> bool,
     ) -> anyhow::Result<()> {
         let url = format!("{}{path}", self.base);
         // No overall timeout (the stream is endless); the agent sends a keep-alive every 15 s,
@@ -96,12 +98,16 @@ impl Client {
                                         };
                                         match e.event.as_str() {
                                             // The agent's notes about the stream itself.
-                                            "gap" | "reset" => eprintln!(
+                                            "gap" | "reset" => errln!(
                                                 "note: {} (after id {})",
                                                 v["message"].as_str().unwrap_or(&e.event),
                                                 v["after"]
                                             ),
-                                            _ => on_event(&v),
+                                            _ => {
+                                                if !on_event(&v) {
+                                                    return Ok(());
+                                                }
+                                            }
                                         }
                                     }
                                 }
@@ -122,7 +128,7 @@ impl Client {
                     }
                     Err(e) => format!("cannot reach the agent at {}: {e}", self.base),
                 };
-                eprintln!("{lost}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                errln!("{lost}; reconnecting in {:.1} s", backoff.as_secs_f64());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }

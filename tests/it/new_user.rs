@@ -179,3 +179,55 @@ async fn a_refused_cli_says_which_data_dir_it_read_the_key_from() {
     assert!(err.contains(&format!("the key in {dir}/api-key")), "{err}");
     assert!(err.contains("MCP_ORCHESTRATION_DATA_DIR"), "{err}");
 }
+
+/// Runs the binary with `args` and a stdout whose reader is already gone (`| head` after
+/// it had enough), within a deadline; returns the exit code and stderr.
+async fn with_closed_stdout(args: &[&str], dir: &Path) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    // Not `output()`, which would capture stdout in a pipe of its own.
+    let child = cli(args)
+        .current_dir(dir)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} with a closed stdout exits within 30 s"))
+        .unwrap();
+    (out.status.code(), stderr(&out))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_ends_the_cli_quietly_with_its_usual_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ecosystem-manifest.yaml"),
+        "version: \"1.1\"\nservers:\n  - id: Bad_Id\n    version: one\n",
+    )
+    .unwrap();
+    let repo = crate::support::git::ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[]), "empty fleet");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_runs(1).await;
+
+    let url = agent.url.as_str();
+    for (args, code) in [
+        (vec!["validate", "--output", "json"], 1),
+        (vec!["validate"], 1),
+        (vec!["schema"], 0),
+        (vec!["--help"], 0),
+        (vec!["status", "--agent-url", url], 0),
+        (vec!["revisions", "--agent-url", url], 0),
+        (vec!["events", "--agent-url", url], 0),
+        // It would follow for ever; with nobody reading it ends.
+        (vec!["events", "--follow", "--agent-url", url], 0),
+    ] {
+        let (got, err) = with_closed_stdout(&args, dir.path()).await;
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(got, Some(code), "{args:?}: {err}");
+        assert_eq!(err, "", "{args:?} says nothing about the closed pipe");
+    }
+}
