@@ -231,3 +231,32 @@ async fn a_closed_stdout_ends_the_cli_quietly_with_its_usual_exit_code() {
         assert_eq!(err, "", "{args:?} says nothing about the closed pipe");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repo_path_that_does_not_exist_stops_the_agent_at_start_instead_of_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-manifest.git");
+    let data = dir.path().join("data");
+    let agent = cli(&["agent", "--listen", "127.0.0.1:0"])
+        .arg("--repo")
+        .arg(&missing)
+        .arg("--data-dir")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), agent.wait_with_output())
+        .await
+        .expect("the agent gives up at once rather than retrying for ever")
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{} does not exist", missing.display())),
+        "{err}"
+    );
+    assert!(!err.contains("unsupported URL protocol"), "{err}");
+}
