@@ -93,7 +93,12 @@ pub fn router(state: Arc<AgentState>) -> Router {
         // and DELETE (end a session), behind the same auth.
         .nest_service(
             MCP_PATH,
-            crate::mcp::http_service(state.clone(), state.shutdown.child_token()),
+            Router::new()
+                .fallback_service(crate::mcp::http_service(
+                    state.clone(),
+                    state.shutdown.child_token(),
+                ))
+                .layer(axum::middleware::from_fn(session_end_is_no_content)),
         )
         .fallback(|| async {
             ApiError::new(
@@ -111,6 +116,21 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::middleware::from_fn(error::request_id))
         .with_state(state)
+}
+
+/// rmcp answers a `DELETE /mcp` that ended a session with 202 Accepted, which MCP clients
+/// log as a failed termination (they expect 200 or 204): the session is gone by then, so
+/// it is a 204 No Content.
+async fn session_end_is_no_content(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let delete = req.method() == Method::DELETE;
+    let mut response = next.run(req).await;
+    if delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
 }
 
 /// Refuses a declared body over [`BODY_LIMIT`] before any handler runs, also on routes that

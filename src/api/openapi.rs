@@ -141,19 +141,15 @@ impl Doc {
             })
         };
         let mut responses = Map::new();
-        let ok_content = if op.content == "application/json" {
-            json!({ "application/json": { "schema": op.ok.1 } })
-        } else {
-            json!({ op.content: { "schema": op.ok.1 } })
-        };
-        responses.insert(
-            op.ok.0.to_string(),
-            json!({
-                "description": "success",
-                "headers": { "x-request-id": { "$ref": "#/components/headers/RequestId" } },
-                "content": ok_content,
-            }),
-        );
+        let mut ok = json!({
+            "description": "success",
+            "headers": { "x-request-id": { "$ref": "#/components/headers/RequestId" } },
+        });
+        // A 204 has no body to describe.
+        if op.ok.0 != 204 {
+            ok["content"] = json!({ op.content: { "schema": op.ok.1 } });
+        }
+        responses.insert(op.ok.0.to_string(), ok);
         if !parameters.is_empty() || op.body.is_some() {
             responses.insert(
                 "400".into(),
@@ -161,10 +157,13 @@ impl Doc {
             );
         }
         if op.auth != Auth::Open {
-            responses.insert(
-                "401".into(),
-                error_response("no key or a wrong key (`UNAUTHORIZED`)"),
-            );
+            let mut unauthorized = error_response("no key or a wrong key (`UNAUTHORIZED`)");
+            unauthorized["headers"]["WWW-Authenticate"] = json!({
+                "description": "The challenge (RFC 6750): `Bearer realm=\"mcp-orchestration\"`, \
+                                with `error=\"invalid_token\"` for a wrong key.",
+                "schema": { "type": "string" },
+            });
+            responses.insert("401".into(), unauthorized);
         }
         if op.path.contains('{') {
             responses.insert(
@@ -553,21 +552,24 @@ pub fn document() -> Value {
         ..Op::default()
     });
 
-    for (method, summary, content) in [
+    for (method, summary, content, status) in [
         (
             "post",
             "MCP over streamable HTTP: a JSON-RPC message (initialize, tools/list, tools/call)",
             "text/event-stream",
+            200,
         ),
         (
             "get",
             "MCP over streamable HTTP: a session's stream of server messages",
             "text/event-stream",
+            200,
         ),
         (
             "delete",
-            "MCP over streamable HTTP: end a session",
+            "MCP over streamable HTTP: end a session (204 once it has ended)",
             "application/json",
+            204,
         ),
     ] {
         d.add(Op {
@@ -581,7 +583,7 @@ pub fn document() -> Value {
             auth: Auth::Write,
             body: (method == "post")
                 .then(|| json!({ "type": "object", "description": "a JSON-RPC 2.0 message" })),
-            ok: (200, json!({})),
+            ok: (status, json!({})),
             content,
             ..Op::default()
         });

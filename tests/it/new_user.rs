@@ -260,3 +260,225 @@ async fn a_repo_path_that_does_not_exist_stops_the_agent_at_start_instead_of_ret
     );
     assert!(!err.contains("unsupported URL protocol"), "{err}");
 }
+
+/// An agent with no servers, for the tests of its interfaces.
+async fn empty_agent() -> (crate::support::git::ManifestRepo, TestAgent) {
+    let repo = crate::support::git::ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[]), "empty fleet");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    (repo, agent)
+}
+
+/// `mcp-orchestration mcp` towards `agent_url`, with `key` (or none).
+fn stdio_bridge(agent_url: &str, key: Option<&str>, data_dir: &Path) -> tokio::process::Command {
+    let mut command = cli(&["mcp", "--agent-url", agent_url]);
+    command
+        .env("MCP_ORCHESTRATION_DATA_DIR", data_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(key) = key {
+        command.env("MCP_ORCHESTRATION_API_KEY", key);
+    }
+    command
+}
+
+/// Whether `text` names a Rust type or path (`rmcp::transport::…`, `WorkerTransport<…>`).
+fn names_rust_types(text: &str) -> bool {
+    text.contains("::") || text.contains("WorkerTransport")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rust_type_names_do_not_leak_into_the_stdio_bridges_errors() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{CallToolRequestParams, ClientConfig};
+    let (_repo, agent) = empty_agent().await;
+    let empty = tempfile::tempdir().unwrap();
+
+    // A refused key: stderr says so in words.
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        stdio_bridge(&agent.url, Some("wrong-key"), empty.path()).output(),
+    )
+    .await
+    .expect("the bridge gives up within 20 s")
+    .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let message = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("an error line: {err}"));
+    assert!(message.contains("the API key is not valid"), "{message}");
+    assert!(!names_rust_types(message), "{message}");
+
+    // A tool called after the agent went away: the result says so in words.
+    let mut child = stdio_bridge(
+        &agent.url,
+        Some(crate::support::agent::TEST_API_KEY),
+        empty.path(),
+    )
+    .spawn()
+    .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut logs = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut logs, &mut sink).await;
+    });
+    let client = tokio::time::timeout(
+        Duration::from_secs(20),
+        ClientConfig::default().serve((stdout, stdin)),
+    )
+    .await
+    .expect("the bridge answers within 20 s")
+    .expect("an MCP session over stdio");
+    let _data = agent.stop().await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.call_tool(CallToolRequestParams::new("list_servers")),
+    )
+    .await
+    .expect("the bridge answers within 30 s")
+    .expect("a tool result, not a protocol error");
+    assert_eq!(result.is_error, Some(true));
+    let text = &result.content[0].as_text().unwrap().text;
+    assert!(text.starts_with("AGENT_UNREACHABLE: "), "{text}");
+    assert!(!names_rust_types(text), "{text}");
+    let _ = client.cancel().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_argument_errors_carry_the_documented_error_code() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{CallToolRequestParams, ClientConfig};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    let (_repo, agent) = empty_agent().await;
+    let client = ClientConfig::default()
+        .serve(StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", agent.url))
+                .auth_header(crate::support::agent::TEST_API_KEY),
+        ))
+        .await
+        .unwrap();
+    for (tool, args, says) in [
+        (
+            "server_status",
+            serde_json::json!({}),
+            "missing field `server_id`",
+        ),
+        (
+            "rollout_history",
+            serde_json::json!({ "server_id": "a", "limit": -1 }),
+            "expected a non-negative integer",
+        ),
+    ] {
+        let params =
+            CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone());
+        let r = client.call_tool(params).await.unwrap();
+        assert_eq!(r.is_error, Some(true), "{tool}: {r:?}");
+        let text = &r.content[0].as_text().unwrap().text;
+        assert!(text.starts_with("VALIDATION_FAILED: "), "{tool}: {text}");
+        assert!(text.contains(says), "{tool}: {text}");
+        assert!(!names_rust_types(text), "{tool}: {text}");
+        assert_eq!(
+            r.structured_content.as_ref().unwrap()["error"]["code"],
+            "VALIDATION_FAILED",
+            "{tool}: {r:?}"
+        );
+    }
+    let _ = client.cancel().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_without_a_valid_key_is_challenged_with_www_authenticate() {
+    let (_repo, agent) = empty_agent().await;
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::POST, "/mcp"),
+        (reqwest::Method::GET, "/mcp"),
+        (reqwest::Method::POST, "/servers/x/deploy"),
+    ] {
+        for key in [None, Some("wrong-key")] {
+            let mut request = http.request(method.clone(), format!("{}{path}", agent.url));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{method} {path}");
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .unwrap_or_else(|| panic!("{method} {path} {key:?}: no WWW-Authenticate"))
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(challenge.starts_with("Bearer "), "{challenge}");
+            assert_eq!(
+                challenge.contains(r#"error="invalid_token""#),
+                key.is_some(),
+                "{challenge}"
+            );
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ending_an_mcp_session_is_not_answered_as_merely_accepted() {
+    let (_repo, agent) = empty_agent().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/mcp", agent.url);
+    let key = crate::support::agent::TEST_API_KEY;
+    let init = http
+        .post(&url)
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": { "name": "test", "version": "1" },
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    drop(init);
+    let end = http
+        .delete(&url)
+        .bearer_auth(key)
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        end.status() == 200 || end.status() == 204,
+        "the session ended: {}",
+        end.status()
+    );
+    // It is gone: the session id no longer works.
+    let again = http
+        .post(&url)
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&serde_json::json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404, "the ended session is unknown");
+}
