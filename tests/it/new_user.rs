@@ -482,3 +482,64 @@ async fn ending_an_mcp_session_is_not_answered_as_merely_accepted() {
         .unwrap();
     assert_eq!(again.status(), 404, "the ended session is unknown");
 }
+
+/// A manifest whose second line holds a Latin-1 `é` (0xe9): not UTF-8.
+const LATIN1_MANIFEST: &[u8] = b"version: \"1.1\"\nservers: [] # caf\xe9\n";
+const LATIN1_ERROR: &str = "ecosystem-manifest.yaml:2:18: error: not UTF-8 text: byte 0xe9 at \
+                            offset 32 (line 2, column 18) is not valid UTF-8; save the file as UTF-8";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_that_is_not_utf8_is_invalid_not_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ecosystem-manifest.yaml"), LATIN1_MANIFEST).unwrap();
+    let out = cli(&["validate"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let text = crate::support::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.lines().any(|l| l == LATIN1_ERROR), "{text}");
+
+    let out = cli(&["validate", "--output", "json"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&json[0]["line"], &json[0]["column"], &json[0]["severity"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(18),
+            &serde_json::json!("error")
+        )
+    );
+
+    // The agent's validate stage rejects such a commit like any other invalid one.
+    let repo = crate::support::git::ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[]), "empty fleet");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_runs(1).await;
+    std::fs::write(repo.work().join("ecosystem-manifest.yaml"), LATIN1_MANIFEST).unwrap();
+    repo.git(&["commit", "-qam", "saved as Latin-1"]);
+    repo.git(&["push", "-q", "origin", "HEAD:main"]);
+    let bad = repo.git(&["rev-parse", "HEAD"]);
+    let run = eventually(Duration::from_secs(20), "the rejected run", || async {
+        let (status, run) = agent.get(&format!("/revisions/{bad}")).await;
+        (status == 200 && run["result"] != "running").then_some(run)
+    })
+    .await;
+    assert_eq!(run["result"], "rejected", "{run}");
+    let error = &run["errors"][0];
+    assert_eq!(
+        (&error["line"], &error["column"]),
+        (&serde_json::json!(2), &serde_json::json!(18)),
+        "{run}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("offset 32"),
+        "{run}"
+    );
+}
