@@ -230,7 +230,7 @@ impl Tools {
 
     #[tool(
         description = "A server's rollouts, newest first: what triggered each (commit, \
-            registry, operator, recovery), from and to which version, the outcome and why.",
+            registry, operator, reconcile, recovery), from and to which version, the outcome and why.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn rollout_history(

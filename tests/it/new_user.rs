@@ -543,3 +543,85 @@ async fn a_manifest_that_is_not_utf8_is_invalid_not_unreadable() {
         "{run}"
     );
 }
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap()
+}
+
+#[test]
+fn the_license_cargo_toml_names_ships_with_the_source() {
+    let cargo = std::fs::read_to_string(Path::new(REPO).join("Cargo.toml")).unwrap();
+    assert!(cargo.contains("license = \"Apache-2.0\""));
+    let license = std::fs::read_to_string(Path::new(REPO).join("LICENSE"))
+        .expect("a LICENSE file beside Cargo.toml");
+    for part in [
+        "Apache License",
+        "Version 2.0, January 2004",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+    ] {
+        assert!(license.contains(part), "LICENSE lacks {part:?}");
+    }
+}
+
+#[test]
+fn the_readme_installs_the_binary_and_its_snippets_survive_a_cd() {
+    let text = readme();
+    assert!(
+        text.contains("cargo install --locked --path ."),
+        "hooks and desktop clients need the binary on PATH: the README says how"
+    );
+    // In every shell snippet, a relative `target/...` binary only works before a `cd`.
+    let mut in_sh = false;
+    let mut moved = false;
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with("```") {
+            in_sh = line.trim() == "```sh";
+            moved = false;
+        } else if in_sh {
+            moved |= code.starts_with("cd ");
+            assert!(
+                !(moved && code.starts_with("target/")),
+                "README.md:{}: `{code}` after a `cd` names a relative binary",
+                n + 1
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_names_the_trigger_a_restart_is_recorded_with() {
+    let repo = crate::support::git::ManifestRepo::new();
+    repo.push_manifest(&process_manifest(&[("again", "1.0.0")]), "one server");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent
+        .wait_running("again", "1.0.0", Duration::from_secs(20))
+        .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/servers/again/restart", agent.url))
+        .bearer_auth(crate::support::agent::TEST_API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let trigger = eventually(Duration::from_secs(20), "the restart's rollout", || async {
+        let (_, v) = agent.get("/servers/again/rollouts").await;
+        let rollouts = v["rollouts"].as_array()?;
+        (rollouts.len() >= 2).then(|| rollouts[0]["trigger"].as_str().unwrap().to_owned())
+    })
+    .await;
+
+    // The README's list of rollout triggers, from its **History.** item.
+    let text = readme();
+    let history = text
+        .split("**History.**")
+        .nth(1)
+        .and_then(|rest| rest.split("from → to version").next())
+        .expect("the README's History item");
+    assert!(
+        history.contains(&format!("`{trigger}`")),
+        "a restart is recorded with trigger `{trigger}`, which the README's History does not name: {history}"
+    );
+}
