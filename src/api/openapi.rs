@@ -397,16 +397,25 @@ pub fn document() -> Value {
         ok: (200, timeline),
         ..Op::default()
     });
+    let unmonitored = d.schema::<super::ops::UnmonitoredHealth>();
+    let mut monitored = object(&[
+        ("monitored", json!({ "const": true })),
+        ("recovery", array(health_event.clone())),
+    ]);
+    monitored["required"] = json!(["monitored", "recovery"]);
     d.add(Op {
         path: "/servers/{id}/health",
         summary: "Health: state, since when and why, last probe, recent recovery attempts",
+        description: "`monitored` tells the two shapes apart: a server with an instance to \
+                      probe has its full health, one without (not started yet, stopped, or \
+                      unable to run here) only `state: unknown` and the reason.",
         tag: "health",
         ok: (
             200,
-            json!({ "allOf": [health.clone(), object(&[
-                ("monitored", json!({ "type": "boolean" })),
-                ("recovery", array(health_event.clone())),
-            ])] }),
+            json!({ "oneOf": [
+                { "allOf": [health.clone(), monitored] },
+                unmonitored,
+            ] }),
         ),
         ..Op::default()
     });
@@ -665,6 +674,51 @@ mod tests {
             "routes missing from OpenAPI: {undocumented:?}"
         );
         assert!(phantom.is_empty(), "documented but not served: {phantom:?}");
+    }
+
+    #[test]
+    fn the_document_carries_the_limits_the_handlers_enforce() {
+        use super::super::ops::{EVENTS_LIMIT, ROLLOUTS_LIMIT};
+        let doc = document();
+        let param = |path: &str, name: &str| -> Value {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path} has no `{name}`"))["schema"]
+                .clone()
+        };
+        for (path, (default, max)) in [
+            ("/revisions", ROLLOUTS_LIMIT),
+            ("/servers/{id}/rollouts", ROLLOUTS_LIMIT),
+            ("/health/events", EVENTS_LIMIT),
+            ("/servers/{id}/health/events", EVENTS_LIMIT),
+            ("/events/history", EVENTS_LIMIT),
+        ] {
+            let limit = param(path, "limit");
+            assert_eq!(
+                (&limit["minimum"], &limit["maximum"], &limit["default"]),
+                (&json!(1), &json!(max), &json!(default)),
+                "{path}"
+            );
+        }
+        for path in ["/health/events", "/events/history", "/events"] {
+            assert_eq!(param(path, "after")["minimum"], 0, "{path}");
+        }
+        assert_eq!(
+            param("/events", "backlog")["maximum"],
+            json!(super::super::events::MAX_BACKLOG)
+        );
+        let o = &doc["components"]["schemas"]["OverrideRequest"]["properties"];
+        assert_eq!(o["duration_seconds"]["maximum"], json!(86_400.0));
+        assert_eq!(o["duration_seconds"]["exclusiveMinimum"], 0);
+        assert_eq!(
+            o["state"]["enum"],
+            json!(["healthy", "degraded", "unhealthy"])
+        );
+        let to = &doc["components"]["schemas"]["RollbackRequest"]["properties"]["to"];
+        assert!(to["pattern"].is_string());
     }
 
     #[test]

@@ -58,9 +58,11 @@ pub struct HealthEventsArgs {
     pub server_id: Option<String>,
     /// Only events with a larger `id`: pass the largest id seen to get what happened since.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub after: Option<i64>,
     /// How many events, newest first (default 50, at most 1000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = ops::EVENTS_LIMIT.1))]
     pub limit: Option<usize>,
 }
 
@@ -71,6 +73,7 @@ pub struct RolloutHistoryArgs {
     pub server_id: String,
     /// How many rollouts, newest first (default 20, at most 500).
     #[serde(default)]
+    #[schemars(range(min = 1, max = ops::ROLLOUTS_LIMIT.1))]
     pub limit: Option<usize>,
 }
 

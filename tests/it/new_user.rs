@@ -625,3 +625,121 @@ async fn the_readme_names_the_trigger_a_restart_is_recorded_with() {
         "a restart is recorded with trigger `{trigger}`, which the README's History does not name: {history}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_json_answer_matches_the_schema_the_api_documents() {
+    let repo = crate::support::git::ManifestRepo::new();
+    let waiting = "  - id: waiting\n    version: \"1.0.0\"\n    process: { command: /bin/true }\n    config_requirements:\n      - { name: NEVER_GIVEN, secret: true }\n";
+    let manifest = format!("{}{waiting}", process_manifest(&[("watched", "1.0.0")]));
+    let commit = repo.push_manifest(&manifest, "one server that runs, one that cannot");
+    let mut trust = crate::support::agent::test_trust();
+    trust.allowed_commands.push("/bin".into());
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            trust: Some(trust),
+            ..Options::default()
+        },
+    )
+    .await;
+    agent
+        .wait_running("watched", "1.0.0", Duration::from_secs(20))
+        .await;
+    eventually(Duration::from_secs(20), "watched to be healthy", || async {
+        let (_, h) = agent.get("/servers/watched/health").await;
+        (h["state"] == "healthy").then_some(())
+    })
+    .await;
+    let (_, waiting) = agent.get("/servers/waiting").await;
+    assert_ne!(waiting["state"], "running", "{waiting}");
+    let (_, rollouts) = agent.get("/servers/watched/rollouts").await;
+    let rollout = rollouts["rollouts"][0]["id"].as_i64().unwrap();
+
+    let (_, doc) = agent.get("/openapi.json").await;
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let Some(schema) = ops
+            .get("get")
+            .and_then(|op| op.pointer("/responses/200/content/application~1json/schema"))
+        else {
+            continue;
+        };
+        let ids: &[&str] = if path.contains("{id}") && !path.starts_with("/rollouts") {
+            &["watched", "waiting"]
+        } else {
+            &["-"]
+        };
+        for id in ids {
+            let real = path
+                .replace("{commit}", &commit)
+                .replace("/rollouts/{id}", &format!("/rollouts/{rollout}"))
+                .replace("{id}", id);
+            let (status, body) = agent.get(&real).await;
+            assert_eq!(status, 200, "GET {real}: {body}");
+            let wrong = crate::support::schema::violations(&doc, schema, &body);
+            if !wrong.is_empty() {
+                broken.push(format!(
+                    "GET {real} breaks its schema: {wrong:#?}\n{body:#}"
+                ));
+            }
+            checked += 1;
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    assert!(checked >= 15, "{checked} answers checked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsupported_method_is_405_not_a_demand_for_a_key() {
+    let (_repo, agent) = empty_agent().await;
+    let http = reqwest::Client::new();
+    for (method, path, allow) in [
+        ("TRACE", "/servers", "GET, HEAD"),
+        ("PUT", "/servers/x", "GET, DELETE, HEAD"),
+        ("PATCH", "/mcp", "POST, GET, DELETE, HEAD"),
+        ("OPTIONS", "/health", "GET, HEAD"),
+        ("TRACE", "/webhooks/git", "POST"),
+        ("DELETE", "/servers/x/deploy", "POST"),
+    ] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = http
+            .request(m, format!("{}{path}", agent.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(
+            r.headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some(allow.to_owned()),
+            "{method} {path}"
+        );
+        assert!(r.headers().get("x-request-id").is_some());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "METHOD_NOT_ALLOWED",
+            "{method} {path}"
+        );
+    }
+    // A path the API does not serve is a 404 for any method, key or not.
+    for method in ["TRACE", "POST", "GET"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = http
+            .request(m, format!("{}/no/such/route", agent.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "NOT_FOUND");
+    }
+    // A served method still needs its key.
+    let r = http
+        .post(format!("{}/servers/x/deploy", agent.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
