@@ -6,10 +6,12 @@
 #
 # Everything lives in $QUICKSTART_DIR (default /tmp/mcp-quickstart): the bare repository the
 # agent follows, a working clone to edit and push, the agent's data dir and trust policy.
+# The API listens on $QUICKSTART_LISTEN (default 127.0.0.1:7070).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo_root=$PWD
 dir=${QUICKSTART_DIR:-/tmp/mcp-quickstart}
+listen=${QUICKSTART_LISTEN:-127.0.0.1:7070}
 
 echo "==> building mcp-orchestration and the example server"
 cargo build --quiet --bin mcp-orchestration --example example-server
@@ -45,27 +47,37 @@ allowed_images: [ghcr.io/liminalcommons/]
 allowed_commands: [$(dirname "$server")]
 YAML
 
+# The CLI finds the agent and the API key it generated through these two variables; without
+# them it would look in the default data dir, find no key, and every command that changes
+# something would be refused (401).
 cat <<TXT
 
-==> starting the agent (API on http://127.0.0.1:7070). In another terminal:
+==> starting the agent (API on http://$listen). In another terminal, first:
 
-    $bin status
-    $bin revisions
+    export MCP_ORCHESTRATION_DATA_DIR=$(printf %q "$dir/data")
+    export MCP_ORCHESTRATION_URL=http://$listen
+    export PATH=$(printf %q "$(dirname "$bin")"):\$PATH
+
+  then:
+
+    mcp-orchestration status
+    mcp-orchestration revisions
 
   To roll out a new version, edit and push the manifest:
 
-    cd $dir/manifest
+    cd $(printf %q "$dir/manifest")
     sed -i 's/version: "1.0.0"/version: "1.1.0"/' ecosystem-manifest.yaml
     git commit -qam "hello 1.1.0" && git push -q origin HEAD:main
 
   The agent sees the push at once (it watches the local repository), starts 1.1.0 beside
   1.0.0, waits for it to be healthy, then stops 1.0.0:
 
-    curl -s \$($bin status hello --output json | sed -n 's/.*"endpoint": "\\(.*\\)\\/mcp".*/\\1/p')/health
+    mcp-orchestration status hello
 
 TXT
 exec "$bin" agent \
     --repo "$dir/manifest.git" \
     --runtime process \
+    --listen "$listen" \
     --data-dir "$dir/data" \
     --trust-policy "$dir/trust-policy.yaml"

@@ -318,12 +318,53 @@ impl Settings {
     /// data dir (readable when the CLI runs on the agent's machine as its user).
     pub fn client_api_key(&self) -> Option<String> {
         self.api_key.clone().or_else(|| {
-            let dir = self.agent.data_dir.clone().unwrap_or_else(default_data_dir);
-            std::fs::read_to_string(dir.join(API_KEY_FILE))
+            std::fs::read_to_string(self.client_key_file())
                 .ok()
                 .map(|k| k.trim().to_owned())
                 .filter(|k| !k.is_empty())
         })
+    }
+
+    /// Where the CLI looks for the agent's generated key when none is given.
+    pub fn client_key_file(&self) -> PathBuf {
+        self.agent
+            .data_dir
+            .clone()
+            .unwrap_or_else(default_data_dir)
+            .join(API_KEY_FILE)
+    }
+
+    /// What to tell a user whose key the agent refused: which key was sent, or where the
+    /// CLI looked for one, and how to point it at the right one. A CLI run with another data
+    /// dir than the agent's (the quickstart's, say) otherwise only sees "401".
+    pub fn client_key_hint(&self) -> String {
+        let file = self.client_key_file();
+        let dir = file.parent().unwrap_or(&file).display();
+        let point = format!(
+            "export {}=<the agent's --data-dir> (or pass --data-dir), or give the key with \
+             --api-key or {}",
+            env::DATA_DIR,
+            env::API_KEY
+        );
+        if self.api_key.is_some() {
+            format!(
+                "the key given by --api-key, {} or the config file was refused; give the \
+                 agent's key, or leave it out to read the agent's {API_KEY_FILE} file",
+                env::API_KEY
+            )
+        } else if self.client_api_key().is_some() {
+            format!(
+                "the key in {} (data dir {dir}) was refused, so the agent uses another data \
+                 dir: {point}",
+                file.display()
+            )
+        } else {
+            format!(
+                "no API key: none was given and {} does not exist or is unreadable (data dir \
+                 {dir}): {point}",
+                file.display()
+            )
+        }
     }
 
     /// Validates the agent's options into [`AgentSettings`].
@@ -336,6 +377,26 @@ impl Settings {
                 env::REPO
             ),
         })?;
+        if let Some(path) = local_repo_path(&repo).filter(|p| !p.exists()) {
+            // git2 would call it an "unsupported URL protocol", and the agent would retry
+            // for ever something that cannot work.
+            let relative = if path.is_relative() {
+                std::env::current_dir()
+                    .map(|d| format!(" (relative to {})", d.display()))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            return Err(SettingsError::Invalid {
+                name: "repo",
+                message: format!(
+                    "the repository path {}{relative} does not exist; give an existing \
+                     repository, or a URL such as https://host/org/manifest.git or \
+                     git@host:org/manifest.git",
+                    path.display()
+                ),
+            });
+        }
         let poll_interval = match &a.poll_interval {
             Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
                 name: "poll-interval",
@@ -460,6 +521,27 @@ impl Settings {
     }
 }
 
+/// The local path a `--repo` value names, as git reads it: a `file://` URL's path, or
+/// anything that is neither a URL with a scheme (`https://`, `ssh://`, ...) nor scp-like
+/// (`[user@]host:path`, a colon before any slash). `None` for remotes.
+pub fn local_repo_path(repo: &str) -> Option<&Path> {
+    if let Some((scheme, rest)) = repo.split_once("://") {
+        let is_scheme = !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if is_scheme {
+            let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+            return (scheme == "file").then(|| Path::new(rest));
+        }
+    }
+    match (repo.find(':'), repo.find('/')) {
+        (Some(colon), None) if colon > 0 => None,
+        (Some(colon), Some(slash)) if colon > 0 && colon < slash => None,
+        _ => Some(Path::new(repo)),
+    }
+}
+
 fn load_config(path: &Path) -> Result<ConfigFile, SettingsError> {
     let text = read_text(path)?;
     serde_yaml::from_str(&text).map_err(|e| SettingsError::Config {
@@ -502,9 +584,10 @@ mod tests {
     fn agent_settings_need_a_repo_and_fill_defaults() {
         let s = Settings::resolve(Overrides::default()).unwrap();
         assert!(s.agent().unwrap_err().to_string().contains("--repo"));
+        let repo = tempfile::tempdir().unwrap();
         let s = Settings::resolve(Overrides {
             agent: AgentOptions {
-                repo: Some("/srv/git/manifest.git".into()),
+                repo: Some(repo.path().display().to_string()),
                 poll_interval: Some("2s".into()),
                 ..AgentOptions::default()
             },
@@ -540,6 +623,56 @@ mod tests {
         let a = s.agent().unwrap();
         assert_eq!(a.runtime, RuntimeChoice::Docker);
         assert_eq!(a.git.branch, "staging", "the flag wins over the file");
+    }
+
+    #[test]
+    fn only_paths_count_as_local_repositories_not_urls_or_scp_like_remotes() {
+        let local = |r: &str| local_repo_path(r).map(|p| p.display().to_string());
+        assert_eq!(local("/srv/git/m.git"), Some("/srv/git/m.git".into()));
+        assert_eq!(local("manifest"), Some("manifest".into()));
+        assert_eq!(local("./a:b/m.git"), Some("./a:b/m.git".into()));
+        assert_eq!(local("file:///srv/m.git"), Some("/srv/m.git".into()));
+        assert_eq!(
+            local("file://localhost/srv/m.git"),
+            Some("/srv/m.git".into())
+        );
+        assert_eq!(local("https://github.com/org/m.git"), None);
+        assert_eq!(local("ssh://git@host:22/m.git"), None);
+        assert_eq!(local("git+ssh://host/m.git"), None);
+        assert_eq!(local("git@github.com:org/m.git"), None);
+        assert_eq!(local("host:m.git"), None);
+    }
+
+    #[test]
+    fn a_repo_path_that_does_not_exist_is_a_settings_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.git");
+        for repo in [
+            missing.display().to_string(),
+            format!("file://{}", missing.display()),
+        ] {
+            let s = Settings::resolve(Overrides {
+                agent: AgentOptions {
+                    repo: Some(repo.clone()),
+                    ..AgentOptions::default()
+                },
+                ..Overrides::default()
+            })
+            .unwrap();
+            let err = s.agent().unwrap_err().to_string();
+            assert!(err.contains("does not exist"), "{repo}: {err}");
+            assert!(err.contains(&missing.display().to_string()), "{err}");
+        }
+        // A remote is not checked here: reaching it is the fetch's job, with retries.
+        let s = Settings::resolve(Overrides {
+            agent: AgentOptions {
+                repo: Some("git@example.invalid:org/m.git".into()),
+                ..AgentOptions::default()
+            },
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert!(s.agent().is_ok());
     }
 
     #[test]

@@ -69,19 +69,28 @@ pub async fn require_key(
     }
     match presented(&req) {
         Some(k) if key_matches(k, &state.api_keys) => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "the API key is not valid",
-        )
-        .into_response(),
-        None => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
+        Some(_) => unauthorized("the API key is not valid", CHALLENGE_INVALID),
+        None => unauthorized(
             "this request needs an API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-        )
-        .into_response(),
+            CHALLENGE,
+        ),
     }
+}
+
+/// The challenge of a 401 (RFC 6750 §3, which MCP's authorization follows): a request
+/// without a key gets the scheme alone, a wrong key `error="invalid_token"`. HTTP clients
+/// (MCP clients among them) read this header, not our envelope, to learn they need a key.
+pub const CHALLENGE: &str = r#"Bearer realm="mcp-orchestration""#;
+pub const CHALLENGE_INVALID: &str = r#"Bearer realm="mcp-orchestration", error="invalid_token", error_description="the API key is not valid""#;
+
+fn unauthorized(message: &str, challenge: &'static str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).into_response();
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static(challenge),
+    );
+    response
 }
 
 /// A new random key: 32 bytes from the OS, hex.

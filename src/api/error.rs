@@ -67,6 +67,11 @@ impl ApiError {
         .with_details(json!({ "server_id": id }))
     }
 
+    /// Input that does not fit what the operation takes (a body, query or tool arguments).
+    pub fn validation_failed(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", message)
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
     }
@@ -128,6 +133,17 @@ fn new_request_id() -> String {
     format!("req-{:x}{:04x}", t & 0xffff_ffff_ffff, n & 0xffff)
 }
 
+/// Keeps what an error's producer set besides its body (`WWW-Authenticate` on a 401,
+/// `Retry-After` on a 429, `Allow` on a 405) on the envelope that replaces it.
+fn with_headers_of(mut rendered: Response, headers: &axum::http::HeaderMap) -> Response {
+    for (name, value) in headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rendered.headers_mut().append(name, value.clone());
+        }
+    }
+    rendered
+}
+
 /// Gives every request an id (the client's `x-request-id` when sane, else a new one),
 /// echoes it on the response, and renders error envelopes.
 pub async fn request_id(req: Request, next: Next) -> Response {
@@ -140,7 +156,7 @@ pub async fn request_id(req: Request, next: Next) -> Response {
         .unwrap_or_else(new_request_id);
     let response = next.run(req).await;
     let mut response = if let Some(err) = response.extensions().get::<ApiError>().cloned() {
-        err.render(&id)
+        with_headers_of(err.render(&id), response.headers())
     } else if response.status().is_client_error() || response.status().is_server_error() {
         let is_json = response
             .headers()
@@ -149,11 +165,12 @@ pub async fn request_id(req: Request, next: Next) -> Response {
         if is_json {
             response
         } else {
-            let status = response.status();
-            let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, 64 * 1024)
                 .await
                 .unwrap_or_default();
-            ApiError::from_status(status, String::from_utf8_lossy(&bytes).into_owned()).render(&id)
+            let err = ApiError::from_status(parts.status, String::from_utf8_lossy(&bytes).into());
+            with_headers_of(err.render(&id), &parts.headers)
         }
     } else {
         response

@@ -26,7 +26,7 @@ use crate::store::Event;
 /// Events re-read from the log per query while catching a client up.
 const PAGE: usize = 500;
 /// At most this many past events are replayed when a client asks for a backlog.
-const MAX_BACKLOG: usize = 1000;
+pub(super) const MAX_BACKLOG: usize = 1000;
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,8 +38,10 @@ pub struct StreamQuery {
     /// Replay the newest N retained events (of `server` when given, of every kind) before
     /// the live ones (ignored with `Last-Event-ID` / `after`, which replay everything
     /// after that id).
+    #[schemars(range(max = MAX_BACKLOG))]
     backlog: Option<usize>,
     /// Like `Last-Event-ID`, for clients that cannot set headers.
+    #[schemars(range(min = 0))]
     after: Option<i64>,
 }
 
@@ -249,7 +251,10 @@ async fn feed(
 pub struct HistoryQuery {
     server: Option<String>,
     /// Events after this id, oldest first; without it, the newest `limit`.
+    #[schemars(range(min = 0))]
     after: Option<i64>,
+    /// How many (larger values are cut to the maximum).
+    #[schemars(range(min = 1, max = super::ops::EVENTS_LIMIT.1), extend("default" = super::ops::EVENTS_LIMIT.0))]
     limit: Option<usize>,
 }
 
@@ -258,7 +263,7 @@ pub async fn history(
     State(state): State<Arc<AgentState>>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = super::ops::limit(q.limit, super::ops::EVENTS_LIMIT);
     let events = state
         .store
         .call(move |s| match q.after {

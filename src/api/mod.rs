@@ -93,7 +93,12 @@ pub fn router(state: Arc<AgentState>) -> Router {
         // and DELETE (end a session), behind the same auth.
         .nest_service(
             MCP_PATH,
-            crate::mcp::http_service(state.clone(), state.shutdown.child_token()),
+            Router::new()
+                .fallback_service(crate::mcp::http_service(
+                    state.clone(),
+                    state.shutdown.child_token(),
+                ))
+                .layer(axum::middleware::from_fn(session_end_is_no_content)),
         )
         .fallback(|| async {
             ApiError::new(
@@ -106,11 +111,96 @@ pub fn router(state: Arc<AgentState>) -> Router {
             state.clone(),
             auth::require_key,
         ))
+        // Before the keys: a wrong method is a 405 and an unknown path a 404 for everyone,
+        // not a 401 that suggests a key would help.
+        .layer(axum::middleware::from_fn(refuse_unserved))
         .layer(axum::Extension(Arc::new(webhook::Guard::default())))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(refuse_large_bodies))
         .layer(axum::middleware::from_fn(error::request_id))
         .with_state(state)
+}
+
+/// Whether `path` is an instance of the route `template` (`/servers/{id}`); the MCP
+/// service also owns everything below its path.
+fn route_matches(template: &str, path: &str) -> bool {
+    if template == MCP_PATH {
+        return path == MCP_PATH || path.starts_with("/mcp/");
+    }
+    let mut want = template.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The methods the API serves at `path` (HEAD wherever GET is), or `None` for a path it
+/// does not serve at all.
+fn methods_at(path: &str) -> Option<Vec<Method>> {
+    let mut methods: Vec<Method> = served()
+        .into_iter()
+        .filter(|(_, template)| route_matches(template, path))
+        .map(|(m, _)| m)
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if methods.contains(&Method::GET) {
+        methods.push(Method::HEAD);
+    }
+    Some(methods)
+}
+
+/// Answers a request the router would refuse anyway before the API keys are asked for: an
+/// unknown path is a 404 and a method the path does not serve (`TRACE`, `PUT`, ...) a 405
+/// with `Allow`, in the error envelope. The route list is public (`GET /openapi.json`),
+/// so this tells nobody anything.
+async fn refuse_unserved(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(methods) = methods_at(req.uri().path()) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route").into_response();
+    };
+    if methods.contains(req.method()) {
+        return next.run(req).await;
+    }
+    let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    let allow = allow.join(", ");
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        format!(
+            "{} is not served here; this path takes {allow}",
+            req.method()
+        ),
+    )
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(axum::http::header::ALLOW, v);
+    }
+    response
+}
+
+/// rmcp answers a `DELETE /mcp` that ended a session with 202 Accepted, which MCP clients
+/// log as a failed termination (they expect 200 or 204): the session is gone by then, so
+/// it is a 204 No Content.
+async fn session_end_is_no_content(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let delete = req.method() == Method::DELETE;
+    let mut response = next.run(req).await;
+    if delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+    }
+    response
 }
 
 /// Refuses a declared body over [`BODY_LIMIT`] before any handler runs, also on routes that
@@ -191,6 +281,8 @@ async fn server(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Limit {
+    /// How many, newest first (larger values are cut to the maximum).
+    #[schemars(range(min = 1, max = ops::ROLLOUTS_LIMIT.1), extend("default" = ops::ROLLOUTS_LIMIT.0))]
     limit: Option<usize>,
 }
 
@@ -198,7 +290,7 @@ async fn revisions(
     State(state): State<Arc<AgentState>>,
     Query(q): Query<Limit>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = q.limit.unwrap_or(20).clamp(1, 500);
+    let limit = ops::limit(q.limit, ops::ROLLOUTS_LIMIT);
     let runs = state
         .store
         .call(move |s| s.runs(limit))
@@ -282,7 +374,9 @@ async fn rollout(
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
-    /// The version to go back to; by default the one before the current.
+    /// The version to go back to (a `v` prefix is allowed); by default the last version
+    /// that rolled out successfully before the running one.
+    #[schemars(regex(pattern = r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"))]
     to: Option<String>,
     /// Allow a `to` version that never rolled out successfully on this server.
     #[serde(default)]
@@ -323,8 +417,11 @@ async fn resume(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
+    /// How many, newest first (larger values are cut to the maximum).
+    #[schemars(range(min = 1, max = ops::EVENTS_LIMIT.1), extend("default" = ops::EVENTS_LIMIT.0))]
     limit: Option<usize>,
     /// Only events with a larger id (for following).
+    #[schemars(range(min = 0))]
     after: Option<i64>,
     server: Option<String>,
 }
@@ -381,11 +478,24 @@ async fn restart(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideRequest {
+    /// The state to show; `unknown`, `starting` and `failed` cannot be forced.
+    #[schemars(extend("enum" = FORCEABLE))]
     state: String,
-    /// How long it holds; at most a day.
+    /// How long it holds; more than 0 and at most a day.
+    #[schemars(range(max = MAX_OVERRIDE_SECONDS), extend("exclusiveMinimum" = 0))]
     duration_seconds: f64,
     reason: Option<String>,
 }
+
+/// The longest a health override holds: a day.
+const MAX_OVERRIDE_SECONDS: f64 = 86_400.0;
+
+/// The states an operator may force.
+const FORCEABLE: [crate::health::HealthState; 3] = [
+    crate::health::HealthState::Healthy,
+    crate::health::HealthState::Degraded,
+    crate::health::HealthState::Unhealthy,
+];
 
 /// `POST /servers/{id}/health/override`: shows a state for a bounded time, recorded as an
 /// operator's override (e.g. to keep routing to a server whose probe is known to be wrong).
@@ -398,21 +508,14 @@ async fn health_override(
     let req: OverrideRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid override: {e}")))?;
     let health = crate::health::HealthState::parse(&req.state)
-        .filter(|s| {
-            matches!(
-                s,
-                crate::health::HealthState::Healthy
-                    | crate::health::HealthState::Degraded
-                    | crate::health::HealthState::Unhealthy
-            )
-        })
+        .filter(|s| FORCEABLE.contains(s))
         .ok_or_else(|| {
             bad(format!(
                 "`{}` cannot be forced; use healthy, degraded or unhealthy",
                 req.state
             ))
         })?;
-    if !(req.duration_seconds > 0.0 && req.duration_seconds <= 86_400.0) {
+    if !(req.duration_seconds > 0.0 && req.duration_seconds <= MAX_OVERRIDE_SECONDS) {
         return Err(bad(
             "duration_seconds must be more than 0 and at most 86400 (a day)".into(),
         ));

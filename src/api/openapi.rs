@@ -141,19 +141,15 @@ impl Doc {
             })
         };
         let mut responses = Map::new();
-        let ok_content = if op.content == "application/json" {
-            json!({ "application/json": { "schema": op.ok.1 } })
-        } else {
-            json!({ op.content: { "schema": op.ok.1 } })
-        };
-        responses.insert(
-            op.ok.0.to_string(),
-            json!({
-                "description": "success",
-                "headers": { "x-request-id": { "$ref": "#/components/headers/RequestId" } },
-                "content": ok_content,
-            }),
-        );
+        let mut ok = json!({
+            "description": "success",
+            "headers": { "x-request-id": { "$ref": "#/components/headers/RequestId" } },
+        });
+        // A 204 has no body to describe.
+        if op.ok.0 != 204 {
+            ok["content"] = json!({ op.content: { "schema": op.ok.1 } });
+        }
+        responses.insert(op.ok.0.to_string(), ok);
         if !parameters.is_empty() || op.body.is_some() {
             responses.insert(
                 "400".into(),
@@ -161,10 +157,13 @@ impl Doc {
             );
         }
         if op.auth != Auth::Open {
-            responses.insert(
-                "401".into(),
-                error_response("no key or a wrong key (`UNAUTHORIZED`)"),
-            );
+            let mut unauthorized = error_response("no key or a wrong key (`UNAUTHORIZED`)");
+            unauthorized["headers"]["WWW-Authenticate"] = json!({
+                "description": "The challenge (RFC 6750): `Bearer realm=\"mcp-orchestration\"`, \
+                                with `error=\"invalid_token\"` for a wrong key.",
+                "schema": { "type": "string" },
+            });
+            responses.insert("401".into(), unauthorized);
         }
         if op.path.contains('{') {
             responses.insert(
@@ -400,16 +399,25 @@ pub fn document() -> Value {
         ok: (200, timeline),
         ..Op::default()
     });
+    let unmonitored = d.schema::<super::ops::UnmonitoredHealth>();
+    let mut monitored = object(&[
+        ("monitored", json!({ "const": true })),
+        ("recovery", array(health_event.clone())),
+    ]);
+    monitored["required"] = json!(["monitored", "recovery"]);
     d.add(Op {
         path: "/servers/{id}/health",
         summary: "Health: state, since when and why, last probe, recent recovery attempts",
+        description: "`monitored` tells the two shapes apart: a server with an instance to \
+                      probe has its full health, one without (not started yet, stopped, or \
+                      unable to run here) only `state: unknown` and the reason.",
         tag: "health",
         ok: (
             200,
-            json!({ "allOf": [health.clone(), object(&[
-                ("monitored", json!({ "type": "boolean" })),
-                ("recovery", array(health_event.clone())),
-            ])] }),
+            json!({ "oneOf": [
+                { "allOf": [health.clone(), monitored] },
+                unmonitored,
+            ] }),
         ),
         ..Op::default()
     });
@@ -555,21 +563,24 @@ pub fn document() -> Value {
         ..Op::default()
     });
 
-    for (method, summary, content) in [
+    for (method, summary, content, status) in [
         (
             "post",
             "MCP over streamable HTTP: a JSON-RPC message (initialize, tools/list, tools/call)",
             "text/event-stream",
+            200,
         ),
         (
             "get",
             "MCP over streamable HTTP: a session's stream of server messages",
             "text/event-stream",
+            200,
         ),
         (
             "delete",
-            "MCP over streamable HTTP: end a session",
+            "MCP over streamable HTTP: end a session (204 once it has ended)",
             "application/json",
+            204,
         ),
     ] {
         d.add(Op {
@@ -583,7 +594,7 @@ pub fn document() -> Value {
             auth: Auth::Write,
             body: (method == "post")
                 .then(|| json!({ "type": "object", "description": "a JSON-RPC 2.0 message" })),
-            ok: (200, json!({})),
+            ok: (status, json!({})),
             content,
             ..Op::default()
         });
@@ -665,6 +676,51 @@ mod tests {
             "routes missing from OpenAPI: {undocumented:?}"
         );
         assert!(phantom.is_empty(), "documented but not served: {phantom:?}");
+    }
+
+    #[test]
+    fn the_document_carries_the_limits_the_handlers_enforce() {
+        use super::super::ops::{EVENTS_LIMIT, ROLLOUTS_LIMIT};
+        let doc = document();
+        let param = |path: &str, name: &str| -> Value {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{path} has no `{name}`"))["schema"]
+                .clone()
+        };
+        for (path, (default, max)) in [
+            ("/revisions", ROLLOUTS_LIMIT),
+            ("/servers/{id}/rollouts", ROLLOUTS_LIMIT),
+            ("/health/events", EVENTS_LIMIT),
+            ("/servers/{id}/health/events", EVENTS_LIMIT),
+            ("/events/history", EVENTS_LIMIT),
+        ] {
+            let limit = param(path, "limit");
+            assert_eq!(
+                (&limit["minimum"], &limit["maximum"], &limit["default"]),
+                (&json!(1), &json!(max), &json!(default)),
+                "{path}"
+            );
+        }
+        for path in ["/health/events", "/events/history", "/events"] {
+            assert_eq!(param(path, "after")["minimum"], 0, "{path}");
+        }
+        assert_eq!(
+            param("/events", "backlog")["maximum"],
+            json!(super::super::events::MAX_BACKLOG)
+        );
+        let o = &doc["components"]["schemas"]["OverrideRequest"]["properties"];
+        assert_eq!(o["duration_seconds"]["maximum"], json!(86_400.0));
+        assert_eq!(o["duration_seconds"]["exclusiveMinimum"], 0);
+        assert_eq!(
+            o["state"]["enum"],
+            json!(["healthy", "degraded", "unhealthy"])
+        );
+        let to = &doc["components"]["schemas"]["RollbackRequest"]["properties"]["to"];
+        assert!(to["pattern"].is_string());
     }
 
     #[test]

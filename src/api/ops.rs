@@ -11,12 +11,14 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use crate::agent::{AgentState, OperatorError, ServerView};
 
-/// How many rollouts a history shows when not told, and at most.
+/// How many rollouts (or runs) a page shows when not told, and at most. The query types'
+/// schemas (`GET /openapi.json`, the MCP tools) are built from these too.
 pub const ROLLOUTS_LIMIT: (usize, usize) = (20, 500);
-/// How many health events a page shows when not told, and at most.
+/// How many events a page shows when not told, and at most.
 pub const EVENTS_LIMIT: (usize, usize) = (50, 1000);
 
-fn limit(given: Option<usize>, (default, max): (usize, usize)) -> usize {
+/// A page size: the default when none is given, cut to `1..=max`.
+pub fn limit(given: Option<usize>, (default, max): (usize, usize)) -> usize {
     given.unwrap_or(default).clamp(1, max)
 }
 
@@ -119,15 +121,32 @@ pub async fn server_rollouts(
     Ok(json!({ "server_id": id, "rollouts": rollouts }))
 }
 
+/// The health of a server of the manifest that the monitor does not watch: it has no
+/// running instance to probe (not started yet, stopped, or unable to run here).
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct UnmonitoredHealth {
+    pub server_id: String,
+    #[schemars(extend("const" = "unknown"))]
+    pub state: &'static str,
+    #[schemars(extend("const" = false))]
+    pub monitored: bool,
+    pub reason: &'static str,
+}
+
 /// State, since when and why, the last probe, the consecutive counts, and the recovery
-/// events since the last transition.
+/// events since the last transition; for a server without an instance,
+/// [`UnmonitoredHealth`].
 pub async fn server_health(state: &AgentState, id: &str) -> Result<Value, ApiError> {
     let Some(h) = state.monitor.get(id) else {
         if known(state, id) {
-            return Ok(
-                json!({ "server_id": id, "state": "unknown", "monitored": false,
-                "reason": "the server has no running instance to probe" }),
-            );
+            let unmonitored = UnmonitoredHealth {
+                server_id: id.to_owned(),
+                state: "unknown",
+                monitored: false,
+                reason: "the server has no running instance to probe",
+            };
+            return serde_json::to_value(unmonitored)
+                .map_err(|e| ApiError::internal(e.to_string()));
         }
         return Err(ApiError::server_not_found(id));
     };

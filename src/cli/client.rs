@@ -5,11 +5,14 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::output::errln;
 use crate::settings::Settings;
 
 pub struct Client {
     base: String,
     key: Option<String>,
+    /// Which key was sent or where none was found, for a 401's message.
+    key_hint: String,
     http: reqwest::Client,
     rt: tokio::runtime::Runtime,
 }
@@ -19,6 +22,7 @@ impl Client {
         Ok(Client {
             base: settings.agent_url.trim_end_matches('/').to_owned(),
             key: settings.client_api_key(),
+            key_hint: settings.client_key_hint(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()
@@ -48,13 +52,14 @@ impl Client {
     }
 
     /// Follows `GET {path}` as Server-Sent Events, calling `on_event` with each event's JSON
-    /// data, for as long as the agent is reachable. A dropped connection is resumed with
-    /// `Last-Event-ID`, so nothing is missed or printed twice; `last_id` starts the stream.
+    /// data, for as long as the agent is reachable and `on_event` returns true. A dropped
+    /// connection is resumed with `Last-Event-ID`, so nothing is missed or printed twice;
+    /// `last_id` starts the stream.
     pub fn follow(
         &self,
         path: &str,
         mut last_id: Option<i64>,
-        mut on_event: impl FnMut(&Value),
+        mut on_event: impl FnMut(&Value) -> bool,
     ) -> anyhow::Result<()> {
         let url = format!("{}{path}", self.base);
         // No overall timeout (the stream is endless); the agent sends a keep-alive every 15 s,
@@ -93,12 +98,16 @@ impl Client {
                                         };
                                         match e.event.as_str() {
                                             // The agent's notes about the stream itself.
-                                            "gap" | "reset" => eprintln!(
+                                            "gap" | "reset" => errln!(
                                                 "note: {} (after id {})",
                                                 v["message"].as_str().unwrap_or(&e.event),
                                                 v["after"]
                                             ),
-                                            _ => on_event(&v),
+                                            _ => {
+                                                if !on_event(&v) {
+                                                    return Ok(());
+                                                }
+                                            }
                                         }
                                     }
                                 }
@@ -115,15 +124,25 @@ impl Client {
                             .and_then(Value::as_str)
                             .unwrap_or("request failed");
                         // A refusal will not change by retrying.
-                        bail!("{message} (HTTP {})", status.as_u16());
+                        bail!("{}", self.refusal(status, message));
                     }
                     Err(e) => format!("cannot reach the agent at {}: {e}", self.base),
                 };
-                eprintln!("{lost}; reconnecting in {:.1} s", backoff.as_secs_f64());
+                errln!("{lost}; reconnecting in {:.1} s", backoff.as_secs_f64());
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
         })
+    }
+
+    /// The error message of a refused request; a 401 also says which key was sent or where
+    /// none was found.
+    fn refusal(&self, status: reqwest::StatusCode, message: &str) -> String {
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            format!("{message} (HTTP 401: {})", self.key_hint)
+        } else {
+            format!("{message} (HTTP {})", status.as_u16())
+        }
     }
 
     /// Sends a request; an error envelope becomes an error carrying its message.
@@ -142,10 +161,12 @@ impl Client {
             if let Some(key) = &self.key {
                 request = request.bearer_auth(key);
             }
-            let response = request
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the agent at {} (is it running? set --agent-url)", self.base))?;
+            let response = request.send().await.with_context(|| {
+                format!(
+                    "cannot reach the agent at {} (is it running? set --agent-url)",
+                    self.base
+                )
+            })?;
             let status = response.status();
             let body: Value = response
                 .json()
@@ -156,10 +177,7 @@ impl Client {
                     .pointer("/error/message")
                     .and_then(Value::as_str)
                     .unwrap_or("request failed");
-                if status.as_u16() == 401 {
-                    bail!("{message} (HTTP 401: give --api-key or MCP_ORCHESTRATION_API_KEY, or run on the agent's machine with its --data-dir)");
-                }
-                bail!("{message} (HTTP {})", status.as_u16());
+                bail!("{}", self.refusal(status, message));
             }
             serde_json::from_value(body).with_context(|| format!("unexpected answer from {url}"))
         })

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat, text};
+use super::output::{self, OutputFormat, outln, text};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -28,7 +28,7 @@ pub struct Args {
 
 fn print(e: &Value, json: bool) {
     if json {
-        println!("{e}");
+        outln!("{e}");
         return;
     }
     let kind = text(e, "kind");
@@ -39,7 +39,7 @@ fn print(e: &Value, json: bool) {
         _ => format!("{kind:<18}"),
     };
     let server = e["server_id"].as_str().unwrap_or("-");
-    println!(
+    outln!(
         "{}  {server:<24} {kind} {}",
         text(e, "at"),
         text(e, "summary")
@@ -76,7 +76,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     for e in &events {
         print(e, json);
     }
-    if !args.follow {
+    if !args.follow || !output::stdout_open() {
         return Ok(exit::OK);
     }
     let last = match events.last().and_then(|e| e["id"].as_i64()) {
@@ -87,6 +87,10 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             newest["events"][0]["id"].as_i64().unwrap_or(0)
         }
     };
-    client.follow(&format!("/events?{filter}"), Some(last), |e| print(e, json))?;
+    // Following ends when the reader of stdout has gone (`events --follow | head`).
+    client.follow(&format!("/events?{filter}"), Some(last), |e| {
+        print(e, json);
+        output::stdout_open()
+    })?;
     Ok(exit::OK)
 }

@@ -14,6 +14,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<u8> {
     let result = rt.block_on(crate::mcp::serve_stdio(
         &settings.agent_url,
         settings.client_api_key(),
+        settings.client_key_hint(),
     ));
     // A read of stdin may still be parked on a blocking thread; waiting for it would keep
     // the process alive after the session ended.

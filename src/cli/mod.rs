@@ -141,13 +141,15 @@ pub fn main() -> ExitCode {
         Command::Mcp => mcp::run(&settings),
     };
     match result {
+        // Output lost to a failing stdout (not one its reader closed) is a failed command.
+        Ok(_) if output::stdout_failed() => ExitCode::from(exit::ERROR),
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("{}: {e:#}", output::paint_error("error"));
+    output::errln!("{}: {e:#}", output::paint_error("error"));
     ExitCode::from(exit::ERROR)
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat, text};
+use super::output::{self, OutputFormat, outln, text};
 use crate::settings::Settings;
 
 #[derive(Debug, clap::Args)]
@@ -95,32 +95,32 @@ pub fn history(settings: &Settings, args: HistoryArgs) -> anyhow::Result<u8> {
 }
 
 fn print_rollout(r: &Value) {
-    println!(
+    outln!(
         "rollout  {} ({} of {}, trigger {})",
         text(r, "id"),
         text(r, "action"),
         text(r, "server_id"),
         text(r, "trigger")
     );
-    println!(
+    outln!(
         "versions {} → {}",
         text(r, "from_version"),
         text(r, "to_version")
     );
     if r["image"].is_string() {
-        println!("image    {}", text(r, "image"));
+        outln!("image    {}", text(r, "image"));
     }
-    println!("strategy {}", text(r, "strategy"));
-    println!("outcome  {}", output::severity_word(&text(r, "outcome")));
+    outln!("strategy {}", text(r, "strategy"));
+    outln!("outcome  {}", output::severity_word(&text(r, "outcome")));
     if r["rolled_back_to"].is_string() {
-        println!("restored {}", text(r, "rolled_back_to"));
+        outln!("restored {}", text(r, "rolled_back_to"));
     }
     if let Some(reason) = r["reason"].as_str() {
-        println!("reason   {}", reason.replace('\n', "\n         "));
+        outln!("reason   {}", reason.replace('\n', "\n         "));
     }
-    println!("\ntimeline:");
+    outln!("\ntimeline:");
     for s in r["steps"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {}  {:<20} {}",
             text(s, "at"),
             text(s, "step"),
@@ -129,9 +129,9 @@ fn print_rollout(r: &Value) {
     }
     let probes = r["probes"].as_array().cloned().unwrap_or_default();
     if !probes.is_empty() {
-        println!("\nhealth gate probes:");
+        outln!("\nhealth gate probes:");
         for p in probes {
-            println!(
+            outln!(
                 "  {}  {:<11} {:>7.1} ms  {}",
                 text(&p, "at"),
                 text(&p, "outcome"),
@@ -165,7 +165,7 @@ pub fn rollout(settings: &Settings, args: RolloutArgs) -> anyhow::Result<u8> {
             match args.output {
                 OutputFormat::Json => output::print_json(&r),
                 OutputFormat::Text => {
-                    println!("{server}: failed versions forgotten; the agent tries again now")
+                    outln!("{server}: failed versions forgotten; the agent tries again now")
                 }
             }
             Ok(exit::OK)
@@ -176,9 +176,9 @@ pub fn rollout(settings: &Settings, args: RolloutArgs) -> anyhow::Result<u8> {
             match args.output {
                 OutputFormat::Json => output::print_json(&r),
                 OutputFormat::Text if r["resumed"] == true => {
-                    println!("{server}: resumed; its update policy applies again")
+                    outln!("{server}: resumed; its update policy applies again")
                 }
-                OutputFormat::Text => println!("{server}: was not held by a rollback"),
+                OutputFormat::Text => outln!("{server}: was not held by a rollback"),
             }
             Ok(exit::OK)
         }
@@ -204,9 +204,10 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
     let target = text(&answer, "rollback_to");
     let quiet = args.output == OutputFormat::Json;
     if !quiet {
-        println!(
+        outln!(
             "rolling {} back to {target} (auto-update paused until `mcp-orchestration rollout resume {}`)",
-            args.server, args.server
+            args.server,
+            args.server
         );
     }
     let started = Instant::now();
@@ -228,7 +229,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
             let steps = detail["steps"].as_array().cloned().unwrap_or_default();
             if !quiet {
                 for s in steps.iter().skip(printed) {
-                    println!(
+                    outln!(
                         "  {:<20} {}",
                         text(s, "step"),
                         s["detail"].as_str().unwrap_or("")
@@ -241,9 +242,9 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
                 if quiet {
                     output::print_json(&detail);
                 } else {
-                    println!("{}: {}", args.server, output::severity_word(&outcome));
+                    outln!("{}: {}", args.server, output::severity_word(&outcome));
                     if let Some(reason) = detail["reason"].as_str() {
-                        println!("{reason}");
+                        outln!("{reason}");
                     }
                 }
                 return Ok(if outcome == "succeeded" {
@@ -258,7 +259,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
                 && view["state"] == "running"
             {
                 if !quiet {
-                    println!("{} already runs {target}", args.server);
+                    outln!("{} already runs {target}", args.server);
                 }
                 return Ok(exit::OK);
             }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat, text};
+use super::output::{self, OutputFormat, outln, text};
 use crate::settings::Settings;
 use crate::source::short_commit;
 
@@ -33,7 +33,7 @@ pub fn stop(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
     )?;
     match args.output {
         OutputFormat::Json => output::print_json(&answer),
-        OutputFormat::Text => println!(
+        OutputFormat::Text => outln!(
             "{} stopped ({} instance(s) removed); it stays stopped until `mcp-orchestration deploy {}`",
             args.server,
             text(&answer, "stopped_instances"),
@@ -51,9 +51,10 @@ pub fn deploy(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
     )?;
     match args.output {
         OutputFormat::Json => output::print_json(&answer),
-        OutputFormat::Text => println!(
+        OutputFormat::Text => outln!(
             "{}: deploy requested; follow it with `mcp-orchestration status {}`",
-            args.server, args.server
+            args.server,
+            args.server
         ),
     }
     Ok(exit::OK)
@@ -103,7 +104,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                     "since",
                     "reason",
                 ] {
-                    println!("{key:>16}: {}", text(&server, key));
+                    outln!("{key:>16}: {}", text(&server, key));
                 }
             }
         }
@@ -145,7 +146,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                 &rows,
             );
             let applied = text(&fleet, "applied_revision");
-            println!("\napplied revision: {}", short_commit(&applied));
+            outln!("\napplied revision: {}", short_commit(&applied));
             for (key, label) in [
                 ("source_error", "source error"),
                 (
@@ -155,7 +156,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                 ("store_error", "state database error"),
             ] {
                 if let Some(e) = fleet.get(key).and_then(Value::as_str) {
-                    println!("{label}: {e}");
+                    outln!("{label}: {e}");
                 }
             }
         }
@@ -218,19 +219,19 @@ pub fn revisions(settings: &Settings, args: RevisionsArgs) -> anyhow::Result<u8>
 }
 
 fn print_run(run: &Value) {
-    println!("commit   {}", text(run, "commit_id"));
-    println!("author   {}", text(run, "author"));
-    println!("message  {}", text(run, "message"));
-    println!(
+    outln!("commit   {}", text(run, "commit_id"));
+    outln!("author   {}", text(run, "author"));
+    outln!("message  {}", text(run, "message"));
+    outln!(
         "seen     {} ({})",
         text(run, "seen_at"),
         text(run, "trigger")
     );
-    println!("result   {}", output::severity_word(&text(run, "result")));
+    outln!("result   {}", output::severity_word(&text(run, "result")));
     if let Some(reason) = run.get("reason").and_then(Value::as_str) {
-        println!("reason   {}", reason.replace('\n', "\n         "));
+        outln!("reason   {}", reason.replace('\n', "\n         "));
     }
-    println!("\nstages:");
+    outln!("\nstages:");
     for s in run
         .get("stages")
         .and_then(Value::as_array)
@@ -249,7 +250,7 @@ fn print_run(run: &Value) {
             _ => "-".to_owned(),
         };
         let detail = s.get("detail").and_then(Value::as_str).unwrap_or("");
-        println!(
+        outln!(
             "  {:<9} {:<10} {:>8}  {}",
             text(s, "stage"),
             text(s, "status"),
@@ -263,11 +264,11 @@ fn print_run(run: &Value) {
         .cloned()
         .unwrap_or_default();
     if !errors.is_empty() {
-        println!("\nerrors:");
+        outln!("\nerrors:");
         for e in errors {
             let d: Result<crate::manifest::Diagnostic, _> = serde_json::from_value(e);
             if let Ok(d) = d {
-                println!("  {d}");
+                outln!("  {d}");
             }
         }
     }

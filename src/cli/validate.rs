@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use super::exit;
-use super::output::{self, OutputFormat};
+use super::output::{self, OutputFormat, outln};
 use crate::manifest::{self, Diagnostic, MANIFEST_FILE, Severity};
 use crate::settings::{Settings, env};
 use crate::source::read_repo_files;
@@ -71,7 +71,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
             for d in &diagnostics {
                 let line = d.to_string();
                 let word = d.severity.to_string();
-                println!(
+                outln!(
                     "{}",
                     line.replacen(
                         &format!(" {word}:"),
@@ -80,7 +80,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
                     )
                 );
             }
-            println!("{summary}");
+            outln!("{summary}");
         }
     }
     Ok(code)

@@ -28,6 +28,19 @@ pub const REPO_POLICY_DIR: &str = "policies";
 pub struct TextFile {
     pub path: String,
     pub text: String,
+    /// When the file's bytes were not UTF-8: where the first bad byte is. `text` is then
+    /// only the valid part before it, and checking the file reports this instead of
+    /// parsing it, since a file that is not text is a bad file, not a missing one.
+    pub not_utf8: Option<NotUtf8>,
+}
+
+/// The first byte of a file that is not UTF-8, located.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotUtf8 {
+    /// Counted from 0, as `cmp` and `xxd` show it.
+    pub offset: usize,
+    pub byte: u8,
+    pub at: diagnostic::Position,
 }
 
 impl TextFile {
@@ -35,6 +48,105 @@ impl TextFile {
         TextFile {
             path: path.into(),
             text: text.into(),
+            not_utf8: None,
         }
+    }
+
+    /// A file as read from disk or git: its text, or, when it is not UTF-8, the valid part
+    /// and where the first bad byte is.
+    pub fn from_bytes(path: impl Into<String>, bytes: Vec<u8>) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(text) => TextFile::new(path, text),
+            Err(e) => {
+                let offset = e.utf8_error().valid_up_to();
+                let bytes = e.into_bytes();
+                let valid = std::str::from_utf8(&bytes[..offset]).unwrap_or_default();
+                let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+                let at = diagnostic::Position {
+                    line: valid.matches('\n').count() + 1,
+                    column: valid[line_start..].chars().count() + 1,
+                };
+                TextFile {
+                    path: path.into(),
+                    text: valid.to_owned(),
+                    not_utf8: Some(NotUtf8 {
+                        offset,
+                        byte: bytes[offset],
+                        at,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The error that a file that is not UTF-8 gets instead of being parsed.
+    pub fn encoding_error(&self) -> Option<Diagnostic> {
+        let bad = self.not_utf8?;
+        let mut d = diagnostic::Diagnostics::new(self.path.clone());
+        d.error(
+            bad.at,
+            "",
+            format!(
+                "not UTF-8 text: byte 0x{:02x} at offset {} (line {}, column {}) is not valid \
+                 UTF-8; save the file as UTF-8",
+                bad.byte, bad.offset, bad.at.line, bad.at.column
+            ),
+        );
+        d.into_vec().pop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_located_at_its_first_bad_byte() {
+        let f = TextFile::from_bytes(
+            "m.yaml",
+            b"version: \"1.1\"\nservers: [] # caf\xc3\xa9 \xff\n".to_vec(),
+        );
+        let bad = f.not_utf8.unwrap();
+        assert_eq!(bad.offset, 35);
+        assert_eq!(bad.byte, 0xff);
+        // Columns count characters, like every other diagnostic: `é` is one.
+        assert_eq!(
+            bad.at,
+            diagnostic::Position {
+                line: 2,
+                column: 20
+            }
+        );
+        assert_eq!(f.text, "version: \"1.1\"\nservers: [] # café ");
+        let d = f.encoding_error().unwrap();
+        assert_eq!(
+            d.to_string(),
+            "m.yaml:2:20: error: not UTF-8 text: byte 0xff at offset 35 (line 2, column 20) \
+             is not valid UTF-8; save the file as UTF-8"
+        );
+        assert_eq!(TextFile::from_bytes("ok", b"a: 1".to_vec()).not_utf8, None);
+    }
+
+    #[test]
+    fn policy_and_trust_files_that_are_not_utf8_are_errors_of_the_check() {
+        let files = RepoFiles {
+            manifest: TextFile::new(MANIFEST_FILE, "version: \"1.1\"\nservers: []\n"),
+            policies: vec![TextFile::from_bytes("policies/mine.yaml", b"\xfe".to_vec())],
+            trust: Some(TextFile::from_bytes(REPO_TRUST_FILE, b"a: \xc3".to_vec())),
+        };
+        let errors = check(&files, &crate::policy::TrustPolicy::shipped()).unwrap_err();
+        let located: Vec<(&str, usize, usize)> = errors
+            .iter()
+            .map(|d| (d.file.as_str(), d.line, d.column))
+            .collect();
+        assert_eq!(
+            located,
+            [("policies/mine.yaml", 1, 1), (REPO_TRUST_FILE, 1, 4)]
+        );
+        assert!(
+            errors
+                .iter()
+                .all(|d| d.message.starts_with("not UTF-8 text"))
+        );
     }
 }

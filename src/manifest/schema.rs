@@ -39,7 +39,7 @@ pub fn json_schema() -> Value {
         "additionalProperties": false,
         "required": ["version", "servers"],
         "properties": {
-            "version": { "enum": ["1.0", "1.1"], "description": "Schema version; 1.1 adds health_check, recovery, restart_policy and update_policy." },
+            "version": { "enum": ["1.0", "1.1", 1.0, 1.1], "description": "Schema version; 1.1 adds health_check, recovery, restart_policy and update_policy. Unquoted (a YAML number) reads the same." },
             "servers": { "type": "array", "items": { "$ref": "#/$defs/server" } }
         },
         "$defs": {
@@ -185,6 +185,41 @@ mod tests {
             ("/$defs/update_policy/properties", POLICY_FIELDS),
         ] {
             assert_eq!(properties(&s, pointer), sorted(fields), "at {pointer}");
+        }
+    }
+
+    /// Whether `value` is in `allowed` as JSON Schema's `enum` compares: numbers by value.
+    fn in_enum(allowed: &[Value], value: &Value) -> bool {
+        allowed.iter().any(|a| match (a.as_f64(), value.as_f64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == value,
+        })
+    }
+
+    #[test]
+    fn schema_and_decoder_agree_on_schema_versions_quoted_or_not() {
+        let s = json_schema();
+        let allowed = s["properties"]["version"]["enum"]
+            .as_array()
+            .unwrap()
+            .clone();
+        // Integers (`version: 1`) are left out: JSON, and so an editor's schema check,
+        // cannot tell 1 from 1.0.
+        for text in [
+            "\"1.0\"", "\"1.1\"", "1.0", "1.1", "'1.1'", "\"1.2\"", "1.2", "2.0", "\"\"", "true",
+        ] {
+            let yaml = format!("version: {text}\nservers: []\n");
+            // What an editor validates: the YAML as JSON.
+            let as_json: Value = serde_yaml::from_str(&yaml).unwrap();
+            let by_schema = in_enum(&allowed, &as_json["version"]);
+            let files = crate::manifest::RepoFiles {
+                manifest: crate::manifest::TextFile::new("m.yaml", yaml),
+                policies: Vec::new(),
+                trust: None,
+            };
+            let by_decoder =
+                crate::manifest::check(&files, &crate::policy::TrustPolicy::shipped()).is_ok();
+            assert_eq!(by_schema, by_decoder, "`version: {text}`");
         }
     }
 }

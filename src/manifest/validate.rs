@@ -85,12 +85,27 @@ pub fn check_with(
         return Err(oversized);
     }
     let mut all = Vec::new();
+    // A file that is not UTF-8 is reported where its first bad byte is, and not parsed.
+    let text = |file: &TextFile, all: &mut Vec<Diagnostic>| match file.encoding_error() {
+        Some(d) => {
+            all.push(d);
+            false
+        }
+        None => true,
+    };
     let mut policies = PolicySet::shipped();
-    for d in policies.add_repo_files(&files.policies) {
+    let policy_files: Vec<TextFile> = files
+        .policies
+        .iter()
+        .filter(|f| text(f, &mut all))
+        .cloned()
+        .collect();
+    for d in policies.add_repo_files(&policy_files) {
         all.extend(d.diags.into_vec());
     }
 
-    let repo_trust = files.trust.as_ref().and_then(|file| {
+    let trust_file = files.trust.as_ref().filter(|f| text(f, &mut all));
+    let repo_trust = trust_file.and_then(|file| {
         let mut d = Decoder::new(file.path.clone());
         let t = TrustPolicy::decode(&mut d, file);
         if let Some(t) = &t {
@@ -101,19 +116,23 @@ pub fn check_with(
     });
 
     let mut d = Decoder::new(files.manifest.path.clone());
-    let manifest = match yaml::parse(&files.manifest.text) {
-        Ok(Some(root)) => parse::manifest(&mut d, &root),
-        Ok(None) => {
-            d.error(
-                "",
-                "the manifest is empty; it needs `version` and `servers`",
-            );
-            None
-        }
-        Err(e) => {
-            d.diags
-                .error(e.at, "", format!("invalid YAML: {}", e.message));
-            None
+    let manifest = if !text(&files.manifest, &mut all) {
+        None
+    } else {
+        match yaml::parse(&files.manifest.text) {
+            Ok(Some(root)) => parse::manifest(&mut d, &root),
+            Ok(None) => {
+                d.error(
+                    "",
+                    "the manifest is empty; it needs `version` and `servers`",
+                );
+                None
+            }
+            Err(e) => {
+                d.diags
+                    .error(e.at, "", format!("invalid YAML: {}", e.message));
+                None
+            }
         }
     };
     if let Some(m) = &manifest {

@@ -11,9 +11,12 @@ use rmcp::model::{
     ContentBlock, Implementation, ListToolsResult, PaginatedRequestParams, ServerConfig,
 };
 use rmcp::service::{ClientInitializeError, RequestContext, ServerInitializeError};
+use rmcp::transport::DynamicTransportError;
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::AuthRequiredError;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError, ServiceExt};
+use serde_json::Value;
 use tracing::{info, warn};
 
 /// How long the agent may take to answer the first request, before we call it unreachable.
@@ -33,29 +36,125 @@ pub enum BridgeError {
     #[error("the agent at {url} refused the MCP connection ({hint})")]
     Refused {
         url: String,
-        hint: &'static str,
+        hint: String,
         #[source]
-        source: Box<ClientInitializeError>,
+        source: Cause,
     },
     /// The desktop client went away or spoke something else before the handshake ended.
     #[error("the MCP client on stdio did not complete the handshake")]
-    Stdio(#[source] Box<ServerInitializeError>),
+    Stdio(#[source] Cause),
 }
 
-/// Serves the agent's tools on stdin/stdout until the client closes stdin.
-pub async fn serve_stdio(agent_url: &str, api_key: Option<String>) -> Result<(), BridgeError> {
+/// An rmcp error in plain words (see [`plain`]): what went wrong, without rmcp's Rust type
+/// names, which mean nothing to the user reading a desktop client's log.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Cause(String);
+
+/// Describes an rmcp error in plain words. rmcp names a transport by its Rust type
+/// (`Transport [rmcp::transport::worker::WorkerTransport<…>] error: …`): the transport is
+/// skipped for the error it carries, and the agent's error envelope in an HTTP answer is
+/// reduced to its message.
+fn plain(error: &(dyn std::error::Error + 'static)) -> String {
+    // A 401 with a challenge: its description is the agent's reason.
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(auth) = e.downcast_ref::<AuthRequiredError>() {
+            let challenge = &auth.www_authenticate_header;
+            let description = challenge
+                .split_once("error_description=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map_or("the agent needs an API key", |(d, _)| d);
+            return format!("HTTP 401 Unauthorized: {description}");
+        }
+        cause = e.source();
+    }
+    if let Some(e) = error.downcast_ref::<DynamicTransportError>() {
+        return plain(e.error.as_ref());
+    }
+    if let Some(ServiceError::TransportSend(e)) = error.downcast_ref::<ServiceError>() {
+        return plain(e.error.as_ref());
+    }
+    if let Some(ClientInitializeError::TransportError { error, context }) =
+        error.downcast_ref::<ClientInitializeError>()
+    {
+        return format!("{} (when trying to {context})", plain(error));
+    }
+    if let Some(ServerInitializeError::TransportError { error, context }) =
+        error.downcast_ref::<ServerInitializeError>()
+    {
+        return format!("{} (when trying to {context})", plain(error));
+    }
+    without_type_names(&envelope_message(&error.to_string()))
+}
+
+/// `… HTTP 401 Unauthorized: {"error":{"message":"…",…}}` → `… HTTP 401 Unauthorized: …`.
+fn envelope_message(text: &str) -> String {
+    let Some(start) = text.find("{\"error\"") else {
+        return text.to_owned();
+    };
+    let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+    let Some(Ok(envelope)) = values.next() else {
+        return text.to_owned();
+    };
+    let end = start + values.byte_offset();
+    match envelope.pointer("/error/message").and_then(Value::as_str) {
+        Some(message) => format!("{}{message}{}", &text[..start], &text[end..]),
+        None => text.to_owned(),
+    }
+}
+
+/// Drops anything that reads like a Rust path (`[a::b::C<…>] `, `a::b::C<…>`), whatever
+/// rmcp wraps it in: a safety net for errors [`plain`] does not know.
+fn without_type_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("::") {
+        // The path starts after the last separator before `::`.
+        let start = rest[..i]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(0, |j| j + 1);
+        // It ends where its generics close and no further `::` follows.
+        let mut depth = 0usize;
+        let mut end = rest.len();
+        for (j, c) in rest[start..].char_indices() {
+            match c {
+                '<' => depth += 1,
+                '>' => depth = depth.saturating_sub(1),
+                c if depth == 0 && !(c.is_alphanumeric() || c == '_' || c == ':') => {
+                    end = start + j;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let mut before = &rest[..start];
+        let mut after = &rest[end..];
+        // `[path]` and `[path] ` go as a whole.
+        if before.ends_with('[') && after.starts_with(']') {
+            before = &before[..before.len() - 1];
+            after = after[1..].strip_prefix(' ').unwrap_or(&after[1..]);
+        }
+        out.push_str(before);
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Serves the agent's tools on stdin/stdout until the client closes stdin. `key_hint` says
+/// which key is sent or where none was found, for when the agent refuses it.
+pub async fn serve_stdio(
+    agent_url: &str,
+    api_key: Option<String>,
+    key_hint: String,
+) -> Result<(), BridgeError> {
     let base = agent_url.trim_end_matches('/').to_owned();
     reachable(&base).await?;
     // A restarted agent has forgotten our session; a new one is opened transparently, so
     // the desktop client never needs restarting with the agent.
     let mut config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
         .reinit_on_expired_session(true);
-    let hint = if api_key.is_some() {
-        "check the API key: --api-key or MCP_ORCHESTRATION_API_KEY"
-    } else {
-        "no API key found: give --api-key or MCP_ORCHESTRATION_API_KEY, or run on the \
-         agent's machine with its --data-dir"
-    };
     if let Some(key) = api_key {
         config = config.auth_header(key);
     }
@@ -67,8 +166,8 @@ pub async fn serve_stdio(agent_url: &str, api_key: Option<String>) -> Result<(),
     .await
     .map_err(|e| BridgeError::Refused {
         url: base.clone(),
-        hint,
-        source: Box::new(e),
+        hint: key_hint,
+        source: Cause(plain(&e)),
     })?;
     info!(agent = %base, "serving the agent's MCP tools on stdio");
 
@@ -79,12 +178,12 @@ pub async fn serve_stdio(agent_url: &str, api_key: Option<String>) -> Result<(),
     let server = bridge
         .serve(rmcp::transport::stdio())
         .await
-        .map_err(|e| BridgeError::Stdio(Box::new(e)))?;
+        .map_err(|e| BridgeError::Stdio(Cause(plain(&e))))?;
     if let Err(e) = server.waiting().await {
-        warn!(error = %e, "the stdio session ended abnormally");
+        warn!(error = %plain(&e), "the stdio session ended abnormally");
     }
     if let Err(e) = client.cancel().await {
-        warn!(error = %e, "cannot close the session with the agent");
+        warn!(error = %plain(&e), "cannot close the session with the agent");
     }
     Ok(())
 }
@@ -117,8 +216,9 @@ struct Bridge {
 impl Bridge {
     fn lost(&self, e: &ServiceError) -> String {
         format!(
-            "AGENT_UNREACHABLE: the agent at {} did not answer: {e}",
-            self.url
+            "AGENT_UNREACHABLE: the agent at {} did not answer: {}",
+            self.url,
+            plain(e)
         )
     }
 }
@@ -163,5 +263,40 @@ impl ServerHandler for Bridge {
                 Ok(CallToolResult::error(vec![ContentBlock::text(self.lost(&other))]).into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_type_names_are_not_part_of_what_the_user_reads() {
+        assert_eq!(
+            without_type_names(
+                "Transport [rmcp::transport::worker::WorkerTransport<rmcp::transport::\
+                 streamable_http_client::StreamableHttpClientWorker<reqwest::async_impl::\
+                 client::Client>>] error: connection refused"
+            ),
+            "Transport error: connection refused"
+        );
+        assert_eq!(
+            without_type_names("no path here: a, b [c]"),
+            "no path here: a, b [c]"
+        );
+        assert_eq!(
+            without_type_names("failed in std::io::Error, then"),
+            "failed in , then"
+        );
+    }
+
+    #[test]
+    fn an_error_envelope_in_an_http_answer_is_reduced_to_its_message() {
+        let text = r#"unexpected server response: HTTP 401 Unauthorized: {"error":{"code":"UNAUTHORIZED","message":"the API key is not valid","details":null}}, when x"#;
+        assert_eq!(
+            envelope_message(text),
+            "unexpected server response: HTTP 401 Unauthorized: the API key is not valid, when x"
+        );
+        assert_eq!(envelope_message("{\"error\" broken"), "{\"error\" broken");
     }
 }

@@ -4,8 +4,9 @@
 //! Failures the caller can act on are tool results marked as errors, never protocol
 //! errors, because clients show a model the former and hide the latter: an [`ApiError`]
 //! (`SERVER_NOT_FOUND`, `VALIDATION_FAILED`, ...) with its code and message, and, as rmcp
-//! does on its own since MCP 2025-11-25 (SEP-1303), arguments that do not fit the schema.
-//! Only an unknown tool is a protocol error (invalid params).
+//! does on its own since MCP 2025-11-25 (SEP-1303), arguments that do not fit the schema,
+//! which get the code `VALIDATION_FAILED` here like every other error. Only an unknown
+//! tool is a protocol error (invalid params).
 
 use std::sync::Arc;
 
@@ -57,9 +58,11 @@ pub struct HealthEventsArgs {
     pub server_id: Option<String>,
     /// Only events with a larger `id`: pass the largest id seen to get what happened since.
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub after: Option<i64>,
     /// How many events, newest first (default 50, at most 1000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = ops::EVENTS_LIMIT.1))]
     pub limit: Option<usize>,
 }
 
@@ -70,6 +73,7 @@ pub struct RolloutHistoryArgs {
     pub server_id: String,
     /// How many rollouts, newest first (default 20, at most 500).
     #[serde(default)]
+    #[schemars(range(min = 1, max = ops::ROLLOUTS_LIMIT.1))]
     pub limit: Option<usize>,
 }
 
@@ -232,7 +236,7 @@ impl Tools {
 
     #[tool(
         description = "A server's rollouts, newest first: what triggered each (commit, \
-            registry, operator, recovery), from and to which version, the outcome and why.",
+            registry, operator, reconcile, recovery), from and to which version, the outcome and why.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn rollout_history(
@@ -291,9 +295,52 @@ impl ServerHandler for Tools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let span = tracing::info_span!("mcp_tool", name = %request.name);
+        let name = request.name.clone();
         let call = ToolCallContext::new(self, request, context);
-        self.tool_router.call(call).instrument(span).await
+        let response = self.tool_router.call(call).instrument(span).await?;
+        Ok(with_error_code(response, &name))
     }
+}
+
+/// Gives rmcp's own tool errors the documented shape. Every error of ours carries its code
+/// in structured content ([`tool_error`]); one without it is rmcp's report of arguments
+/// that do not fit the schema (`failed to deserialize parameters: …`), which becomes a
+/// `VALIDATION_FAILED` error in plain words.
+fn with_error_code(response: CallToolResponse, tool: &str) -> CallToolResponse {
+    let CallToolResponse::Complete(result) = &response else {
+        return response;
+    };
+    if result.is_error != Some(true) || result.structured_content.is_some() {
+        return response;
+    }
+    let text: Vec<&str> = result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+        .collect();
+    let text = text.join(" ");
+    let text = text
+        .strip_prefix("failed to deserialize parameters:")
+        .unwrap_or(&text)
+        .trim();
+    let message = format!("invalid arguments for `{tool}`: {}", plain_types(text));
+    tool_error(&ApiError::validation_failed(message).with_details(json!({ "tool": tool }))).into()
+}
+
+/// serde names the Rust type it expected (`expected usize`); a model reads JSON types.
+fn plain_types(text: &str) -> String {
+    let mut text = text.to_owned();
+    for (rust, json) in [
+        ("usize", "a non-negative integer"),
+        ("u64", "a non-negative integer"),
+        ("u32", "a non-negative integer"),
+        ("i64", "an integer"),
+        ("i32", "an integer"),
+        ("f64", "a number"),
+    ] {
+        text = text.replace(&format!("expected {rust}"), &format!("expected {json}"));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -316,6 +363,32 @@ mod tests {
                 "details": { "server_id": "nope" },
             }})
         );
+    }
+
+    #[test]
+    fn argument_errors_carry_the_documented_code_in_plain_words() {
+        let rmcp = CallToolResult::error(vec![ContentBlock::text(
+            "failed to deserialize parameters: invalid value: integer `-1`, expected usize",
+        )]);
+        let CallToolResponse::Complete(r) = with_error_code(rmcp.into(), "rollout_history") else {
+            panic!("a complete result");
+        };
+        assert_eq!(r.is_error, Some(true));
+        assert_eq!(
+            r.content[0].as_text().unwrap().text,
+            "VALIDATION_FAILED: invalid arguments for `rollout_history`: invalid value: \
+             integer `-1`, expected a non-negative integer"
+        );
+        assert_eq!(
+            r.structured_content.unwrap()["error"]["code"],
+            "VALIDATION_FAILED"
+        );
+        // Our own errors, and successes, pass unchanged.
+        let ours = reply::<()>(Err(ApiError::server_not_found("x"))).unwrap();
+        let CallToolResponse::Complete(r) = with_error_code(ours.clone().into(), "t") else {
+            panic!("a complete result");
+        };
+        assert_eq!(r, ours);
     }
 
     #[test]

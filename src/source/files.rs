@@ -15,8 +15,16 @@ pub enum ReadError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is not UTF-8 text")]
-    NotText { path: PathBuf },
+    #[error(
+        "{path} is not UTF-8 text: byte 0x{byte:02x} at offset {offset} (line {line}, column {column})"
+    )]
+    NotText {
+        path: PathBuf,
+        byte: u8,
+        offset: usize,
+        line: usize,
+        column: usize,
+    },
 }
 
 /// Reads `manifest` (relative to `dir`) and, beside it in `dir`, the repo's `policies/*.yaml`
@@ -30,7 +38,8 @@ pub fn read_repo_files(dir: &Path, manifest: &Path) -> Result<RepoFiles, ReadErr
             dir.join(rel).display().to_string()
         }
     };
-    let manifest = TextFile::new(shown(manifest), read_text(&dir.join(manifest))?);
+    // Not UTF-8 is not a read error: `check` reports it as the file's first problem.
+    let manifest = TextFile::from_bytes(shown(manifest), read_bytes(&dir.join(manifest))?);
 
     let mut policies = Vec::new();
     let policy_dir = dir.join(REPO_POLICY_DIR);
@@ -47,15 +56,15 @@ pub fn read_repo_files(dir: &Path, manifest: &Path) -> Result<RepoFiles, ReadErr
         names.sort();
         for path in names {
             let rel = Path::new(REPO_POLICY_DIR).join(path.file_name().unwrap_or_default());
-            policies.push(TextFile::new(shown(&rel), read_text(&path)?));
+            policies.push(TextFile::from_bytes(shown(&rel), read_bytes(&path)?));
         }
     }
 
     let trust_path = dir.join(REPO_TRUST_FILE);
     let trust = if trust_path.is_file() {
-        Some(TextFile::new(
+        Some(TextFile::from_bytes(
             shown(Path::new(REPO_TRUST_FILE)),
-            read_text(&trust_path)?,
+            read_bytes(&trust_path)?,
         ))
     } else {
         None
@@ -67,12 +76,25 @@ pub fn read_repo_files(dir: &Path, manifest: &Path) -> Result<RepoFiles, ReadErr
     })
 }
 
-pub fn read_text(path: &Path) -> Result<String, ReadError> {
-    let bytes = fs::read(path).map_err(|source| ReadError::Read {
+fn read_bytes(path: &Path) -> Result<Vec<u8>, ReadError> {
+    fs::read(path).map_err(|source| ReadError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    String::from_utf8(bytes).map_err(|_| ReadError::NotText {
-        path: path.to_owned(),
     })
+}
+
+/// A file that must be text (a setting's file); one that is not UTF-8 is an error that
+/// says where its first bad byte is.
+pub fn read_text(path: &Path) -> Result<String, ReadError> {
+    let file = TextFile::from_bytes(path.display().to_string(), read_bytes(path)?);
+    match file.not_utf8 {
+        None => Ok(file.text),
+        Some(bad) => Err(ReadError::NotText {
+            path: path.to_owned(),
+            byte: bad.byte,
+            offset: bad.offset,
+            line: bad.at.line,
+            column: bad.at.column,
+        }),
+    }
 }

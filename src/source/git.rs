@@ -211,7 +211,7 @@ impl GitSource {
         };
         let manifest_path = Path::new(&self.settings.manifest_path);
         let base = manifest_path.parent().unwrap_or(Path::new(""));
-        let files = read_blob(&repo, &tree, manifest_path).map(|manifest| {
+        let files = read_blob(&repo, &tree, manifest_path).map(|manifest_bytes| {
             let shown = |rel: &Path| base.join(rel).display().to_string();
             let mut policies = Vec::new();
             if let Ok(entry) = tree.get_path(&base.join(REPO_POLICY_DIR))
@@ -225,15 +225,15 @@ impl GitSource {
                 names.sort();
                 for name in names {
                     let rel = Path::new(REPO_POLICY_DIR).join(&name);
-                    if let Some(text) = read_blob(&repo, &tree, &base.join(&rel)) {
-                        policies.push(TextFile::new(shown(&rel), text));
+                    if let Some(bytes) = read_blob(&repo, &tree, &base.join(&rel)) {
+                        policies.push(TextFile::from_bytes(shown(&rel), bytes));
                     }
                 }
             }
             let trust = read_blob(&repo, &tree, &base.join(REPO_TRUST_FILE))
-                .map(|text| TextFile::new(shown(Path::new(REPO_TRUST_FILE)), text));
+                .map(|bytes| TextFile::from_bytes(shown(Path::new(REPO_TRUST_FILE)), bytes));
             RepoFiles {
-                manifest: TextFile::new(self.settings.manifest_path.clone(), manifest),
+                manifest: TextFile::from_bytes(self.settings.manifest_path.clone(), manifest_bytes),
                 policies,
                 trust,
             }
@@ -248,11 +248,12 @@ impl GitSource {
     }
 }
 
-/// A blob's text; `None` when absent or not UTF-8 (the run then reports a missing manifest).
-fn read_blob(repo: &Repository, tree: &Tree<'_>, path: &Path) -> Option<String> {
+/// A blob's bytes; `None` when absent (the run then reports a missing manifest). Bytes
+/// that are not UTF-8 are `check`'s to report, as an invalid file.
+fn read_blob(repo: &Repository, tree: &Tree<'_>, path: &Path) -> Option<Vec<u8>> {
     let entry = tree.get_path(path).ok()?;
     let blob = entry.to_object(repo).ok()?.peel_to_blob().ok()?;
-    String::from_utf8(blob.content().to_vec()).ok()
+    Some(blob.content().to_vec())
 }
 
 /// Local paths become absolute, so the mirror keeps working whatever the working directory.

@@ -13,6 +13,7 @@ mod hooks;
 mod manifest_fuzz;
 mod mcp_probe;
 mod mcp_tools;
+mod new_user;
 mod process_runtime;
 mod registry;
 mod rollback;

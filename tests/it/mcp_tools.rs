@@ -459,7 +459,12 @@ async fn the_stdio_bridge_without_a_key_explains_what_to_give() {
     assert!(out.stdout.is_empty(), "stdout is the protocol's alone");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("refused the MCP connection (no API key found: give --api-key or MCP_ORCHESTRATION_API_KEY"),
+        stderr.contains("refused the MCP connection (no API key: none was given and"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains(&format!("{}/api-key", empty.path().display())),
+        "the bridge says where it looked for the key: {stderr}"
+    );
+    assert!(stderr.contains("MCP_ORCHESTRATION_API_KEY"), "{stderr}");
 }

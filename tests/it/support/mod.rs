@@ -49,6 +49,7 @@ pub mod git;
 pub mod images;
 pub mod receiver;
 pub mod registry;
+pub mod schema;
 
 /// Calls the example server's `/admin` route `path` (e.g. `/admin/health/unhealthy`) beside
 /// its MCP `endpoint`.
