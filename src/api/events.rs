@@ -253,7 +253,7 @@ pub struct HistoryQuery {
     /// Events after this id, oldest first; without it, the newest `limit`.
     #[schemars(range(min = 0))]
     after: Option<i64>,
-    /// How many (larger values are cut to the maximum).
+    /// How many (a value outside the range is refused).
     #[schemars(range(min = 1, max = super::ops::EVENTS_LIMIT.1), extend("default" = super::ops::EVENTS_LIMIT.0))]
     limit: Option<usize>,
 }
@@ -263,10 +263,11 @@ pub async fn history(
     State(state): State<Arc<AgentState>>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = super::ops::limit(q.limit, super::ops::EVENTS_LIMIT);
+    let limit = super::ops::limit(q.limit, super::ops::EVENTS_LIMIT)?;
+    let after = super::ops::after(q.after)?;
     let events = state
         .store
-        .call(move |s| match q.after {
+        .call(move |s| match after {
             Some(after) => s.events_after(Some(after), q.server.as_deref(), limit),
             None => {
                 let mut newest = s.latest_events(q.server.as_deref(), None, limit)?;

@@ -281,7 +281,7 @@ async fn server(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Limit {
-    /// How many, newest first (larger values are cut to the maximum).
+    /// How many, newest first (a value outside the range is refused).
     #[schemars(range(min = 1, max = ops::ROLLOUTS_LIMIT.1), extend("default" = ops::ROLLOUTS_LIMIT.0))]
     limit: Option<usize>,
 }
@@ -290,7 +290,7 @@ async fn revisions(
     State(state): State<Arc<AgentState>>,
     Query(q): Query<Limit>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = ops::limit(q.limit, ops::ROLLOUTS_LIMIT);
+    let limit = ops::limit(q.limit, ops::ROLLOUTS_LIMIT)?;
     let runs = state
         .store
         .call(move |s| s.runs(limit))
@@ -376,7 +376,9 @@ async fn rollout(
 struct RollbackRequest {
     /// The version to go back to (a `v` prefix is allowed); by default the last version
     /// that rolled out successfully before the running one.
-    #[schemars(regex(pattern = r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"))]
+    #[schemars(regex(
+        pattern = r"^v?(0|[1-9]\d{0,18})\.(0|[1-9]\d{0,18})\.(0|[1-9]\d{0,18})(-(0|[1-9]\d{0,18}|\d*[A-Za-z-][0-9A-Za-z-]*)(\.(0|[1-9]\d{0,18}|\d*[A-Za-z-][0-9A-Za-z-]*))*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?$"
+    ))]
     to: Option<String>,
     /// Allow a `to` version that never rolled out successfully on this server.
     #[serde(default)]
@@ -417,7 +419,7 @@ async fn resume(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
-    /// How many, newest first (larger values are cut to the maximum).
+    /// How many, newest first (a value outside the range is refused).
     #[schemars(range(min = 1, max = ops::EVENTS_LIMIT.1), extend("default" = ops::EVENTS_LIMIT.0))]
     limit: Option<usize>,
     /// Only events with a larger id (for following).

@@ -36,6 +36,8 @@ struct Op {
     auth: Auth,
     query: Vec<Value>,
     body: Option<Value>,
+    /// Whether the operation refuses a request without a body.
+    body_required: bool,
     /// Status and the schema of the answer (JSON unless `content` says otherwise).
     ok: (u16, Value),
     content: &'static str,
@@ -52,6 +54,7 @@ impl Default for Op {
             auth: Auth::Read,
             query: Vec::new(),
             body: None,
+            body_required: false,
             ok: (200, json!({ "type": "object" })),
             content: "application/json",
         }
@@ -199,7 +202,7 @@ impl Doc {
         }
         if let Some(body) = op.body {
             operation["requestBody"] = json!({
-                "required": false,
+                "required": op.body_required,
                 "content": { "application/json": { "schema": body } },
             });
         }
@@ -449,6 +452,7 @@ pub fn document() -> Value {
         tag: "health",
         auth: Auth::Write,
         body: Some(override_body),
+        body_required: true,
         ok: (
             200,
             object(&[

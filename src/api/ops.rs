@@ -17,9 +17,26 @@ pub const ROLLOUTS_LIMIT: (usize, usize) = (20, 500);
 /// How many events a page shows when not told, and at most.
 pub const EVENTS_LIMIT: (usize, usize) = (50, 1000);
 
-/// A page size: the default when none is given, cut to `1..=max`.
-pub fn limit(given: Option<usize>, (default, max): (usize, usize)) -> usize {
-    given.unwrap_or(default).clamp(1, max)
+/// A page size: the default when none is given; one outside `1..=max` is refused, as the
+/// documented schema says, rather than quietly cut.
+pub fn limit(given: Option<usize>, (default, max): (usize, usize)) -> Result<usize, ApiError> {
+    match given {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(validation(format!(
+            "`limit` must be between 1 and {max}, not {n}"
+        ))),
+    }
+}
+
+/// An event id to page after: never negative.
+pub fn after(given: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match given {
+        Some(n) if n < 0 => Err(validation(format!(
+            "`after` must be an event id (a non-negative integer), not {n}"
+        ))),
+        other => Ok(other),
+    }
 }
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
@@ -108,7 +125,7 @@ pub async fn server_rollouts(
     id: &str,
     limit_to: Option<usize>,
 ) -> Result<Value, ApiError> {
-    let limit = limit(limit_to, ROLLOUTS_LIMIT);
+    let limit = limit(limit_to, ROLLOUTS_LIMIT)?;
     let s = id.to_owned();
     let rollouts = state
         .store
@@ -189,7 +206,8 @@ pub async fn server_health_events(
     after: Option<i64>,
     limit_to: Option<usize>,
 ) -> Result<Value, ApiError> {
-    let limit = limit(limit_to, EVENTS_LIMIT);
+    let limit = limit(limit_to, EVENTS_LIMIT)?;
+    let after = self::after(after)?;
     let s = id.to_owned();
     let events = state
         .store
@@ -209,7 +227,8 @@ pub async fn health_events(
     after: Option<i64>,
     limit_to: Option<usize>,
 ) -> Result<Value, ApiError> {
-    let limit = limit(limit_to, EVENTS_LIMIT);
+    let limit = limit(limit_to, EVENTS_LIMIT)?;
+    let after = self::after(after)?;
     let events = state
         .store
         .call(move |st| st.health_events(server.as_deref(), after, limit))

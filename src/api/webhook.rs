@@ -187,7 +187,8 @@ pub async fn push(
             )
         })?
     };
-    if !payload.is_null() && !payload.is_object() {
+    // An empty body only wakes; one that is there must be a push event, `null` included.
+    if !body.is_empty() && !payload.is_object() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "BAD_REQUEST",

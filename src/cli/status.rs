@@ -145,8 +145,41 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
                 ],
                 &rows,
             );
+            let notes: Vec<String> = servers.iter().flat_map(server_notes).collect();
+            if !notes.is_empty() {
+                outln!();
+                for note in notes {
+                    outln!("{note}");
+                }
+            }
             let applied = text(&fleet, "applied_revision");
             outln!("\napplied revision: {}", short_commit(&applied));
+            // A head that is not in force: say why, so a rejected push is not missed.
+            let head = text(&fleet, "head");
+            if head != "-" && head != applied {
+                let newest: Value = client.get("/revisions?limit=1").unwrap_or(Value::Null);
+                let run = &newest["revisions"][0];
+                if run["commit_id"] == head.as_str() {
+                    let result = text(run, "result");
+                    let why = run["errors"][0]["message"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .or_else(|| run["reason"].as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    let why = why.lines().next().unwrap_or_default().to_owned();
+                    outln!(
+                        "branch head {}: {result}{}",
+                        short_commit(&head),
+                        if why.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {why}")
+                        }
+                    );
+                } else {
+                    outln!("branch head {}: not applied yet", short_commit(&head));
+                }
+            }
             for (key, label) in [
                 ("source_error", "source error"),
                 (
@@ -271,5 +304,61 @@ fn print_run(run: &Value) {
                 outln!("  {d}");
             }
         }
+    }
+}
+
+/// What an operator must not miss about a server, one line each: a hold, a stop, a
+/// version blocked as failed, a rollout under way, a newer version waiting.
+fn server_notes(s: &Value) -> Vec<String> {
+    let id = text(s, "id");
+    let mut notes = Vec::new();
+    if let Some(v) = s["pinned_version"].as_str() {
+        notes.push(format!(
+            "{id}: held at {v} by an operator rollback; `mcp-orchestration rollout resume {id}` lifts it"
+        ));
+    }
+    match s["state"].as_str() {
+        Some("stopped") => notes.push(format!(
+            "{id}: stopped by an operator; `mcp-orchestration deploy {id}` starts it again"
+        )),
+        Some("failed") => notes.push(format!(
+            "{id}: {} blocked as failed: {}",
+            text(s, "desired_version"),
+            text(s, "reason").lines().next().unwrap_or_default()
+        )),
+        _ => {}
+    }
+    if s["health"] == "starting" {
+        notes.push(format!(
+            "{id}: rollout in progress (to {})",
+            text(s, "desired_version")
+        ));
+    }
+    if let Some(v) = s["update_available"].as_str() {
+        notes.push(format!(
+            "{id}: {v} is available (the update policy does not apply it by itself)"
+        ));
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn holds_stops_failures_and_rollouts_are_spelled_out() {
+        let notes = server_notes(&json!({
+            "id": "a", "state": "failed", "desired_version": "1.2.0",
+            "reason": "a 1.2.0 failed its health gate\nlast log lines", "pinned_version": "1.0.0",
+            "health": "starting", "update_available": "1.3.0"
+        }));
+        assert_eq!(notes.len(), 4, "{notes:?}");
+        assert!(notes[0].contains("held at 1.0.0"));
+        assert!(notes[1].contains("1.2.0 blocked as failed: a 1.2.0 failed its health gate"));
+        assert!(notes[2].contains("rollout in progress"));
+        assert!(notes[3].contains("1.3.0 is available"));
+        assert!(server_notes(&json!({"id": "b", "state": "running"})).is_empty());
     }
 }

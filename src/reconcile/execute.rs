@@ -124,9 +124,27 @@ impl Executor {
     }
 
     /// Executes every changing action of `plan`, concurrently across servers.
+    ///
+    /// Removals run first and finish before anything starts: a commit that moves a fixed
+    /// `host_port` from a removed server to a new one needs the port free first.
     pub async fn apply(&self, plan: &Plan, ctx: &ApplyContext) -> Vec<ServerOutcome> {
+        let (removals, others): (Vec<_>, Vec<_>) = plan
+            .changes()
+            .partition(|(_, action)| matches!(action, Action::Remove { .. }));
+        let mut outcomes = self.apply_wave(removals, ctx).await;
+        outcomes.extend(self.apply_wave(others, ctx).await);
+        outcomes.sort_by(|a, b| a.server_id.cmp(&b.server_id));
+        outcomes
+    }
+
+    /// Carries out `actions` concurrently (bounded, one at a time per server).
+    async fn apply_wave(
+        &self,
+        actions: Vec<(&String, &Action)>,
+        ctx: &ApplyContext,
+    ) -> Vec<ServerOutcome> {
         let mut tasks = tokio::task::JoinSet::new();
-        for (server, action) in plan.changes() {
+        for (server, action) in actions {
             let this = self.clone();
             let server = server.clone();
             let action = action.clone();
@@ -154,7 +172,6 @@ impl Executor {
                 Err(e) => warn!(error = %e, "an apply task panicked or was cancelled"),
             }
         }
-        outcomes.sort_by(|a, b| a.server_id.cmp(&b.server_id));
         outcomes
     }
 

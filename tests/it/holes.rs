@@ -1158,3 +1158,140 @@ impl Drop for FleetKiller {
         crate::support::agent::kill_fleet(&self.0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_port_moved_from_a_removed_server_to_a_new_one_is_freed_first() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = crate::support::example_server_bin();
+    let manifest = |id: &str| {
+        format!(
+            "version: \"1.1\"\nservers:\n- id: {id}\n  version: \"1.0.0\"\n  process: {{ command: {}, args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"] }}\n  docker: {{ image: mcp-orch-test/example-server, port: 8080, host_port: {port} }}\n  health_check: {{ interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 1 }}\n",
+            bin.display()
+        )
+    };
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest("first"), "first holds the port");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_running("first", "1.0.0", DEADLINE).await;
+    // Each commit removes the server on the port and adds another on the same port.
+    for (n, id) in ["second", "third", "fourth"].iter().enumerate() {
+        repo.push_manifest(&manifest(id), &format!("{id} takes the port"));
+        agent.wait_runs(n + 2).await;
+        let (_, v) = agent.get("/revisions").await;
+        let run = &v["revisions"][0];
+        assert_eq!(run["result"], "applied", "{id}: {run}");
+        let s = agent.wait_running(id, "1.0.0", DEADLINE).await;
+        assert_eq!(
+            s["endpoint"],
+            format!("http://127.0.0.1:{port}/mcp"),
+            "{id} serves on the moved port"
+        );
+    }
+}
+
+/// `mcp-orchestration status` against `agent`, as its text output.
+fn status_text(agent: &TestAgent) -> String {
+    let out = std::process::Command::new(crate::support::BIN)
+        .arg("status")
+        .env("MCP_ORCHESTRATION_URL", &agent.url)
+        .env(
+            "MCP_ORCHESTRATION_API_KEY",
+            crate::support::agent::TEST_API_KEY,
+        )
+        .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    crate::support::stdout(&out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_a_rejected_head_a_hold_and_a_stop() {
+    use reqwest::Method;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("held", "1.0.0"), ("off", "1.0.0")]),
+        "two servers",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_running("held", "1.0.0", DEADLINE).await;
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("held", "1.1.0"), ("off", "1.0.0")]),
+        "held 1.1.0",
+    );
+    agent.wait_running("held", "1.1.0", DEADLINE).await;
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/servers/held/rollback",
+            Some(serde_json::json!({"to": "1.0.0"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    agent.wait_running("held", "1.0.0", DEADLINE).await;
+    let (status, _) = agent.call(Method::DELETE, "/servers/off", None).await;
+    assert_eq!(status, 200);
+    let rejected = repo.push_manifest("version: \"1.1\"\nservers: [\n", "broken YAML");
+    agent.wait_runs(3).await;
+    let text = eventually(DEADLINE, "status to show the stop", || async {
+        let t = status_text(&agent);
+        t.contains("off: stopped by an operator").then_some(t)
+    })
+    .await;
+    assert!(
+        text.contains("held: held at 1.0.0 by an operator rollback"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("branch head {}: rejected: ", &rejected[..10])),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_the_schema_excludes_are_refused_not_reinterpreted() {
+    use reqwest::Method;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("one", "1.0.0")]),
+        "one server",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent.wait_running("one", "1.0.0", DEADLINE).await;
+    for path in [
+        "/revisions?limit=501",
+        "/revisions?limit=0",
+        "/servers/one/rollouts?limit=501",
+        "/servers/one/health/events?limit=1001",
+        "/health/events?after=-1",
+        "/events/history?after=-225297844351293856&limit=10",
+        "/events/history?limit=1001",
+    ] {
+        let (status, body) = agent.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "VALIDATION_FAILED", "{path}: {body}");
+    }
+    // A webhook body that is there must be a push event: JSON `null` is not one.
+    let r = reqwest::Client::new()
+        .post(format!("{}/webhooks/git", agent.url))
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // An override without its body is refused, as the document's `required` says.
+    let (status, body) = agent
+        .call(Method::POST, "/servers/one/health/override", None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, doc) = agent.get("/openapi.json").await;
+    assert_eq!(
+        doc["paths"]["/servers/{id}/health/override"]["post"]["requestBody"]["required"],
+        true
+    );
+}

@@ -17,6 +17,7 @@ mod new_user;
 mod process_runtime;
 mod registry;
 mod rollback;
+mod schemathesis;
 mod support;
 mod upgrades;
 mod validate;
