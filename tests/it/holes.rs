@@ -1295,3 +1295,26 @@ async fn requests_the_schema_excludes_are_refused_not_reinterpreted() {
         true
     );
 }
+
+#[test]
+fn a_secret_given_as_a_flag_is_warned_about() {
+    let root = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::BIN)
+        .args(["agent", "--webhook-secret", "visible-in-ps", "--repo"])
+        .arg(root.path().join("no-such-repo"))
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = crate::support::stderr(&out);
+    assert!(
+        stderr.contains("--webhook-secret") && stderr.contains("visible to every user"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("visible-in-ps"),
+        "the warning repeats the secret: {stderr}"
+    );
+}
