@@ -74,6 +74,34 @@ fn req_ts(s: String) -> Result<Timestamp, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("timestamp `{s}`: {e}")))
 }
 
+/// The `run.finished` event of run `run_id` of `commit`.
+fn run_finished<'a>(
+    run_id: i64,
+    commit: &str,
+    result: RunResult,
+    reason: Option<&str>,
+    errors: usize,
+    at: Timestamp,
+) -> events::NewEvent<'a> {
+    events::NewEvent {
+        at,
+        kind: "run.finished",
+        server_id: None,
+        summary: format!(
+            "run {run_id} of {}: {result}{}",
+            short_commit(commit),
+            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ),
+        data: serde_json::json!({
+            "run_id": run_id,
+            "commit": commit,
+            "result": result,
+            "reason": reason,
+            "errors": errors,
+        }),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -221,23 +249,7 @@ impl Store {
         let event = match commit {
             Some(commit) => Some(events::insert(
                 &tx,
-                events::NewEvent {
-                    at,
-                    kind: "run.finished",
-                    server_id: None,
-                    summary: format!(
-                        "run {run_id} of {}: {result}{}",
-                        short_commit(&commit),
-                        reason.map(|r| format!(" ({r})")).unwrap_or_default()
-                    ),
-                    data: serde_json::json!({
-                        "run_id": run_id,
-                        "commit": commit,
-                        "result": result,
-                        "reason": reason,
-                        "errors": count,
-                    }),
-                },
+                run_finished(run_id, &commit, result, reason, count, at),
             )?),
             None => None,
         };
@@ -274,22 +286,14 @@ impl Store {
         for (run_id, commit) in &runs {
             closing.push(events::insert(
                 &tx,
-                events::NewEvent {
+                run_finished(
+                    *run_id,
+                    commit,
+                    RunResult::Interrupted,
+                    Some(RUN_REASON),
+                    0,
                     at,
-                    kind: "run.finished",
-                    server_id: None,
-                    summary: format!(
-                        "run {run_id} of {}: interrupted ({RUN_REASON})",
-                        short_commit(commit)
-                    ),
-                    data: serde_json::json!({
-                        "run_id": run_id,
-                        "commit": commit,
-                        "result": RunResult::Interrupted,
-                        "reason": RUN_REASON,
-                        "errors": 0,
-                    }),
-                },
+                ),
             )?);
         }
         for (id, server, action, to_version) in &rollouts {

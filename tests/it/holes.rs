@@ -127,31 +127,44 @@ async fn a_commit_cannot_exfiltrate_the_agents_secrets() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_notification_channel_outside_the_trust_policy_is_rejected() {
-    let bin = tempfile::tempdir().unwrap();
-    let server = bin.path().join("server");
-    script(&server, "exit 0");
+/// Starts an agent trusting `dir` on a repo whose one commit is `manifest`, and returns the
+/// agent and that commit's run, which must be `rejected`.
+async fn rejected_run(
+    manifest: String,
+    dir: &Path,
+    message: &str,
+) -> (TestAgent, serde_json::Value) {
     let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &format!(
-            "version: \"1.1\"\nservers:\n- id: chatty\n  version: \"1.0.0\"\n  process: {{ command: {} }}\n  update_policy: {{ version_strategy: pinned, notification_channel: \"http://127.0.0.1:9/collect\" }}\n",
-            server.display()
-        ),
-        "a channel the pusher chose",
-    );
+    repo.push_manifest(&manifest, message);
     let agent = TestAgent::start(
         repo.remote().to_str().unwrap(),
         Options {
-            trust: Some(trust_for(bin.path())),
+            trust: Some(trust_for(dir)),
             ..Options::default()
         },
     )
     .await;
     agent.wait_runs(1).await;
     let (_, v) = agent.get("/revisions").await;
-    let run = &v["revisions"][0];
+    let run = v["revisions"][0].clone();
     assert_eq!(run["result"], "rejected", "{run}");
+    (agent, run)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notification_channel_outside_the_trust_policy_is_rejected() {
+    let bin = tempfile::tempdir().unwrap();
+    let server = bin.path().join("server");
+    script(&server, "exit 0");
+    let (_agent, run) = rejected_run(
+        format!(
+            "version: \"1.1\"\nservers:\n- id: chatty\n  version: \"1.0.0\"\n  process: {{ command: {} }}\n  update_policy: {{ version_strategy: pinned, notification_channel: \"http://127.0.0.1:9/collect\" }}\n",
+            server.display()
+        ),
+        bin.path(),
+        "a channel the pusher chose",
+    )
+    .await;
     assert!(
         run.to_string().contains("allowed_notification_urls"),
         "the rejection names the trust policy's list: {run}"
@@ -162,26 +175,15 @@ async fn a_notification_channel_outside_the_trust_policy_is_rejected() {
 async fn a_symlink_cannot_escape_the_command_trust_policy() {
     let bin = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink("/bin/sh", bin.path().join("sh")).unwrap();
-    let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &format!(
+    let (agent, run) = rejected_run(
+        format!(
             "version: \"1.1\"\nservers:\n- id: escape\n  version: \"1.0.0\"\n  process: {{ command: {}, args: [\"-c\", \"sleep 60\"] }}\n",
             bin.path().join("sh").display()
         ),
+        bin.path(),
         "a link to a shell in an allowed directory",
-    );
-    let agent = TestAgent::start(
-        repo.remote().to_str().unwrap(),
-        Options {
-            trust: Some(trust_for(bin.path())),
-            ..Options::default()
-        },
     )
     .await;
-    agent.wait_runs(1).await;
-    let (_, v) = agent.get("/revisions").await;
-    let run = &v["revisions"][0];
-    assert_eq!(run["result"], "rejected", "{run}");
     assert!(run.to_string().contains("resolves to"), "{run}");
     assert!(agent.pid_files().is_empty(), "nothing was started");
 }
@@ -191,26 +193,15 @@ async fn a_commit_cannot_preload_a_library_into_a_process_server() {
     let bin = tempfile::tempdir().unwrap();
     let server = bin.path().join("server");
     script(&server, "exit 0");
-    let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &format!(
+    let (_agent, run) = rejected_run(
+        format!(
             "version: \"1.1\"\nservers:\n- id: preload\n  version: \"1.0.0\"\n  process: {{ command: {}, env: {{ LD_PRELOAD: /tmp/evil.so }} }}\n",
             server.display()
         ),
+        bin.path(),
         "LD_PRELOAD through an allowed command",
-    );
-    let agent = TestAgent::start(
-        repo.remote().to_str().unwrap(),
-        Options {
-            trust: Some(trust_for(bin.path())),
-            ..Options::default()
-        },
     )
     .await;
-    agent.wait_runs(1).await;
-    let (_, v) = agent.get("/revisions").await;
-    let run = &v["revisions"][0];
-    assert_eq!(run["result"], "rejected", "{run}");
     assert!(run.to_string().contains("allowed_process_env"), "{run}");
 }
 
