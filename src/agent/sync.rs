@@ -468,15 +468,23 @@ impl Syncer {
 
     /// The desired state now: each server at the version its policy resolves to (from the
     /// registry's tags, the running version, the failed-version memory and operator pins).
-    fn desired(&mut self, observed: &[Instance]) -> Vec<Desired> {
+    ///
+    /// Fails closed: without the failed-version memory or the operator pins, a version that
+    /// failed would be tried again or a rollback undone, so their read failing is an error.
+    fn desired(&mut self, observed: &[Instance]) -> Result<Vec<Desired>, String> {
         let Some(applied) = &self.applied else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let store = &self.state.store;
-        let failed_rows = store.failed_versions(None).unwrap_or_default();
+        let read = |what: &str, e: crate::store::StoreError| {
+            format!("cannot read {what}: {}", crate::error_text::chain(&e))
+        };
+        let failed_rows = store
+            .failed_versions(None)
+            .map_err(|e| read("the failed versions", e))?;
         let pins: BTreeMap<String, String> = store
             .pins()
-            .unwrap_or_default()
+            .map_err(|e| read("the operator pins", e))?
             .into_iter()
             .map(|p| (p.server_id, p.version))
             .collect();
@@ -557,7 +565,7 @@ impl Syncer {
                     })
             })
             .collect();
-        desired
+        Ok(desired)
     }
 
     /// Plans against what runs and applies the changes. Returns the plan summary (or why it
@@ -571,7 +579,10 @@ impl Syncer {
             Ok(o) => o,
             Err(e) => return (Err(format!("cannot list instances: {e}")), Vec::new()),
         };
-        let desired = self.desired(&observed);
+        let desired = match self.desired(&observed) {
+            Ok(d) => d,
+            Err(e) => return (Err(e), Vec::new()),
+        };
         // Fail closed: without knowing which servers an operator stopped, nothing changes
         // (an empty list would bring them back).
         let held = match self.state.store.held_servers() {
@@ -661,7 +672,10 @@ impl Syncer {
                 )];
             }
         };
-        let desired = self.desired(&observed);
+        let desired = match self.desired(&observed) {
+            Ok(d) => d,
+            Err(e) => return vec![format!("cannot verify: {e}")],
+        };
         desired
             .iter()
             .filter(|d| !self.failed.contains_key(d.server_id()))
@@ -681,25 +695,44 @@ impl Syncer {
     /// endpoints) and the monitor's targets are kept, marked with the error, until the
     /// runtime answers again. An empty listing is never made up from a failure.
     async fn publish(&mut self, source_error: Option<String>) {
-        match self.executor.runtime().list().await {
-            Ok(observed) => {
-                let (mut view, targets) = self.view(source_error, &observed);
+        let observed = match self.executor.runtime().list().await {
+            Ok(observed) => observed,
+            Err(e) => {
+                let e = crate::error_text::chain(&e);
+                warn!(error = %e, "cannot list the runtime's instances; keeping the last known fleet");
+                let runtime_error = format!("the runtime cannot list its instances: {e}");
+                self.keep_last_view(source_error, Some(runtime_error), self.store_error.clone());
+                return;
+            }
+        };
+        match self.view(source_error.clone(), &observed) {
+            Ok((mut view, targets)) => {
                 view.store_error = self.store_error.clone();
                 view.observed = true;
                 self.state.set_fleet(view);
                 self.state.monitor.set_targets(targets);
             }
             Err(e) => {
-                let e = crate::error_text::chain(&e);
-                warn!(error = %e, "cannot list the runtime's instances; keeping the last known fleet");
-                let mut view = self.state.fleet();
-                view.source_error = source_error;
-                view.store_error = self.store_error.clone();
-                view.runtime_error = Some(format!("the runtime cannot list its instances: {e}"));
-                view.last_sync = Some(Timestamp::now());
-                self.state.set_fleet(view);
+                warn!(error = %e, "cannot read the state database; keeping the last known fleet");
+                self.keep_last_view(source_error, None, Some(e));
             }
         }
+    }
+
+    /// Keeps the last fleet view (instances, endpoints, the monitor's targets) and marks
+    /// it with what could not be read this time.
+    fn keep_last_view(
+        &self,
+        source_error: Option<String>,
+        runtime_error: Option<String>,
+        store_error: Option<String>,
+    ) {
+        let mut view = self.state.fleet();
+        view.source_error = source_error;
+        view.runtime_error = runtime_error;
+        view.store_error = store_error;
+        view.last_sync = Some(Timestamp::now());
+        self.state.set_fleet(view);
     }
 
     /// The fleet view for the API and the monitor's targets: the running instance of every
@@ -708,14 +741,19 @@ impl Syncer {
         &mut self,
         source_error: Option<String>,
         observed: &[Instance],
-    ) -> (FleetView, Vec<crate::health::Target>) {
+    ) -> Result<(FleetView, Vec<crate::health::Target>), String> {
         let previous = self.state.fleet();
-        let desired = self.desired(observed);
+        let desired = self.desired(observed)?;
+        let held = self.state.store.held_servers().map_err(|e| {
+            format!(
+                "cannot read operator stops: {}",
+                crate::error_text::chain(&e)
+            )
+        })?;
         self.state.set_desired(&desired);
         let mut targets = Vec::new();
         // `desired` just read the pins; reuse them.
         let pins = self.pins.clone();
-        let held = self.state.store.held_servers().unwrap_or_default();
         let now = Timestamp::now();
         let mut servers = Vec::new();
         if let Some(applied) = &self.applied {
@@ -804,6 +842,6 @@ impl Syncer {
             servers,
             observed: false,
         };
-        (view, targets)
+        Ok((view, targets))
     }
 }

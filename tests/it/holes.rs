@@ -1309,3 +1309,61 @@ fn a_secret_given_as_a_flag_is_warned_about() {
         "the warning repeats the secret: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_cannot_be_read_never_brings_back_a_stopped_server() {
+    use reqwest::Method;
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[("kept", "1.0.0"), ("off", "1.0.0")]),
+        "two servers",
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let kept = agent.wait_running("kept", "1.0.0", DEADLINE).await;
+    agent.wait_running("off", "1.0.0", DEADLINE).await;
+    let (status, _) = agent.call(Method::DELETE, "/servers/off", None).await;
+    assert_eq!(status, 200);
+    eventually(DEADLINE, "off to be stopped", || async {
+        (agent.server("off").await?["state"] == "stopped").then_some(())
+    })
+    .await;
+
+    // A real SQLite failure: the table of operator stops is gone for the agent.
+    let db = rusqlite::Connection::open(agent.data.path().join("state.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch("ALTER TABLE servers RENAME TO servers_away;")
+        .unwrap();
+    let syncs = sync_count(&agent).await;
+    agent
+        .call(Method::POST, "/servers/kept/rollout/resume", None)
+        .await;
+    wait_syncs(&agent, syncs + 1).await;
+    let (_, health) = agent.get("/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["store_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("operator stops")),
+        "{health}"
+    );
+    let running_off = live_instances(agent.data.path(), "off");
+    assert!(
+        running_off.is_empty(),
+        "a stopped server came back: {running_off:?}"
+    );
+    let during = agent.server("kept").await.unwrap();
+    assert_eq!(during["instance_id"], kept["instance_id"]);
+
+    // Readable again: the stop still holds and the error clears.
+    db.execute_batch("ALTER TABLE servers_away RENAME TO servers;")
+        .unwrap();
+    let syncs = sync_count(&agent).await;
+    agent
+        .call(Method::POST, "/servers/kept/rollout/resume", None)
+        .await;
+    wait_syncs(&agent, syncs + 1).await;
+    let (_, health) = agent.get("/health").await;
+    assert!(health["store_error"].is_null(), "{health}");
+    assert_eq!(agent.server("off").await.unwrap()["state"], "stopped");
+    assert!(live_instances(agent.data.path(), "off").is_empty());
+}
