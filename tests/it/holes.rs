@@ -205,25 +205,12 @@ async fn a_commit_cannot_preload_a_library_into_a_process_server() {
     assert!(run.to_string().contains("allowed_process_env"), "{run}");
 }
 
-/// How many syncs the agent has finished, from `GET /metrics`.
 async fn sync_count(agent: &TestAgent) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", agent.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("mcp_orchestration_sync_duration_seconds_count "))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("the sync counter")
+    agent.sync_count().await
 }
 
 async fn wait_syncs(agent: &TestAgent, n: u64) {
-    eventually(DEADLINE, &format!("{n} syncs"), || async {
-        (sync_count(agent).await >= n).then_some(())
-    })
-    .await
+    agent.wait_syncs(n).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

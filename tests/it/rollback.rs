@@ -93,8 +93,8 @@ async fn a_commit_pinning_a_failing_version_is_rolled_back_and_status_says_why()
     );
     assert!(text.contains("failed its health gate"), "{text}");
 
-    // Several polls later it has not been tried again.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Three syncs later it has not been tried again.
+    agent.syncs_pass(3, "lambda").await;
     let attempts = rollouts(&agent, "lambda")
         .await
         .iter()

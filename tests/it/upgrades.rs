@@ -216,8 +216,8 @@ async fn a_failing_version_is_rolled_back_remembered_and_skipped_until_a_newer_o
     assert_eq!(event["to_version"], "1.2.0");
     assert_eq!(event["rolled_back_to"], "1.1.0");
 
-    // Five more polls: 1.2.0 is not tried again.
-    tokio::time::sleep(POLL * 5).await;
+    // Five more syncs: 1.2.0 is not tried again.
+    agent.syncs_pass(5, &id).await;
     let attempts = rollouts(&agent, &id)
         .await
         .into_iter()

@@ -229,6 +229,49 @@ impl TestAgent {
         .await
     }
 
+    /// How many syncs the agent has finished, from `GET /metrics`: the counted event tests
+    /// wait for when they show that something did not happen.
+    pub async fn sync_count(&self) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("agent answers")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix("mcp_orchestration_sync_duration_seconds_count "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("the sync counter")
+    }
+
+    /// Waits until the agent has finished `n` syncs in all.
+    pub async fn wait_syncs(&self, n: u64) {
+        eventually(Duration::from_secs(20), &format!("{n} syncs"), || async {
+            (self.sync_count().await >= n).then_some(())
+        })
+        .await
+    }
+
+    /// Lets `n` more syncs pass, each woken by an operator action on `server` that changes
+    /// nothing (lifting a rollback hold it does not have).
+    pub async fn syncs_pass(&self, n: u64, server: &str) {
+        for _ in 0..n {
+            let before = self.sync_count().await;
+            let (status, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/servers/{server}/rollout/resume"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            self.wait_syncs(before + 1).await;
+        }
+    }
+
     /// Waits until `n` runs have finished (any result).
     pub async fn wait_runs(&self, n: usize) {
         eventually(
