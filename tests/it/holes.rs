@@ -205,6 +205,19 @@ async fn a_commit_cannot_preload_a_library_into_a_process_server() {
     assert!(run.to_string().contains("allowed_process_env"), "{run}");
 }
 
+/// A repo whose one commit runs `id` at `version` (process runtime), its agent, and the
+/// server's view once it runs.
+async fn one_running(id: &str, version: &str) -> (ManifestRepo, TestAgent, serde_json::Value) {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &crate::support::agent::process_manifest(&[(id, version)]),
+        &format!("{id} {version}"),
+    );
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    let view = agent.wait_running(id, version, DEADLINE).await;
+    (repo, agent, view)
+}
+
 async fn sync_count(agent: &TestAgent) -> u64 {
     agent.sync_count().await
 }
@@ -349,13 +362,7 @@ async fn slow_and_idle_connections_cannot_exhaust_the_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_does_not_resurrect_a_stopped_server() {
     use reqwest::Method;
-    let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &crate::support::agent::process_manifest(&[("held", "1.0.0")]),
-        "one server",
-    );
-    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
-    agent.wait_running("held", "1.0.0", DEADLINE).await;
+    let (_repo, agent, _) = one_running("held", "1.0.0").await;
     let (status, _) = agent.call(Method::DELETE, "/servers/held", None).await;
     assert_eq!(status, 200);
     let (status, body) = agent
@@ -393,13 +400,7 @@ async fn restart_does_not_resurrect_a_stopped_server() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_to_a_version_that_never_ran_is_refused_without_force() {
     use reqwest::Method;
-    let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &crate::support::agent::process_manifest(&[("rb", "1.0.0")]),
-        "1.0.0",
-    );
-    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
-    agent.wait_running("rb", "1.0.0", DEADLINE).await;
+    let (repo, agent, _) = one_running("rb", "1.0.0").await;
     repo.push_manifest(
         &crate::support::agent::process_manifest(&[("rb", "1.1.0")]),
         "1.1.0",
@@ -660,13 +661,7 @@ async fn a_git_remote_that_never_answers_cannot_hang_the_sync_loop() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_yaml_bomb_or_a_huge_manifest_is_rejected_and_the_agent_survives() {
-    let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &crate::support::agent::process_manifest(&[("calm", "1.0.0")]),
-        "one server",
-    );
-    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
-    let before = agent.wait_running("calm", "1.0.0", DEADLINE).await;
+    let (repo, agent, before) = one_running("calm", "1.0.0").await;
 
     // Under 1 MiB on disk; 512 KiB × 400 × 400 = 80 GB once aliases are expanded.
     let big = "x".repeat(512 * 1024);
@@ -779,13 +774,7 @@ async fn runs_of(url: &str) -> Option<Vec<serde_json::Value>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_commit_that_killed_the_agent_twice_is_not_run_again() {
-    let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &crate::support::agent::process_manifest(&[("calm", "1.0.0")]),
-        "a good commit",
-    );
-    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
-    let before = agent.wait_running("calm", "1.0.0", DEADLINE).await;
+    let (repo, agent, before) = one_running("calm", "1.0.0").await;
     let data = agent.stop().await;
 
     // The next commit killed the agent twice while it was being validated (as a manifest
@@ -1233,13 +1222,7 @@ async fn status_shows_a_rejected_head_a_hold_and_a_stop() {
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_the_schema_excludes_are_refused_not_reinterpreted() {
     use reqwest::Method;
-    let repo = ManifestRepo::new();
-    repo.push_manifest(
-        &crate::support::agent::process_manifest(&[("one", "1.0.0")]),
-        "one server",
-    );
-    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
-    agent.wait_running("one", "1.0.0", DEADLINE).await;
+    let (_repo, agent, _) = one_running("one", "1.0.0").await;
     for path in [
         "/revisions?limit=501",
         "/revisions?limit=0",
