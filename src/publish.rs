@@ -134,7 +134,7 @@ pub async fn run(
         if last.as_ref() != Some(&(revision.clone(), backends.clone())) {
             sequence += 1;
             if let Err(e) = state.store.set_meta(SEQUENCE_KEY, &sequence.to_string()) {
-                warn!(error = %e, "cannot persist the publish sequence");
+                warn!(error = %crate::error_text::chain(&e), "cannot persist the publish sequence");
             }
             last = Some((revision.clone(), backends.clone()));
             let _ = tx.send(Some(Payload {
@@ -184,7 +184,7 @@ async fn deliver(
     {
         Ok(c) => c,
         Err(e) => {
-            warn!(error = %e, "cannot build the gateway client");
+            warn!(error = %crate::error_text::chain(&e), "cannot build the gateway client");
             return;
         }
     };

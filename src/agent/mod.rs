@@ -55,6 +55,14 @@ pub enum AgentError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot read the API keys file {path}")]
+    KeysFile {
+        path: PathBuf,
+        #[source]
+        source: crate::source::ReadError,
+    },
+    #[error("{task} panicked or was cancelled: {message}")]
+    Task { task: &'static str, message: String },
     #[error(
         "the data directory {path} is in use by another agent{}; give each agent its own --data-dir",
         holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
@@ -68,9 +76,9 @@ pub enum AgentError {
 fn api_keys(settings: &AgentSettings) -> Result<Vec<String>, AgentError> {
     let mut keys: Vec<String> = settings.api_key.iter().cloned().collect();
     if let Some(path) = &settings.api_keys_file {
-        let text = crate::source::read_text(path).map_err(|e| AgentError::DataDir {
+        let text = crate::source::read_text(path).map_err(|source| AgentError::KeysFile {
             path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
+            source,
         })?;
         keys.extend(
             text.lines()
@@ -118,7 +126,7 @@ fn registry_credentials(
         path: path.clone(),
         message,
     };
-    let text = crate::source::read_text(path).map_err(|e| err(format!("{e:#}")))?;
+    let text = crate::source::read_text(path).map_err(|e| err(crate::error_text::chain(&e)))?;
     serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
@@ -144,7 +152,7 @@ async fn prune_events(store: Store, shutdown: CancellationToken) {
         {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "pruned old events"),
-            Err(e) => warn!(error = %e, "cannot prune old events"),
+            Err(e) => warn!(error = %crate::error_text::chain(&e), "cannot prune old events"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -326,7 +334,10 @@ pub async fn run(
     let mirror = settings.data_dir.join("repo.git");
     let source = tokio::task::spawn_blocking(move || GitSource::open(git, mirror))
         .await
-        .map_err(|e| AgentError::Serve(std::io::Error::other(e.to_string())))??;
+        .map_err(|e| AgentError::Task {
+            task: "opening the git mirror",
+            message: e.to_string(),
+        })??;
 
     let (tx, mut rx) = mpsc::channel(1);
     // The executor reports rollout phases to the state it is part of; the cell breaks that
@@ -399,7 +410,7 @@ pub async fn run(
                 Some(w)
             }
             Err(e) => {
-                warn!(error = %e, "cannot watch the local repository; relying on polling");
+                warn!(error = %crate::error_text::chain(&e), "cannot watch the local repository; relying on polling");
                 None
             }
         }
@@ -459,6 +470,9 @@ pub async fn run(
     info!("shutting down; the fleet keeps running");
     match api.await {
         Ok(r) => r.map_err(AgentError::Serve),
-        Err(e) => Err(AgentError::Serve(std::io::Error::other(e.to_string()))),
+        Err(e) => Err(AgentError::Task {
+            task: "the HTTP server",
+            message: e.to_string(),
+        }),
     }
 }

@@ -37,7 +37,7 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    warn!(image = %image, error = %e, "cannot list tags; keeping the last known ones")
+                    warn!(image = %image, error = %crate::error_text::chain(&e), "cannot list tags; keeping the last known ones")
                 }
             }
         }

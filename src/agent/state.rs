@@ -425,7 +425,7 @@ impl AgentState {
                 Ok(h) if h.contains(&id) => return,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(server = %id, error = %e, "cannot read operator stops; not restarting");
+                    tracing::warn!(server = %id, error = %crate::error_text::chain(&e), "cannot read operator stops; not restarting");
                     return;
                 }
             }

@@ -131,7 +131,7 @@ impl Syncer {
     ) -> Result<T, String> {
         let source = self.source.clone();
         match tokio::task::spawn_blocking(move || f(&source)).await {
-            Ok(r) => r.map_err(|e| format!("{e:#}")),
+            Ok(r) => r.map_err(|e| crate::error_text::chain(&e)),
             Err(e) => Err(format!("git task failed: {e}")),
         }
     }
@@ -290,14 +290,14 @@ impl Syncer {
                     detail,
                 },
             ) {
-                warn!(error = %e, "cannot record a run stage");
+                warn!(error = %crate::error_text::chain(&e), "cannot record a run stage");
             }
         };
         let finish = |result, reason: Option<String>, errors: &[Diagnostic]| {
             if let Err(e) =
                 store.finish_run(run_id, result, reason.as_deref(), errors, Timestamp::now())
             {
-                warn!(error = %e, "cannot record the run result");
+                warn!(error = %crate::error_text::chain(&e), "cannot record the run result");
             }
         };
         let fetched = StageRecord {
@@ -632,7 +632,9 @@ impl Syncer {
             Ok(None) => {
                 let _ = self.state.store.set_meta(APPLIED_KEY, "");
             }
-            Err(e) => warn!(error = %e, "cannot read the previous revision"),
+            Err(e) => {
+                warn!(error = %crate::error_text::chain(&e), "cannot read the previous revision")
+            }
         }
     }
 
@@ -656,7 +658,7 @@ impl Syncer {
                 store.finish_run(id, RunResult::Failed, Some(&reason), &[], Timestamp::now())
             });
         if let Err(e) = recorded {
-            warn!(error = %e, "cannot record the poison commit's run");
+            warn!(error = %crate::error_text::chain(&e), "cannot record the poison commit's run");
         }
     }
 

@@ -120,7 +120,7 @@ pub async fn stream(
                 .store
                 .call(move |s| s.latest_events(server.as_deref(), None, backlog))
                 .await
-                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
             match newest.last() {
                 Some(oldest) => oldest.id - 1,
                 None => latest_id(&state).await?,
@@ -156,7 +156,7 @@ async fn latest_id(state: &AgentState) -> Result<i64, ApiError> {
         .store
         .call(|s| s.latest_events(None, None, 1))
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?
         .first()
         .map_or(0, |e| e.id))
 }
@@ -199,7 +199,7 @@ async fn feed(
             {
                 Ok(page) => page,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the event log for a subscriber");
+                    tracing::warn!(error = %crate::error_text::chain(&e), "cannot read the event log for a subscriber");
                     return;
                 }
             };
@@ -276,6 +276,6 @@ pub async fn history(
             }
         })
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
     Ok(Json(json!({ "events": events })))
 }

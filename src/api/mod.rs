@@ -295,7 +295,7 @@ async fn revisions(
         .store
         .call(move |s| s.runs(limit))
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
     Ok(Json(json!({ "revisions": runs })))
 }
 
@@ -308,7 +308,7 @@ async fn revision(
         .store
         .call(move |s| s.run_for_commit(&c))
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?
+        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?
         .map(Json)
         .ok_or_else(|| {
             ApiError::new(
@@ -363,7 +363,7 @@ async fn rollout(
         .store
         .call(move |st| Ok((st.rollout(n)?, st.rollout_timeline(n)?)))
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
     let record = record.ok_or_else(not_found)?;
     let mut v = serde_json::to_value(record).map_err(|e| ApiError::internal(e.to_string()))?;
     v["steps"] = json!(steps);
@@ -554,7 +554,7 @@ async fn metrics(
         .store
         .call(|st| st.rollout_counts())
         .await
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
     let mut out = String::new();
     use crate::metrics::render_family;
     render_family(

@@ -40,7 +40,7 @@ pub fn after(given: Option<i64>) -> Result<Option<i64>, ApiError> {
 }
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
-    ApiError::internal(format!("{e:#}"))
+    ApiError::internal(crate::error_text::chain(&e))
 }
 
 fn validation(message: String) -> ApiError {
@@ -55,7 +55,7 @@ pub fn operator_error(e: OperatorError) -> ApiError {
         | OperatorError::NotInHistory { .. }) => {
             ApiError::new(StatusCode::CONFLICT, "CONFLICT", e.to_string())
         }
-        other => ApiError::internal(format!("{other:#}")),
+        other => ApiError::internal(crate::error_text::chain(&other)),
     }
 }
 

@@ -64,7 +64,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of descriptors (EMFILE) or a connection reset before accept:
                     // neither is fatal, and retrying at once would spin.
-                    warn!(error = %e, "cannot accept a connection");
+                    warn!(error = %crate::error_text::chain(&e), "cannot accept a connection");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -95,7 +95,7 @@ pub async fn serve(
             tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(e) = result {
-                        debug!(peer = %peer, error = %e, "connection ended with an error");
+                        debug!(peer = %peer, error = %crate::error_text::chain(&e), "connection ended with an error");
                     }
                 }
                 _ = shutdown.cancelled() => {

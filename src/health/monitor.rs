@@ -301,7 +301,7 @@ impl Monitor {
 
     fn record(&self, event: NewHealthEvent) {
         if let Err(e) = self.inner.store.add_health_event(&event) {
-            warn!(error = %e, "cannot record a health event");
+            warn!(error = %crate::error_text::chain(&e), "cannot record a health event");
         }
     }
 

@@ -169,7 +169,9 @@ impl Executor {
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(o) => outcomes.push(o),
-                Err(e) => warn!(error = %e, "an apply task panicked or was cancelled"),
+                Err(e) => {
+                    warn!(error = %crate::error_text::chain(&e), "an apply task panicked or was cancelled")
+                }
             }
         }
         outcomes
@@ -237,7 +239,7 @@ impl Executor {
         match self.store.begin_rollout(&new) {
             Ok(id) => Some(id),
             Err(e) => {
-                warn!(error = %e, "cannot record the rollout start");
+                warn!(error = %crate::error_text::chain(&e), "cannot record the rollout start");
                 None
             }
         }
@@ -261,7 +263,7 @@ impl Executor {
             rolled_back_to,
         };
         if let Err(e) = self.store.finish_rollout(id, &end) {
-            warn!(error = %e, "cannot record the rollout end");
+            warn!(error = %crate::error_text::chain(&e), "cannot record the rollout end");
         }
     }
 
@@ -271,7 +273,7 @@ impl Executor {
                 self.store
                     .add_rollout_step(id, step, detail.as_deref(), Timestamp::now())
         {
-            warn!(error = %e, "cannot record a rollout step");
+            warn!(error = %crate::error_text::chain(&e), "cannot record a rollout step");
         }
     }
 
@@ -383,7 +385,7 @@ impl Executor {
                 if let (Some(rid), Some(digest)) = (id, &i.image_digest)
                     && let Err(e) = self.store.set_rollout_digest(rid, digest)
                 {
-                    warn!(error = %e, "cannot record the image digest");
+                    warn!(error = %crate::error_text::chain(&e), "cannot record the image digest");
                 }
                 Ok(i)
             }
@@ -482,7 +484,7 @@ impl Executor {
                 failed_at: Timestamp::now(),
             })
         {
-            warn!(error = %e, "cannot remember the failed version");
+            warn!(error = %crate::error_text::chain(&e), "cannot remember the failed version");
         }
 
         let restored = match (&previous, desired.policy.rollback_on_failure) {
@@ -623,7 +625,7 @@ impl Executor {
                     latency_ms: r.latency_ms,
                 };
                 if let Err(e) = self.store.add_rollout_probe(id, &probe) {
-                    warn!(error = %e, "cannot record a probe");
+                    warn!(error = %crate::error_text::chain(&e), "cannot record a probe");
                 }
                 last_recorded = Some(last.clone());
             }
@@ -795,7 +797,7 @@ pub(crate) fn notify(redactor: &Redactor, url: String, mut payload: serde_json::
         {
             Ok(c) => c,
             Err(e) => {
-                warn!(error = %e, "cannot build the notification client");
+                warn!(error = %crate::error_text::chain(&e), "cannot build the notification client");
                 return;
             }
         };
@@ -804,7 +806,9 @@ pub(crate) fn notify(redactor: &Redactor, url: String, mut payload: serde_json::
             Ok(r) => {
                 warn!(url = %url, status = r.status().as_u16(), "the notification channel refused the event")
             }
-            Err(e) => warn!(url = %url, error = %e, "cannot reach the notification channel"),
+            Err(e) => {
+                warn!(url = %url, error = %crate::error_text::chain(&e), "cannot reach the notification channel")
+            }
         }
     });
 }

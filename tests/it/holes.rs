@@ -1337,3 +1337,21 @@ async fn a_store_that_cannot_be_read_never_brings_back_a_stopped_server() {
     assert_eq!(agent.server("off").await.unwrap()["state"], "stopped");
     assert!(live_instances(agent.data.path(), "off").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_error_from_the_store_keeps_its_cause() {
+    let (_repo, agent, _) = one_running("cause", "1.0.0").await;
+    let db = rusqlite::Connection::open(agent.data.path().join("state.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute_batch("ALTER TABLE rollouts RENAME TO rollouts_away;")
+        .unwrap();
+    let (status, body) = agent.get("/servers/cause/rollouts").await;
+    db.execute_batch("ALTER TABLE rollouts_away RENAME TO rollouts;")
+        .unwrap();
+    assert_eq!(status, 500, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no such table"),
+        "the cause is lost: {message}"
+    );
+}
