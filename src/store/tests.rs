@@ -1,3 +1,5 @@
+//! Unit tests of the store against a real SQLite file in a temporary directory.
+
 use super::*;
 
 fn now() -> Timestamp {

@@ -19,5 +19,6 @@ mod registry;
 mod rollback;
 mod schemathesis;
 mod support;
+mod tidy;
 mod upgrades;
 mod validate;

@@ -1,0 +1,120 @@
+//! House rules checked over the source tree, as rust-analyzer's tidy test does: what
+//! `ARCHITECTURE.md` and the style guide promise, kept true by `cargo test`.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::REPO;
+
+/// Every `.rs` file under `dir`, with its path relative to `src/`.
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path: PathBuf = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path.strip_prefix(dir).unwrap().display().to_string();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn src() -> Vec<(String, String)> {
+    sources(&Path::new(REPO).join("src"))
+}
+
+/// The file's code before its unit tests.
+fn without_tests(text: &str) -> &str {
+    text.find("#[cfg(test)]").map_or(text, |i| &text[..i])
+}
+
+#[test]
+fn every_source_file_opens_with_a_doc_comment() {
+    let missing: Vec<String> = src()
+        .into_iter()
+        .filter(|(_, text)| !text.trim_start().starts_with("//!"))
+        .map(|(path, _)| path)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "files without a `//!` paragraph: {missing:?}"
+    );
+}
+
+#[test]
+fn each_external_crate_is_named_only_by_its_owning_module() {
+    let owners: &[(&str, &[&str])] = &[
+        ("bollard", &["runtime/"]),
+        ("git2", &["source/"]),
+        ("rusqlite", &["store/"]),
+        ("axum", &["api/"]),
+        ("hyper", &["api/serve.rs"]),
+        ("hyper_util", &["api/serve.rs"]),
+        ("tower_service", &["api/serve.rs"]),
+        ("rmcp", &["mcp/"]),
+        ("clap", &["cli/"]),
+        ("tracing_subscriber", &["cli/"]),
+        ("tracing_appender", &["cli/"]),
+    ];
+    let mut strays = Vec::new();
+    for (path, text) in src() {
+        for (krate, homes) in owners {
+            let named = text.lines().any(|l| {
+                let l = l.trim_start();
+                !l.starts_with("//")
+                    && (l.contains(&format!("{krate}::")) || l.contains(&format!("use {krate};")))
+                    && !l.contains(&format!("_{krate}::"))
+            });
+            if named && !homes.iter().any(|h| path.starts_with(h)) {
+                strays.push(format!("{path} names {krate} (owned by {homes:?})"));
+            }
+        }
+    }
+    assert!(strays.is_empty(), "{strays:#?}");
+}
+
+#[test]
+fn daemon_code_has_no_unwrap_or_expect() {
+    // Everything but the CLI and the binary's entry runs inside the long-lived agent.
+    let mut found = Vec::new();
+    for (path, text) in src() {
+        if path.starts_with("cli/") || path == "main.rs" || path.ends_with("tests.rs") {
+            continue;
+        }
+        for (n, line) in without_tests(&text).lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            if code.contains(".unwrap()") || code.contains(".expect(") {
+                found.push(format!("{path}:{}: {}", n + 1, code));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
+fn the_code_map_has_a_row_for_every_top_level_module() {
+    let lib = std::fs::read_to_string(Path::new(REPO).join("src/lib.rs")).unwrap();
+    let arch = std::fs::read_to_string(Path::new(REPO).join("ARCHITECTURE.md")).unwrap();
+    let missing: Vec<&str> = lib
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub mod "))
+        .map(|m| m.trim_end_matches(';'))
+        .filter(|m| {
+            !arch.lines().any(|row| {
+                row.starts_with(&format!("| `{m}` |")) || row.starts_with(&format!("| `{m}::"))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's code map lacks {missing:?}"
+    );
+}
