@@ -342,7 +342,8 @@ impl Executor {
             .iter()
             .filter(|i| previous.as_ref().is_none_or(|p| p.id != i.id))
             .collect();
-        if strategy == "beside" && !leftovers.is_empty() {
+        // A recovery restart keeps them: recreate is the attempt that clears them.
+        if strategy == "beside" && action != RolloutAction::Restart && !leftovers.is_empty() {
             for leftover in &leftovers {
                 if let Err(e) = self.retire(leftover).await {
                     warn!(instance = %leftover.id, error = %e, "cannot remove a leftover instance");
