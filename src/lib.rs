@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod error_text;
+pub mod fleet;
 pub mod health;
 pub mod manifest;
 pub mod mcp;

@@ -116,6 +116,7 @@ pub async fn run(
         ));
     }
     let mut transitions = state.monitor.subscribe();
+    let mut fleet = state.view.subscribe();
     let mut last: Option<(Option<String>, Vec<Backend>)> = None;
     loop {
         // Until the runtime has been listed the view is empty for lack of knowledge, not
@@ -123,8 +124,7 @@ pub async fn run(
         if !state.fleet().observed {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = state.routing_changed() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = fleet.changed() => {}
             }
             continue;
         }
@@ -146,7 +146,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = state.routing_changed() => {}
+            _ = fleet.changed() => {}
             _ = transitions.recv() => {}
             // A safety net for changes no one announced.
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -340,34 +340,33 @@ pub async fn run(
         })??;
 
     let (tx, mut rx) = mpsc::channel(1);
-    // The executor reports rollout phases to the state it is part of; the cell breaks that
-    // cycle without a strong reference from the executor to the state.
-    let phase_target: Arc<std::sync::OnceLock<std::sync::Weak<AgentState>>> = Arc::default();
-    let target = phase_target.clone();
+    let exit_wake = tx.clone();
+    // The fleet view and the monitor exist before the executor, which reports its rollout
+    // phases straight to them.
+    let view = crate::fleet::Fleet::new();
+    let monitor = crate::health::Monitor::new(store.clone(), 256, redactor.clone());
+    let (phase_view, phase_monitor) = (view.clone(), monitor.clone());
     let mut executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency)
         .with_redactor(redactor.clone())
         .on_phase(move |server, phase| {
-            if let Some(state) = target.get().and_then(std::sync::Weak::upgrade) {
-                state.rollout_phase(server, phase);
-            }
+            crate::fleet::on_rollout_phase(&phase_view, &phase_monitor, server, phase);
         });
     executor.drain = settings.drain;
-    let monitor = crate::health::Monitor::new(store.clone(), 256, redactor.clone());
     let mut state = AgentState::new(
         store.clone(),
         executor.clone(),
         monitor.clone(),
+        view,
         runtime.kind(),
         settings.git.branch.clone(),
-        settings.webhook_secret.clone(),
         tx,
     );
+    state.webhook_secret = settings.webhook_secret.clone();
     state.api_keys = api_keys(&settings)?;
     state.api_keys.iter().for_each(|k| redactor.add(k));
     state.keys_for_reads = settings.keys_for_reads;
     state.shutdown = shutdown.clone();
     let state = Arc::new(state);
-    let _ = phase_target.set(Arc::downgrade(&state));
     let addr = listener.local_addr().map_err(AgentError::Serve)?;
     let limits = crate::api::serve::Limits {
         header_read_timeout: settings.header_read_timeout,
@@ -426,7 +425,7 @@ pub async fn run(
     tokio::spawn(recovery::watch_exits(
         runtime.subscribe(),
         monitor.clone(),
-        Arc::downgrade(&state),
+        exit_wake,
         shutdown.clone(),
     ));
     tokio::spawn(recovery::run(state.clone(), shutdown.clone()));

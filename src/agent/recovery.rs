@@ -28,7 +28,7 @@ use crate::store::NewHealthEvent;
 pub async fn watch_exits(
     mut events: broadcast::Receiver<RuntimeEvent>,
     monitor: Monitor,
-    state: std::sync::Weak<AgentState>,
+    wake: tokio::sync::mpsc::Sender<super::state::Trigger>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -48,13 +48,13 @@ pub async fn watch_exits(
                     }
                 };
                 monitor.instance_exited(&e.instance_id, &cause);
-                if let Some(state) = state.upgrade() {
-                    // Docker restarts within a second or so; refresh after it had the chance.
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
-                        state.wake(super::state::Trigger::Operator);
-                    });
-                }
+                // Docker restarts within a second or so; refresh after it had the chance. A
+                // full queue already holds a wake-up, which is all that is needed.
+                let wake = wake.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    let _ = wake.try_send(super::state::Trigger::Runtime);
+                });
             }
             Err(broadcast::error::RecvError::Lagged(n)) => warn!(
                 missed = n,

@@ -4,13 +4,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 
 use jiff::Timestamp;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::health::{Monitor, Target};
-use crate::manifest::Transport;
+pub use crate::fleet::{Fleet, FleetView, ServerView};
+use crate::health::Monitor;
 use crate::reconcile::Desired;
-use crate::reconcile::execute::{ApplyContext, Executor, RolloutPhase};
+use crate::reconcile::execute::{ApplyContext, Executor};
 use crate::runtime::RuntimeKind;
 use crate::store::{Store, StoreError};
 
@@ -44,6 +43,8 @@ pub enum Trigger {
     Operator,
     /// The registry has new tags.
     Registry,
+    /// An instance exited (or was restarted by its runtime): the endpoint may have moved.
+    Runtime,
 }
 
 impl Trigger {
@@ -55,60 +56,9 @@ impl Trigger {
             Trigger::Watch => "watch",
             Trigger::Operator => "operator",
             Trigger::Registry => "registry",
+            Trigger::Runtime => "runtime",
         }
     }
-}
-
-/// One server as an operator or the gateway sees it.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
-pub struct ServerView {
-    pub id: String,
-    pub name: Option<String>,
-    pub transport: Transport,
-    /// Where to reach MCP: `http://127.0.0.1:PORT/mcp`.
-    pub endpoint: Option<String>,
-    pub desired_version: String,
-    pub running_version: Option<String>,
-    /// `running`, `pending`, `failed`, `stopped` (by an operator), or `removing`.
-    pub state: String,
-    /// Why it is not simply running the desired version.
-    pub reason: Option<String>,
-    pub instance_id: Option<String>,
-    pub revision: Option<String>,
-    pub since: Timestamp,
-    /// A newer version the update policy only reports (`auto_update: false`).
-    pub update_available: Option<String>,
-    /// The version an operator's rollback holds the server at (auto-update paused).
-    pub pinned_version: Option<String>,
-    /// Health as the monitor sees it now: `unknown`, `starting`, `healthy`, `degraded`,
-    /// `unhealthy` or `failed`; absent when the server is not monitored (not running).
-    pub health: Option<crate::health::HealthState>,
-    pub health_since: Option<Timestamp>,
-    /// What caused the last health transition.
-    pub health_reason: Option<String>,
-}
-
-/// The fleet after the last sync.
-#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
-pub struct FleetView {
-    /// The commit whose manifest is applied.
-    pub applied_revision: Option<String>,
-    /// The branch head last fetched.
-    pub head: Option<String>,
-    pub last_sync: Option<Timestamp>,
-    /// Set while the repository cannot be fetched.
-    pub source_error: Option<String>,
-    /// Set while the runtime cannot list its instances: the servers and endpoints shown
-    /// are the last ones seen, not a fleet that vanished.
-    pub runtime_error: Option<String>,
-    /// Set while the state database cannot record runs: a new commit waits for it.
-    pub store_error: Option<String>,
-    pub servers: Vec<ServerView>,
-    /// Whether the runtime has been listed since the agent started. Until then the view
-    /// is empty for lack of knowledge, and nothing is published to gateways.
-    #[serde(skip)]
-    #[schemars(skip)]
-    pub observed: bool,
 }
 
 /// State shared between the agent's tasks.
@@ -133,15 +83,14 @@ pub struct AgentState {
     /// The agent's shutdown token. Long-lived responses (event streams, MCP sessions) end
     /// with it, so they never hold the HTTP server's graceful shutdown open.
     pub shutdown: tokio_util::sync::CancellationToken,
-    // A std lock: readers copy out, the sync loop swaps in a new view; never held across await.
-    fleet: RwLock<FleetView>,
+    /// The live fleet view (see [`crate::fleet`]).
+    pub view: Fleet,
     triggers: mpsc::Sender<Trigger>,
     /// Tags per image repository from the last registry poll.
     tags: RwLock<HashMap<String, Vec<String>>>,
     /// The image repositories the applied manifest's servers use, for the registry poller.
     images: RwLock<BTreeSet<String>>,
     images_changed: tokio::sync::Notify,
-    routing: tokio::sync::Notify,
 }
 
 impl AgentState {
@@ -149,9 +98,9 @@ impl AgentState {
         store: Store,
         executor: Executor,
         monitor: Monitor,
+        view: Fleet,
         runtime: RuntimeKind,
         branch: String,
-        webhook_secret: Option<String>,
         triggers: mpsc::Sender<Trigger>,
     ) -> AgentState {
         AgentState {
@@ -161,19 +110,18 @@ impl AgentState {
             desired: RwLock::default(),
             runtime,
             branch,
-            webhook_secret,
+            webhook_secret: None,
             started_at: Timestamp::now(),
             sync_duration: crate::metrics::Histogram::default(),
             publish_counts: crate::publish::Counts::default(),
             api_keys: Vec::new(),
             keys_for_reads: false,
             shutdown: tokio_util::sync::CancellationToken::new(),
-            fleet: RwLock::new(FleetView::default()),
+            view,
             triggers,
             tags: RwLock::default(),
             images: RwLock::default(),
             images_changed: tokio::sync::Notify::new(),
-            routing: tokio::sync::Notify::new(),
         }
     }
 
@@ -302,54 +250,6 @@ impl AgentState {
             .collect();
     }
 
-    /// What the executor reports about a rollout: the monitor steps aside while it runs,
-    /// and a new instance is published (and monitored) before its predecessor stops.
-    pub fn rollout_phase(&self, server: &str, phase: RolloutPhase<'_>) {
-        match phase {
-            RolloutPhase::Started => self.monitor.rollout_started(server),
-            RolloutPhase::Switched(instance, desired) => {
-                self.switch_to(instance);
-                if let Some(port) = instance.host_port {
-                    self.monitor.rollout_switched(Target {
-                        server_id: server.to_owned(),
-                        instance_id: instance.id.clone(),
-                        port,
-                        version: instance.version.to_string(),
-                        check: desired.health.clone(),
-                        mcp_path: desired.mcp_path.clone(),
-                    });
-                }
-            }
-            RolloutPhase::Finished => self.monitor.rollout_finished(server),
-        }
-    }
-
-    /// Publishes a newly healthy instance at once, before its predecessor stops, so the
-    /// endpoint readers see always answers.
-    pub fn switch_to(&self, instance: &crate::runtime::Instance) {
-        let mut fleet = self.fleet.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(view) = fleet
-            .servers
-            .iter_mut()
-            .find(|s| s.id == instance.server_id)
-        {
-            let path = view
-                .endpoint
-                .as_deref()
-                .and_then(|e| {
-                    e.find("://")
-                        .and_then(|i| e[i + 3..].find('/').map(|j| e[i + 3 + j..].to_owned()))
-                })
-                .unwrap_or_else(|| "/mcp".to_owned());
-            view.endpoint = instance.base_url().map(|b| format!("{b}{path}"));
-            view.running_version = Some(instance.version.to_string());
-            view.instance_id = Some(instance.id.clone());
-            view.revision = Some(instance.revision.clone());
-        }
-        drop(fleet);
-        self.routing.notify_one();
-    }
-
     /// Tags per image repository, as last polled.
     pub fn tags(&self) -> HashMap<String, Vec<String>> {
         self.tags.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -386,7 +286,7 @@ impl AgentState {
     }
 
     pub fn fleet(&self) -> FleetView {
-        self.fleet.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.view.get()
     }
 
     /// The fleet with each server's live health from the monitor.
@@ -438,13 +338,7 @@ impl AgentState {
     }
 
     pub fn set_fleet(&self, view: FleetView) {
-        *self.fleet.write().unwrap_or_else(|p| p.into_inner()) = view;
-        self.routing.notify_one();
-    }
-
-    /// Resolves when the fleet view changed (the gateway publisher listens).
-    pub async fn routing_changed(&self) {
-        self.routing.notified().await;
+        self.view.set(view);
     }
 
     /// Asks the sync loop to run soon; bursts collapse into one sync.

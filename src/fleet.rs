@@ -1,0 +1,153 @@
+//! The live fleet view: what runs, where, and how healthy, as the sync loop and the rollout
+//! executor last saw it. It is shared through a `tokio::sync::watch` channel, so readers
+//! (the API, the MCP tools, the gateway publisher) copy out the latest view or wait for the
+//! next one, and writers never hold a lock across an await.
+//!
+//! The executor's rollout phases land here directly ([`on_rollout_phase`]): a new instance
+//! is published, and monitored, before its predecessor stops, without the executor holding
+//! a reference back to the agent that owns it.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::health::{Monitor, Target};
+use crate::manifest::Transport;
+use crate::reconcile::execute::RolloutPhase;
+use crate::runtime::Instance;
+
+/// One server as an operator or the gateway sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct ServerView {
+    pub id: String,
+    pub name: Option<String>,
+    pub transport: Transport,
+    /// Where to reach MCP: `http://127.0.0.1:PORT/mcp`.
+    pub endpoint: Option<String>,
+    pub desired_version: String,
+    pub running_version: Option<String>,
+    /// `running`, `pending`, `failed`, `stopped` (by an operator), or `removing`.
+    pub state: String,
+    /// Why it is not simply running the desired version.
+    pub reason: Option<String>,
+    pub instance_id: Option<String>,
+    pub revision: Option<String>,
+    pub since: Timestamp,
+    /// A newer version the update policy only reports (`auto_update: false`).
+    pub update_available: Option<String>,
+    /// The version an operator's rollback holds the server at (auto-update paused).
+    pub pinned_version: Option<String>,
+    /// Health as the monitor sees it now: `unknown`, `starting`, `healthy`, `degraded`,
+    /// `unhealthy` or `failed`; absent when the server is not monitored (not running).
+    pub health: Option<crate::health::HealthState>,
+    pub health_since: Option<Timestamp>,
+    /// What caused the last health transition.
+    pub health_reason: Option<String>,
+}
+
+/// The fleet after the last sync.
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
+pub struct FleetView {
+    /// The commit whose manifest is applied.
+    pub applied_revision: Option<String>,
+    /// The branch head last fetched.
+    pub head: Option<String>,
+    pub last_sync: Option<Timestamp>,
+    /// Set while the repository cannot be fetched.
+    pub source_error: Option<String>,
+    /// Set while the runtime cannot list its instances: the servers and endpoints shown
+    /// are the last ones seen, not a fleet that vanished.
+    pub runtime_error: Option<String>,
+    /// Set while the state database cannot record runs: a new commit waits for it.
+    pub store_error: Option<String>,
+    pub servers: Vec<ServerView>,
+    /// Whether the runtime has been listed since the agent started. Until then the view
+    /// is empty for lack of knowledge, and nothing is published to gateways.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub observed: bool,
+}
+
+/// A cheap handle to the fleet view; clones share it.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    tx: Arc<watch::Sender<FleetView>>,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet::new()
+    }
+}
+
+impl Fleet {
+    pub fn new() -> Fleet {
+        Fleet {
+            tx: Arc::new(watch::Sender::new(FleetView::default())),
+        }
+    }
+
+    /// The view now.
+    pub fn get(&self) -> FleetView {
+        self.tx.borrow().clone()
+    }
+
+    /// Replaces the view; every subscriber wakes.
+    pub fn set(&self, view: FleetView) {
+        self.tx.send_replace(view);
+    }
+
+    /// A receiver that wakes on every change (the gateway publisher follows it).
+    pub fn subscribe(&self) -> watch::Receiver<FleetView> {
+        self.tx.subscribe()
+    }
+
+    /// Publishes a newly healthy instance at once, before its predecessor stops, so the
+    /// endpoint readers see always answers.
+    pub fn switch_to(&self, instance: &Instance) {
+        self.tx.send_modify(|fleet| {
+            if let Some(view) = fleet
+                .servers
+                .iter_mut()
+                .find(|s| s.id == instance.server_id)
+            {
+                let path = view
+                    .endpoint
+                    .as_deref()
+                    .and_then(|e| {
+                        e.find("://")
+                            .and_then(|i| e[i + 3..].find('/').map(|j| e[i + 3 + j..].to_owned()))
+                    })
+                    .unwrap_or_else(|| "/mcp".to_owned());
+                view.endpoint = instance.base_url().map(|b| format!("{b}{path}"));
+                view.running_version = Some(instance.version.to_string());
+                view.instance_id = Some(instance.id.clone());
+                view.revision = Some(instance.revision.clone());
+            }
+        });
+    }
+}
+
+/// What the executor reports about a rollout: the monitor steps aside while it runs, and a
+/// new instance is published (and monitored) before its predecessor stops.
+pub fn on_rollout_phase(fleet: &Fleet, monitor: &Monitor, server: &str, phase: RolloutPhase<'_>) {
+    match phase {
+        RolloutPhase::Started => monitor.rollout_started(server),
+        RolloutPhase::Switched(instance, desired) => {
+            fleet.switch_to(instance);
+            if let Some(port) = instance.host_port {
+                monitor.rollout_switched(Target {
+                    server_id: server.to_owned(),
+                    instance_id: instance.id.clone(),
+                    port,
+                    version: instance.version.to_string(),
+                    check: desired.health.clone(),
+                    mcp_path: desired.mcp_path.clone(),
+                });
+            }
+        }
+        RolloutPhase::Finished => monitor.rollout_finished(server),
+    }
+}
