@@ -130,6 +130,9 @@ fn registry_credentials(
     serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
+/// How long shutdown waits for background tasks to finish their current step.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Health events and the event log are kept for this long…
 const EVENTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 /// …and at most this many health events per server…
@@ -399,10 +402,16 @@ pub async fn run(
         let (wtx, mut wrx) = mpsc::channel(1);
         match crate::source::watch::watch_refs(&dir, wtx) {
             Ok(w) => {
-                let state = state.clone();
-                tokio::spawn(async move {
-                    while wrx.recv().await.is_some() {
-                        state.wake(Trigger::Watch);
+                let (wake, stop) = (state.clone(), shutdown.clone());
+                state.tasks.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            changed = wrx.recv() => match changed {
+                                Some(()) => wake.wake(Trigger::Watch),
+                                None => return,
+                            },
+                        }
                     }
                 });
                 info!(git_dir = %dir.display(), "watching the local repository");
@@ -415,22 +424,26 @@ pub async fn run(
         }
     });
 
-    tokio::spawn(prune_events(store.clone(), shutdown.clone()));
-    tokio::spawn(crate::publish::run(
+    state
+        .tasks
+        .spawn(prune_events(store.clone(), shutdown.clone()));
+    state.tasks.spawn(crate::publish::run(
         state.clone(),
         settings.gateway_urls.clone(),
         settings.gateway_resend_interval,
         shutdown.clone(),
     ));
-    tokio::spawn(recovery::watch_exits(
+    state.tasks.spawn(recovery::watch_exits(
         runtime.subscribe(),
         monitor.clone(),
         exit_wake,
         shutdown.clone(),
     ));
-    tokio::spawn(recovery::run(state.clone(), shutdown.clone()));
+    state
+        .tasks
+        .spawn(recovery::run(state.clone(), shutdown.clone()));
     let registry = crate::registry::RegistryClient::new(registry_auths, 4);
-    tokio::spawn(registry_poll::run(
+    state.tasks.spawn(registry_poll::run(
         state.clone(),
         registry,
         settings.registry_poll_interval,
@@ -467,6 +480,19 @@ pub async fn run(
         }
     }
     info!("shutting down; the fleet keeps running");
+    // Background tasks end on the token; each finishes the step it is in (a Docker call, a
+    // store write), within a deadline so a stuck one cannot hold the agent.
+    state.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            seconds = SHUTDOWN_DEADLINE.as_secs(),
+            unfinished = state.tasks.len(),
+            "background tasks did not finish in time; stopping anyway"
+        );
+    }
     match api.await {
         Ok(r) => r.map_err(AgentError::Serve),
         Err(e) => Err(AgentError::Task {

@@ -83,7 +83,7 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
         };
         active.retain(|_, task| !task.is_finished());
         if t.to == HealthState::Unhealthy && !active.contains_key(&t.server_id) {
-            let task = tokio::spawn(recover(
+            let task = state.tasks.spawn(recover(
                 state.clone(),
                 t.server_id.clone(),
                 used.clone(),

@@ -85,6 +85,9 @@ pub struct AgentState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The live fleet view (see [`crate::fleet`]).
     pub view: Fleet,
+    /// Every background task of the agent: shutdown closes it and waits (with a deadline)
+    /// for them to finish their current step rather than dropping them mid-call.
+    pub tasks: tokio_util::task::TaskTracker,
     triggers: mpsc::Sender<Trigger>,
     /// Tags per image repository from the last registry poll.
     tags: RwLock<HashMap<String, Vec<String>>>,
@@ -118,6 +121,7 @@ impl AgentState {
             keys_for_reads: false,
             shutdown: tokio_util::sync::CancellationToken::new(),
             view,
+            tasks: tokio_util::task::TaskTracker::new(),
             triggers,
             tags: RwLock::default(),
             images: RwLock::default(),
@@ -319,7 +323,7 @@ impl AgentState {
         let state = self.clone();
         let held = self.store.clone();
         let id = server.to_owned();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             // A stop that landed since the check above wins.
             match held.call(move |st| st.held_servers()).await {
                 Ok(h) if h.contains(&id) => return,
