@@ -65,6 +65,36 @@ pub async fn watch_exits(
     }
 }
 
+/// What a recovery attempt does, by how many came before it in this episode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryAction {
+    /// A new instance beside the broken one, switched to once healthy.
+    Restart,
+    /// The same after removing stopped leftovers.
+    Recreate,
+    /// Tell the policy's notification channel; nothing else is tried.
+    Notify,
+}
+
+impl RecoveryAction {
+    /// restart, then recreate, then notify (the seed's order).
+    pub fn for_attempt(attempt: u32) -> RecoveryAction {
+        match attempt {
+            0 => RecoveryAction::Restart,
+            1 => RecoveryAction::Recreate,
+            _ => RecoveryAction::Notify,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryAction::Restart => "restart",
+            RecoveryAction::Recreate => "recreate",
+            RecoveryAction::Notify => "notify",
+        }
+    }
+}
+
 /// The recovery manager: one recovery at a time per server.
 pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
     let mut transitions = state.monitor.subscribe();
@@ -216,25 +246,21 @@ async fn recover(
             .unwrap_or_else(|p| p.into_inner())
             .entry(server.clone())
             .or_insert(0) += 1;
-        let (action, result) = match attempt {
-            0 => (
-                "restart",
-                state.executor.replace(&desired, false).await.map(|_| ()),
-            ),
-            1 => (
-                "recreate",
-                state.executor.replace(&desired, true).await.map(|_| ()),
-            ),
-            _ => {
+        let action = RecoveryAction::for_attempt(attempt);
+        let result = match action {
+            RecoveryAction::Restart => state.executor.replace(&desired, false).await.map(|_| ()),
+            RecoveryAction::Recreate => state.executor.replace(&desired, true).await.map(|_| ()),
+            RecoveryAction::Notify => {
                 notify(
                     &state,
                     &desired,
                     &server,
                     "the server is unhealthy and did not recover by restarting or recreating it",
                 );
-                ("notify", Err("an operator was notified".to_owned()))
+                Err("an operator was notified".to_owned())
             }
         };
+        let action = action.as_str();
         match &result {
             Ok(()) => info!(server = %server, action, "recovery action done"),
             Err(e) => {
@@ -326,4 +352,20 @@ fn notify(state: &AgentState, desired: &crate::reconcile::Desired, server: &str,
             "timestamp": Timestamp::now().to_string(),
         }),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecoveryAction;
+
+    #[test]
+    fn attempts_go_restart_recreate_then_notify() {
+        let actions: Vec<&str> = (0..5)
+            .map(|n| RecoveryAction::for_attempt(n).as_str())
+            .collect();
+        assert_eq!(
+            actions,
+            ["restart", "recreate", "notify", "notify", "notify"]
+        );
+    }
 }

@@ -58,6 +58,36 @@ pub struct Executor {
     redactor: Redactor,
 }
 
+/// How a new instance replaces the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// The new instance starts beside the old one, which keeps serving until the new one
+    /// passed its gate (zero downtime; needs a dynamic port).
+    Beside,
+    /// The old instance stops first, to free a fixed host port.
+    StopThenStart,
+}
+
+impl Strategy {
+    /// Beside whenever possible: only a fixed port with an instance holding it forces the
+    /// old one to stop first.
+    pub fn choose(fixed_port: bool, running_before: bool) -> Strategy {
+        if fixed_port && running_before {
+            Strategy::StopThenStart
+        } else {
+            Strategy::Beside
+        }
+    }
+
+    /// As recorded in the rollout.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Beside => "beside",
+            Strategy::StopThenStart => "stop_then_start",
+        }
+    }
+}
+
 /// A rollout's phases, as [`Executor::on_phase`] reports them.
 #[derive(Clone, Copy, Debug)]
 pub enum RolloutPhase<'a> {
@@ -308,30 +338,28 @@ impl Executor {
             .filter(|i| i.is_running())
             .max_by_key(|i| i.started_at)
             .cloned();
-        let strategy = if fixed_port && previous.is_some() {
-            "stop_then_start"
-        } else {
-            "beside"
-        };
+        let strategy = Strategy::choose(fixed_port, previous.is_some());
         let id = self.record_start(
             Some(desired),
             desired.server_id(),
             from,
             action,
             ctx,
-            Some(strategy),
+            Some(strategy.as_str()),
         );
         let from_text = previous
             .as_ref()
             .map(|p| p.version.to_string())
             .unwrap_or_else(|| "nothing".into());
-        info!(version = %desired.spec.version, strategy, "rolling out");
+        info!(version = %desired.spec.version, strategy = strategy.as_str(), "rolling out");
         self.step(
             id,
             "started",
             Some(format!(
-                "{from_text} → {} ({strategy}, trigger {})",
-                desired.spec.version, ctx.trigger
+                "{from_text} → {} ({}, trigger {})",
+                desired.spec.version,
+                strategy.as_str(),
+                ctx.trigger
             )),
         );
 
@@ -343,7 +371,8 @@ impl Executor {
             .filter(|i| previous.as_ref().is_none_or(|p| p.id != i.id))
             .collect();
         // A recovery restart keeps them: recreate is the attempt that clears them.
-        if strategy == "beside" && action != RolloutAction::Restart && !leftovers.is_empty() {
+        if strategy == Strategy::Beside && action != RolloutAction::Restart && !leftovers.is_empty()
+        {
             for leftover in &leftovers {
                 if let Err(e) = self.retire(leftover).await {
                     warn!(instance = %leftover.id, error = %e, "cannot remove a leftover instance");
@@ -358,7 +387,7 @@ impl Executor {
                 )),
             );
         }
-        if strategy == "stop_then_start" {
+        if strategy == Strategy::StopThenStart {
             for old in from {
                 if let Err(e) = self.retire(old).await {
                     let reason = format!("cannot stop the old instance to free port: {e}");
@@ -407,7 +436,7 @@ impl Executor {
                         desired.server_id(),
                         RolloutPhase::Switched(&instance, desired),
                     );
-                    if strategy == "beside" {
+                    if strategy == Strategy::Beside {
                         if from.iter().any(Instance::is_running) && !self.drain.is_zero() {
                             self.step(
                                 id,
@@ -537,11 +566,11 @@ impl Executor {
         &self,
         desired: &Desired,
         old: &Instance,
-        strategy: &str,
+        strategy: Strategy,
         id: Option<i64>,
     ) -> Result<String, String> {
         let version = old.version.to_string();
-        if strategy == "beside" {
+        if strategy == Strategy::Beside {
             // The old instance never stopped serving; make sure it still does.
             let port = old.host_port.ok_or("the old instance has no port")?;
             let h = &desired.health;
@@ -812,4 +841,18 @@ pub(crate) fn notify(redactor: &Redactor, url: String, mut payload: serde_json::
             }
         }
     });
+}
+
+#[cfg(test)]
+mod strategy_tests {
+    use super::Strategy;
+
+    #[test]
+    fn only_a_fixed_port_that_is_taken_stops_the_old_instance_first() {
+        assert_eq!(Strategy::choose(false, false), Strategy::Beside);
+        assert_eq!(Strategy::choose(false, true), Strategy::Beside);
+        assert_eq!(Strategy::choose(true, false), Strategy::Beside);
+        assert_eq!(Strategy::choose(true, true), Strategy::StopThenStart);
+        assert_eq!(Strategy::StopThenStart.as_str(), "stop_then_start");
+    }
 }
