@@ -29,12 +29,20 @@ impl Redactor {
         if value.chars().count() < MIN_LEN {
             return;
         }
+        // A server that prints its configuration as JSON escapes quotes, backslashes and
+        // control characters: that spelling is secret too.
+        let escaped = serde_json::to_string(value)
+            .ok()
+            .map(|q| q[1..q.len() - 1].to_owned())
+            .filter(|e| e != value);
         let mut values = self.values.write().unwrap_or_else(|p| p.into_inner());
-        if !values.iter().any(|v| v == value) {
-            values.push(value.to_owned());
-            // Longest first, so a secret that contains another is blanked whole.
-            values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for v in std::iter::once(value.to_owned()).chain(escaped) {
+            if !values.contains(&v) {
+                values.push(v);
+            }
         }
+        // Longest first, so a secret that contains another is blanked whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 
     /// `text` with every known secret value replaced by [`MASK`].
@@ -75,6 +83,8 @@ mod tests {
             shared.redact("KEY=s3cr3t-and-more OTHER=s3cr3t mode=on"),
             "KEY=[redacted] OTHER=[redacted] mode=on"
         );
+        r.add("quo\"te");
+        assert_eq!(r.redact(r#"{"K":"quo\"te"}"#), r#"{"K":"[redacted]"}"#);
         let mut v = serde_json::json!({"reason": ["x s3cr3t"], "n": 1});
         r.redact_json(&mut v);
         assert_eq!(v, serde_json::json!({"reason": ["x [redacted]"], "n": 1}));

@@ -49,8 +49,16 @@ impl DataDir {
             path: dir.to_owned(),
             source,
         };
-        let created = Created((!dir.exists()).then(|| dir.to_owned()));
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // Only a directory this call made is removed again: `create_dir` tells, where an
+        // `exists()` check would race with another agent starting on the same path.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut created = match std::fs::create_dir(dir) {
+            Ok(()) => Created(Some(dir.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Created(None),
+            Err(e) => return Err(io(e)),
+        };
         let path = dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -69,6 +77,8 @@ impl DataDir {
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
+                // The directory belongs to the agent holding the lock.
+                created.keep();
                 return Err(AgentError::Locked {
                     path: dir.to_owned(),
                     holder: text.trim().parse().ok(),

@@ -210,8 +210,9 @@ fn private_data_dir(dir: &std::path::Path) -> Result<(), AgentError> {
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let meta = entry.metadata().map_err(io)?;
-        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))
+        let mode = meta.permissions().mode();
+        if meta.is_file() && mode & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & !0o077))
                 .map_err(io)?;
         }
     }

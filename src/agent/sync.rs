@@ -48,11 +48,21 @@ pub struct Syncer {
     problems: Vec<DesiredProblem>,
     /// Consecutive fetch failures, for backoff.
     pub fetch_failures: u32,
-    /// Why the last new commit could not be recorded, until one can be.
-    store_error: Option<String>,
+    /// The new commit that could not be recorded, and why, until it can be (or the branch
+    /// moved away from it).
+    store_error: Option<(String, String)>,
     /// Set while a fetch runs on the blocking pool, also after the sync stopped waiting
     /// for it: a second fetch into the same mirror would only fight over its locks.
     fetching: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Clears the flag it holds when dropped.
+struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 const APPLIED_KEY: &str = "applied_revision";
@@ -100,9 +110,9 @@ impl Syncer {
         let source = self.source.clone();
         let fetching = self.fetching.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let head = source.fetch();
-            fetching.store(false, Ordering::SeqCst);
-            head
+            // Cleared however the fetch ends, a panic included.
+            let _done = ClearOnDrop(fetching);
+            source.fetch()
         });
         // libgit2 bounds each read; this bounds the whole fetch, with a margin for it.
         let budget = self.source.settings().timeout * crate::source::FETCH_BUDGET_FACTOR
@@ -181,6 +191,10 @@ impl Syncer {
             }
             Ok(head) => {
                 self.fetch_failures = 0;
+                // A branch that moved away from the unrecorded commit has nothing waiting.
+                if self.store_error.as_ref().is_some_and(|(c, _)| *c != head) {
+                    self.store_error = None;
+                }
                 if self.last_head.as_deref() != Some(head.as_str()) {
                     self.last_head = Some(head.clone());
                     let already = self.state.store.latest_result_for(&head).ok().flatten();
@@ -216,7 +230,7 @@ impl Syncer {
                         // next sync tries it again (the loop backs off meanwhile).
                         if let Err(e) = recorded {
                             self.last_head = None;
-                            self.store_error = Some(e);
+                            self.store_error = Some((head.clone(), e));
                         } else {
                             self.store_error = None;
                         }
@@ -703,13 +717,17 @@ impl Syncer {
                 let e = crate::error_text::chain(&e);
                 warn!(error = %e, "cannot list the runtime's instances; keeping the last known fleet");
                 let runtime_error = format!("the runtime cannot list its instances: {e}");
-                self.keep_last_view(source_error, Some(runtime_error), self.store_error.clone());
+                self.keep_last_view(
+                    source_error,
+                    Some(runtime_error),
+                    self.store_error.clone().map(|(_, e)| e),
+                );
                 return;
             }
         };
         match self.view(source_error.clone(), &observed) {
             Ok((mut view, targets)) => {
-                view.store_error = self.store_error.clone();
+                view.store_error = self.store_error.clone().map(|(_, e)| e);
                 view.observed = true;
                 self.state.set_fleet(view);
                 self.state.monitor.set_targets(targets);

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::IntoResponse;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
@@ -32,6 +33,14 @@ pub struct Limits {
     /// opens or its previous response ends.
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+}
+
+impl Limits {
+    /// How long a request may take, its body included, until its answer starts: three
+    /// header-read timeouts.
+    pub fn request_timeout(&self) -> Duration {
+        self.header_read_timeout * 3
+    }
 }
 
 impl Default for Limits {
@@ -78,13 +87,31 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let request_timeout = limits.request_timeout();
         connections.spawn(async move {
             let _permit = permit;
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(Peer(peer));
                     let mut app = app.clone();
-                    tower_service::Service::call(&mut app, request)
+                    let answer = tower_service::Service::call(&mut app, request);
+                    async move {
+                        // Until its answer starts: a client that trickles a body in holds
+                        // a connection no longer than this. A streamed answer (`GET
+                        // /events`) has started by then and is not cut.
+                        match tokio::time::timeout(request_timeout, answer).await {
+                            Ok(answer) => answer,
+                            Err(_) => Ok(super::error::ApiError::new(
+                                axum::http::StatusCode::REQUEST_TIMEOUT,
+                                "REQUEST_TIMEOUT",
+                                format!(
+                                    "the request was not received and answered within {:.1} s",
+                                    request_timeout.as_secs_f64()
+                                ),
+                            )
+                            .into_response()),
+                        }
+                    }
                 });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder

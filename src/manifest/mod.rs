@@ -14,7 +14,9 @@ pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Severity};
 pub use types::*;
-pub use validate::{Checked, CommandCheck, RepoFiles, check, check_with, host_command_check};
+pub use validate::{
+    Checked, CommandCheck, MAX_FILE_BYTES, RepoFiles, check, check_with, host_command_check,
+};
 
 /// The manifest's file name inside a manifest repository.
 pub const MANIFEST_FILE: &str = "ecosystem-manifest.yaml";
@@ -32,6 +34,9 @@ pub struct TextFile {
     /// only the valid part before it, and checking the file reports this instead of
     /// parsing it, since a file that is not text is a bad file, not a missing one.
     pub not_utf8: Option<NotUtf8>,
+    /// The file's size in bytes as stored; `text` is empty when a file over the size
+    /// `check` reads was left unread (see [`TextFile::too_large`]).
+    pub size: u64,
 }
 
 /// The first byte of a file that is not UTF-8, located.
@@ -47,8 +52,25 @@ impl TextFile {
     pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
         TextFile {
             path: path.into(),
+            size: 0,
             text: text.into(),
             not_utf8: None,
+        }
+        .sized()
+    }
+
+    fn sized(mut self) -> Self {
+        self.size = self.text.len() as u64;
+        self
+    }
+
+    /// A file too large to be read at all: only its size is kept, and `check` reports it.
+    pub fn too_large(path: impl Into<String>, size: u64) -> Self {
+        TextFile {
+            path: path.into(),
+            text: String::new(),
+            not_utf8: None,
+            size,
         }
     }
 
@@ -69,6 +91,7 @@ impl TextFile {
                 TextFile {
                     path: path.into(),
                     text: valid.to_owned(),
+                    size: bytes.len() as u64,
                     not_utf8: Some(NotUtf8 {
                         offset,
                         byte: bytes[offset],

@@ -67,7 +67,7 @@ pub fn check_with(
     let oversized: Vec<Diagnostic> = std::iter::once(&files.manifest)
         .chain(&files.policies)
         .chain(&files.trust)
-        .filter(|f| f.text.len() > MAX_FILE_BYTES)
+        .filter(|f| f.size.max(f.text.len() as u64) > MAX_FILE_BYTES as u64)
         .map(|f| Diagnostic {
             severity: Severity::Error,
             file: f.path.clone(),
@@ -76,7 +76,7 @@ pub fn check_with(
             path: String::new(),
             message: format!(
                 "the file is {} bytes; at most {} KiB is read",
-                f.text.len(),
+                f.size.max(f.text.len() as u64),
                 MAX_FILE_BYTES / 1024
             ),
         })

@@ -139,6 +139,12 @@ impl Builder {
 
     fn finish(&mut self, node: Node, anchor: usize) {
         if anchor > 0 {
+            // The kept copy costs memory too: nested anchors would otherwise multiply it
+            // past the bounds without ever being counted.
+            let (nodes, bytes) = size(&node);
+            if !self.count(node.at, nodes, bytes) {
+                return;
+            }
             self.anchors.insert(anchor, node.clone());
         }
         match self.stack.last_mut() {
@@ -374,5 +380,20 @@ mod tests {
         let err = parse(&text).unwrap_err();
         assert!(err.message.contains("MiB of text"), "{err:?}");
         assert!(err.at.line >= 2, "{err:?}");
+    }
+
+    #[test]
+    fn nested_anchors_count_the_copies_they_keep() {
+        // Each level anchors a list of aliases of the one before: the kept copies alone
+        // would grow geometrically.
+        let mut text = format!("a0: &a0 \"{}\"\n", "z".repeat(64 * 1024));
+        for level in 1..60 {
+            let prev = level - 1;
+            text.push_str(&format!(
+                "a{level}: &a{level} [*a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+            ));
+        }
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("too large"), "{err:?}");
     }
 }

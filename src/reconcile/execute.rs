@@ -366,10 +366,9 @@ impl Executor {
         // Leftovers of earlier attempts (an agent killed mid-rollout leaves a created,
         // exited or never-gated instance behind) go before another instance is started;
         // left for later, every interrupted attempt would add one more.
-        let leftovers: Vec<&Instance> = from
-            .iter()
-            .filter(|i| previous.as_ref().is_none_or(|p| p.id != i.id))
-            .collect();
+        // Only instances that do not run: a running one may be the one serving (the newest
+        // running is not necessarily the published one after an interrupted rollout).
+        let leftovers: Vec<&Instance> = from.iter().filter(|i| !i.is_running()).collect();
         // A recovery restart keeps them: recreate is the attempt that clears them.
         if strategy == Strategy::Beside && action != RolloutAction::Restart && !leftovers.is_empty()
         {
@@ -821,8 +820,10 @@ fn first_line(s: &str) -> String {
 pub(crate) fn notify(redactor: &Redactor, url: String, mut payload: serde_json::Value) {
     redactor.redact_json(&mut payload);
     tokio::spawn(async move {
+        // A redirect would re-send the reasons to a host the trust policy did not allow.
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
         {
             Ok(c) => c,

@@ -211,7 +211,13 @@ impl GitSource {
         };
         let manifest_path = Path::new(&self.settings.manifest_path);
         let base = manifest_path.parent().unwrap_or(Path::new(""));
-        let files = read_blob(&repo, &tree, manifest_path).map(|manifest_bytes| {
+        let manifest = read_blob(
+            &repo,
+            &tree,
+            manifest_path,
+            self.settings.manifest_path.clone(),
+        );
+        let files = manifest.map(|manifest| {
             let shown = |rel: &Path| base.join(rel).display().to_string();
             let mut policies = Vec::new();
             if let Ok(entry) = tree.get_path(&base.join(REPO_POLICY_DIR))
@@ -225,15 +231,19 @@ impl GitSource {
                 names.sort();
                 for name in names {
                     let rel = Path::new(REPO_POLICY_DIR).join(&name);
-                    if let Some(bytes) = read_blob(&repo, &tree, &base.join(&rel)) {
-                        policies.push(TextFile::from_bytes(shown(&rel), bytes));
+                    if let Some(file) = read_blob(&repo, &tree, &base.join(&rel), shown(&rel)) {
+                        policies.push(file);
                     }
                 }
             }
-            let trust = read_blob(&repo, &tree, &base.join(REPO_TRUST_FILE))
-                .map(|bytes| TextFile::from_bytes(shown(Path::new(REPO_TRUST_FILE)), bytes));
+            let trust = read_blob(
+                &repo,
+                &tree,
+                &base.join(REPO_TRUST_FILE),
+                shown(Path::new(REPO_TRUST_FILE)),
+            );
             RepoFiles {
-                manifest: TextFile::from_bytes(self.settings.manifest_path.clone(), manifest_bytes),
+                manifest,
                 policies,
                 trust,
             }
@@ -250,10 +260,21 @@ impl GitSource {
 
 /// A blob's bytes; `None` when absent (the run then reports a missing manifest). Bytes
 /// that are not UTF-8 are `check`'s to report, as an invalid file.
-fn read_blob(repo: &Repository, tree: &Tree<'_>, path: &Path) -> Option<Vec<u8>> {
+fn read_blob(repo: &Repository, tree: &Tree<'_>, path: &Path, shown: String) -> Option<TextFile> {
     let entry = tree.get_path(path).ok()?;
+    // The size comes from the object's header: a blob of gigabytes (which packs into a few
+    // megabytes) is never loaded, or reading the commit would exhaust memory before
+    // validation could refuse it.
+    let size = repo
+        .odb()
+        .and_then(|odb| odb.read_header(entry.id()))
+        .map(|(size, _)| size as u64)
+        .ok()?;
+    if size > crate::manifest::MAX_FILE_BYTES as u64 {
+        return Some(TextFile::too_large(shown, size));
+    }
     let blob = entry.to_object(repo).ok()?.peel_to_blob().ok()?;
-    Some(blob.content().to_vec())
+    Some(TextFile::from_bytes(shown, blob.content().to_vec()))
 }
 
 /// Local paths become absolute, so the mirror keeps working whatever the working directory.

@@ -62,10 +62,10 @@ async fn a_commit_cannot_exfiltrate_the_agents_secrets() {
         &format!(
             "version: \"1.1\"\nservers:\n\
              - id: leaky\n  version: \"1.0.0\"\n  process: {{ command: {cmd}, args: [\"{{port}}\"] }}\n  {health}\n  config_requirements:\n    - {{ name: LEAKY_TOKEN, secret: true }}\n\
-             - id: greedy\n  version: \"1.0.0\"\n  process: {{ command: {cmd}, args: [\"{{port}}\"] }}\n  {health}\n  config_requirements:\n    - {{ name: PATH, secret: true }}\n",
+             - id: greedy\n  version: \"1.0.0\"\n  process: {{ command: {cmd}, args: [\"{{port}}\"] }}\n  {health}\n  config_requirements:\n    - {{ name: HOME, secret: true }}\n",
             cmd = leaky.display()
         ),
-        "a server that prints its environment, and one asking for the agent's PATH",
+        "a server that prints its environment, and one asking for the agent's HOME",
     );
     let agent = TestAgent::start(
         repo.remote().to_str().unwrap(),
@@ -84,7 +84,7 @@ async fn a_commit_cannot_exfiltrate_the_agents_secrets() {
         || async {
             let s = agent.server("greedy").await?;
             let reason = s["reason"].as_str()?.to_owned();
-            reason.contains("PATH").then_some(reason)
+            reason.contains("HOME").then_some(reason)
         },
     )
     .await;
@@ -341,6 +341,18 @@ async fn slow_and_idle_connections_cannot_exhaust_the_api() {
         results.iter().filter(|c| !**c).count()
     );
     assert!(closed(idle).await, "the idle connection is closed");
+
+    // A client that trickles a body in is answered 408 and let go, not held.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    trickle
+        .write_all(b"POST /webhooks/git HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), trickle.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a trickled body held the connection past 5 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
     // And the API still answers.
     let (status, health) = agent.get("/health").await;
