@@ -411,7 +411,6 @@ async fn restart_does_not_resurrect_a_stopped_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rollback_to_a_version_that_never_ran_is_refused_without_force() {
-    use reqwest::Method;
     let (repo, agent, _) = one_running("rb", "1.0.0").await;
     repo.push_manifest(
         &crate::support::agent::process_manifest(&[("rb", "1.1.0")]),
@@ -419,13 +418,7 @@ async fn rollback_to_a_version_that_never_ran_is_refused_without_force() {
     );
     agent.wait_running("rb", "1.1.0", DEADLINE).await;
 
-    let (status, body) = agent
-        .call(
-            Method::POST,
-            "/servers/rb/rollback",
-            Some(serde_json::json!({"to": "9.9.9"})),
-        )
-        .await;
+    let (status, body) = agent.rollback_to("rb", "9.9.9").await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]["message"]
@@ -437,13 +430,7 @@ async fn rollback_to_a_version_that_never_ran_is_refused_without_force() {
     assert!(agent.server("rb").await.unwrap()["pinned_version"].is_null());
 
     // A version from its history is fine.
-    let (status, body) = agent
-        .call(
-            Method::POST,
-            "/servers/rb/rollback",
-            Some(serde_json::json!({"to": "1.0.0"})),
-        )
-        .await;
+    let (status, body) = agent.rollback_to("rb", "1.0.0").await;
     assert_eq!(status, 202, "{body}");
     agent.wait_running("rb", "1.0.0", DEADLINE).await;
 }
@@ -1203,13 +1190,7 @@ async fn status_shows_a_rejected_head_a_hold_and_a_stop() {
         "held 1.1.0",
     );
     agent.wait_running("held", "1.1.0", DEADLINE).await;
-    let (status, body) = agent
-        .call(
-            Method::POST,
-            "/servers/held/rollback",
-            Some(serde_json::json!({"to": "1.0.0"})),
-        )
-        .await;
+    let (status, body) = agent.rollback_to("held", "1.0.0").await;
     assert_eq!(status, 202, "{body}");
     agent.wait_running("held", "1.0.0", DEADLINE).await;
     let (status, _) = agent.call(Method::DELETE, "/servers/off", None).await;

@@ -229,6 +229,16 @@ impl TestAgent {
         .await
     }
 
+    /// Asks for an operator rollback of `server` to `version`.
+    pub async fn rollback_to(&self, server: &str, version: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/servers/{server}/rollback"),
+            Some(serde_json::json!({ "to": version })),
+        )
+        .await
+    }
+
     /// How many syncs the agent has finished, from `GET /metrics`: the counted event tests
     /// wait for when they show that something did not happen.
     pub async fn sync_count(&self) -> u64 {
