@@ -239,7 +239,7 @@ impl Executor {
         }
     }
 
-    fn record_start(
+    async fn record_start(
         &self,
         desired: Option<&Desired>,
         server: &str,
@@ -266,7 +266,7 @@ impl Executor {
             strategy: strategy.map(str::to_owned),
             started_at: Timestamp::now(),
         };
-        match self.store.begin_rollout(&new) {
+        match self.store.call(move |s| s.begin_rollout(&new)).await {
             Ok(id) => Some(id),
             Err(e) => {
                 warn!(error = %crate::error_text::chain(&e), "cannot record the rollout start");
@@ -275,7 +275,7 @@ impl Executor {
         }
     }
 
-    fn record_end(
+    async fn record_end(
         &self,
         id: Option<i64>,
         outcome: RolloutOutcome,
@@ -292,17 +292,19 @@ impl Executor {
             finished_at: Timestamp::now(),
             rolled_back_to,
         };
-        if let Err(e) = self.store.finish_rollout(id, &end) {
+        if let Err(e) = self.store.call(move |s| s.finish_rollout(id, &end)).await {
             warn!(error = %crate::error_text::chain(&e), "cannot record the rollout end");
         }
     }
 
-    fn step(&self, id: Option<i64>, step: &str, detail: Option<String>) {
-        if let Some(id) = id
-            && let Err(e) =
-                self.store
-                    .add_rollout_step(id, step, detail.as_deref(), Timestamp::now())
-        {
+    async fn step(&self, id: Option<i64>, step: &str, detail: Option<String>) {
+        let Some(id) = id else { return };
+        let step = step.to_owned();
+        let recorded = self
+            .store
+            .call(move |s| s.add_rollout_step(id, &step, detail.as_deref(), Timestamp::now()))
+            .await;
+        if let Err(e) = recorded {
             warn!(error = %crate::error_text::chain(&e), "cannot record a rollout step");
         }
     }
@@ -339,14 +341,16 @@ impl Executor {
             .max_by_key(|i| i.started_at)
             .cloned();
         let strategy = Strategy::choose(fixed_port, previous.is_some());
-        let id = self.record_start(
-            Some(desired),
-            desired.server_id(),
-            from,
-            action,
-            ctx,
-            Some(strategy.as_str()),
-        );
+        let id = self
+            .record_start(
+                Some(desired),
+                desired.server_id(),
+                from,
+                action,
+                ctx,
+                Some(strategy.as_str()),
+            )
+            .await;
         let from_text = previous
             .as_ref()
             .map(|p| p.version.to_string())
@@ -361,7 +365,8 @@ impl Executor {
                 strategy.as_str(),
                 ctx.trigger
             )),
-        );
+        )
+        .await;
 
         // Leftovers of earlier attempts (an agent killed mid-rollout leaves a created,
         // exited or never-gated instance behind) go before another instance is started;
@@ -384,13 +389,15 @@ impl Executor {
                     "{} instance(s) left by an earlier, unfinished attempt",
                     leftovers.len()
                 )),
-            );
+            )
+            .await;
         }
         if strategy == Strategy::StopThenStart {
             for old in from {
                 if let Err(e) = self.retire(old).await {
                     let reason = format!("cannot stop the old instance to free port: {e}");
-                    self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None, None);
+                    self.record_end(id, RolloutOutcome::Failed, Some(reason.clone()), None, None)
+                        .await;
                     return Err(reason);
                 }
             }
@@ -398,7 +405,8 @@ impl Executor {
                 id,
                 "stopped_old",
                 Some("fixed host port: the old instance stopped first".into()),
-            );
+            )
+            .await;
         }
         let started = match self.runtime.start(&desired.spec).await {
             Ok(i) => {
@@ -410,9 +418,13 @@ impl Executor {
                         i.id,
                         i.host_port.map_or("?".into(), |p| p.to_string())
                     )),
-                );
-                if let (Some(rid), Some(digest)) = (id, &i.image_digest)
-                    && let Err(e) = self.store.set_rollout_digest(rid, digest)
+                )
+                .await;
+                if let (Some(rid), Some(digest)) = (id, i.image_digest.clone())
+                    && let Err(e) = self
+                        .store
+                        .call(move |s| s.set_rollout_digest(rid, &digest))
+                        .await
                 {
                     warn!(error = %crate::error_text::chain(&e), "cannot record the image digest");
                 }
@@ -430,7 +442,8 @@ impl Executor {
                             "{} consecutive healthy probes",
                             desired.health.success_threshold
                         )),
-                    );
+                    )
+                    .await;
                     self.phase(
                         desired.server_id(),
                         RolloutPhase::Switched(&instance, desired),
@@ -441,7 +454,8 @@ impl Executor {
                                 id,
                                 "draining",
                                 Some(format!("the old instance serves {:?} more", self.drain)),
-                            );
+                            )
+                            .await;
                             tokio::time::sleep(self.drain).await;
                         }
                         for old in from {
@@ -457,10 +471,12 @@ impl Executor {
                                     "now serving {}; the old instance is stopped",
                                     desired.spec.version
                                 )),
-                            );
+                            )
+                            .await;
                         }
                     }
-                    self.record_end(id, RolloutOutcome::Succeeded, None, Some(&instance), None);
+                    self.record_end(id, RolloutOutcome::Succeeded, None, Some(&instance), None)
+                        .await;
                     info!(version = %desired.spec.version, endpoint = instance.base_url().unwrap_or_default(), "rolled out");
                     return Ok(instance);
                 }
@@ -500,18 +516,21 @@ impl Executor {
             }
             let _ = self.retire(instance).await;
         }
-        self.step(id, "gate_failed", Some(first_line(&reason)));
+        self.step(id, "gate_failed", Some(first_line(&reason)))
+            .await;
         warn!(reason = %first_line(&reason), "rollout failed");
+        let failed = crate::store::FailedVersion {
+            server_id: desired.server_id().to_owned(),
+            version: desired.spec.version.to_string(),
+            spec_hash: desired.spec.spec_hash.clone(),
+            reason: first_line(&reason),
+            rollout_id: id,
+            failed_at: Timestamp::now(),
+        };
         if let Err(e) = self
             .store
-            .record_failed_version(&crate::store::FailedVersion {
-                server_id: desired.server_id().to_owned(),
-                version: desired.spec.version.to_string(),
-                spec_hash: desired.spec.spec_hash.clone(),
-                reason: first_line(&reason),
-                rollout_id: id,
-                failed_at: Timestamp::now(),
-            })
+            .call(move |s| s.record_failed_version(&failed))
+            .await
         {
             warn!(error = %crate::error_text::chain(&e), "cannot remember the failed version");
         }
@@ -538,7 +557,8 @@ impl Executor {
             Some(reason.clone()),
             None,
             rolled_back_to.clone(),
-        );
+        )
+        .await;
         if let Some(url) = &desired.policy.notification_channel {
             notify(
                 &self.redactor,
@@ -592,11 +612,13 @@ impl Executor {
                 id,
                 "rolled_back",
                 Some(format!("{version} kept serving throughout")),
-            );
+            )
+            .await;
             return Ok(version);
         }
         let previous = desired.at_version(&old.version);
-        self.step(id, "restarting_previous", Some(version.clone()));
+        self.step(id, "restarting_previous", Some(version.clone()))
+            .await;
         let instance = self
             .runtime
             .start(&previous.spec)
@@ -610,7 +632,8 @@ impl Executor {
             id,
             "rolled_back",
             Some(format!("{version} restarted and healthy")),
-        );
+        )
+        .await;
         Ok(version)
     }
 
@@ -653,7 +676,11 @@ impl Executor {
                     detail: r.detail.clone(),
                     latency_ms: r.latency_ms,
                 };
-                if let Err(e) = self.store.add_rollout_probe(id, &probe) {
+                if let Err(e) = self
+                    .store
+                    .call(move |s| s.add_rollout_probe(id, &probe))
+                    .await
+                {
                     warn!(error = %crate::error_text::chain(&e), "cannot record a probe");
                 }
                 last_recorded = Some(last.clone());
@@ -794,18 +821,22 @@ impl Executor {
         instances: &[Instance],
         ctx: &ApplyContext,
     ) -> Result<(), String> {
-        let id = self.record_start(None, server, instances, RolloutAction::Remove, ctx, None);
+        let id = self
+            .record_start(None, server, instances, RolloutAction::Remove, ctx, None)
+            .await;
         info!(
             instances = instances.len(),
             "removing a server that left the manifest"
         );
         for i in instances {
             if let Err(e) = self.retire(i).await {
-                self.record_end(id, RolloutOutcome::Failed, Some(e.clone()), None, None);
+                self.record_end(id, RolloutOutcome::Failed, Some(e.clone()), None, None)
+                    .await;
                 return Err(e);
             }
         }
-        self.record_end(id, RolloutOutcome::Succeeded, None, None, None);
+        self.record_end(id, RolloutOutcome::Succeeded, None, None, None)
+            .await;
         Ok(())
     }
 }
