@@ -56,6 +56,44 @@ pub struct Syncer {
     fetching: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Records a finished stage of run `run_id` (on the blocking pool, like every store call).
+async fn record_stage(
+    store: &crate::store::Store,
+    run_id: i64,
+    stage: Stage,
+    status: StageStatus,
+    started: Timestamp,
+    detail: Option<String>,
+) {
+    let record = StageRecord {
+        stage,
+        status,
+        started_at: started,
+        finished_at: Some(Timestamp::now()),
+        detail,
+    };
+    if let Err(e) = store.call(move |s| s.record_stage(run_id, &record)).await {
+        warn!(error = %crate::error_text::chain(&e), "cannot record a run stage");
+    }
+}
+
+/// Records the result of run `run_id`.
+async fn finish_run(
+    store: &crate::store::Store,
+    run_id: i64,
+    result: RunResult,
+    reason: Option<String>,
+    errors: &[Diagnostic],
+) {
+    let errors = errors.to_vec();
+    let finished = store
+        .call(move |s| s.finish_run(run_id, result, reason.as_deref(), &errors, Timestamp::now()))
+        .await;
+    if let Err(e) = finished {
+        warn!(error = %crate::error_text::chain(&e), "cannot record the run result");
+    }
+}
+
 /// Clears the flag it holds when dropped.
 struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
@@ -150,7 +188,7 @@ impl Syncer {
     /// the branch now points at a commit that was rejected.
     pub async fn restore(&mut self) {
         // Empty after a poison commit with nothing in force before it.
-        let Ok(Some(commit)) = self.state.store.meta(APPLIED_KEY) else {
+        let Ok(Some(commit)) = self.state.store.call(|s| s.meta(APPLIED_KEY)).await else {
             return;
         };
         if !commit.is_empty() {
@@ -197,7 +235,14 @@ impl Syncer {
                 }
                 if self.last_head.as_deref() != Some(head.as_str()) {
                     self.last_head = Some(head.clone());
-                    let already = self.state.store.latest_result_for(&head).ok().flatten();
+                    let h = head.clone();
+                    let already = self
+                        .state
+                        .store
+                        .call(move |s| s.latest_result_for(&h))
+                        .await
+                        .ok()
+                        .flatten();
                     let applied_here = self.applied.as_ref().is_some_and(|a| a.commit == head);
                     // A rejected commit stays rejected, and the commit in force is not run
                     // again, unless its run was cut short (the agent died mid-apply). Anything
@@ -206,13 +251,15 @@ impl Syncer {
                     // A commit whose runs died with the agent twice during validation is
                     // poison (a manifest that exhausts memory, say): it is recorded as failed
                     // and not run again, or every restart would die on it.
+                    let h = head.clone();
                     let poisoned = self
                         .state
                         .store
-                        .runs_died_in_validation(&head)
+                        .call(move |s| s.runs_died_in_validation(&h))
+                        .await
                         .is_ok_and(|n| n >= POISON_AFTER);
                     if poisoned && interrupted {
-                        self.record_poison(&head, trigger, seen_at);
+                        self.record_poison(&head, trigger, seen_at).await;
                     }
                     if poisoned && self.applied.as_ref().is_some_and(|a| a.commit == head) {
                         self.fall_back_from_poison().await;
@@ -277,14 +324,15 @@ impl Syncer {
             Ok(r) => (r.author.clone(), r.message.clone(), r.committed_at),
             Err(_) => (None, None, None),
         };
-        let run_id = match store.begin_run(&NewRun {
+        let new_run = NewRun {
             commit_id: head.to_owned(),
             author,
             message: message.clone(),
             committed_at,
             trigger: trigger.as_str().to_owned(),
             seen_at,
-        }) {
+        };
+        let run_id = match store.call(move |s| s.begin_run(&new_run)).await {
             Ok(id) => id,
             Err(e) => {
                 let e = crate::error_text::chain(&e);
@@ -293,27 +341,6 @@ impl Syncer {
             }
         };
         info!(message = message.as_deref().unwrap_or(""), "new commit");
-        let stage = |stage, status, started, detail: Option<String>| {
-            if let Err(e) = store.record_stage(
-                run_id,
-                &StageRecord {
-                    stage,
-                    status,
-                    started_at: started,
-                    finished_at: Some(Timestamp::now()),
-                    detail,
-                },
-            ) {
-                warn!(error = %crate::error_text::chain(&e), "cannot record a run stage");
-            }
-        };
-        let finish = |result, reason: Option<String>, errors: &[Diagnostic]| {
-            if let Err(e) =
-                store.finish_run(run_id, result, reason.as_deref(), errors, Timestamp::now())
-            {
-                warn!(error = %crate::error_text::chain(&e), "cannot record the run result");
-            }
-        };
         let fetched = StageRecord {
             stage: Stage::Fetch,
             status: StageStatus::Succeeded,
@@ -321,20 +348,23 @@ impl Syncer {
             finished_at: Some(fetch.1),
             detail: None,
         };
-        let _ = store.record_stage(run_id, &fetched);
+        let _ = store.call(move |s| s.record_stage(run_id, &fetched)).await;
 
         // validate
         let started = Timestamp::now();
         let revision = match revision {
             Ok(r) => r,
             Err(e) => {
-                stage(
+                record_stage(
+                    &store,
+                    run_id,
                     Stage::Validate,
                     StageStatus::Failed,
                     started,
                     Some(e.clone()),
-                );
-                finish(RunResult::Failed, Some(e), &[]);
+                )
+                .await;
+                finish_run(&store, run_id, RunResult::Failed, Some(e), &[]).await;
                 return Ok(());
             }
         };
@@ -348,12 +378,23 @@ impl Syncer {
                 path: String::new(),
                 message: format!("the commit has no manifest at `{path}`"),
             };
-            stage(Stage::Validate, StageStatus::Failed, started, None);
-            finish(
+            record_stage(
+                &store,
+                run_id,
+                Stage::Validate,
+                StageStatus::Failed,
+                started,
+                None,
+            )
+            .await;
+            finish_run(
+                &store,
+                run_id,
                 RunResult::Rejected,
                 Some("no manifest in this commit".into()),
                 &[err],
-            );
+            )
+            .await;
             warn!("rejected: the commit has no manifest; the applied revision keeps running");
             return Ok(());
         };
@@ -369,22 +410,41 @@ impl Syncer {
                     .iter()
                     .filter(|d| d.severity == Severity::Error)
                     .count();
-                stage(Stage::Validate, StageStatus::Failed, started, None);
-                finish(
+                record_stage(
+                    &store,
+                    run_id,
+                    Stage::Validate,
+                    StageStatus::Failed,
+                    started,
+                    None,
+                )
+                .await;
+                finish_run(
+                    &store,
+                    run_id,
                     RunResult::Rejected,
                     Some(format!(
                         "the manifest has {errors} error{}",
                         if errors == 1 { "" } else { "s" }
                     )),
                     &diags,
-                );
+                )
+                .await;
                 for d in diags.iter().take(20) {
                     warn!(diagnostic = %d, "rejected commit");
                 }
                 return Ok(());
             }
         };
-        stage(Stage::Validate, StageStatus::Succeeded, started, None);
+        record_stage(
+            &store,
+            run_id,
+            Stage::Validate,
+            StageStatus::Succeeded,
+            started,
+            None,
+        )
+        .await;
 
         // A commit that changes a server's spec forgets that server's failed spec.
         let applied = Applied {
@@ -392,18 +452,42 @@ impl Syncer {
             checked,
         };
         let previous = self.applied.replace(applied);
-        if let Some(prev) = previous.as_ref().filter(|p| p.commit != head) {
-            let _ = store.set_meta(PREVIOUS_KEY, &prev.commit);
-        }
-        let _ = store.set_meta(APPLIED_KEY, head);
-        if let (Some(prev), Some(now)) = (&previous, &self.applied) {
-            for server in &now.checked.manifest.servers {
-                let before = prev.checked.manifest.server(&server.id);
-                if before != Some(server)
-                    && store.clear_failed_versions(&server.id).unwrap_or(0) > 0
-                {
-                    info!(server = %server.id, "the commit changes this server: its failed versions may be tried again");
+        let before = previous
+            .as_ref()
+            .filter(|p| p.commit != head)
+            .map(|p| p.commit.clone());
+        let now = head.to_owned();
+        let _ = store
+            .call(move |s| {
+                if let Some(before) = &before {
+                    s.set_meta(PREVIOUS_KEY, before)?;
                 }
+                s.set_meta(APPLIED_KEY, &now)
+            })
+            .await;
+        if let (Some(prev), Some(now)) = (&previous, &self.applied) {
+            let changed: Vec<String> = now
+                .checked
+                .manifest
+                .servers
+                .iter()
+                .filter(|server| prev.checked.manifest.server(&server.id) != Some(*server))
+                .map(|server| server.id.clone())
+                .collect();
+            let forgotten = store
+                .call(move |s| {
+                    let mut forgotten = Vec::new();
+                    for id in changed {
+                        if s.clear_failed_versions(&id)? > 0 {
+                            forgotten.push(id);
+                        }
+                    }
+                    Ok(forgotten)
+                })
+                .await
+                .unwrap_or_default();
+            for server in forgotten {
+                info!(server = %server, "the commit changes this server: its failed versions may be tried again");
             }
         }
         drop(previous);
@@ -413,17 +497,28 @@ impl Syncer {
         let plan_summary = match &result {
             Ok(summary) => summary.clone(),
             Err(e) => {
-                stage(Stage::Plan, StageStatus::Failed, started, Some(e.clone()));
-                finish(RunResult::Failed, Some(e.clone()), &[]);
+                record_stage(
+                    &store,
+                    run_id,
+                    Stage::Plan,
+                    StageStatus::Failed,
+                    started,
+                    Some(e.clone()),
+                )
+                .await;
+                finish_run(&store, run_id, RunResult::Failed, Some(e.clone()), &[]).await;
                 return Ok(());
             }
         };
-        stage(
+        record_stage(
+            &store,
+            run_id,
             Stage::Plan,
             StageStatus::Succeeded,
             started,
             Some(plan_summary),
-        );
+        )
+        .await;
         let failures: Vec<String> = outcomes
             .iter()
             .filter_map(|o| {
@@ -438,7 +533,9 @@ impl Syncer {
                     .map(|p| format!("{}: {}", p.server_id, p.reason)),
             )
             .collect();
-        stage(
+        record_stage(
+            &store,
+            run_id,
             Stage::Apply,
             if failures.is_empty() {
                 StageStatus::Succeeded
@@ -451,11 +548,14 @@ impl Syncer {
                 outcomes.len(),
                 failures.len()
             )),
-        );
+        )
+        .await;
 
         let started = Timestamp::now();
         let unverified = self.verify().await;
-        stage(
+        record_stage(
+            &store,
+            run_id,
             Stage::Verify,
             if unverified.is_empty() {
                 StageStatus::Succeeded
@@ -464,9 +564,10 @@ impl Syncer {
             },
             started,
             (!unverified.is_empty()).then(|| unverified.join("; ")),
-        );
+        )
+        .await;
         if failures.is_empty() && unverified.is_empty() {
-            finish(RunResult::Applied, None, &[]);
+            finish_run(&store, run_id, RunResult::Applied, None, &[]).await;
             info!("applied");
         } else {
             let reason = failures
@@ -475,7 +576,7 @@ impl Syncer {
                 .collect::<Vec<_>>()
                 .join("\n");
             warn!(reason = %reason, "applied with failures");
-            finish(RunResult::Failed, Some(reason), &[]);
+            finish_run(&store, run_id, RunResult::Failed, Some(reason), &[]).await;
         }
         Ok(())
     }
@@ -599,7 +700,7 @@ impl Syncer {
         };
         // Fail closed: without knowing which servers an operator stopped, nothing changes
         // (an empty list would bring them back).
-        let held = match self.state.store.held_servers() {
+        let held = match self.state.store.call(|s| s.held_servers()).await {
             Ok(h) => h,
             Err(e) => {
                 let e = crate::error_text::chain(&e);
@@ -638,14 +739,17 @@ impl Syncer {
     /// put back (or none, leaving what runs alone), so converging does not redo it.
     async fn fall_back_from_poison(&mut self) {
         self.applied = None;
-        match self.state.store.meta(PREVIOUS_KEY) {
-            Ok(Some(previous)) => {
-                let _ = self.state.store.set_meta(APPLIED_KEY, &previous);
-                self.load_applied(previous).await;
-            }
-            Ok(None) => {
-                let _ = self.state.store.set_meta(APPLIED_KEY, "");
-            }
+        let store = self.state.store.clone();
+        let fallen_back = store
+            .call(|s| {
+                let previous = s.meta(PREVIOUS_KEY)?;
+                s.set_meta(APPLIED_KEY, previous.as_deref().unwrap_or(""))?;
+                Ok(previous)
+            })
+            .await;
+        match fallen_back {
+            Ok(Some(previous)) => self.load_applied(previous).await,
+            Ok(None) => {}
             Err(e) => {
                 warn!(error = %crate::error_text::chain(&e), "cannot read the previous revision")
             }
@@ -653,24 +757,27 @@ impl Syncer {
     }
 
     /// Records that `head` is not run again: its runs died with the agent twice.
-    fn record_poison(&self, head: &str, trigger: Trigger, seen_at: Timestamp) {
-        let store = &self.state.store;
+    async fn record_poison(&self, head: &str, trigger: Trigger, seen_at: Timestamp) {
         let reason = format!(
             "the agent died {POISON_AFTER} times while validating this commit; it is not run again (push a new commit to try again)"
         );
         warn!(revision = %short_commit(head), "{reason}");
-        let recorded = store
-            .begin_run(&NewRun {
-                commit_id: head.to_owned(),
-                author: None,
-                message: None,
-                committed_at: None,
-                trigger: trigger.as_str().to_owned(),
-                seen_at,
+        let run = NewRun {
+            commit_id: head.to_owned(),
+            author: None,
+            message: None,
+            committed_at: None,
+            trigger: trigger.as_str().to_owned(),
+            seen_at,
+        };
+        let recorded = self
+            .state
+            .store
+            .call(move |s| {
+                let id = s.begin_run(&run)?;
+                s.finish_run(id, RunResult::Failed, Some(&reason), &[], Timestamp::now())
             })
-            .and_then(|id| {
-                store.finish_run(id, RunResult::Failed, Some(&reason), &[], Timestamp::now())
-            });
+            .await;
         if let Err(e) = recorded {
             warn!(error = %crate::error_text::chain(&e), "cannot record the poison commit's run");
         }
