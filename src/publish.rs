@@ -99,7 +99,8 @@ pub async fn run(
     }
     let mut sequence: u64 = state
         .store
-        .meta(SEQUENCE_KEY)
+        .call(|s| s.meta(SEQUENCE_KEY))
+        .await
         .ok()
         .flatten()
         .and_then(|s| s.parse().ok())
@@ -133,7 +134,12 @@ pub async fn run(
         // when a state began, so any difference is published.
         if last.as_ref() != Some(&(revision.clone(), backends.clone())) {
             sequence += 1;
-            if let Err(e) = state.store.set_meta(SEQUENCE_KEY, &sequence.to_string()) {
+            let value = sequence.to_string();
+            let persisted = state
+                .store
+                .call(move |s| s.set_meta(SEQUENCE_KEY, &value))
+                .await;
+            if let Err(e) = persisted {
                 warn!(error = %crate::error_text::chain(&e), "cannot persist the publish sequence");
             }
             last = Some((revision.clone(), backends.clone()));

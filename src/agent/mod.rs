@@ -298,7 +298,9 @@ pub async fn run(
         source,
     })?;
     let store = Store::open(&settings.data_dir.join("state.db"))?;
-    let interrupted = store.interrupt_unfinished(jiff::Timestamp::now())?;
+    let interrupted = store
+        .call(|s| s.interrupt_unfinished(jiff::Timestamp::now()))
+        .await?;
     if interrupted > 0 {
         warn!(
             count = interrupted,
