@@ -77,6 +77,26 @@ async fn record_stage(
     }
 }
 
+/// Records run `run_id` as rejected: its validation failed with `errors`.
+async fn reject_run(
+    store: &crate::store::Store,
+    run_id: i64,
+    validation_started: Timestamp,
+    reason: String,
+    errors: &[Diagnostic],
+) {
+    record_stage(
+        store,
+        run_id,
+        Stage::Validate,
+        StageStatus::Failed,
+        validation_started,
+        None,
+    )
+    .await;
+    finish_run(store, run_id, RunResult::Rejected, Some(reason), errors).await;
+}
+
 /// Records the result of run `run_id`.
 async fn finish_run(
     store: &crate::store::Store,
@@ -378,20 +398,11 @@ impl Syncer {
                 path: String::new(),
                 message: format!("the commit has no manifest at `{path}`"),
             };
-            record_stage(
+            reject_run(
                 &store,
                 run_id,
-                Stage::Validate,
-                StageStatus::Failed,
                 started,
-                None,
-            )
-            .await;
-            finish_run(
-                &store,
-                run_id,
-                RunResult::Rejected,
-                Some("no manifest in this commit".into()),
+                "no manifest in this commit".into(),
                 &[err],
             )
             .await;
@@ -410,23 +421,14 @@ impl Syncer {
                     .iter()
                     .filter(|d| d.severity == Severity::Error)
                     .count();
-                record_stage(
+                reject_run(
                     &store,
                     run_id,
-                    Stage::Validate,
-                    StageStatus::Failed,
                     started,
-                    None,
-                )
-                .await;
-                finish_run(
-                    &store,
-                    run_id,
-                    RunResult::Rejected,
-                    Some(format!(
+                    format!(
                         "the manifest has {errors} error{}",
                         if errors == 1 { "" } else { "s" }
-                    )),
+                    ),
                     &diags,
                 )
                 .await;
