@@ -248,8 +248,16 @@ async fn recover(
             .or_insert(0) += 1;
         let action = RecoveryAction::for_attempt(attempt);
         let result = match action {
-            RecoveryAction::Restart => state.executor.replace(&desired, false).await.map(|_| ()),
-            RecoveryAction::Recreate => state.executor.replace(&desired, true).await.map(|_| ()),
+            RecoveryAction::Restart => state
+                .executor
+                .replace(&desired, false, "recovery")
+                .await
+                .map(|_| ()),
+            RecoveryAction::Recreate => state
+                .executor
+                .replace(&desired, true, "recovery")
+                .await
+                .map(|_| ()),
             RecoveryAction::Notify => {
                 notify(
                     &state,

@@ -333,7 +333,7 @@ impl AgentState {
                     return;
                 }
             }
-            if let Err(e) = state.executor.replace(&desired, false).await {
+            if let Err(e) = state.executor.replace(&desired, false, "operator").await {
                 tracing::warn!(server = %desired.server_id(), error = %e, "operator restart failed");
             }
             state.wake(Trigger::Operator);

@@ -768,7 +768,14 @@ impl Executor {
     /// `fresh` (recreate) also removes stopped leftovers first. Returns `Err` when the
     /// server is busy with a rollout (recovery never fights one) or the new instance does
     /// not become healthy.
-    pub async fn replace(&self, desired: &Desired, fresh: bool) -> Result<Instance, String> {
+    /// `trigger` is recorded on the rollout: `recovery`, or `operator` for an operator's
+    /// restart.
+    pub async fn replace(
+        &self,
+        desired: &Desired,
+        fresh: bool,
+        trigger: &'static str,
+    ) -> Result<Instance, String> {
         let lock = self.server_lock(desired.server_id());
         let Ok(_guard) = lock.try_lock() else {
             return Err("a rollout is in progress; recovery waits".to_owned());
@@ -790,7 +797,7 @@ impl Executor {
         }
         let ctx = ApplyContext {
             run_id: None,
-            trigger: "recovery",
+            trigger,
         };
         self.rollout(desired, &from, RolloutAction::Restart, &ctx)
             .await
