@@ -710,6 +710,28 @@ impl Drop for Spawned {
     }
 }
 
+/// The agent binary's command line on `repo` and `data`, listening on a free port; its
+/// output goes nowhere unless the caller says otherwise.
+fn agent_command(repo: &ManifestRepo, data: &Path) -> (std::process::Command, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = std::process::Command::new(crate::support::BIN);
+    cmd.args(["agent", "--poll-interval", "60s", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--repo")
+        .arg(repo.remote())
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    (cmd, format!("http://127.0.0.1:{port}"))
+}
+
 fn spawn_agent(repo: &ManifestRepo, data: &Path, commands: &[&Path]) -> Spawned {
     let trust = data.with_extension("trust.yaml");
     let dirs: Vec<String> = commands
@@ -724,30 +746,9 @@ fn spawn_agent(repo: &ManifestRepo, data: &Path, commands: &[&Path]) -> Spawned 
         ),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new(crate::support::BIN)
-        .args(["agent", "--poll-interval", "60s", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--repo")
-        .arg(repo.remote())
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--trust-policy")
-        .arg(&trust)
-        .env_remove("MCP_ORCHESTRATION_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Spawned {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+    let (mut cmd, url) = agent_command(repo, data);
+    let child = cmd.arg("--trust-policy").arg(&trust).spawn().unwrap();
+    Spawned { child, url }
 }
 
 /// A client whose every request gives up after 2 s: an agent that stopped answering makes
@@ -909,39 +910,14 @@ fn agent_with_stderr_pipe(
     data: &Path,
     level: &str,
 ) -> (Spawned, std::process::ChildStderr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(crate::support::BIN)
-        .args([
-            "agent",
-            "--poll-interval",
-            "60s",
-            "--log-level",
-            level,
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--repo")
-        .arg(repo.remote())
-        .arg("--data-dir")
-        .arg(data)
-        .env_remove("MCP_ORCHESTRATION_CONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+    let (mut cmd, url) = agent_command(repo, data);
+    let mut child = cmd
+        .args(["--log-level", level])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    (
-        Spawned {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        },
-        stderr,
-    )
+    (Spawned { child, url }, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
