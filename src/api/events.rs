@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
@@ -43,10 +43,6 @@ pub struct StreamQuery {
     /// Like `Last-Event-ID`, for clients that cannot set headers.
     #[schemars(range(min = 0))]
     after: Option<i64>,
-}
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", message)
 }
 
 struct Filter {
@@ -84,16 +80,19 @@ pub async fn stream(
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
                 .filter(|id| *id >= 0)
-                .ok_or_else(|| bad("Last-Event-ID must be an event id (a non-negative integer)"))
+                .ok_or_else(|| {
+                    ApiError::validation_failed(
+                        "Last-Event-ID must be an event id (a non-negative integer)",
+                    )
+                })
         })
         .transpose()?;
-    let resume_after = header.or(q.after);
-    if resume_after.is_some_and(|id| id < 0) {
-        return Err(bad("`after` must be an event id (a non-negative integer)"));
-    }
+    let resume_after = super::ops::after(header.or(q.after))?;
     let backlog = q.backlog.unwrap_or(0);
     if backlog > MAX_BACKLOG {
-        return Err(bad(format!("`backlog` is at most {MAX_BACKLOG}")));
+        return Err(ApiError::validation_failed(format!(
+            "`backlog` is at most {MAX_BACKLOG}"
+        )));
     }
     let filter = Filter {
         server: q.server,

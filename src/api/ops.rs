@@ -23,7 +23,7 @@ pub fn limit(given: Option<usize>, (default, max): (usize, usize)) -> Result<usi
     match given {
         None => Ok(default),
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(validation(format!(
+        Some(n) => Err(ApiError::validation_failed(format!(
             "`limit` must be between 1 and {max}, not {n}"
         ))),
     }
@@ -32,7 +32,7 @@ pub fn limit(given: Option<usize>, (default, max): (usize, usize)) -> Result<usi
 /// An event id to page after: never negative.
 pub fn after(given: Option<i64>) -> Result<Option<i64>, ApiError> {
     match given {
-        Some(n) if n < 0 => Err(validation(format!(
+        Some(n) if n < 0 => Err(ApiError::validation_failed(format!(
             "`after` must be an event id (a non-negative integer), not {n}"
         ))),
         other => Ok(other),
@@ -41,10 +41,6 @@ pub fn after(given: Option<i64>) -> Result<Option<i64>, ApiError> {
 
 fn store_error(e: crate::store::StoreError) -> ApiError {
     ApiError::internal(crate::error_text::chain(&e))
-}
-
-fn validation(message: String) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", message)
 }
 
 pub fn operator_error(e: OperatorError) -> ApiError {
@@ -102,7 +98,7 @@ pub async fn rollback(
     let to = to
         .map(|v| {
             semver::Version::parse(v.trim_start_matches('v'))
-                .map_err(|e| validation(format!("`{v}` is not a version: {e}")))
+                .map_err(|e| ApiError::validation_failed(format!("`{v}` is not a version: {e}")))
         })
         .transpose()?;
     let version = state

@@ -50,18 +50,13 @@ pub struct NotUtf8 {
 
 impl TextFile {
     pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
+        let text = text.into();
         TextFile {
             path: path.into(),
-            size: 0,
-            text: text.into(),
+            size: text.len() as u64,
+            text,
             not_utf8: None,
         }
-        .sized()
-    }
-
-    fn sized(mut self) -> Self {
-        self.size = self.text.len() as u64;
-        self
     }
 
     /// A file too large to be read at all: only its size is kept, and `check` reports it.
