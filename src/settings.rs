@@ -397,20 +397,16 @@ impl Settings {
                 ),
             });
         }
-        let poll_interval = match &a.poll_interval {
-            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
-                name: "poll-interval",
-                message,
-            })?,
-            None => std::time::Duration::from_secs_f64(defaults::POLL_INTERVAL_SECONDS),
-        };
-        let registry_poll_interval = match &a.registry_poll_interval {
-            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
-                name: "registry-poll-interval",
-                message,
-            })?,
-            None => std::time::Duration::from_secs_f64(defaults::REGISTRY_POLL_INTERVAL_SECONDS),
-        };
+        let poll_interval = duration(
+            &a.poll_interval,
+            "poll-interval",
+            std::time::Duration::from_secs_f64(defaults::POLL_INTERVAL_SECONDS),
+        )?;
+        let registry_poll_interval = duration(
+            &a.registry_poll_interval,
+            "registry-poll-interval",
+            std::time::Duration::from_secs_f64(defaults::REGISTRY_POLL_INTERVAL_SECONDS),
+        )?;
         let drain = match &a.drain {
             Some(text) if text.trim() == "0" => std::time::Duration::ZERO,
             Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
@@ -442,20 +438,16 @@ impl Settings {
             name: "listen",
             message: format!("`{listen_text}` is not an address like 127.0.0.1:7070"),
         })?;
-        let git_timeout = match &a.git_timeout {
-            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
-                name: "git-timeout",
-                message,
-            })?,
-            None => std::time::Duration::from_secs(30),
-        };
-        let header_read_timeout = match &a.header_read_timeout {
-            Some(text) => parse_duration(text).map_err(|message| SettingsError::Invalid {
-                name: "header-read-timeout",
-                message,
-            })?,
-            None => std::time::Duration::from_secs(10),
-        };
+        let git_timeout = duration(
+            &a.git_timeout,
+            "git-timeout",
+            std::time::Duration::from_secs(30),
+        )?;
+        let header_read_timeout = duration(
+            &a.header_read_timeout,
+            "header-read-timeout",
+            std::time::Duration::from_secs(10),
+        )?;
         if a.max_connections == Some(0) {
             return Err(SettingsError::Invalid {
                 name: "max-connections",
@@ -539,6 +531,20 @@ pub fn local_repo_path(repo: &str) -> Option<&Path> {
         (Some(colon), None) if colon > 0 => None,
         (Some(colon), Some(slash)) if colon > 0 && colon < slash => None,
         _ => Some(Path::new(repo)),
+    }
+}
+
+/// A duration setting: `given` parsed (`30s`, `500ms`, `2m`, plain seconds), or `default`.
+fn duration(
+    given: &Option<String>,
+    name: &'static str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, SettingsError> {
+    match given {
+        Some(text) => {
+            parse_duration(text).map_err(|message| SettingsError::Invalid { name, message })
+        }
+        None => Ok(default),
     }
 }
 
