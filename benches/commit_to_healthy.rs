@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Agent, AgentOptions, git, percentile, start_agent};
-use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;
 

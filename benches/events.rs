@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{AgentOptions, Repo, percentile, release_example, start_agent_with};
 use futures::StreamExt;
 use jiff::Timestamp;
-use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::{AgentOptions, Repo, build_image, docker, percentile, start_agent, static_example};
 use mcp_orchestration::health::{Monitor, Target};
 use mcp_orchestration::manifest::HealthCheck;
-use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -17,7 +17,7 @@ use common::{
     AgentOptions, Registry, Repo, build_image, docker, percentile, start_agent, static_example,
 };
 use jiff::Timestamp;
-use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::registry::RegistryClient;
 use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;

@@ -12,7 +12,6 @@ pub mod health;
 pub mod manifest;
 pub mod mcp;
 pub mod metrics;
-pub mod policy;
 pub mod publish;
 pub mod reconcile;
 pub mod redact;

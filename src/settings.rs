@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::manifest::decode::Decoder;
+use crate::manifest::policy::TrustPolicy;
 use crate::manifest::{Diagnostic, TextFile};
-use crate::policy::TrustPolicy;
 use crate::source::{ReadError, read_text};
 
 /// Environment variables, in one place.

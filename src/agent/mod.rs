@@ -22,7 +22,7 @@ use tracing::{info, warn};
 pub use secrets::{Secrets, SecretsError};
 pub use state::{AgentState, FleetView, OperatorError, ServerView, Trigger};
 
-use crate::policy::TrustPolicy;
+use crate::manifest::policy::TrustPolicy;
 use crate::reconcile::execute::Executor;
 use crate::runtime::Runtime;
 use crate::settings::{AgentSettings, RuntimeChoice};

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::policy::TrustPolicy;
+use crate::manifest::policy::TrustPolicy;
 use crate::redact::Redactor;
 use crate::source::read_text;
 

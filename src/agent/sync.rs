@@ -14,8 +14,8 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::secrets::Secrets;
 use super::state::{AgentState, FleetView, ServerView, Trigger};
+use crate::manifest::policy::TrustPolicy;
 use crate::manifest::{self, Checked, Diagnostic, Severity};
-use crate::policy::TrustPolicy;
 use crate::reconcile::execute::{ApplyContext, Executor, ServerOutcome};
 use crate::reconcile::{Desired, DesiredProblem, desired_state, plan};
 use crate::runtime::Instance;
@@ -639,7 +639,7 @@ impl Syncer {
                 .filter_map(|f| semver::Version::parse(&f.version).ok())
                 .collect();
             let image_tags = server.docker.as_ref().and_then(|d| tags.get(&d.image));
-            let r = crate::policy::resolve(
+            let r = crate::manifest::policy::resolve(
                 &server.version,
                 &applied.checked.update_policy(server),
                 image_tags.map(Vec::as_slice),

@@ -7,6 +7,7 @@
 pub mod decode;
 pub mod diagnostic;
 pub mod parse;
+pub mod policy;
 pub mod schema;
 pub mod types;
 pub mod validate;
@@ -152,7 +153,7 @@ mod tests {
             policies: vec![TextFile::from_bytes("policies/mine.yaml", b"\xfe".to_vec())],
             trust: Some(TextFile::from_bytes(REPO_TRUST_FILE, b"a: \xc3".to_vec())),
         };
-        let errors = check(&files, &crate::policy::TrustPolicy::shipped()).unwrap_err();
+        let errors = check(&files, &crate::manifest::policy::TrustPolicy::shipped()).unwrap_err();
         let located: Vec<(&str, usize, usize)> = errors
             .iter()
             .map(|d| (d.file.as_str(), d.line, d.column))

@@ -218,7 +218,8 @@ mod tests {
                 trust: None,
             };
             let by_decoder =
-                crate::manifest::check(&files, &crate::policy::TrustPolicy::shipped()).is_ok();
+                crate::manifest::check(&files, &crate::manifest::policy::TrustPolicy::shipped())
+                    .is_ok();
             assert_eq!(by_schema, by_decoder, "`version: {text}`");
         }
     }

@@ -7,7 +7,7 @@ use super::decode::{Decoder, index, join};
 use super::diagnostic::{self, Diagnostic, Severity, did_you_mean};
 use super::types::{Manifest, Server, UpdatePolicy, UpdatePolicyRef};
 use super::{TextFile, parse, yaml};
-use crate::policy::{PolicySet, TrustPolicy};
+use crate::manifest::policy::{PolicySet, TrustPolicy};
 
 /// The files of a manifest repository that decide what runs.
 #[derive(Clone, Debug, PartialEq, Eq)]

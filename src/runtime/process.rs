@@ -95,7 +95,7 @@ pub struct ProcessRuntime {
     /// The operator's trust policy, checked again against the real program (symlinks
     /// resolved) and the environment right before each start: validation saw the files as
     /// they were then, and a link can be swapped since.
-    trust: Option<crate::policy::TrustPolicy>,
+    trust: Option<crate::manifest::policy::TrustPolicy>,
 }
 
 #[derive(Debug)]
@@ -376,7 +376,7 @@ impl ProcessRuntime {
     }
 
     /// Checks every start against `trust` (see the `trust` field).
-    pub fn with_trust(mut self, trust: crate::policy::TrustPolicy) -> Self {
+    pub fn with_trust(mut self, trust: crate::manifest::policy::TrustPolicy) -> Self {
         self.trust = Some(trust);
         self
     }

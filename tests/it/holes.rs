@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::manifest::policy::TrustPolicy;
 
 use crate::support::agent::{Options, TestAgent};
 use crate::support::eventually;

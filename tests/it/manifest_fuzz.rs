@@ -1,8 +1,8 @@
 //! Property tests: validation never panics, whatever bytes it is given, and every problem
 //! it reports points inside the text.
 
+use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::manifest::{RepoFiles, TextFile, check};
-use mcp_orchestration::policy::TrustPolicy;
 use proptest::prelude::*;
 
 const EXAMPLE: &str = include_str!("../../examples/ecosystem/ecosystem-manifest.yaml");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mcp_orchestration::policy::TrustPolicy;
+use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;
 

@@ -24,19 +24,19 @@ pub const POLICY_FILE_FIELDS: &[&str] = &[
 const SHIPPED: &[(&str, &str)] = &[
     (
         "policies/pinned.yaml",
-        include_str!("../../policies/pinned.yaml"),
+        include_str!("../../../policies/pinned.yaml"),
     ),
     (
         "policies/standard.yaml",
-        include_str!("../../policies/standard.yaml"),
+        include_str!("../../../policies/standard.yaml"),
     ),
     (
         "policies/conservative.yaml",
-        include_str!("../../policies/conservative.yaml"),
+        include_str!("../../../policies/conservative.yaml"),
     ),
     (
         "policies/latest.yaml",
-        include_str!("../../policies/latest.yaml"),
+        include_str!("../../../policies/latest.yaml"),
     ),
 ];
 

@@ -61,7 +61,7 @@ pub fn loads_code(name: &str) -> bool {
     CODE_LOADING_ENV.iter().any(|p| name_matches(name, p))
 }
 
-const DEFAULT: &str = include_str!("../../policies/trust-policy.yaml");
+const DEFAULT: &str = include_str!("../../../policies/trust-policy.yaml");
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrustPolicy {
