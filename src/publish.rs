@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::agent::AgentState;
+use crate::fleet::Control;
 
 /// One backend as a gateway routes to it.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
@@ -65,7 +65,7 @@ impl Counts {
 }
 
 /// The routing-relevant part of the fleet now.
-fn backends(state: &AgentState) -> (Option<String>, Vec<Backend>) {
+fn backends(state: &Control) -> (Option<String>, Vec<Backend>) {
     let fleet = state.fleet_live();
     let backends = fleet
         .servers
@@ -89,7 +89,8 @@ fn backends(state: &AgentState) -> (Option<String>, Vec<Backend>) {
 
 /// Runs the publisher for `urls` until shutdown.
 pub async fn run(
-    state: Arc<AgentState>,
+    state: Arc<Control>,
+    counts: Counts,
     urls: Vec<String>,
     resend_every: Duration,
     shutdown: CancellationToken,
@@ -107,11 +108,11 @@ pub async fn run(
         .unwrap_or(0);
     let (tx, rx) = watch::channel::<Option<Payload>>(None);
     for url in urls {
-        state.publish_counts.add(&redact(&url), 0, 0);
+        counts.add(&redact(&url), 0, 0);
         tokio::spawn(deliver(
             url,
             rx.clone(),
-            state.publish_counts.clone(),
+            counts.clone(),
             resend_every,
             shutdown.clone(),
         ));

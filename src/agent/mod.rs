@@ -8,7 +8,6 @@ mod lock;
 mod recovery;
 mod registry_poll;
 mod secrets;
-pub mod state;
 mod sync;
 
 use std::path::PathBuf;
@@ -20,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use secrets::{Secrets, SecretsError};
-pub use state::{AgentState, FleetView, OperatorError, ServerView, Trigger};
 
+use crate::fleet::{Control, Trigger};
 use crate::manifest::policy::TrustPolicy;
 use crate::reconcile::execute::Executor;
 use crate::runtime::Runtime;
@@ -358,21 +357,42 @@ pub async fn run(
             crate::fleet::on_rollout_phase(&phase_view, &phase_monitor, server, phase);
         });
     executor.drain = settings.drain;
-    let mut state = AgentState::new(
+    let tasks = tokio_util::task::TaskTracker::new();
+    let control = Arc::new(Control::new(
         store.clone(),
-        executor.clone(),
+        executor,
         monitor.clone(),
         view,
-        runtime.kind(),
-        settings.git.branch.clone(),
+        tasks.clone(),
         tx,
+    ));
+    let api_keys = api_keys(&settings)?;
+    api_keys.iter().for_each(|k| redactor.add(k));
+    let sync_duration = Arc::new(crate::metrics::Histogram::default());
+    let publish_counts = crate::publish::Counts::default();
+    let api_state = crate::api::ApiState {
+        control: control.clone(),
+        runtime: runtime.kind(),
+        branch: settings.git.branch.clone(),
+        webhook_secret: settings.webhook_secret.clone(),
+        api_keys,
+        keys_for_reads: settings.keys_for_reads,
+        started_at: jiff::Timestamp::now(),
+        sync_duration: sync_duration.clone(),
+        publish_counts: publish_counts.clone(),
+        shutdown: shutdown.clone(),
+    };
+    // The one router: the API's routes with the MCP tools nested at `/mcp`, behind the
+    // same keys and limits.
+    let mcp = crate::mcp::http_service(
+        control.clone(),
+        crate::mcp::HttpConfig {
+            body_limit: crate::api::BODY_LIMIT,
+            any_host: settings.keys_for_reads,
+        },
+        shutdown.child_token(),
     );
-    state.webhook_secret = settings.webhook_secret.clone();
-    state.api_keys = api_keys(&settings)?;
-    state.api_keys.iter().for_each(|k| redactor.add(k));
-    state.keys_for_reads = settings.keys_for_reads;
-    state.shutdown = shutdown.clone();
-    let state = Arc::new(state);
+    let router = crate::api::router(Arc::new(api_state), mcp);
     let addr = listener.local_addr().map_err(AgentError::Serve)?;
     let limits = crate::api::serve::Limits {
         header_read_timeout: settings.header_read_timeout,
@@ -382,7 +402,7 @@ pub async fn run(
     };
     let api = tokio::spawn(crate::api::serve(
         listener,
-        state.clone(),
+        router,
         limits,
         shutdown.clone(),
     ));
@@ -405,8 +425,8 @@ pub async fn run(
         let (wtx, mut wrx) = mpsc::channel(1);
         match crate::source::watch::watch_refs(&dir, wtx) {
             Ok(w) => {
-                let (wake, stop) = (state.clone(), shutdown.clone());
-                state.tasks.spawn(async move {
+                let (wake, stop) = (control.clone(), shutdown.clone());
+                tasks.spawn(async move {
                     loop {
                         tokio::select! {
                             _ = stop.cancelled() => return,
@@ -427,32 +447,39 @@ pub async fn run(
         }
     });
 
-    state
-        .tasks
-        .spawn(prune_events(store.clone(), shutdown.clone()));
-    state.tasks.spawn(crate::publish::run(
-        state.clone(),
+    tasks.spawn(prune_events(store.clone(), shutdown.clone()));
+    tasks.spawn(crate::publish::run(
+        control.clone(),
+        publish_counts,
         settings.gateway_urls.clone(),
         settings.gateway_resend_interval,
         shutdown.clone(),
     ));
-    state.tasks.spawn(recovery::watch_exits(
+    tasks.spawn(recovery::watch_exits(
         runtime.subscribe(),
         monitor.clone(),
         exit_wake,
         shutdown.clone(),
     ));
-    state
-        .tasks
-        .spawn(recovery::run(state.clone(), shutdown.clone()));
+    tasks.spawn(recovery::run(control.clone(), shutdown.clone()));
     let registry = crate::registry::RegistryClient::new(registry_auths, 4);
-    state.tasks.spawn(registry_poll::run(
-        state.clone(),
+    let watched = Arc::new(registry_poll::Watched::default());
+    tasks.spawn(registry_poll::run(
+        control.clone(),
+        watched.clone(),
         registry,
         settings.registry_poll_interval,
         shutdown.clone(),
     ));
-    let mut syncer = sync::Syncer::new(source, executor, trust, secrets, state.clone());
+    let mut syncer = sync::Syncer::new(
+        source,
+        trust,
+        secrets,
+        control,
+        watched,
+        shutdown.clone(),
+        sync_duration,
+    );
     syncer.restore().await;
     let mut next = Trigger::Startup;
     loop {
@@ -485,14 +512,14 @@ pub async fn run(
     info!("shutting down; the fleet keeps running");
     // Background tasks end on the token; each finishes the step it is in (a Docker call, a
     // store write), within a deadline so a stuck one cannot hold the agent.
-    state.tasks.close();
-    if tokio::time::timeout(SHUTDOWN_DEADLINE, state.tasks.wait())
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, tasks.wait())
         .await
         .is_err()
     {
         warn!(
             seconds = SHUTDOWN_DEADLINE.as_secs(),
-            unfinished = state.tasks.len(),
+            unfinished = tasks.len(),
             "background tasks did not finish in time; stopping anyway"
         );
     }

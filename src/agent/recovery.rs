@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::state::AgentState;
+use crate::fleet::{Control, Trigger};
 use crate::health::{HealthState, Monitor};
 use crate::runtime::{RuntimeEvent, RuntimeEventKind};
 use crate::store::NewHealthEvent;
@@ -28,7 +28,7 @@ use crate::store::NewHealthEvent;
 pub async fn watch_exits(
     mut events: broadcast::Receiver<RuntimeEvent>,
     monitor: Monitor,
-    wake: tokio::sync::mpsc::Sender<super::state::Trigger>,
+    wake: tokio::sync::mpsc::Sender<crate::fleet::Trigger>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -53,7 +53,7 @@ pub async fn watch_exits(
                 let wake = wake.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
-                    let _ = wake.try_send(super::state::Trigger::Runtime);
+                    let _ = wake.try_send(crate::fleet::Trigger::Runtime);
                 });
             }
             Err(broadcast::error::RecvError::Lagged(n)) => warn!(
@@ -96,7 +96,7 @@ impl RecoveryAction {
 }
 
 /// The recovery manager: one recovery at a time per server.
-pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
+pub async fn run(state: Arc<Control>, shutdown: CancellationToken) {
     let mut transitions = state.monitor.subscribe();
     let mut active: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     // Attempts already used per server, and since when it has been healthy.
@@ -124,7 +124,7 @@ pub async fn run(state: Arc<AgentState>, shutdown: CancellationToken) {
     }
 }
 
-fn event(state: &AgentState, server: &str, detail: String) {
+fn event(state: &Control, server: &str, detail: String) {
     let e = NewHealthEvent {
         server_id: server.to_owned(),
         at: Timestamp::now(),
@@ -140,7 +140,7 @@ fn event(state: &AgentState, server: &str, detail: String) {
 }
 
 async fn recover(
-    state: Arc<AgentState>,
+    state: Arc<Control>,
     server: String,
     used: Arc<std::sync::Mutex<HashMap<String, u32>>>,
     shutdown: CancellationToken,
@@ -289,7 +289,7 @@ async fn recover(
                 r.max_attempts
             ),
         );
-        state.wake(super::state::Trigger::Operator);
+        state.wake(Trigger::Runtime);
         if result.is_ok() {
             match watch(&state, &server, span, &shutdown).await {
                 Watch::StayedHealthy => {
@@ -303,7 +303,7 @@ async fn recover(
     }
 }
 
-fn is_healthy(state: &AgentState, server: &str) -> bool {
+fn is_healthy(state: &Control, server: &str) -> bool {
     state
         .monitor
         .get(server)
@@ -320,7 +320,7 @@ enum Watch {
 /// Watches a server that should be recovering: healthy for `span` in a row, or unhealthy
 /// (or failed) again, or no longer monitored.
 async fn watch(
-    state: &AgentState,
+    state: &Control,
     server: &str,
     span: Duration,
     shutdown: &CancellationToken,
@@ -346,7 +346,7 @@ async fn watch(
 }
 
 /// Tells the policy's notification channel, if any (in the background; never blocks).
-fn notify(state: &AgentState, desired: &crate::reconcile::Desired, server: &str, detail: &str) {
+fn notify(state: &Control, desired: &crate::reconcile::Desired, server: &str, detail: &str) {
     let Some(url) = desired.policy.notification_channel.clone() else {
         return;
     };

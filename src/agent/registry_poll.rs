@@ -3,17 +3,62 @@
 //! delays a git sync or a health probe. When tags change it wakes the sync loop, which
 //! resolves versions anew.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::state::{AgentState, Trigger};
+use crate::fleet::{Control, Trigger};
 use crate::registry::RegistryClient;
 
+/// What the poller watches and what it found: shared with the sync loop, which names the
+/// repositories and reads the tags.
+#[derive(Default)]
+pub struct Watched {
+    /// Tags per image repository from the last poll.
+    tags: RwLock<HashMap<String, Vec<String>>>,
+    /// The image repositories the applied manifest's servers use.
+    images: RwLock<BTreeSet<String>>,
+    images_changed: tokio::sync::Notify,
+}
+
+impl Watched {
+    /// Tags per image repository, as last polled.
+    pub fn tags(&self) -> HashMap<String, Vec<String>> {
+        self.tags.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a repository's tags; returns whether they changed.
+    fn set_tags(&self, image: &str, tags: Vec<String>) -> bool {
+        let mut all = self.tags.write().unwrap_or_else(|p| p.into_inner());
+        if all.get(image) == Some(&tags) {
+            return false;
+        }
+        all.insert(image.to_owned(), tags);
+        true
+    }
+
+    fn images(&self) -> BTreeSet<String> {
+        self.images
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_images(&self, images: BTreeSet<String>) {
+        let mut current = self.images.write().unwrap_or_else(|p| p.into_inner());
+        if *current != images {
+            *current = images;
+            self.images_changed.notify_one();
+        }
+    }
+}
+
 pub async fn run(
-    state: Arc<AgentState>,
+    control: Arc<Control>,
+    state: Arc<Watched>,
     client: RegistryClient,
     interval: Duration,
     shutdown: CancellationToken,
@@ -42,13 +87,13 @@ pub async fn run(
             }
         }
         if changed {
-            state.wake(Trigger::Registry);
+            control.wake(Trigger::Registry);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
             // A new manifest may name new repositories: poll them without waiting.
-            _ = state.images_changed() => {}
+            _ = state.images_changed.notified() => {}
         }
     }
 }

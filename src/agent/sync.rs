@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tracing::{Instrument, info, info_span, warn};
 
+use super::registry_poll::Watched;
 use super::secrets::Secrets;
-use super::state::{AgentState, FleetView, ServerView, Trigger};
+use crate::fleet::{Control, FleetView, ServerView, Trigger};
 use crate::manifest::policy::TrustPolicy;
 use crate::manifest::{self, Checked, Diagnostic, Severity};
 use crate::reconcile::execute::{ApplyContext, Executor, ServerOutcome};
@@ -33,7 +34,12 @@ pub struct Syncer {
     pub executor: Executor,
     pub trust: TrustPolicy,
     pub secrets: Secrets,
-    pub state: Arc<AgentState>,
+    pub control: Arc<Control>,
+    /// The registry poller's repositories and tags.
+    pub watched: Arc<Watched>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// How long syncs took (`GET /metrics`).
+    pub sync_duration: Arc<crate::metrics::Histogram>,
     applied: Option<Applied>,
     /// The head of the last fetch, so an unchanged head does not start a new run.
     last_head: Option<String>,
@@ -133,17 +139,22 @@ const POISON_AFTER: usize = 2;
 impl Syncer {
     pub fn new(
         source: GitSource,
-        executor: Executor,
         trust: TrustPolicy,
         secrets: Secrets,
-        state: Arc<AgentState>,
+        control: Arc<Control>,
+        watched: Arc<Watched>,
+        shutdown: tokio_util::sync::CancellationToken,
+        sync_duration: Arc<crate::metrics::Histogram>,
     ) -> Syncer {
         Syncer {
             source,
-            executor,
+            executor: control.executor.clone(),
             trust,
             secrets,
-            state,
+            control,
+            watched,
+            shutdown,
+            sync_duration,
             applied: None,
             last_head: None,
             failed: BTreeMap::new(),
@@ -184,7 +195,7 @@ impl Syncer {
                     budget.as_secs()
                 )),
             },
-            _ = self.state.shutdown.cancelled() => Err("the agent is shutting down".to_owned()),
+            _ = self.shutdown.cancelled() => Err("the agent is shutting down".to_owned()),
         }
     }
 
@@ -208,7 +219,7 @@ impl Syncer {
     /// the branch now points at a commit that was rejected.
     pub async fn restore(&mut self) {
         // Empty after a poison commit with nothing in force before it.
-        let Ok(Some(commit)) = self.state.store.call(|s| s.meta(APPLIED_KEY)).await else {
+        let Ok(Some(commit)) = self.control.store.call(|s| s.meta(APPLIED_KEY)).await else {
             return;
         };
         if !commit.is_empty() {
@@ -257,7 +268,7 @@ impl Syncer {
                     self.last_head = Some(head.clone());
                     let h = head.clone();
                     let already = self
-                        .state
+                        .control
                         .store
                         .call(move |s| s.latest_result_for(&h))
                         .await
@@ -273,7 +284,7 @@ impl Syncer {
                     // and not run again, or every restart would die on it.
                     let h = head.clone();
                     let poisoned = self
-                        .state
+                        .control
                         .store
                         .call(move |s| s.runs_died_in_validation(&h))
                         .await
@@ -321,7 +332,7 @@ impl Syncer {
         }
         self.publish(source_error).await;
         let took = started.elapsed();
-        self.state.sync_duration.observe(took.as_secs_f64());
+        self.sync_duration.observe(took.as_secs_f64());
         if took.as_secs() >= 30 {
             warn!(
                 seconds = took.as_secs_f64(),
@@ -337,7 +348,7 @@ impl Syncer {
         seen_at: Timestamp,
         fetch: (Timestamp, Timestamp),
     ) -> Result<(), String> {
-        let store = self.state.store.clone();
+        let store = self.control.store.clone();
         let h = head.to_owned();
         let revision: Result<Revision, String> = self.blocking(move |s| s.revision(&h)).await;
         let (author, message, committed_at) = match &revision {
@@ -592,7 +603,7 @@ impl Syncer {
         let Some(applied) = &self.applied else {
             return Ok(Vec::new());
         };
-        let store = &self.state.store;
+        let store = &self.control.store;
         let read = |what: &str, e: crate::store::StoreError| {
             format!("cannot read {what}: {}", crate::error_text::chain(&e))
         };
@@ -605,9 +616,9 @@ impl Syncer {
             .into_iter()
             .map(|p| (p.server_id, p.version))
             .collect();
-        let tags = self.state.tags();
+        let tags = self.watched.tags();
         // The registry poller watches the repositories of servers whose policy can move.
-        self.state.set_images(
+        self.watched.set_images(
             applied
                 .checked
                 .manifest
@@ -655,7 +666,7 @@ impl Syncer {
         let secrets = &self.secrets;
         let (desired, problems) = desired_state(
             &applied.checked,
-            self.state.runtime,
+            self.executor.runtime().kind(),
             &applied.commit,
             &|s| (version_of.borrow_mut())(s),
             &|name| secrets.get(name),
@@ -702,7 +713,7 @@ impl Syncer {
         };
         // Fail closed: without knowing which servers an operator stopped, nothing changes
         // (an empty list would bring them back).
-        let held = match self.state.store.call(|s| s.held_servers()).await {
+        let held = match self.control.store.call(|s| s.held_servers()).await {
             Ok(h) => h,
             Err(e) => {
                 let e = crate::error_text::chain(&e);
@@ -741,7 +752,7 @@ impl Syncer {
     /// put back (or none, leaving what runs alone), so converging does not redo it.
     async fn fall_back_from_poison(&mut self) {
         self.applied = None;
-        let store = self.state.store.clone();
+        let store = self.control.store.clone();
         let fallen_back = store
             .call(|s| {
                 let previous = s.meta(PREVIOUS_KEY)?;
@@ -773,7 +784,7 @@ impl Syncer {
             seen_at,
         };
         let recorded = self
-            .state
+            .control
             .store
             .call(move |s| {
                 let id = s.begin_run(&run)?;
@@ -838,8 +849,8 @@ impl Syncer {
             Ok((mut view, targets)) => {
                 view.store_error = self.store_error.clone().map(|(_, e)| e);
                 view.observed = true;
-                self.state.set_fleet(view);
-                self.state.monitor.set_targets(targets);
+                self.control.set_fleet(view);
+                self.control.monitor.set_targets(targets);
             }
             Err(e) => {
                 warn!(error = %e, "cannot read the state database; keeping the last known fleet");
@@ -856,12 +867,12 @@ impl Syncer {
         runtime_error: Option<String>,
         store_error: Option<String>,
     ) {
-        let mut view = self.state.fleet();
+        let mut view = self.control.fleet();
         view.source_error = source_error;
         view.runtime_error = runtime_error;
         view.store_error = store_error;
         view.last_sync = Some(Timestamp::now());
-        self.state.set_fleet(view);
+        self.control.set_fleet(view);
     }
 
     /// The fleet view for the API and the monitor's targets: the running instance of every
@@ -871,15 +882,15 @@ impl Syncer {
         source_error: Option<String>,
         observed: &[Instance],
     ) -> Result<(FleetView, Vec<crate::health::Target>), String> {
-        let previous = self.state.fleet();
+        let previous = self.control.fleet();
         let desired = self.desired(observed)?;
-        let held = self.state.store.held_servers().map_err(|e| {
+        let held = self.control.store.held_servers().map_err(|e| {
             format!(
                 "cannot read operator stops: {}",
                 crate::error_text::chain(&e)
             )
         })?;
-        self.state.set_desired(&desired);
+        self.control.set_desired(&desired);
         let mut targets = Vec::new();
         // `desired` just read the pins; reuse them.
         let pins = self.pins.clone();

@@ -13,8 +13,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
+use super::ApiState;
 use super::error::ApiError;
-use crate::agent::AgentState;
 
 fn open_route(method: &Method, path: &str) -> bool {
     ((path == "/health" || path == "/openapi.json") && method == Method::GET)
@@ -57,11 +57,7 @@ fn key_matches(given: &str, keys: &[String]) -> bool {
     any == 1
 }
 
-pub async fn require_key(
-    State(state): State<Arc<AgentState>>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn require_key(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let read = (method == Method::GET || method == Method::HEAD) && !always_keyed(req.uri().path());
     if open_route(&method, req.uri().path()) || (read && !state.keys_for_reads) {

@@ -180,3 +180,16 @@ pub async fn request_id(req: Request, next: Next) -> Response {
     }
     response
 }
+
+impl From<crate::fleet::ControlError> for ApiError {
+    fn from(e: crate::fleet::ControlError) -> ApiError {
+        use crate::fleet::ControlError;
+        let status = match &e {
+            ControlError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string()).with_details(e.details())
+    }
+}

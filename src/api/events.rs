@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::ApiError;
-use crate::agent::AgentState;
+use super::ApiState;
 use crate::store::Event;
 
 /// Events re-read from the log per query while catching a client up.
@@ -69,7 +69,7 @@ fn sse(e: &Event) -> SseEvent {
 
 /// `GET /events?server=&kind=&backlog=&after=`, honouring `Last-Event-ID`.
 pub async fn stream(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -87,7 +87,7 @@ pub async fn stream(
                 })
         })
         .transpose()?;
-    let resume_after = super::ops::after(header.or(q.after))?;
+    let resume_after = crate::fleet::after(header.or(q.after))?;
     let backlog = q.backlog.unwrap_or(0);
     if backlog > MAX_BACKLOG {
         return Err(ApiError::validation_failed(format!(
@@ -116,6 +116,7 @@ pub async fn stream(
         None if backlog > 0 => {
             let server = filter.server.clone();
             let newest = state
+                .control
                 .store
                 .call(move |s| s.latest_events(server.as_deref(), None, backlog))
                 .await
@@ -127,7 +128,7 @@ pub async fn stream(
         }
         None => latest_id(&state).await?,
     };
-    let live = state.store.subscribe();
+    let live = state.control.store.subscribe();
     let (tx, rx) = mpsc::channel::<SseEvent>(64);
     let resuming = resume_after.is_some() && notice.is_none();
     tokio::spawn(feed(state, filter, start, resuming, notice, live, tx));
@@ -150,8 +151,9 @@ fn reset_note(after: i64, latest: i64) -> SseEvent {
 }
 
 /// The id of the newest event in the log (0 when empty): a live-only stream starts there.
-async fn latest_id(state: &AgentState) -> Result<i64, ApiError> {
+async fn latest_id(state: &ApiState) -> Result<i64, ApiError> {
     Ok(state
+        .control
         .store
         .call(|s| s.latest_events(None, None, 1))
         .await
@@ -166,7 +168,7 @@ async fn latest_id(state: &AgentState) -> Result<i64, ApiError> {
 /// stopped reading). `resuming` asks to be told when pruned events were missed; `notice`
 /// goes first.
 async fn feed(
-    state: Arc<AgentState>,
+    state: Arc<ApiState>,
     filter: Filter,
     mut last: i64,
     resuming: bool,
@@ -192,6 +194,7 @@ async fn feed(
         if from_log {
             let after = last;
             let page = match state
+                .control
                 .store
                 .call(move |s| s.events_after(Some(after), None, PAGE))
                 .await
@@ -253,18 +256,19 @@ pub struct HistoryQuery {
     #[schemars(range(min = 0))]
     after: Option<i64>,
     /// How many (a value outside the range is refused).
-    #[schemars(range(min = 1, max = super::ops::EVENTS_LIMIT.1), extend("default" = super::ops::EVENTS_LIMIT.0))]
+    #[schemars(range(min = 1, max = crate::fleet::EVENTS_LIMIT.1), extend("default" = crate::fleet::EVENTS_LIMIT.0))]
     limit: Option<usize>,
 }
 
 /// `GET /events/history?server=&after=&limit=`: the retained log as JSON, oldest first.
 pub async fn history(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = super::ops::limit(q.limit, super::ops::EVENTS_LIMIT)?;
-    let after = super::ops::after(q.after)?;
+    let limit = crate::fleet::limit(q.limit, crate::fleet::EVENTS_LIMIT)?;
+    let after = crate::fleet::after(q.after)?;
     let events = state
+        .control
         .store
         .call(move |s| match after {
             Some(after) => s.events_after(Some(after), q.server.as_deref(), limit),

@@ -1,12 +1,13 @@
 //! The agent's HTTP API (axum): status for operators and the gateway, run history, and the
-//! git webhook; `/mcp` nests the MCP tools (see `crate::mcp`). It holds no state of its
-//! own: every handler reads [`AgentState`], mostly through [`ops`], which the tools share.
+//! git webhook; the MCP service the agent hands [`router`] is nested at `/mcp`, behind the
+//! same keys and limits. It holds no state of its own: every handler is an adapter over
+//! [`crate::fleet::Control`], which the MCP tools share, plus the API's own configuration
+//! ([`ApiState`]).
 
 mod auth;
 mod error;
 mod events;
 pub mod openapi;
-pub mod ops;
 pub mod serve;
 mod webhook;
 
@@ -26,7 +27,28 @@ pub use auth::generate_key;
 pub use error::{ApiError, REQUEST_ID};
 pub use webhook::{sign as sign_webhook, verify as verify_webhook};
 
-use crate::agent::AgentState;
+use crate::fleet::{self, Control};
+
+/// What the handlers read: the control layer, and the API's own configuration and counters.
+pub struct ApiState {
+    pub control: Arc<Control>,
+    pub runtime: crate::runtime::RuntimeKind,
+    /// The tracked branch: a webhook for another one wakes nothing.
+    pub branch: String,
+    pub webhook_secret: Option<String>,
+    /// API keys accepted (see `auth`).
+    pub api_keys: Vec<String>,
+    /// Whether read routes need a key too (the agent listens beyond loopback).
+    pub keys_for_reads: bool,
+    pub started_at: jiff::Timestamp,
+    /// How long syncs took (`GET /metrics`).
+    pub sync_duration: Arc<crate::metrics::Histogram>,
+    /// Gateway deliveries and failures (`GET /metrics`).
+    pub publish_counts: crate::publish::Counts,
+    /// The agent's shutdown token. Long-lived responses (event streams) end with it, so
+    /// they never hold the HTTP server's graceful shutdown open.
+    pub shutdown: CancellationToken,
+}
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -36,7 +58,7 @@ pub const MCP_PATH: &str = "/mcp";
 
 /// Every route the API serves: method, path, handler. `router` is built from this list and
 /// `openapi::document` must describe exactly it (a test compares the two).
-pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AgentState>>)> {
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<ApiState>>)> {
     vec![
         (Method::GET, "/health", get(health)),
         (Method::GET, "/openapi.json", get(openapi_json)),
@@ -82,7 +104,18 @@ pub fn served() -> Vec<(Method, &'static str)> {
     all
 }
 
-pub fn router(state: Arc<AgentState>) -> Router {
+/// The API's router with `mcp` (the MCP tools' streamable HTTP service) nested at
+/// [`MCP_PATH`].
+pub fn router<S>(state: Arc<ApiState>, mcp: S) -> Router
+where
+    S: tower_service::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Response: axum::response::IntoResponse,
+    S::Future: Send + 'static,
+{
     let mut router = Router::new();
     for (_, path, handler) in routes() {
         // Routes of one path with different methods merge into one method router.
@@ -94,10 +127,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .nest_service(
             MCP_PATH,
             Router::new()
-                .fallback_service(crate::mcp::http_service(
-                    state.clone(),
-                    state.shutdown.child_token(),
-                ))
+                .fallback_service(mcp)
                 .layer(axum::middleware::from_fn(session_end_is_no_content)),
         )
         .fallback(|| async {
@@ -234,16 +264,16 @@ async fn openapi_json() -> Json<Value> {
 /// Serves the API on `listener` until `shutdown` is cancelled, within `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<AgentState>,
+    router: Router,
     limits: serve::Limits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve::serve(listener, router(state), limits, shutdown).await
+    serve::serve(listener, router, limits, shutdown).await
 }
 
 /// The agent's own health, in the health standard's format.
-async fn health(State(state): State<Arc<AgentState>>) -> Json<Value> {
-    let fleet = state.fleet();
+async fn health(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let fleet = state.control.fleet();
     let uptime = jiff::Timestamp::now()
         .duration_since(state.started_at)
         .as_secs_f64();
@@ -267,108 +297,70 @@ async fn health(State(state): State<Arc<AgentState>>) -> Json<Value> {
     }))
 }
 
-async fn servers(State(state): State<Arc<AgentState>>) -> Json<crate::agent::FleetView> {
-    Json(state.fleet_live())
+async fn servers(State(state): State<Arc<ApiState>>) -> Json<fleet::FleetView> {
+    Json(state.control.fleet_live())
 }
 
 async fn server(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<Json<crate::agent::ServerView>, ApiError> {
-    ops::server(&state, &id).map(Json)
+) -> Result<Json<fleet::ServerView>, ApiError> {
+    Ok(Json(state.control.server(&id)?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Limit {
     /// How many, newest first (a value outside the range is refused).
-    #[schemars(range(min = 1, max = ops::ROLLOUTS_LIMIT.1), extend("default" = ops::ROLLOUTS_LIMIT.0))]
+    #[schemars(range(min = 1, max = fleet::ROLLOUTS_LIMIT.1), extend("default" = fleet::ROLLOUTS_LIMIT.0))]
     limit: Option<usize>,
 }
 
 async fn revisions(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Query(q): Query<Limit>,
-) -> Result<Json<Value>, ApiError> {
-    let limit = ops::limit(q.limit, ops::ROLLOUTS_LIMIT)?;
-    let runs = state
-        .store
-        .call(move |s| s.runs(limit))
-        .await
-        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
-    Ok(Json(json!({ "revisions": runs })))
+) -> Result<Json<fleet::RevisionPage>, ApiError> {
+    Ok(Json(state.control.revisions(q.limit).await?))
 }
 
 async fn revision(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(commit): Path<String>,
 ) -> Result<Json<crate::store::RunRecord>, ApiError> {
-    let c = commit.clone();
-    state
-        .store
-        .call(move |s| s.run_for_commit(&c))
-        .await
-        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "REVISION_NOT_FOUND",
-                format!(
-                    "no run for a commit starting with `{commit}` (give at least 4 hex characters)"
-                ),
-            )
-        })
+    Ok(Json(state.control.revision(&commit).await?))
 }
 
 /// `DELETE /servers/{id}`: an operator's stop, kept until `POST /servers/{id}/deploy`.
 async fn stop(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    ops::stop(&state, &id).await.map(Json)
+) -> Result<Json<fleet::Stopped>, ApiError> {
+    Ok(Json(state.control.stop(&id).await?))
 }
 
 /// `POST /servers/{id}/deploy`: lifts a stop and retries a failed version; converges now.
 async fn deploy(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(ops::deploy(&state, &id).await?)))
+) -> Result<(StatusCode, Json<fleet::DeployRequested>), ApiError> {
+    Ok((StatusCode::ACCEPTED, Json(state.control.deploy(&id).await?)))
 }
 
 /// `GET /servers/{id}/rollouts?limit=N`: the server's rollouts, newest first.
 async fn server_rollouts(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     Query(q): Query<Limit>,
-) -> Result<Json<Value>, ApiError> {
-    ops::server_rollouts(&state, &id, q.limit).await.map(Json)
+) -> Result<Json<fleet::RolloutPage>, ApiError> {
+    Ok(Json(state.control.server_rollouts(&id, q.limit).await?))
 }
 
 /// `GET /rollouts/{id}`: one rollout with its timeline and the probes of its health gate.
 async fn rollout(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "ROLLOUT_NOT_FOUND",
-            format!("no rollout `{id}`"),
-        )
-    };
-    let n: i64 = id.parse().map_err(|_| not_found())?;
-    let (record, (steps, probes)) = state
-        .store
-        .call(move |st| Ok((st.rollout(n)?, st.rollout_timeline(n)?)))
-        .await
-        .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
-    let record = record.ok_or_else(not_found)?;
-    let mut v = serde_json::to_value(record).map_err(|e| ApiError::internal(e.to_string()))?;
-    v["steps"] = json!(steps);
-    v["probes"] = json!(probes);
-    Ok(Json(v))
+) -> Result<Json<fleet::RolloutDetail>, ApiError> {
+    Ok(Json(state.control.rollout(&id).await?))
 }
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
@@ -389,38 +381,36 @@ struct RollbackRequest {
 /// operator rollback to a version from the server's history (any version with `force`),
 /// holding the server at that version until `POST /servers/{id}/rollout/resume`.
 async fn rollback(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<fleet::RolledBack>), ApiError> {
     let request: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "VALIDATION_FAILED",
-                format!("invalid rollback request: {e}"),
-            )
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::validation_failed(format!("invalid rollback request: {e}")))?
     };
-    let answer = ops::rollback(&state, &id, request.to.as_deref(), request.force).await?;
+    let answer = state
+        .control
+        .rollback(&id, request.to.as_deref(), request.force)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// `POST /servers/{id}/rollout/resume`: lifts an operator's rollback.
 async fn resume(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    ops::resume(&state, &id).await.map(Json)
+) -> Result<Json<fleet::Resumed>, ApiError> {
+    Ok(Json(state.control.resume(&id).await?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
     /// How many, newest first (a value outside the range is refused).
-    #[schemars(range(min = 1, max = ops::EVENTS_LIMIT.1), extend("default" = ops::EVENTS_LIMIT.0))]
+    #[schemars(range(min = 1, max = fleet::EVENTS_LIMIT.1), extend("default" = fleet::EVENTS_LIMIT.0))]
     limit: Option<usize>,
     /// Only events with a larger id (for following).
     #[schemars(range(min = 0))]
@@ -431,118 +421,94 @@ struct EventsQuery {
 /// `GET /servers/{id}/health`: state, since when and why, the last probe, the consecutive
 /// counts, and the recovery events since the last transition.
 async fn server_health(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    ops::server_health(&state, &id).await.map(Json)
+) -> Result<Json<fleet::HealthReport>, ApiError> {
+    Ok(Json(state.control.server_health(&id).await?))
 }
 
 async fn server_health_events(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<fleet::HealthEventPage>, ApiError> {
     if q.server.is_some() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "VALIDATION_FAILED",
+        return Err(ApiError::validation_failed(
             "`server` is given by the path here",
         ));
     }
-    ops::server_health_events(&state, &id, q.after, q.limit)
-        .await
-        .map(Json)
+    Ok(Json(
+        state
+            .control
+            .server_health_events(&id, q.after, q.limit)
+            .await?,
+    ))
 }
 
 /// `GET /health/events?server=&after=&limit=`: health events of every server, newest first.
 async fn health_events(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Query(q): Query<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    ops::health_events(&state, q.server, q.after, q.limit)
-        .await
-        .map(Json)
+) -> Result<Json<fleet::HealthEventPage>, ApiError> {
+    Ok(Json(
+        state
+            .control
+            .health_events(q.server, q.after, q.limit)
+            .await?,
+    ))
 }
 
 /// `GET /health/status`: every monitored server's health, and counts by state.
-async fn health_status(State(state): State<Arc<AgentState>>) -> Json<Value> {
-    Json(ops::health_status(&state))
+async fn health_status(State(state): State<Arc<ApiState>>) -> Json<fleet::HealthStatus> {
+    Json(state.control.health_status())
 }
 
 /// `POST /servers/{id}/restart`: a fresh instance, and recovery starts over.
 async fn restart(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(ops::restart(&state, &id).await?)))
+) -> Result<(StatusCode, Json<fleet::RestartRequested>), ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(state.control.restart(&id).await?),
+    ))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideRequest {
     /// The state to show; `unknown`, `starting` and `failed` cannot be forced.
-    #[schemars(extend("enum" = FORCEABLE))]
+    #[schemars(extend("enum" = fleet::FORCEABLE))]
     state: String,
     /// How long it holds; more than 0 and at most a day.
-    #[schemars(range(max = MAX_OVERRIDE_SECONDS), extend("exclusiveMinimum" = 0))]
+    #[schemars(range(max = fleet::MAX_OVERRIDE_SECONDS), extend("exclusiveMinimum" = 0))]
     duration_seconds: f64,
     reason: Option<String>,
 }
 
-/// The longest a health override holds: a day.
-const MAX_OVERRIDE_SECONDS: f64 = 86_400.0;
-
-/// The states an operator may force.
-const FORCEABLE: [crate::health::HealthState; 3] = [
-    crate::health::HealthState::Healthy,
-    crate::health::HealthState::Degraded,
-    crate::health::HealthState::Unhealthy,
-];
-
 /// `POST /servers/{id}/health/override`: shows a state for a bounded time, recorded as an
 /// operator's override (e.g. to keep routing to a server whose probe is known to be wrong).
 async fn health_override(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION_FAILED", m);
-    let req: OverrideRequest =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid override: {e}")))?;
-    let health = crate::health::HealthState::parse(&req.state)
-        .filter(|s| FORCEABLE.contains(s))
-        .ok_or_else(|| {
-            bad(format!(
-                "`{}` cannot be forced; use healthy, degraded or unhealthy",
-                req.state
-            ))
-        })?;
-    if !(req.duration_seconds > 0.0 && req.duration_seconds <= MAX_OVERRIDE_SECONDS) {
-        return Err(bad(
-            "duration_seconds must be more than 0 and at most 86400 (a day)".into(),
-        ));
-    }
-    let until = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_secs_f64(req.duration_seconds))
-        .map_err(|e| bad(e.to_string()))?;
-    let reason = req.reason.unwrap_or_else(|| "forced by an operator".into());
-    if !state.monitor.set_override(&id, health, until, &reason) {
-        return Err(ApiError::server_not_found(&id));
-    }
-    Ok(Json(
-        json!({ "server_id": id, "state": health, "until": until.to_string() }),
-    ))
+) -> Result<Json<fleet::Overridden>, ApiError> {
+    let req: OverrideRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::validation_failed(format!("invalid override: {e}")))?;
+    let answer = state
+        .control
+        .override_health(&id, &req.state, req.duration_seconds, req.reason)
+        .await?;
+    Ok(Json(answer))
 }
 
 /// `GET /metrics`: Prometheus text format — servers by deployment state and by health,
 /// rollouts by outcome, probe latency and sync duration histograms, gateway deliveries and
 /// failed delivery attempts.
-async fn metrics(
-    State(state): State<Arc<AgentState>>,
-) -> Result<axum::response::Response, ApiError> {
+async fn metrics(State(state): State<Arc<ApiState>>) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     use std::collections::BTreeMap;
-    let fleet = state.fleet_live();
+    let fleet = state.control.fleet_live();
     let mut deployed: BTreeMap<String, u64> = BTreeMap::new();
     let mut health: BTreeMap<String, u64> = BTreeMap::new();
     for s in &fleet.servers {
@@ -551,6 +517,7 @@ async fn metrics(
         *health.entry(h.to_owned()).or_default() += 1;
     }
     let rollouts = state
+        .control
         .store
         .call(|st| st.rollout_counts())
         .await
@@ -604,7 +571,7 @@ async fn metrics(
             .map(|(g, _, f)| (g.clone(), *f))
             .collect::<Vec<_>>(),
     );
-    state.monitor.probe_latency().render(
+    state.control.monitor.probe_latency().render(
         &mut out,
         "mcp_orchestration_probe_duration_seconds",
         "How long health probes took.",

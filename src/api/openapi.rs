@@ -11,7 +11,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use super::error::ErrorEnvelope;
-use crate::agent::{FleetView, ServerView};
+use crate::fleet::{FleetView, ServerView};
 use crate::health::ServerHealth;
 use crate::store::{Event, HealthEvent, RolloutProbe, RolloutRecord, RolloutStep, RunRecord};
 
@@ -402,7 +402,7 @@ pub fn document() -> Value {
         ok: (200, timeline),
         ..Op::default()
     });
-    let unmonitored = d.schema::<super::ops::UnmonitoredHealth>();
+    let unmonitored = d.schema::<crate::fleet::UnmonitoredHealth>();
     let mut monitored = object(&[
         ("monitored", json!({ "const": true })),
         ("recovery", array(health_event.clone())),
@@ -684,7 +684,7 @@ mod tests {
 
     #[test]
     fn the_document_carries_the_limits_the_handlers_enforce() {
-        use super::super::ops::{EVENTS_LIMIT, ROLLOUTS_LIMIT};
+        use crate::fleet::{EVENTS_LIMIT, ROLLOUTS_LIMIT};
         let doc = document();
         let param = |path: &str, name: &str| -> Value {
             doc["paths"][path]["get"]["parameters"]

@@ -29,8 +29,9 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use super::ApiState;
 use super::error::ApiError;
-use crate::agent::{AgentState, Trigger};
+use crate::fleet::Trigger;
 
 /// Requests a source may send at once…
 pub const BURST: f64 = 20.0;
@@ -124,7 +125,7 @@ fn delivery_keys(headers: &HeaderMap, signature: Option<&str>) -> Vec<String> {
 }
 
 pub async fn push(
-    State(state): State<Arc<AgentState>>,
+    State(state): State<Arc<ApiState>>,
     guard: Option<axum::Extension<Arc<Guard>>>,
     peer: Option<axum::Extension<super::serve::Peer>>,
     headers: HeaderMap,
@@ -218,7 +219,7 @@ pub async fn push(
         )
             .into_response());
     }
-    state.wake(Trigger::Webhook);
+    state.control.wake(Trigger::Webhook);
     Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
 }
 

@@ -4,7 +4,7 @@
 //! They are served in-process at `/mcp` on the API's listener (streamable HTTP, behind the
 //! API's keys), and over stdio by `mcp-orchestration mcp`, a bridge that forwards to a
 //! running agent's `/mcp`, so there is one implementation. Nothing here holds state or
-//! decides anything: every tool is a call into [`crate::api::ops`], like the HTTP routes.
+//! decides anything: every tool is a call into [`crate::fleet::Control`], like the HTTP routes.
 
 mod stdio;
 mod tools;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use stdio::{BridgeError, serve_stdio};
 pub use tools::Tools;
 
-use crate::agent::AgentState;
+use crate::fleet::Control;
 
 /// What `/mcp` is: a tower service the API nests.
 pub type HttpService = StreamableHttpService<Tools, LocalSessionManager>;
@@ -39,19 +39,32 @@ fn server_config() -> ServerConfig {
         .with_instructions(INSTRUCTIONS)
 }
 
+/// How the `/mcp` endpoint is served.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpConfig {
+    /// Larger request bodies are refused (the API's limit).
+    pub body_limit: usize,
+    /// Accept any `Host`: the agent listens beyond loopback, behind API keys.
+    pub any_host: bool,
+}
+
 /// The `/mcp` endpoint. Cancelling `shutdown` ends every session and its stream, so the
 /// HTTP server's graceful shutdown is not held open by idle clients.
-pub fn http_service(state: Arc<AgentState>, shutdown: CancellationToken) -> HttpService {
+pub fn http_service(
+    control: Arc<Control>,
+    http: HttpConfig,
+    shutdown: CancellationToken,
+) -> HttpService {
     let mut config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown)
-        .with_max_request_body_bytes(crate::api::BODY_LIMIT);
-    if state.keys_for_reads {
+        .with_max_request_body_bytes(http.body_limit);
+    if http.any_host {
         // Beyond loopback the agent is reached by names rmcp cannot know, and its `Host`
         // check (a DNS-rebinding guard) would refuse them. `/mcp` always needs an API key,
         // which a rebinding page does not have.
         config = config.disable_allowed_hosts();
     }
-    let tools = Tools::new(state);
+    let tools = Tools::new(control);
     StreamableHttpService::new(
         move || Ok(tools.clone()),
         Arc::new(LocalSessionManager::default()),

@@ -1,8 +1,8 @@
 //! The tools themselves: typed arguments, descriptions for the model, and a call into
-//! [`crate::api::ops`] each. Results are the API's JSON (as text and structured content).
+//! [`Control`] each. Results are the API's JSON (as text and structured content).
 //!
 //! Failures the caller can act on are tool results marked as errors, never protocol
-//! errors, because clients show a model the former and hide the latter: an [`ApiError`]
+//! errors, because clients show a model the former and hide the latter: a [`ControlError`]
 //! (`SERVER_NOT_FOUND`, `VALIDATION_FAILED`, ...) with its code and message, and, as rmcp
 //! does on its own since MCP 2025-11-25 (SEP-1303), arguments that do not fit the schema,
 //! which get the code `VALIDATION_FAILED` here like every other error. Only an unknown
@@ -23,15 +23,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::agent::AgentState;
-use crate::api::ApiError;
-use crate::api::ops;
+use crate::fleet::{self, Control, ControlError};
 
 /// The tools of one agent. rmcp asks for one value per MCP session; clones share the
 /// state and the router.
 #[derive(Clone)]
 pub struct Tools {
-    state: Arc<AgentState>,
+    control: Arc<Control>,
     tool_router: ToolRouter<Tools>,
 }
 
@@ -62,7 +60,7 @@ pub struct HealthEventsArgs {
     pub after: Option<i64>,
     /// How many events, newest first (default 50, at most 1000).
     #[serde(default)]
-    #[schemars(range(min = 1, max = ops::EVENTS_LIMIT.1))]
+    #[schemars(range(min = 1, max = fleet::EVENTS_LIMIT.1))]
     pub limit: Option<usize>,
 }
 
@@ -73,7 +71,7 @@ pub struct RolloutHistoryArgs {
     pub server_id: String,
     /// How many rollouts, newest first (default 20, at most 500).
     #[serde(default)]
-    #[schemars(range(min = 1, max = ops::ROLLOUTS_LIMIT.1))]
+    #[schemars(range(min = 1, max = fleet::ROLLOUTS_LIMIT.1))]
     pub limit: Option<usize>,
 }
 
@@ -92,7 +90,7 @@ pub struct RollbackArgs {
 }
 
 /// The tool's answer: the operation's JSON, or its error for the model to read.
-fn reply<T: Serialize>(result: Result<T, ApiError>) -> Result<CallToolResult, ErrorData> {
+fn reply<T: Serialize>(result: Result<T, ControlError>) -> Result<CallToolResult, ErrorData> {
     match result {
         Ok(value) => serde_json::to_value(value)
             .map(CallToolResult::structured)
@@ -101,22 +99,23 @@ fn reply<T: Serialize>(result: Result<T, ApiError>) -> Result<CallToolResult, Er
     }
 }
 
-fn tool_error(e: &ApiError) -> CallToolResult {
-    let mut result = CallToolResult::error(vec![ContentBlock::text(format!(
-        "{}: {}",
-        e.code, e.message
-    ))]);
+fn tool_error(e: &ControlError) -> CallToolResult {
+    error_result(e.code(), &e.to_string(), e.details())
+}
+
+fn error_result(code: &str, message: &str, details: serde_json::Value) -> CallToolResult {
+    let mut result = CallToolResult::error(vec![ContentBlock::text(format!("{code}: {message}"))]);
     result.structured_content = Some(json!({
-        "error": { "code": e.code, "message": e.message, "details": e.details }
+        "error": { "code": code, "message": message, "details": details }
     }));
     result
 }
 
 #[tool_router]
 impl Tools {
-    pub fn new(state: Arc<AgentState>) -> Tools {
+    pub fn new(control: Arc<Control>) -> Tools {
         Tools {
-            state,
+            control,
             tool_router: Self::tool_router(),
         }
     }
@@ -129,7 +128,7 @@ impl Tools {
         annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn list_servers(&self) -> Result<CallToolResult, ErrorData> {
-        reply(Ok(self.state.fleet_live()))
+        reply(Ok(self.control.fleet_live()))
     }
 
     #[tool(
@@ -141,7 +140,7 @@ impl Tools {
         &self,
         Parameters(args): Parameters<ServerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::server(&self.state, &args.server_id))
+        reply(self.control.server(&args.server_id))
     }
 
     #[tool(
@@ -159,7 +158,7 @@ impl Tools {
         &self,
         Parameters(args): Parameters<ServerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::deploy(&self.state, &args.server_id).await)
+        reply(self.control.deploy(&args.server_id).await)
     }
 
     #[tool(
@@ -176,7 +175,7 @@ impl Tools {
         &self,
         Parameters(args): Parameters<ServerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::stop(&self.state, &args.server_id).await)
+        reply(self.control.stop(&args.server_id).await)
     }
 
     #[tool(
@@ -193,7 +192,7 @@ impl Tools {
         &self,
         Parameters(args): Parameters<ServerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::restart(&self.state, &args.server_id).await)
+        reply(self.control.restart(&args.server_id).await)
     }
 
     #[tool(
@@ -209,8 +208,8 @@ impl Tools {
         Parameters(args): Parameters<HealthCheckArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         match args.server_id {
-            Some(id) => reply(ops::server_health(&self.state, &id).await),
-            None => reply(Ok(ops::health_status(&self.state))),
+            Some(id) => reply(self.control.server_health(&id).await),
+            None => reply(Ok(self.control.health_status())),
         }
     }
 
@@ -229,8 +228,8 @@ impl Tools {
             limit,
         } = args;
         match server_id {
-            Some(id) => reply(ops::server_health_events(&self.state, &id, after, limit).await),
-            None => reply(ops::health_events(&self.state, None, after, limit).await),
+            Some(id) => reply(self.control.server_health_events(&id, after, limit).await),
+            None => reply(self.control.health_events(None, after, limit).await),
         }
     }
 
@@ -243,7 +242,11 @@ impl Tools {
         &self,
         Parameters(args): Parameters<RolloutHistoryArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::server_rollouts(&self.state, &args.server_id, args.limit).await)
+        reply(
+            self.control
+                .server_rollouts(&args.server_id, args.limit)
+                .await,
+        )
     }
 
     #[tool(
@@ -261,7 +264,11 @@ impl Tools {
         &self,
         Parameters(args): Parameters<RollbackArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::rollback(&self.state, &args.server_id, args.to.as_deref(), args.force).await)
+        reply(
+            self.control
+                .rollback(&args.server_id, args.to.as_deref(), args.force)
+                .await,
+        )
     }
 
     #[tool(
@@ -278,7 +285,7 @@ impl Tools {
         &self,
         Parameters(args): Parameters<ServerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        reply(ops::resume(&self.state, &args.server_id).await)
+        reply(self.control.resume(&args.server_id).await)
     }
 }
 
@@ -324,7 +331,7 @@ fn with_error_code(response: CallToolResponse, tool: &str) -> CallToolResponse {
         .unwrap_or(&text)
         .trim();
     let message = format!("invalid arguments for `{tool}`: {}", plain_types(text));
-    tool_error(&ApiError::validation_failed(message).with_details(json!({ "tool": tool }))).into()
+    error_result("VALIDATION_FAILED", &message, json!({ "tool": tool })).into()
 }
 
 /// serde names the Rust type it expected (`expected usize`); a model reads JSON types.
@@ -348,8 +355,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn api_errors_become_tool_errors_with_their_code_and_message() {
-        let r = reply::<()>(Err(ApiError::server_not_found("nope"))).unwrap();
+    fn control_errors_become_tool_errors_with_their_code_and_message() {
+        let r = reply::<()>(Err(ControlError::server_not_found("nope"))).unwrap();
         assert_eq!(r.is_error, Some(true));
         assert_eq!(
             r.content[0].as_text().unwrap().text,
@@ -384,7 +391,7 @@ mod tests {
             "VALIDATION_FAILED"
         );
         // Our own errors, and successes, pass unchanged.
-        let ours = reply::<()>(Err(ApiError::server_not_found("x"))).unwrap();
+        let ours = reply::<()>(Err(ControlError::server_not_found("x"))).unwrap();
         let CallToolResponse::Complete(r) = with_error_code(ours.clone().into(), "t") else {
             panic!("a complete result");
         };

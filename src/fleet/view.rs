@@ -94,6 +94,11 @@ impl Fleet {
         self.tx.borrow().clone()
     }
 
+    /// Whether the view has a server `id` (without copying the view).
+    pub fn has_server(&self, id: &str) -> bool {
+        self.tx.borrow().servers.iter().any(|s| s.id == id)
+    }
+
     /// Replaces the view; every subscriber wakes.
     pub fn set(&self, view: FleetView) {
         self.tx.send_replace(view);

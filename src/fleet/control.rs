@@ -1,0 +1,139 @@
+//! [`Control`]: the handles every surface acts through — the store, the rollout executor,
+//! the health monitor, the fleet view, the desired snapshot of the last sync and the sync
+//! loop's wake-ups. The agent builds one; the HTTP API, the MCP tools, the gateway
+//! publisher and the agent's own loops share it, and none of them needs the others.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::error::ControlError;
+use super::view::{Fleet, FleetView};
+use crate::health::Monitor;
+use crate::reconcile::Desired;
+use crate::reconcile::execute::Executor;
+use crate::store::Store;
+
+/// What woke a sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Poll,
+    Webhook,
+    Watch,
+    /// An operator asked for something (deploy, retry).
+    Operator,
+    /// The registry has new tags.
+    Registry,
+    /// An instance exited (or was restarted by its runtime): the endpoint may have moved.
+    Runtime,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Poll => "poll",
+            Trigger::Webhook => "webhook",
+            Trigger::Watch => "watch",
+            Trigger::Operator => "operator",
+            Trigger::Registry => "registry",
+            Trigger::Runtime => "runtime",
+        }
+    }
+}
+
+/// The fleet's handles and the operator's actions on them (see `actions` and `reads`).
+pub struct Control {
+    pub store: Store,
+    pub executor: Executor,
+    pub monitor: Monitor,
+    /// The live fleet view.
+    pub view: Fleet,
+    /// Work that must finish its current step before the agent exits (an operator's
+    /// restart); the agent's own background tasks share the same tracker.
+    pub tasks: TaskTracker,
+    /// The desired state of the last sync, per server (restarts and recovery start
+    /// instances from it).
+    desired: RwLock<BTreeMap<String, Desired>>,
+    triggers: mpsc::Sender<Trigger>,
+}
+
+impl Control {
+    pub fn new(
+        store: Store,
+        executor: Executor,
+        monitor: Monitor,
+        view: Fleet,
+        tasks: TaskTracker,
+        triggers: mpsc::Sender<Trigger>,
+    ) -> Control {
+        Control {
+            store,
+            executor,
+            monitor,
+            view,
+            tasks,
+            desired: RwLock::default(),
+            triggers,
+        }
+    }
+
+    /// Asks the sync loop to run soon; bursts collapse into one sync.
+    pub fn wake(&self, trigger: Trigger) {
+        // A full queue already holds a wake-up, which is all that is needed.
+        let _ = self.triggers.try_send(trigger);
+    }
+
+    pub fn desired(&self, server: &str) -> Option<Desired> {
+        self.desired
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server)
+            .cloned()
+    }
+
+    pub fn set_desired(&self, desired: &[Desired]) {
+        *self.desired.write().unwrap_or_else(|p| p.into_inner()) = desired
+            .iter()
+            .map(|d| (d.server_id().to_owned(), d.clone()))
+            .collect();
+    }
+
+    /// The view as the sync loop and the executor last left it.
+    pub fn fleet(&self) -> FleetView {
+        self.view.get()
+    }
+
+    pub fn set_fleet(&self, view: FleetView) {
+        self.view.set(view);
+    }
+
+    /// The fleet with each server's live health from the monitor.
+    pub fn fleet_live(&self) -> FleetView {
+        let mut fleet = self.fleet();
+        for s in &mut fleet.servers {
+            if let Some(h) = self.monitor.get(&s.id) {
+                s.health = Some(h.state);
+                s.health_since = Some(h.since);
+                s.health_reason = h.cause;
+            }
+        }
+        fleet
+    }
+
+    /// Whether `server` is one of the applied manifest's.
+    pub(super) fn known(&self, server: &str) -> bool {
+        self.view.has_server(server)
+    }
+
+    pub(super) fn require_known(&self, server: &str) -> Result<(), ControlError> {
+        if self.known(server) {
+            Ok(())
+        } else {
+            Err(ControlError::server_not_found(server))
+        }
+    }
+}

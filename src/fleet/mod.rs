@@ -1,0 +1,23 @@
+//! The transport-neutral control layer: the live fleet view (a `tokio::sync::watch`
+//! channel), the desired snapshot and the sync loop's wake-ups, and the operator's actions
+//! and reads with their own error type. The HTTP API and the MCP tools are adapters over
+//! [`Control`]; the gateway publisher follows its view; the agent builds it. Nothing here
+//! knows about HTTP, MCP or the agent that owns it.
+
+mod actions;
+mod control;
+mod error;
+mod reads;
+mod view;
+
+pub use actions::{
+    DeployRequested, FORCEABLE, MAX_OVERRIDE_SECONDS, Overridden, RestartRequested, Resumed,
+    RolledBack, Stopped,
+};
+pub use control::{Control, Trigger};
+pub use error::{ControlError, Missing};
+pub use reads::{
+    EVENTS_LIMIT, HealthEventPage, HealthReport, HealthStatus, MonitoredHealth, ROLLOUTS_LIMIT,
+    RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth, after, limit,
+};
+pub use view::{Fleet, FleetView, ServerView, on_rollout_phase};
