@@ -98,18 +98,20 @@ pub async fn run(
     if urls.is_empty() {
         return;
     }
-    let mut sequence: u64 = state
-        .store
-        .call(|s| s.meta(SEQUENCE_KEY))
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let mut sequence: u64 = match state.store.call(|s| s.meta(SEQUENCE_KEY)).await {
+        Ok(stored) => stored.and_then(|s| s.parse().ok()).unwrap_or(0),
+        Err(e) => {
+            // Gateways keep the highest sequence they saw; starting again from 0 would have
+            // every update ignored. The clock in milliseconds is above any count so far.
+            let floor = u64::try_from(Timestamp::now().as_millisecond()).unwrap_or(0);
+            warn!(error = %crate::error_text::chain(&e), sequence = floor, "cannot read the last publish sequence; continuing above any earlier one");
+            floor
+        }
+    };
     let (tx, rx) = watch::channel::<Option<Payload>>(None);
     for url in urls {
         counts.add(&redact(&url), 0, 0);
-        tokio::spawn(deliver(
+        state.tasks.spawn(deliver(
             url,
             rx.clone(),
             counts.clone(),

@@ -296,7 +296,13 @@ pub async fn run(
         addr: settings.listen,
         source,
     })?;
-    let store = Store::open(&settings.data_dir.join("state.db"))?;
+    let db = settings.data_dir.join("state.db");
+    let store = tokio::task::spawn_blocking(move || Store::open(&db))
+        .await
+        .map_err(|e| AgentError::Task {
+            task: "opening the state database",
+            message: e.to_string(),
+        })??;
     let interrupted = store
         .call(|s| s.interrupt_unfinished(jiff::Timestamp::now()))
         .await?;
@@ -488,9 +494,9 @@ pub async fn run(
             break;
         }
         // Back off while the remote is unreachable, up to the poll interval.
-        let wait = if syncer.commit_waiting() {
+        let wait = if let Some(soon) = syncer.commit_waiting() {
             // A commit the store could not record yet: try again soon.
-            Duration::from_secs(1).min(settings.poll_interval)
+            soon.min(settings.poll_interval)
         } else if syncer.fetch_failures > 0 {
             let backoff =
                 Duration::from_millis(500) * 2u32.saturating_pow(syncer.fetch_failures.min(10));
@@ -522,6 +528,14 @@ pub async fn run(
             unfinished = tasks.len(),
             "background tasks did not finish in time; stopping anyway"
         );
+    }
+    // Health events noted until now (the last transitions, recovery's last words) are
+    // stored before the agent exits.
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, monitor.flush())
+        .await
+        .is_err()
+    {
+        warn!("health events were still being stored at exit");
     }
     match api.await {
         Ok(r) => r.map_err(AgentError::Serve),

@@ -124,7 +124,8 @@ pub async fn run(state: Arc<Control>, shutdown: CancellationToken) {
     }
 }
 
-fn event(state: &Control, server: &str, detail: String) {
+/// Records a recovery event (on the blocking pool, like every store call).
+async fn event(state: &Control, server: &str, detail: String) {
     let e = NewHealthEvent {
         server_id: server.to_owned(),
         at: Timestamp::now(),
@@ -134,8 +135,8 @@ fn event(state: &Control, server: &str, detail: String) {
         detail,
         instance_id: state.monitor.get(server).map(|h| h.instance_id),
     };
-    if let Err(err) = state.store.add_health_event(&e) {
-        warn!(error = %err, "cannot record a recovery event");
+    if let Err(err) = state.store.call(move |s| s.add_health_event(&e)).await {
+        warn!(error = %crate::error_text::chain(&err), "cannot record a recovery event");
     }
 }
 
@@ -167,7 +168,7 @@ async fn recover(
         if attempt >= r.max_attempts {
             let detail =
                 format!("{attempt} recovery attempt(s) did not bring it back; it stays monitored");
-            event(&state, &server, detail.clone());
+            event(&state, &server, detail.clone()).await;
             state.monitor.give_up(&server, &detail);
             notify(&state, &desired, &server, &detail);
             // Fixed by hand later, or replaced by a commit: healthy for a while starts over.
@@ -191,7 +192,8 @@ async fn recover(
                 r.max_attempts,
                 backoff.as_secs_f64()
             ),
-        );
+        )
+        .await;
         let deadline = tokio::time::Instant::now() + backoff;
         let mut healed = false;
         while tokio::time::Instant::now() < deadline {
@@ -209,7 +211,8 @@ async fn recover(
                 &state,
                 &server,
                 "healthy again before the next attempt".into(),
-            );
+            )
+            .await;
             match watch(&state, &server, span, &shutdown).await {
                 Watch::StayedHealthy => {
                     forget(&used);
@@ -219,18 +222,41 @@ async fn recover(
                 Watch::Gone => return,
             }
         }
-        // Never fight an operator's stop or act on a server that left the manifest.
-        if state
-            .store
-            .held_servers()
-            .unwrap_or_default()
-            .contains(&server)
-        {
+        // Never fight an operator's stop or act on a server that left the manifest. Stops
+        // that cannot be read are not taken for none: no action until they can be.
+        let held = {
+            let server = server.clone();
+            state
+                .store
+                .call(move |s| Ok(s.held_servers()?.contains(&server)))
+                .await
+        };
+        let held = match held {
+            Ok(held) => held,
+            Err(e) => {
+                event(
+                    &state,
+                    &server,
+                    format!(
+                        "cannot read operator stops ({}); no action until they can be read",
+                        crate::error_text::chain(&e)
+                    ),
+                )
+                .await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff.max(Duration::from_secs(1))) => {}
+                }
+                continue;
+            }
+        };
+        if held {
             event(
                 &state,
                 &server,
                 "stopped by an operator: recovery ends".into(),
-            );
+            )
+            .await;
             return;
         }
         let Some(desired) = state.desired(&server) else {
@@ -238,7 +264,8 @@ async fn recover(
                 &state,
                 &server,
                 "no longer in the manifest: recovery ends".into(),
-            );
+            )
+            .await;
             return;
         };
         *used
@@ -288,7 +315,8 @@ async fn recover(
                 attempt + 1,
                 r.max_attempts
             ),
-        );
+        )
+        .await;
         state.wake(Trigger::Runtime);
         if result.is_ok() {
             match watch(&state, &server, span, &shutdown).await {

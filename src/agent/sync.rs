@@ -5,7 +5,7 @@
 //! A commit that fails validation is recorded as rejected and changes nothing: the last
 //! applied revision keeps running.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,19 @@ use crate::fleet::{Control, FleetView, ServerView, Trigger};
 use crate::manifest::policy::TrustPolicy;
 use crate::manifest::{self, Checked, Diagnostic, Severity};
 use crate::reconcile::execute::{ApplyContext, Executor, ServerOutcome};
-use crate::reconcile::{Desired, DesiredProblem, desired_state, plan};
+use crate::reconcile::{DesiredProblem, Inputs, Selection, plan, select, watched_images};
 use crate::runtime::Instance;
 use crate::source::{GitSource, Revision, short_commit};
 use crate::store::{NewRun, RunResult, Stage, StageRecord, StageStatus};
+
+/// What the sync's decisions read from the store (see [`Syncer::recorded`]).
+struct Recorded {
+    failed: Vec<crate::store::FailedVersion>,
+    /// Operators' rollback pins: server → version.
+    pins: BTreeMap<String, String>,
+    /// Servers an operator stopped.
+    held: Vec<String>,
+}
 
 /// The revision whose manifest is in force.
 struct Applied {
@@ -43,20 +52,16 @@ pub struct Syncer {
     applied: Option<Applied>,
     /// The head of the last fetch, so an unchanged head does not start a new run.
     last_head: Option<String>,
-    /// Servers whose desired spec already failed its health gate, with why: left alone
-    /// until the spec changes or an operator retries (recomputed by `desired`).
-    failed: BTreeMap<String, String>,
-    /// Newer versions policies with `auto_update: false` only report.
-    update_available: BTreeMap<String, String>,
-    /// Operator rollback pins (server → version), as `desired` last read them.
-    pins: BTreeMap<String, String>,
-    /// Per-server problems of the current desired state (missing secrets, wrong runtime).
+    /// Per-server problems of the last converge (missing secrets, wrong runtime), for the
+    /// run it belongs to.
     problems: Vec<DesiredProblem>,
     /// Consecutive fetch failures, for backoff.
     pub fetch_failures: u32,
     /// The new commit that could not be recorded, and why, until it can be (or the branch
     /// moved away from it).
     store_error: Option<(String, String)>,
+    /// Consecutive syncs that left the new commit waiting for the store, for backoff.
+    store_failures: u32,
     /// Set while a fetch runs on the blocking pool, also after the sync stopped waiting
     /// for it: a second fetch into the same mirror would only fight over its locks.
     fetching: Arc<std::sync::atomic::AtomicBool>,
@@ -157,12 +162,10 @@ impl Syncer {
             sync_duration,
             applied: None,
             last_head: None,
-            failed: BTreeMap::new(),
-            update_available: BTreeMap::new(),
-            pins: BTreeMap::new(),
             problems: Vec::new(),
             fetch_failures: 0,
             store_error: None,
+            store_failures: 0,
             fetching: Arc::default(),
         }
     }
@@ -199,9 +202,20 @@ impl Syncer {
         }
     }
 
-    /// Whether the last sync left a new commit unrecorded, to be tried again soon.
-    pub fn commit_waiting(&self) -> bool {
-        self.store_error.is_some()
+    /// How long until a new commit the store could not record (or read) is tried again:
+    /// soon, then backing off (1, 2, 4, 8 s), so a broken store does not fill the log with
+    /// attempts. `None` when nothing waits.
+    pub fn commit_waiting(&self) -> Option<Duration> {
+        self.store_error.as_ref()?;
+        Some(Duration::from_secs(
+            1 << self.store_failures.saturating_sub(1).min(3),
+        ))
+    }
+
+    fn store_failed(&mut self, head: &str, error: String) {
+        self.last_head = None;
+        self.store_error = Some((head.to_owned(), error));
+        self.store_failures = self.store_failures.saturating_add(1);
     }
 
     async fn blocking<T: Send + 'static>(
@@ -236,7 +250,7 @@ impl Syncer {
                     && let Ok(checked) = manifest::check(&files, &self.trust)
                 {
                     info!(revision = %short_commit(&commit), "restored the applied revision");
-                    self.applied = Some(Applied { commit, checked });
+                    self.set_applied(Some(Applied { commit, checked }));
                 }
             }
             Err(e) => {
@@ -263,17 +277,35 @@ impl Syncer {
                 // A branch that moved away from the unrecorded commit has nothing waiting.
                 if self.store_error.as_ref().is_some_and(|(c, _)| *c != head) {
                     self.store_error = None;
+                    self.store_failures = 0;
                 }
                 if self.last_head.as_deref() != Some(head.as_str()) {
                     self.last_head = Some(head.clone());
+                    // What the store knows of this commit decides whether it runs: when
+                    // that cannot be read, nothing runs and the commit waits (fail closed:
+                    // a poison commit must not be taken for a new one).
                     let h = head.clone();
-                    let already = self
+                    let known = self
                         .control
                         .store
-                        .call(move |s| s.latest_result_for(&h))
-                        .await
-                        .ok()
-                        .flatten();
+                        .call(move |s| {
+                            Ok((s.latest_result_for(&h)?, s.runs_died_in_validation(&h)?))
+                        })
+                        .await;
+                    let (already, died) = match known {
+                        Ok(known) => known,
+                        Err(e) => {
+                            let e = format!(
+                                "cannot read the runs of the new commit: {}",
+                                crate::error_text::chain(&e)
+                            );
+                            warn!(error = %e, "not running the new commit until its runs can be read");
+                            self.store_failed(&head, e);
+                            self.publish(source_error).await;
+                            self.observe_sync(started);
+                            return;
+                        }
+                    };
                     let applied_here = self.applied.as_ref().is_some_and(|a| a.commit == head);
                     // A rejected commit stays rejected, and the commit in force is not run
                     // again, unless its run was cut short (the agent died mid-apply). Anything
@@ -282,13 +314,7 @@ impl Syncer {
                     // A commit whose runs died with the agent twice during validation is
                     // poison (a manifest that exhausts memory, say): it is recorded as failed
                     // and not run again, or every restart would die on it.
-                    let h = head.clone();
-                    let poisoned = self
-                        .control
-                        .store
-                        .call(move |s| s.runs_died_in_validation(&h))
-                        .await
-                        .is_ok_and(|n| n >= POISON_AFTER);
+                    let poisoned = died >= POISON_AFTER;
                     if poisoned && interrupted {
                         self.record_poison(&head, trigger, seen_at).await;
                     }
@@ -307,12 +333,13 @@ impl Syncer {
                         // A commit that could not even be recorded is not seen yet: the
                         // next sync tries it again (the loop backs off meanwhile).
                         if let Err(e) = recorded {
-                            self.last_head = None;
-                            self.store_error = Some((head.clone(), e));
+                            self.store_failed(&head, e);
                         } else {
                             self.store_error = None;
+                            self.store_failures = 0;
                         }
                         self.publish(source_error).await;
+                        self.observe_sync(started);
                         return;
                     }
                 }
@@ -331,6 +358,11 @@ impl Syncer {
             }
         }
         self.publish(source_error).await;
+        self.observe_sync(started);
+    }
+
+    /// Counts a finished sync (`GET /metrics`) and warns about one over its budget.
+    fn observe_sync(&self, started: Instant) {
         let took = started.elapsed();
         self.sync_duration.observe(took.as_secs_f64());
         if took.as_secs() >= 30 {
@@ -379,7 +411,9 @@ impl Syncer {
             finished_at: Some(fetch.1),
             detail: None,
         };
-        let _ = store.call(move |s| s.record_stage(run_id, &fetched)).await;
+        if let Err(e) = store.call(move |s| s.record_stage(run_id, &fetched)).await {
+            warn!(error = %crate::error_text::chain(&e), "cannot record a run stage");
+        }
 
         // validate
         let started = Timestamp::now();
@@ -464,13 +498,13 @@ impl Syncer {
             commit: head.to_owned(),
             checked,
         };
-        let previous = self.applied.replace(applied);
+        let previous = self.set_applied(Some(applied));
         let before = previous
             .as_ref()
             .filter(|p| p.commit != head)
             .map(|p| p.commit.clone());
         let now = head.to_owned();
-        let _ = store
+        let written = store
             .call(move |s| {
                 if let Some(before) = &before {
                     s.set_meta(PREVIOUS_KEY, before)?;
@@ -478,6 +512,18 @@ impl Syncer {
                 s.set_meta(APPLIED_KEY, &now)
             })
             .await;
+        // Applied but not recorded, the commit would be forgotten at the next start (and
+        // the revision before it put back): it is not applied until it can be recorded.
+        if let Err(e) = written {
+            let e = format!(
+                "cannot record the applied revision: {}",
+                crate::error_text::chain(&e)
+            );
+            warn!(error = %e, "not applying the commit until the store writes again");
+            self.set_applied(previous);
+            finish_run(&store, run_id, RunResult::Failed, Some(e.clone()), &[]).await;
+            return Err(e);
+        }
         if let (Some(prev), Some(now)) = (&previous, &self.applied) {
             let changed: Vec<String> = now
                 .checked
@@ -498,7 +544,12 @@ impl Syncer {
                     Ok(forgotten)
                 })
                 .await
-                .unwrap_or_default();
+                .unwrap_or_else(|e| {
+                    // Only a courtesy: a changed spec is a new try anyway (`select` matches
+                    // failed versions by spec).
+                    warn!(error = %crate::error_text::chain(&e), "cannot forget the changed servers' failed versions");
+                    Vec::new()
+                });
             for server in forgotten {
                 info!(server = %server, "the commit changes this server: its failed versions may be tried again");
             }
@@ -594,106 +645,62 @@ impl Syncer {
         Ok(())
     }
 
-    /// The desired state now: each server at the version its policy resolves to (from the
-    /// registry's tags, the running version, the failed-version memory and operator pins).
-    ///
-    /// Fails closed: without the failed-version memory or the operator pins, a version that
-    /// failed would be tried again or a rollback undone, so their read failing is an error.
-    fn desired(&mut self, observed: &[Instance]) -> Result<Vec<Desired>, String> {
-        let Some(applied) = &self.applied else {
-            return Ok(Vec::new());
-        };
-        let store = &self.control.store;
-        let read = |what: &str, e: crate::store::StoreError| {
-            format!("cannot read {what}: {}", crate::error_text::chain(&e))
-        };
-        let failed_rows = store
-            .failed_versions(None)
-            .map_err(|e| read("the failed versions", e))?;
-        let pins: BTreeMap<String, String> = store
-            .pins()
-            .map_err(|e| read("the operator pins", e))?
-            .into_iter()
-            .map(|p| (p.server_id, p.version))
-            .collect();
-        let tags = self.watched.tags();
-        // The registry poller watches the repositories of servers whose policy can move.
+    /// Puts `applied` in force (or nothing) and tells the registry poller which
+    /// repositories it now watches; returns the revision that was in force.
+    fn set_applied(&mut self, applied: Option<Applied>) -> Option<Applied> {
         self.watched.set_images(
             applied
-                .checked
-                .manifest
-                .servers
-                .iter()
-                .filter(|s| {
-                    applied.checked.update_policy(s).version_strategy
-                        != crate::manifest::VersionStrategy::Pinned
+                .as_ref()
+                .map(|a| watched_images(&a.checked))
+                .unwrap_or_default(),
+        );
+        std::mem::replace(&mut self.applied, applied)
+    }
+
+    /// What a decision reads from the store, in one trip to the blocking pool. Fails
+    /// closed: without the failed-version memory, the rollback pins or the operator stops,
+    /// a version that failed would be tried again, a rollback undone or a stopped server
+    /// brought back, so a failed read is an error and the caller changes nothing.
+    async fn recorded(&self) -> Result<Recorded, String> {
+        self.control
+            .store
+            .call(|s| {
+                Ok(Recorded {
+                    failed: s.failed_versions(None)?,
+                    pins: s
+                        .pins()?
+                        .into_iter()
+                        .map(|p| (p.server_id, p.version))
+                        .collect(),
+                    held: s.held_servers()?,
                 })
-                .filter_map(|s| s.docker.as_ref().map(|d| d.image.clone()))
-                .collect(),
-        );
-        let mut update_available = BTreeMap::new();
-        let mut version_of = |server: &crate::manifest::Server| -> semver::Version {
-            if let Some(v) = pins
-                .get(&server.id)
-                .and_then(|v| semver::Version::parse(v).ok())
-            {
-                return v;
-            }
-            let running = observed
-                .iter()
-                .filter(|i| i.server_id == server.id && i.is_running())
-                .max_by_key(|i| i.started_at)
-                .map(|i| i.version.clone());
-            let failed: BTreeSet<semver::Version> = failed_rows
-                .iter()
-                .filter(|f| f.server_id == server.id)
-                .filter_map(|f| semver::Version::parse(&f.version).ok())
-                .collect();
-            let image_tags = server.docker.as_ref().and_then(|d| tags.get(&d.image));
-            let r = crate::manifest::policy::resolve(
-                &server.version,
-                &applied.checked.update_policy(server),
-                image_tags.map(Vec::as_slice),
-                running.as_ref(),
-                &failed,
-            );
-            if let Some(newer) = r.update_available {
-                update_available.insert(server.id.clone(), newer.to_string());
-            }
-            r.target
-        };
-        let version_of = std::cell::RefCell::new(&mut version_of);
-        let secrets = &self.secrets;
-        let (desired, problems) = desired_state(
-            &applied.checked,
-            self.executor.runtime().kind(),
-            &applied.commit,
-            &|s| (version_of.borrow_mut())(s),
-            &|name| secrets.get(name),
-        );
-        self.problems = problems;
-        self.update_available = update_available;
-        self.pins = pins;
-        // A spec that failed exactly as it is now is left alone; a changed one is a new try.
-        self.failed = desired
-            .iter()
-            .filter_map(|d| {
-                failed_rows
-                    .iter()
-                    .find(|f| {
-                        f.server_id == d.server_id()
-                            && f.version == d.spec.version.to_string()
-                            && f.spec_hash == d.spec.spec_hash
-                    })
-                    .map(|f| {
-                        (
-                            f.server_id.clone(),
-                            format!("{} failed: {}", f.version, f.reason),
-                        )
-                    })
             })
-            .collect();
-        Ok(desired)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot read the failed versions, rollback pins and operator stops: {}",
+                    crate::error_text::chain(&e)
+                )
+            })
+    }
+
+    /// The desired state now (see [`select`]): each server at the version its policy
+    /// resolves to from the registry's tags, what runs, and what `recorded` holds.
+    fn selection(&self, observed: &[Instance], recorded: &Recorded) -> Selection {
+        let Some(applied) = &self.applied else {
+            return Selection::default();
+        };
+        let tags = self.watched.tags();
+        let inputs = Inputs {
+            checked: &applied.checked,
+            commit: &applied.commit,
+            runtime: self.executor.runtime().kind(),
+            observed,
+            failed: &recorded.failed,
+            pins: &recorded.pins,
+            tags: &tags,
+        };
+        select(&inputs, &|name| self.secrets.get(name))
     }
 
     /// Plans against what runs and applies the changes. Returns the plan summary (or why it
@@ -707,24 +714,23 @@ impl Syncer {
             Ok(o) => o,
             Err(e) => return (Err(format!("cannot list instances: {e}")), Vec::new()),
         };
-        let desired = match self.desired(&observed) {
-            Ok(d) => d,
+        let recorded = match self.recorded().await {
+            Ok(r) => r,
             Err(e) => return (Err(e), Vec::new()),
         };
-        // Fail closed: without knowing which servers an operator stopped, nothing changes
-        // (an empty list would bring them back).
-        let held = match self.control.store.call(|s| s.held_servers()).await {
-            Ok(h) => h,
-            Err(e) => {
-                let e = crate::error_text::chain(&e);
-                return (Err(format!("cannot read operator stops: {e}")), Vec::new());
-            }
-        };
+        let Selection {
+            desired,
+            problems,
+            failed,
+            ..
+        } = self.selection(&observed, &recorded);
+        self.problems = problems;
+        let held = recorded.held;
         let mut leave_alone: BTreeMap<String, String> = BTreeMap::new();
         for server in held {
             leave_alone.insert(server, "stopped by an operator".to_owned());
         }
-        for (server, reason) in &self.failed {
+        for (server, reason) in &failed {
             leave_alone.entry(server.clone()).or_insert_with(|| {
                 format!("{reason}; not retried until the manifest changes this server or an operator retries")
             });
@@ -751,7 +757,7 @@ impl Syncer {
     /// A poison commit got as far as being applied: the revision in force before it is
     /// put back (or none, leaving what runs alone), so converging does not redo it.
     async fn fall_back_from_poison(&mut self) {
-        self.applied = None;
+        self.set_applied(None);
         let store = self.control.store.clone();
         let fallen_back = store
             .call(|s| {
@@ -808,13 +814,15 @@ impl Syncer {
                 )];
             }
         };
-        let desired = match self.desired(&observed) {
-            Ok(d) => d,
+        let recorded = match self.recorded().await {
+            Ok(r) => r,
             Err(e) => return vec![format!("cannot verify: {e}")],
         };
-        desired
+        let selection = self.selection(&observed, &recorded);
+        selection
+            .desired
             .iter()
-            .filter(|d| !self.failed.contains_key(d.server_id()))
+            .filter(|d| !selection.failed.contains_key(d.server_id()))
             .filter(|d| {
                 !observed.iter().any(|i| {
                     i.server_id == d.server_id()
@@ -845,8 +853,9 @@ impl Syncer {
                 return;
             }
         };
-        match self.view(source_error.clone(), &observed) {
-            Ok((mut view, targets)) => {
+        match self.recorded().await {
+            Ok(recorded) => {
+                let (mut view, targets) = self.view(source_error, &observed, &recorded);
                 view.store_error = self.store_error.clone().map(|(_, e)| e);
                 view.observed = true;
                 self.control.set_fleet(view);
@@ -878,22 +887,18 @@ impl Syncer {
     /// The fleet view for the API and the monitor's targets: the running instance of every
     /// server that is not stopped by an operator.
     fn view(
-        &mut self,
+        &self,
         source_error: Option<String>,
         observed: &[Instance],
-    ) -> Result<(FleetView, Vec<crate::health::Target>), String> {
+        recorded: &Recorded,
+    ) -> (FleetView, Vec<crate::health::Target>) {
         let previous = self.control.fleet();
-        let desired = self.desired(observed)?;
-        let held = self.control.store.held_servers().map_err(|e| {
-            format!(
-                "cannot read operator stops: {}",
-                crate::error_text::chain(&e)
-            )
-        })?;
-        self.control.set_desired(&desired);
+        let selection = self.selection(observed, recorded);
+        let desired = &selection.desired;
+        let held = &recorded.held;
+        let pins = &recorded.pins;
+        self.control.set_desired(desired);
         let mut targets = Vec::new();
-        // `desired` just read the pins; reuse them.
-        let pins = self.pins.clone();
         let now = Timestamp::now();
         let mut servers = Vec::new();
         if let Some(applied) = &self.applied {
@@ -911,9 +916,10 @@ impl Syncer {
                     matches!((d, current), (Some(d), Some(i)) if i.spec_hash == d.spec.spec_hash);
                 let (state, reason) = if held.contains(&server.id) {
                     ("stopped", Some("stopped by an operator".to_owned()))
-                } else if let Some(p) = self.problems.iter().find(|p| p.server_id == server.id) {
+                } else if let Some(p) = selection.problems.iter().find(|p| p.server_id == server.id)
+                {
                     ("failed", Some(p.reason.clone()))
-                } else if let Some(reason) = self.failed.get(&server.id) {
+                } else if let Some(reason) = selection.failed.get(&server.id) {
                     ("failed", Some(reason.clone()))
                 } else if matches {
                     ("running", None)
@@ -964,7 +970,7 @@ impl Syncer {
                     instance_id: current.map(|i| i.id.clone()),
                     revision: current.map(|i| i.revision.clone()),
                     since,
-                    update_available: self.update_available.get(&server.id).cloned(),
+                    update_available: selection.update_available.get(&server.id).cloned(),
                     pinned_version: pins.get(&server.id).cloned(),
                     health: None,
                     health_since: None,
@@ -982,6 +988,6 @@ impl Syncer {
             servers,
             observed: false,
         };
-        Ok((view, targets))
+        (view, targets)
     }
 }

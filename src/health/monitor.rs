@@ -2,7 +2,10 @@
 //! jitter so a thousand servers are not probed at the same instant), with a global bound on
 //! probes in flight. A slow or hanging server only delays its own task. Probe results and
 //! runtime events feed each server's [`Tracker`]; every transition is stored as a health
-//! event and broadcast to subscribers (the recovery manager, later the API's event stream).
+//! event and broadcast to subscribers (the recovery manager, the gateway publisher).
+//!
+//! Health events are written by one journal task, through the store's blocking pool and
+//! in the order they happened; a transition is broadcast only once its event is stored.
 //!
 //! The monitor decides nothing about deploying: it only observes and reports.
 
@@ -12,7 +15,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::Serialize;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -75,8 +78,16 @@ struct Entry {
     mismatch_reported: bool,
 }
 
+/// What the journal task is handed.
+enum Note {
+    /// An event to store, and the transition to broadcast once it is stored.
+    Event(Box<(NewHealthEvent, Option<TransitionEvent>)>),
+    /// Answered once everything before it is stored.
+    Flush(oneshot::Sender<()>),
+}
+
 struct Inner {
-    store: Store,
+    journal: mpsc::UnboundedSender<Note>,
     prober: Prober,
     // A std lock: held only to read or update an entry, never across a probe or an await.
     entries: Mutex<HashMap<String, Entry>>,
@@ -101,12 +112,15 @@ fn jitter(server: &str, interval: Duration) -> Duration {
 }
 
 impl Monitor {
-    /// A monitor recording into `store`, with at most `max_in_flight` probes at once.
+    /// A monitor recording into `store`, with at most `max_in_flight` probes at once. Its
+    /// journal task runs on the current tokio runtime until the last handle is dropped.
     pub fn new(store: Store, max_in_flight: usize, redactor: crate::redact::Redactor) -> Monitor {
         let (tx, _) = broadcast::channel(1024);
+        let (journal, notes) = mpsc::unbounded_channel();
+        tokio::spawn(write_journal(store, tx.clone(), notes));
         Monitor {
             inner: Arc::new(Inner {
-                store,
+                journal,
                 prober: Prober::new().with_redactor(redactor),
                 entries: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(max_in_flight.max(1)),
@@ -300,9 +314,20 @@ impl Monitor {
     }
 
     fn record(&self, event: NewHealthEvent) {
-        if let Err(e) = self.inner.store.add_health_event(&event) {
-            warn!(error = %crate::error_text::chain(&e), "cannot record a health event");
-        }
+        self.journal(Note::Event(Box::new((event, None))));
+    }
+
+    fn journal(&self, note: Note) {
+        // Closed only when the journal task is gone with the runtime: nothing to keep.
+        let _ = self.inner.journal.send(note);
+    }
+
+    /// Resolves once every health event noted so far is stored (the agent waits for it
+    /// before it exits).
+    pub async fn flush(&self) {
+        let (done, stored) = oneshot::channel();
+        self.journal(Note::Flush(done));
+        let _ = stored.await;
     }
 
     fn emit(&self, t: Option<(String, String, Transition)>) {
@@ -311,7 +336,7 @@ impl Monitor {
         };
         let at = Timestamp::now();
         info!(server = %server, from = %t.from, to = %t.to, cause = %t.cause, "health changed");
-        self.record(NewHealthEvent {
+        let event = NewHealthEvent {
             server_id: server.clone(),
             at,
             kind: "transition".into(),
@@ -319,16 +344,16 @@ impl Monitor {
             to_state: Some(t.to.to_string()),
             detail: t.cause.clone(),
             instance_id: Some(instance.clone()),
-        });
-        // Nobody listening is fine.
-        let _ = self.inner.tx.send(TransitionEvent {
+        };
+        let transition = TransitionEvent {
             server_id: server,
             instance_id: instance,
             from: t.from,
             to: t.to,
             cause: t.cause,
             at,
-        });
+        };
+        self.journal(Note::Event(Box::new((event, Some(transition)))));
     }
 
     fn spawn(&self, target: &Target) -> CancellationToken {
@@ -447,6 +472,58 @@ impl Entry {
             }
         }
         v
+    }
+}
+
+/// Stores health events in the order they were noted, a batch per trip to the blocking
+/// pool, and broadcasts each transition after its event is stored. Ends when every
+/// monitor handle is gone.
+async fn write_journal(
+    store: Store,
+    transitions: broadcast::Sender<TransitionEvent>,
+    mut notes: mpsc::UnboundedReceiver<Note>,
+) {
+    const BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(BATCH);
+    while notes.recv_many(&mut batch, BATCH).await > 0 {
+        let mut events = Vec::new();
+        let mut after = Vec::new();
+        for note in batch.drain(..) {
+            match note {
+                Note::Event(noted) => {
+                    let (event, transition) = *noted;
+                    events.push(event);
+                    after.push(transition.map(Ok));
+                }
+                Note::Flush(done) => after.push(Some(Err(done))),
+            }
+        }
+        if !events.is_empty() {
+            let failures = store
+                .call(move |s| {
+                    Ok(events
+                        .iter()
+                        .filter_map(|e| s.add_health_event(e).err())
+                        .map(|e| crate::error_text::chain(&e))
+                        .collect::<Vec<_>>())
+                })
+                .await
+                .unwrap_or_else(|e| vec![crate::error_text::chain(&e)]);
+            for e in failures {
+                warn!(error = %e, "cannot record a health event");
+            }
+        }
+        for next in after.into_iter().flatten() {
+            match next {
+                // Nobody listening is fine.
+                Ok(transition) => {
+                    let _ = transitions.send(transition);
+                }
+                Err(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
     }
 }
 

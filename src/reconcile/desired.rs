@@ -190,3 +190,113 @@ pub fn spec_hash(spec: &InstanceSpec) -> String {
     }
     hex::encode(&h.finalize()[..8])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::policy::TrustPolicy;
+    use crate::manifest::{RepoFiles, TextFile};
+
+    fn checked(yaml: &str) -> Checked {
+        let files = RepoFiles {
+            manifest: TextFile::new("ecosystem-manifest.yaml", yaml),
+            policies: Vec::new(),
+            trust: None,
+        };
+        let mut trust = TrustPolicy::shipped();
+        trust.allowed_images = vec!["registry.local/".into()];
+        trust.allowed_commands = vec!["/opt/mcp".into()];
+        crate::manifest::check(&files, &trust).expect("a valid manifest")
+    }
+
+    const BOTH: &str = "version: \"1.1\"\nservers:\n  - id: both\n    version: \"1.0.0\"\n    docker: { image: registry.local/both, port: 8080, env: { MODE: fast } }\n    process: { command: /opt/mcp/both, args: [\"--port\", \"{port}\"] }\n    config_requirements:\n      - { name: TOKEN, secret: true }\n      - { name: REGION, value: eu }\n      - { name: OPTIONAL_HINT, required: false }\n  - id: docker-only\n    version: \"2.0.0\"\n    docker: { image: registry.local/only, port: 9000, host_port: 18080 }\n";
+
+    fn manifest_version(s: &Server) -> Version {
+        s.version.clone()
+    }
+
+    #[test]
+    fn each_runtime_gets_its_own_section_and_a_server_without_one_is_a_problem() {
+        let c = checked(BOTH);
+        let secret = |name: &str| (name == "TOKEN").then(|| "s3cret".to_owned());
+        let (docker, problems) =
+            desired_state(&c, RuntimeKind::Docker, "abc", &manifest_version, &secret);
+        assert!(problems.is_empty(), "{problems:?}");
+        let both = &docker[0].spec;
+        assert_eq!(
+            both.docker.as_ref().unwrap().image,
+            "registry.local/both:1.0.0"
+        );
+        assert_eq!(both.docker.as_ref().unwrap().container_port, 8080);
+        assert!(both.process.is_none());
+        assert_eq!(docker[1].spec.host_port, Some(18080));
+
+        let (process, problems) =
+            desired_state(&c, RuntimeKind::Process, "abc", &manifest_version, &secret);
+        assert_eq!(process.len(), 1);
+        assert_eq!(
+            process[0].spec.process.as_ref().unwrap().command,
+            "/opt/mcp/both"
+        );
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].server_id, "docker-only");
+        assert!(
+            problems[0].reason.contains("no `process` section"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn configuration_comes_from_the_manifest_or_the_agent_and_secrets_only_from_the_agent() {
+        let c = checked(BOTH);
+        let given = |name: &str| match name {
+            "TOKEN" => Some("s3cret".to_owned()),
+            "REGION" => Some("us".to_owned()),
+            _ => None,
+        };
+        let (d, _) = desired_state(&c, RuntimeKind::Docker, "abc", &manifest_version, &given);
+        let env = &d[0].spec.env;
+        assert_eq!(env["TOKEN"], "s3cret");
+        assert_eq!(env["REGION"], "eu", "the manifest's own value wins");
+        assert_eq!(env["MODE"], "fast", "the docker section's env is kept");
+        assert!(
+            !env.contains_key("OPTIONAL_HINT"),
+            "optional and absent: left out"
+        );
+
+        let (d, problems) =
+            desired_state(&c, RuntimeKind::Docker, "abc", &manifest_version, &|_| None);
+        assert_eq!(d.len(), 1, "the other server is not held back");
+        assert_eq!(problems[0].server_id, "both");
+        assert!(problems[0].reason.contains("TOKEN"), "{problems:?}");
+        assert!(
+            !problems[0].reason.contains("OPTIONAL_HINT"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_version_chosen_is_used_and_the_revision_alone_changes_no_fingerprint() {
+        let c = checked(BOTH);
+        let secret = |_: &str| Some("x".to_owned());
+        let newer = |_: &Server| Version::new(1, 4, 2);
+        let (a, _) = desired_state(&c, RuntimeKind::Docker, "abc", &newer, &secret);
+        let (b, _) = desired_state(&c, RuntimeKind::Docker, "def", &newer, &secret);
+        assert_eq!(a[0].spec.version, Version::new(1, 4, 2));
+        assert_eq!(
+            a[0].spec.docker.as_ref().unwrap().image,
+            "registry.local/both:1.4.2"
+        );
+        assert_eq!(b[0].spec.revision, "def");
+        assert_eq!(a[0].spec.spec_hash, b[0].spec.spec_hash);
+
+        let (c2, _) = desired_state(&c, RuntimeKind::Docker, "abc", &manifest_version, &secret);
+        assert_ne!(a[0].spec.spec_hash, c2[0].spec.spec_hash);
+        let moved = c2[0].at_version(&Version::new(1, 4, 2));
+        assert_eq!(
+            moved.spec.docker.as_ref().unwrap().image,
+            "registry.local/both:1.4.2"
+        );
+        assert_eq!(moved.spec.spec_hash, a[0].spec.spec_hash);
+    }
+}

@@ -312,8 +312,8 @@ impl Executor {
     /// Starts the desired instance, gates it on health, then retires `from`. When the gate
     /// fails, the version is remembered as failed for this server and, with
     /// `rollback_on_failure`, the previous version is restored (or simply kept serving, when
-    /// it ran beside the new one) and verified healthy again. A recovery's restart is not a
-    /// new version: its failure is neither remembered nor rolled back.
+    /// it ran beside the new one) and verified healthy again. A restart (recovery's or an
+    /// operator's) is not a new version: its failure is neither remembered nor rolled back.
     async fn rollout(
         &self,
         desired: &Desired,
@@ -519,23 +519,32 @@ impl Executor {
         self.step(id, "gate_failed", Some(first_line(&reason)))
             .await;
         warn!(reason = %first_line(&reason), "rollout failed");
-        let failed = crate::store::FailedVersion {
-            server_id: desired.server_id().to_owned(),
-            version: desired.spec.version.to_string(),
-            spec_hash: desired.spec.spec_hash.clone(),
-            reason: first_line(&reason),
-            rollout_id: id,
-            failed_at: Timestamp::now(),
-        };
-        if let Err(e) = self
-            .store
-            .call(move |s| s.record_failed_version(&failed))
-            .await
-        {
-            warn!(error = %crate::error_text::chain(&e), "cannot remember the failed version");
+        // A restart (recovery's or an operator's) runs the version already in force: its
+        // failure says the instance or its surroundings are broken, not the version. So it
+        // is not remembered as a failed version (the server would be frozen long after a
+        // passing outage) nor "rolled back" onto the broken instance it meant to replace;
+        // recovery's next attempt, or the operator, decides what comes next.
+        let new_version = action != RolloutAction::Restart;
+        if new_version {
+            let failed = crate::store::FailedVersion {
+                server_id: desired.server_id().to_owned(),
+                version: desired.spec.version.to_string(),
+                spec_hash: desired.spec.spec_hash.clone(),
+                reason: first_line(&reason),
+                rollout_id: id,
+                failed_at: Timestamp::now(),
+            };
+            if let Err(e) = self
+                .store
+                .call(move |s| s.record_failed_version(&failed))
+                .await
+            {
+                warn!(error = %crate::error_text::chain(&e), "cannot remember the failed version");
+            }
         }
 
-        let restored = match (&previous, desired.policy.rollback_on_failure) {
+        let rollback = desired.policy.rollback_on_failure && new_version;
+        let restored = match (&previous, rollback) {
             (Some(old), true) => Some(self.roll_back(desired, old, strategy, id).await),
             _ => None,
         };

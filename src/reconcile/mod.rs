@@ -1,11 +1,14 @@
-//! Converging the fleet: what should run (`desired`), what to change (`plan`, pure), and
-//! carrying a plan out (`execute`), serialized per server and concurrent across servers.
+//! Converging the fleet: which version each server runs (`select`, pure), what should run
+//! (`desired`, pure), what to change (`plan`, pure), and carrying a plan out (`execute`),
+//! serialized per server and concurrent across servers.
 //!
-//! `plan` never does I/O; `execute` never decides what should run.
+//! `select`, `desired` and `plan` never do I/O; `execute` never decides what should run.
 
 pub mod desired;
 pub mod execute;
 pub mod plan;
+pub mod select;
 
 pub use desired::{Desired, DesiredProblem, desired_state};
 pub use plan::{Action, Plan, plan};
+pub use select::{Inputs, Selection, select, watched_images};

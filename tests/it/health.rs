@@ -317,6 +317,38 @@ async fn a_server_that_stays_broken_ends_failed_and_heals_through_degraded_when_
             ("degraded".to_owned(), "healthy".to_owned())
         ]
     );
+
+    // The restarts that failed their gate ran the version in force: each is a failed
+    // rollout, neither rolled back onto the broken instance nor remembered as a failed
+    // version, so the healed server is simply running again (not frozen as failed).
+    let (_, rollouts) = agent.get("/servers/broken/rollouts").await;
+    let restarts: Vec<&Value> = rollouts["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["trigger"] == "recovery")
+        .collect();
+    assert_eq!(restarts.len(), 2, "restart and recreate: {rollouts:#}");
+    for r in &restarts {
+        assert_eq!(r["outcome"], "failed", "{r:#}");
+        assert!(r["rolled_back_to"].is_null(), "{r:#}");
+    }
+    let db = rusqlite::Connection::open(agent.data.path().join("state.db")).unwrap();
+    let remembered: i64 = db
+        .query_row("SELECT count(*) FROM failed_versions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(remembered, 0, "a restart's failure is not a failed version");
+    let before = agent.sync_count().await;
+    agent
+        .call(
+            reqwest::Method::POST,
+            "/servers/broken/rollout/resume",
+            None,
+        )
+        .await;
+    agent.wait_syncs(before + 1).await;
+    let server = agent.server("broken").await.unwrap();
+    assert_eq!(server["state"], "running", "{server:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

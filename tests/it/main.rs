@@ -18,6 +18,7 @@ mod process_runtime;
 mod registry;
 mod rollback;
 mod schemathesis;
+mod store_faults;
 mod support;
 mod tidy;
 mod upgrades;

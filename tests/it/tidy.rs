@@ -188,3 +188,44 @@ fn the_module_graph_has_no_loop() {
         }
     }
 }
+
+#[test]
+fn async_code_reaches_the_store_only_through_its_blocking_pool() {
+    // Outside `store/`, a `Store` is used through `call` (which runs SQLite on the blocking
+    // pool), `subscribe` and `clone`; `Store::open` only inside `spawn_blocking`.
+    let allowed = ["call", "subscribe", "clone"];
+    let mut found = Vec::new();
+    for (path, text) in src() {
+        if path.starts_with("store/") {
+            continue;
+        }
+        let code: String = without_tests(&text)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        // `store\n    .call(` is `store.call(` once the whitespace is gone.
+        let squeezed: String = code.split_whitespace().collect();
+        for (i, _) in squeezed.match_indices("store.") {
+            let before = squeezed[..i].chars().last();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let method: String = squeezed[i + "store.".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let called = squeezed[i + "store.".len() + method.len()..].starts_with('(');
+            if called && !allowed.contains(&method.as_str()) {
+                found.push(format!("{path}: store.{method}(…)"));
+            }
+        }
+        for (i, _) in squeezed.match_indices("Store::open(") {
+            let window = &squeezed[i.saturating_sub(80)..i];
+            if !window.contains("spawn_blocking") {
+                found.push(format!("{path}: Store::open outside spawn_blocking"));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
