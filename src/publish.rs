@@ -227,7 +227,7 @@ async fn deliver(
                 }
                 Err(e) => {
                     counts.add(&name, 0, 1);
-                    warn!(gateway = %name, error = %e.without_url(), "cannot reach the gateway; retrying")
+                    warn!(gateway = %name, error = %crate::error_text::chain(&e.without_url()), "cannot reach the gateway; retrying")
                 }
             }
             tokio::select! {

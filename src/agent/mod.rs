@@ -30,7 +30,7 @@ use crate::store::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot create the data directory {path}")]
+    #[error("cannot prepare the data directory {path}")]
     DataDir {
         path: PathBuf,
         #[source]
@@ -54,6 +54,13 @@ pub enum AgentError {
     },
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot read or write {what} {path}")]
+    DataFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the API keys file {path}")]
     KeysFile {
         path: PathBuf,
@@ -90,7 +97,8 @@ fn api_keys(settings: &AgentSettings) -> Result<Vec<String>, AgentError> {
         return Ok(keys);
     }
     let path = settings.data_dir.join(crate::settings::API_KEY_FILE);
-    let io = |source| AgentError::DataDir {
+    let io = |source| AgentError::DataFile {
+        what: "the generated API key",
         path: path.clone(),
         source,
     };
@@ -168,7 +176,8 @@ async fn prune_events(store: Store, shutdown: CancellationToken) {
 fn agent_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     use sha2::Digest;
     let path = data_dir.join("agent-id");
-    let io = |source| AgentError::DataDir {
+    let io = |source| AgentError::DataFile {
+        what: "the agent's id",
         path: path.clone(),
         source,
     };
@@ -399,7 +408,10 @@ pub async fn run(
         shutdown.child_token(),
     );
     let router = crate::api::router(Arc::new(api_state), mcp);
-    let addr = listener.local_addr().map_err(AgentError::Serve)?;
+    let addr = listener.local_addr().map_err(|source| AgentError::Listen {
+        addr: settings.listen,
+        source,
+    })?;
     let limits = crate::api::serve::Limits {
         header_read_timeout: settings.header_read_timeout,
         max_connections: settings
@@ -493,13 +505,19 @@ pub async fn run(
         if shutdown.is_cancelled() {
             break;
         }
-        // Back off while the remote is unreachable, up to the poll interval.
         let wait = if let Some(soon) = syncer.commit_waiting() {
             // A commit the store could not record yet: try again soon.
             soon.min(settings.poll_interval)
-        } else if syncer.fetch_failures > 0 {
+        } else if syncer.fetch_failures > 0 && syncer.fetch_retryable {
+            // Back off while the remote is unreachable, up to the poll interval; a failure
+            // that needs someone to fix something waits for the poll (or a wake-up).
             let backoff =
                 Duration::from_millis(500) * 2u32.saturating_pow(syncer.fetch_failures.min(10));
+            backoff.min(settings.poll_interval)
+        } else if syncer.apply_failures > 0 {
+            // A change failed only because the runtime was away: try again soon.
+            let backoff =
+                Duration::from_millis(500) * 2u32.saturating_pow(syncer.apply_failures.min(10));
             backoff.min(settings.poll_interval)
         } else {
             settings.poll_interval

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::fleet::{Control, Trigger};
 use crate::health::{HealthState, Monitor};
+use crate::reconcile::execute::RolloutTrigger;
 use crate::runtime::{RuntimeEvent, RuntimeEventKind};
 use crate::store::NewHealthEvent;
 
@@ -277,14 +278,16 @@ async fn recover(
         let result = match action {
             RecoveryAction::Restart => state
                 .executor
-                .replace(&desired, false, "recovery")
+                .replace(&desired, false, RolloutTrigger::Recovery)
                 .await
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(|e| crate::error_text::chain(&e)),
             RecoveryAction::Recreate => state
                 .executor
-                .replace(&desired, true, "recovery")
+                .replace(&desired, true, RolloutTrigger::Recovery)
                 .await
-                .map(|_| ()),
+                .map(|_| ())
+                .map_err(|e| crate::error_text::chain(&e)),
             RecoveryAction::Notify => {
                 notify(
                     &state,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::fleet::{Control, Trigger};
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, RegistryError};
 
 /// What the poller watches and what it found: shared with the sync loop, which names the
 /// repositories and reads the tags.
@@ -63,8 +63,19 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    // A registry that asked us to wait is not asked again before then.
+    let mut not_before: HashMap<String, tokio::time::Instant> = HashMap::new();
+    // A failure that needs someone to act (a missing repository, refused credentials) is
+    // logged once, not every interval.
+    let mut reported: HashMap<String, String> = HashMap::new();
     loop {
-        let images = state.images();
+        let now = tokio::time::Instant::now();
+        not_before.retain(|_, until| *until > now);
+        let images: Vec<String> = state
+            .images()
+            .into_iter()
+            .filter(|i| !not_before.contains_key(i))
+            .collect();
         let mut changed = false;
         // Repositories are polled concurrently; the client caps requests per registry.
         let results = futures::future::join_all(images.iter().map(|image| {
@@ -75,6 +86,7 @@ pub async fn run(
         for (image, result) in results {
             match result {
                 Ok(list) => {
+                    reported.remove(&image);
                     debug!(image = %image, tags = list.tags.len(), cached = list.cached, "registry polled");
                     if state.set_tags(&image, list.tags) {
                         info!(image = %image, "new tags in the registry");
@@ -82,7 +94,16 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    warn!(image = %image, error = %crate::error_text::chain(&e), "cannot list tags; keeping the last known ones")
+                    let error = crate::error_text::chain(&e);
+                    if let RegistryError::RateLimited { retry_after, .. } = &e {
+                        not_before.insert(image.clone(), now + *retry_after);
+                    }
+                    if e.is_retryable() || reported.get(&image) != Some(&error) {
+                        warn!(image = %image, error = %error, retryable = e.is_retryable(), "cannot list tags; keeping the last known ones");
+                    } else {
+                        debug!(image = %image, error = %error, "cannot list tags (as before)");
+                    }
+                    reported.insert(image, error);
                 }
             }
         }

@@ -14,10 +14,12 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::registry_poll::Watched;
 use super::secrets::Secrets;
-use crate::fleet::{Control, FleetView, ServerView, Trigger};
+use crate::fleet::{Control, FleetView, Trigger, ViewInputs, deployment_view};
 use crate::manifest::policy::TrustPolicy;
 use crate::manifest::{self, Checked, Diagnostic, Severity};
-use crate::reconcile::execute::{ApplyContext, Executor, ServerOutcome};
+use crate::reconcile::execute::{
+    ApplyContext, ExecuteError, Executor, RolloutTrigger, ServerOutcome,
+};
 use crate::reconcile::{DesiredProblem, Inputs, Selection, plan, select, watched_images};
 use crate::runtime::Instance;
 use crate::source::{GitSource, Revision, short_commit};
@@ -57,6 +59,13 @@ pub struct Syncer {
     problems: Vec<DesiredProblem>,
     /// Consecutive fetch failures, for backoff.
     pub fetch_failures: u32,
+    /// Whether the last fetch failure can pass by itself (an unreachable remote) rather
+    /// than needing someone to fix something (a missing branch, a broken mirror): only the
+    /// former is retried soon.
+    pub fetch_retryable: bool,
+    /// Consecutive converges in which a change failed only because the runtime was away
+    /// (or the server busy), for a retry sooner than the poll interval.
+    pub apply_failures: u32,
     /// The new commit that could not be recorded, and why, until it can be (or the branch
     /// moved away from it).
     store_error: Option<(String, String)>,
@@ -164,6 +173,8 @@ impl Syncer {
             last_head: None,
             problems: Vec::new(),
             fetch_failures: 0,
+            fetch_retryable: true,
+            apply_failures: 0,
             store_error: None,
             store_failures: 0,
             fetching: Arc::default(),
@@ -171,13 +182,15 @@ impl Syncer {
     }
 
     /// Fetches the branch head, within the fetch's own budget and never past shutdown.
-    async fn fetch(&self) -> Result<String, String> {
+    /// A failure says why and whether it can pass by itself.
+    async fn fetch(&self) -> Result<String, (String, bool)> {
         use std::sync::atomic::Ordering;
         if self.fetching.swap(true, Ordering::SeqCst) {
-            return Err(
+            return Err((
                 "the previous fetch has not finished yet; the remote accepts connections but does not answer"
                     .to_owned(),
-            );
+                true,
+            ));
         }
         let source = self.source.clone();
         let fetching = self.fetching.clone();
@@ -191,14 +204,14 @@ impl Syncer {
             + Duration::from_secs(5);
         tokio::select! {
             joined = tokio::time::timeout(budget, task) => match joined {
-                Ok(Ok(head)) => head.map_err(|e| crate::error_text::chain(&e)),
-                Ok(Err(e)) => Err(format!("the fetch task failed: {e}")),
-                Err(_) => Err(format!(
+                Ok(Ok(head)) => head.map_err(|e| (crate::error_text::chain(&e), e.is_retryable())),
+                Ok(Err(e)) => Err((format!("the fetch task failed: {e}"), true)),
+                Err(_) => Err((format!(
                     "the fetch did not finish within {}s; the remote accepts connections but does not answer",
                     budget.as_secs()
-                )),
+                ), true)),
             },
-            _ = self.shutdown.cancelled() => Err("the agent is shutting down".to_owned()),
+            _ = self.shutdown.cancelled() => Err(("the agent is shutting down".to_owned(), true)),
         }
     }
 
@@ -267,9 +280,10 @@ impl Syncer {
         let fetch_finished = Timestamp::now();
         let mut source_error = None;
         match head {
-            Err(e) => {
+            Err((e, retryable)) => {
                 self.fetch_failures += 1;
-                warn!(error = %e, failures = self.fetch_failures, "fetch failed; keeping the applied revision");
+                self.fetch_retryable = retryable;
+                warn!(error = %e, failures = self.fetch_failures, retryable, "fetch failed; keeping the applied revision");
                 source_error = Some(e);
             }
             Ok(head) => {
@@ -348,9 +362,9 @@ impl Syncer {
         // No new commit: converge on the applied revision.
         if self.applied.is_some() {
             let why = match trigger {
-                Trigger::Registry => "registry",
-                Trigger::Operator => "operator",
-                _ => "reconcile",
+                Trigger::Registry => RolloutTrigger::Registry,
+                Trigger::Operator => RolloutTrigger::Operator,
+                _ => RolloutTrigger::Reconcile,
             };
             let (plan_result, _) = self.converge(None, why).await;
             if let Err(e) = plan_result {
@@ -557,7 +571,7 @@ impl Syncer {
         drop(previous);
 
         let started = Timestamp::now();
-        let (result, outcomes) = self.converge(Some(run_id), "commit").await;
+        let (result, outcomes) = self.converge(Some(run_id), RolloutTrigger::Commit).await;
         let plan_summary = match &result {
             Ok(summary) => summary.clone(),
             Err(e) => {
@@ -589,7 +603,7 @@ impl Syncer {
                 o.result
                     .as_ref()
                     .err()
-                    .map(|e| format!("{}: {e}", o.server_id))
+                    .map(|e| format!("{}: {}", o.server_id, crate::error_text::chain(e)))
             })
             .chain(
                 self.problems
@@ -708,7 +722,7 @@ impl Syncer {
     async fn converge(
         &mut self,
         run_id: Option<i64>,
-        trigger: &'static str,
+        trigger: RolloutTrigger,
     ) -> (Result<String, String>, Vec<ServerOutcome>) {
         let observed = match self.executor.runtime().list().await {
             Ok(o) => o,
@@ -746,11 +760,19 @@ impl Syncer {
         if p.is_noop() {
             return (Ok(summary), Vec::new());
         }
-        info!(plan = %summary, trigger, "applying");
+        info!(plan = %summary, trigger = trigger.as_str(), "applying");
         let outcomes = self
             .executor
             .apply(&p, &ApplyContext { run_id, trigger })
             .await;
+        let retry_soon = outcomes
+            .iter()
+            .any(|o| o.result.as_ref().is_err_and(ExecuteError::is_retryable));
+        self.apply_failures = if retry_soon {
+            self.apply_failures.saturating_add(1)
+        } else {
+            0
+        };
         (Ok(summary), outcomes)
     }
 
@@ -884,8 +906,9 @@ impl Syncer {
         self.control.set_fleet(view);
     }
 
-    /// The fleet view for the API and the monitor's targets: the running instance of every
-    /// server that is not stopped by an operator.
+    /// The fleet view for the API and the monitor's targets (see
+    /// [`crate::fleet::deployment_view`]); the desired state it shows becomes the one
+    /// restarts and recovery start from.
     fn view(
         &self,
         source_error: Option<String>,
@@ -894,100 +917,22 @@ impl Syncer {
     ) -> (FleetView, Vec<crate::health::Target>) {
         let previous = self.control.fleet();
         let selection = self.selection(observed, recorded);
-        let desired = &selection.desired;
-        let held = &recorded.held;
-        let pins = &recorded.pins;
-        self.control.set_desired(desired);
-        let mut targets = Vec::new();
-        let now = Timestamp::now();
-        let mut servers = Vec::new();
-        if let Some(applied) = &self.applied {
-            for server in &applied.checked.manifest.servers {
-                let d = desired.iter().find(|d| d.server_id() == server.id);
-                let mine: Vec<&Instance> = observed
-                    .iter()
-                    .filter(|i| i.server_id == server.id && i.is_running())
-                    .collect();
-                let current = d
-                    .and_then(|d| mine.iter().find(|i| i.spec_hash == d.spec.spec_hash))
-                    .or_else(|| mine.iter().max_by_key(|i| i.started_at))
-                    .copied();
-                let matches =
-                    matches!((d, current), (Some(d), Some(i)) if i.spec_hash == d.spec.spec_hash);
-                let (state, reason) = if held.contains(&server.id) {
-                    ("stopped", Some("stopped by an operator".to_owned()))
-                } else if let Some(p) = selection.problems.iter().find(|p| p.server_id == server.id)
-                {
-                    ("failed", Some(p.reason.clone()))
-                } else if let Some(reason) = selection.failed.get(&server.id) {
-                    ("failed", Some(reason.clone()))
-                } else if matches {
-                    ("running", None)
-                } else {
-                    ("pending", None)
-                };
-                // A server whose instance crashed stays monitored (on its last instance), so
-                // it shows unhealthy and recovery can act, rather than vanishing.
-                let watched = current.or_else(|| {
-                    observed
-                        .iter()
-                        .filter(|i| i.server_id == server.id)
-                        .max_by_key(|i| i.started_at)
-                });
-                if let (Some(i), Some(port), false) = (
-                    watched,
-                    watched.and_then(|i| i.host_port),
-                    held.contains(&server.id),
-                ) {
-                    targets.push(crate::health::Target {
-                        server_id: server.id.clone(),
-                        instance_id: i.id.clone(),
-                        port,
-                        version: i.version.to_string(),
-                        check: server.health_check.clone(),
-                        mcp_path: server.mcp_path.clone(),
-                    });
-                }
-                let since = previous
-                    .servers
-                    .iter()
-                    .find(|s| s.id == server.id && s.state == state)
-                    .map(|s| s.since)
-                    .unwrap_or(now);
-                servers.push(ServerView {
-                    id: server.id.clone(),
-                    name: server.name.clone(),
-                    transport: server.transport,
-                    endpoint: current
-                        .and_then(Instance::base_url)
-                        .map(|base| format!("{base}{}", server.mcp_path)),
-                    desired_version: d
-                        .map(|d| d.spec.version.to_string())
-                        .unwrap_or_else(|| server.version.to_string()),
-                    running_version: current.map(|i| i.version.to_string()),
-                    state: state.to_owned(),
-                    reason,
-                    instance_id: current.map(|i| i.id.clone()),
-                    revision: current.map(|i| i.revision.clone()),
-                    since,
-                    update_available: selection.update_available.get(&server.id).cloned(),
-                    pinned_version: pins.get(&server.id).cloned(),
-                    health: None,
-                    health_since: None,
-                    health_reason: None,
-                });
-            }
-        }
-        let view = FleetView {
+        self.control.set_desired(&selection.desired);
+        let servers = self
+            .applied
+            .as_ref()
+            .map_or(&[][..], |a| &a.checked.manifest.servers[..]);
+        deployment_view(&ViewInputs {
+            servers,
             applied_revision: self.applied.as_ref().map(|a| a.commit.clone()),
             head: self.last_head.clone(),
-            last_sync: Some(now),
             source_error,
-            runtime_error: None,
-            store_error: None,
-            servers,
-            observed: false,
-        };
-        (view, targets)
+            selection: &selection,
+            observed,
+            held: &recorded.held,
+            pins: &recorded.pins,
+            previous: &previous,
+            now: Timestamp::now(),
+        })
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::control::{Control, Trigger};
 use super::error::ControlError;
 use crate::health::HealthState;
-use crate::reconcile::execute::ApplyContext;
+use crate::reconcile::execute::{ApplyContext, RolloutTrigger};
 
 /// The states an operator may force (`unknown`, `starting` and `failed` are the monitor's).
 pub const FORCEABLE: [HealthState; 3] = [
@@ -85,13 +85,13 @@ impl Control {
             .await?;
         let ctx = ApplyContext {
             run_id: None,
-            trigger: "operator",
+            trigger: RolloutTrigger::Operator,
         };
         let stopped = self
             .executor
             .stop_server(server, &ctx)
             .await
-            .map_err(ControlError::Internal)?;
+            .map_err(|e| ControlError::Internal(crate::error_text::chain(&e)))?;
         self.wake(Trigger::Operator);
         Ok(Stopped {
             server_id: server.to_owned(),
@@ -145,8 +145,8 @@ impl Control {
                     return;
                 }
             }
-            if let Err(e) = control.executor.replace(&desired, false, "operator").await {
-                tracing::warn!(server = %id, error = %e, "operator restart failed");
+            if let Err(e) = control.executor.replace(&desired, false, RolloutTrigger::Operator).await {
+                tracing::warn!(server = %id, error = %crate::error_text::chain(&e), "operator restart failed");
             }
             control.wake(Trigger::Operator);
         });

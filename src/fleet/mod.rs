@@ -6,6 +6,7 @@
 
 mod actions;
 mod control;
+mod deployment;
 mod error;
 mod reads;
 mod view;
@@ -15,6 +16,7 @@ pub use actions::{
     RolledBack, Stopped,
 };
 pub use control::{Control, Trigger};
+pub use deployment::{ViewInputs, deployment_view};
 pub use error::{ControlError, Missing};
 pub use reads::{
     EVENTS_LIMIT, HealthEventPage, HealthReport, HealthStatus, MonitoredHealth, ROLLOUTS_LIMIT,

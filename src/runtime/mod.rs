@@ -118,7 +118,7 @@ impl Instance {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The runtime itself cannot be reached (Docker daemon down, socket missing). Retryable.
     #[error("{runtime} is unavailable: {message}")]

@@ -1,0 +1,439 @@
+//! Carrying out a [`Plan`]: each server's action runs under that server's lock (never two
+//! changes to one server at once), up to `concurrency` servers at a time. Every deploy,
+//! update and removal is recorded as a rollout in the store with its outcome and reason.
+//!
+//! A new instance must pass a health gate before it replaces anything: with a dynamic
+//! port the new one starts beside the old one, which is stopped only once the new one is
+//! healthy (zero downtime); with a fixed host port the old one has to stop first.
+//!
+//! `rollout` owns one rollout, `gate` the health gate, `record` the rollout's record.
+
+mod error;
+mod gate;
+mod record;
+mod rollout;
+
+pub use error::ExecuteError;
+pub use gate::{GateCount, GateStep};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::desired::Desired;
+use super::plan::{Action, Plan};
+use crate::health::Prober;
+use crate::redact::Redactor;
+use crate::runtime::{Instance, Runtime, RuntimeError};
+use crate::store::{RolloutAction, RolloutOutcome, Store};
+
+/// Why a rollout happened, as its record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutTrigger {
+    /// A new commit.
+    Commit,
+    /// New tags in the registry.
+    Registry,
+    /// An operator's action (deploy, retry, stop, restart, rollback).
+    Operator,
+    /// Auto-recovery of an unhealthy server.
+    Recovery,
+    /// Drift found without a new commit (an instance gone, a runtime that moved it).
+    Reconcile,
+}
+
+impl RolloutTrigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutTrigger::Commit => "commit",
+            RolloutTrigger::Registry => "registry",
+            RolloutTrigger::Operator => "operator",
+            RolloutTrigger::Recovery => "recovery",
+            RolloutTrigger::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// The run a change belongs to (if any) and why it happens.
+#[derive(Clone, Debug)]
+pub struct ApplyContext {
+    pub run_id: Option<i64>,
+    pub trigger: RolloutTrigger,
+}
+
+/// What happened to one server.
+#[derive(Clone, Debug)]
+pub struct ServerOutcome {
+    pub server_id: String,
+    pub action: &'static str,
+    /// The instance now serving (for deploy, update, keep), or the failure's reason.
+    pub result: Result<Option<Instance>, ExecuteError>,
+}
+
+#[derive(Clone)]
+pub struct Executor {
+    runtime: Arc<dyn Runtime>,
+    store: Store,
+    prober: Prober,
+    // One async lock per server id; the map itself is behind a short-lived std lock.
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    permits: Arc<Semaphore>,
+    /// How long a stopping instance may take before it is killed.
+    pub stop_grace: Duration,
+    /// How long an old instance keeps serving after the new one is published, so clients
+    /// that read the old endpoint a moment ago are not cut off.
+    pub drain: Duration,
+    /// Told about each rollout's phases: the health monitor steps aside while a rollout
+    /// owns a server, and a new instance is published before the old one is stopped.
+    on_phase: Option<PhaseHook>,
+    /// Blanks secret values out of log tails, probe details and notifications.
+    redactor: Redactor,
+}
+
+/// How a new instance replaces the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// The new instance starts beside the old one, which keeps serving until the new one
+    /// passed its gate (zero downtime; needs a dynamic port).
+    Beside,
+    /// The old instance stops first, to free a fixed host port.
+    StopThenStart,
+}
+
+impl Strategy {
+    /// Beside whenever possible: only a fixed port with an instance holding it forces the
+    /// old one to stop first.
+    pub fn choose(fixed_port: bool, running_before: bool) -> Strategy {
+        if fixed_port && running_before {
+            Strategy::StopThenStart
+        } else {
+            Strategy::Beside
+        }
+    }
+
+    /// As recorded in the rollout.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Beside => "beside",
+            Strategy::StopThenStart => "stop_then_start",
+        }
+    }
+}
+
+/// A rollout's phases, as [`Executor::on_phase`] reports them.
+#[derive(Clone, Copy, Debug)]
+pub enum RolloutPhase<'a> {
+    /// The rollout owns the server from now on.
+    Started,
+    /// This instance passed its gate and serves now; the old one is about to drain.
+    Switched(&'a Instance, &'a Desired),
+    /// The rollout ended (after `Switched`, or without it when it failed).
+    Finished,
+}
+
+type PhaseHook = Arc<dyn Fn(&str, RolloutPhase<'_>) + Send + Sync>;
+
+impl Executor {
+    pub fn new(runtime: Arc<dyn Runtime>, store: Store, concurrency: usize) -> Executor {
+        Executor {
+            runtime,
+            store,
+            prober: Prober::new(),
+            locks: Arc::default(),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            stop_grace: Duration::from_secs(10),
+            drain: Duration::from_secs(2),
+            on_phase: None,
+            redactor: Redactor::default(),
+        }
+    }
+
+    /// Redacts `redactor`'s values from what servers say (log tails, probe answers) and
+    /// from notifications.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Executor {
+        self.prober = self.prober.with_redactor(redactor.clone());
+        self.redactor = redactor;
+        self
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Sets the callback told about each rollout's phases.
+    pub fn on_phase(
+        mut self,
+        f: impl Fn(&str, RolloutPhase<'_>) + Send + Sync + 'static,
+    ) -> Executor {
+        self.on_phase = Some(Arc::new(f));
+        self
+    }
+
+    fn phase(&self, server: &str, phase: RolloutPhase<'_>) {
+        if let Some(hook) = &self.on_phase {
+            hook(server, phase);
+        }
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// The lock that serializes every change to `server`.
+    pub fn server_lock(&self, server: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(server.to_owned()).or_default().clone()
+    }
+
+    /// Executes every changing action of `plan`, concurrently across servers.
+    ///
+    /// Removals run first and finish before anything starts: a commit that moves a fixed
+    /// `host_port` from a removed server to a new one needs the port free first.
+    pub async fn apply(&self, plan: &Plan, ctx: &ApplyContext) -> Vec<ServerOutcome> {
+        let (removals, others): (Vec<_>, Vec<_>) = plan
+            .changes()
+            .partition(|(_, action)| matches!(action, Action::Remove { .. }));
+        let mut outcomes = self.apply_wave(removals, ctx).await;
+        outcomes.extend(self.apply_wave(others, ctx).await);
+        outcomes.sort_by(|a, b| a.server_id.cmp(&b.server_id));
+        outcomes
+    }
+
+    /// Carries out `actions` concurrently (bounded, one at a time per server).
+    async fn apply_wave(
+        &self,
+        actions: Vec<(&String, &Action)>,
+        ctx: &ApplyContext,
+    ) -> Vec<ServerOutcome> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (server, action) in actions {
+            let this = self.clone();
+            let server = server.clone();
+            let action = action.clone();
+            let ctx = ctx.clone();
+            let span = info_span!("apply", server = %server, action = action.name());
+            tasks.spawn(
+                async move {
+                    let _permit = this.permits.acquire().await;
+                    let lock = this.server_lock(&server);
+                    let _guard = lock.lock().await;
+                    let result = this.one(&server, &action, &ctx).await;
+                    ServerOutcome {
+                        server_id: server,
+                        action: action.name(),
+                        result,
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        let mut outcomes = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    warn!(error = %crate::error_text::chain(&e), "an apply task panicked or was cancelled")
+                }
+            }
+        }
+        outcomes
+    }
+
+    async fn one(
+        &self,
+        server: &str,
+        action: &Action,
+        ctx: &ApplyContext,
+    ) -> Result<Option<Instance>, ExecuteError> {
+        match action {
+            Action::Deploy { desired } => self
+                .rollout(desired, &[], RolloutAction::Deploy, ctx)
+                .await
+                .map(Some),
+            Action::Update { desired, from } => self
+                .rollout(desired, from, RolloutAction::Update, ctx)
+                .await
+                .map(Some),
+            Action::Remove { instances } => self
+                .remove_server(server, instances, ctx)
+                .await
+                .map(|_| None),
+            Action::Keep {
+                instance, cleanup, ..
+            } => {
+                for old in cleanup {
+                    info!(instance = %old.id, "removing a leftover instance");
+                    self.retire(old)
+                        .await
+                        .map_err(ExecuteError::runtime("cannot remove a leftover instance"))?;
+                }
+                Ok(Some((**instance).clone()))
+            }
+            Action::LeaveAlone { .. } => Ok(None),
+        }
+    }
+
+    /// Stops and removes one instance.
+    pub async fn retire(&self, instance: &Instance) -> Result<(), RuntimeError> {
+        self.runtime
+            .stop(&instance.id, self.stop_grace)
+            .await
+            .or_else(|e| {
+                if matches!(e, RuntimeError::NotFound(_)) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+        self.runtime.remove(&instance.id).await
+    }
+
+    /// A recovery action: a new instance of `desired` replaces the server's instances once
+    /// it passes its health gate (the broken one keeps whatever it still serves until then).
+    /// `fresh` (recreate) also removes stopped leftovers first. Returns `Err` when the
+    /// server is busy with a rollout (recovery never fights one) or the new instance does
+    /// not become healthy.
+    /// `trigger` is recorded on the rollout: `recovery`, or `operator` for an operator's
+    /// restart.
+    pub async fn replace(
+        &self,
+        desired: &Desired,
+        fresh: bool,
+        trigger: RolloutTrigger,
+    ) -> Result<Instance, ExecuteError> {
+        let lock = self.server_lock(desired.server_id());
+        let Ok(_guard) = lock.try_lock() else {
+            return Err(ExecuteError::Busy);
+        };
+        let from: Vec<Instance> = self
+            .runtime
+            .list()
+            .await
+            .map_err(ExecuteError::runtime("cannot list instances"))?
+            .into_iter()
+            .filter(|i| i.server_id == desired.server_id())
+            .collect();
+        let mut from = from;
+        if fresh {
+            for old in from.iter().filter(|i| !i.is_running()) {
+                self.retire(old)
+                    .await
+                    .map_err(ExecuteError::runtime("cannot remove a stopped instance"))?;
+            }
+            from.retain(Instance::is_running);
+        }
+        let ctx = ApplyContext {
+            run_id: None,
+            trigger,
+        };
+        self.rollout(desired, &from, RolloutAction::Restart, &ctx)
+            .await
+    }
+
+    /// Stops and removes every instance of `server` (under its lock), recording it as a
+    /// removal rollout with the context's trigger: an operator's stop.
+    pub async fn stop_server(
+        &self,
+        server: &str,
+        ctx: &ApplyContext,
+    ) -> Result<usize, ExecuteError> {
+        let lock = self.server_lock(server);
+        let _guard = lock.lock().await;
+        let instances: Vec<Instance> = self
+            .runtime
+            .list()
+            .await
+            .map_err(ExecuteError::runtime("cannot list instances"))?
+            .into_iter()
+            .filter(|i| i.server_id == server)
+            .collect();
+        if !instances.is_empty() {
+            self.remove_server(server, &instances, ctx).await?;
+        }
+        Ok(instances.len())
+    }
+
+    async fn remove_server(
+        &self,
+        server: &str,
+        instances: &[Instance],
+        ctx: &ApplyContext,
+    ) -> Result<(), ExecuteError> {
+        let id = self
+            .record_start(None, server, instances, RolloutAction::Remove, ctx, None)
+            .await;
+        info!(
+            instances = instances.len(),
+            "removing a server that left the manifest"
+        );
+        for i in instances {
+            if let Err(e) = self.retire(i).await {
+                let e = ExecuteError::Runtime {
+                    doing: "cannot remove an instance",
+                    source: e,
+                };
+                let reason = crate::error_text::chain(&e);
+                self.record_end(id, RolloutOutcome::Failed, Some(reason), None, None)
+                    .await;
+                return Err(e);
+            }
+        }
+        self.record_end(id, RolloutOutcome::Succeeded, None, None, None)
+            .await;
+        Ok(())
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+/// POSTs a JSON event to a notification channel in the background: a channel that is down
+/// is logged and never delays or fails a rollout.
+/// Whatever the payload carries is redacted first: reasons hold log lines.
+pub(crate) fn notify(redactor: &Redactor, url: String, mut payload: serde_json::Value) {
+    redactor.redact_json(&mut payload);
+    tokio::spawn(async move {
+        // A redirect would re-send the reasons to a host the trust policy did not allow.
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %crate::error_text::chain(&e), "cannot build the notification client");
+                return;
+            }
+        };
+        match client.post(&url).json(&payload).send().await {
+            Ok(r) if r.status().is_success() => info!(url = %url, "notification sent"),
+            Ok(r) => {
+                warn!(url = %url, status = r.status().as_u16(), "the notification channel refused the event")
+            }
+            Err(e) => {
+                warn!(url = %url, error = %crate::error_text::chain(&e), "cannot reach the notification channel")
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod strategy_tests {
+    use super::Strategy;
+
+    #[test]
+    fn only_a_fixed_port_that_is_taken_stops_the_old_instance_first() {
+        assert_eq!(Strategy::choose(false, false), Strategy::Beside);
+        assert_eq!(Strategy::choose(false, true), Strategy::Beside);
+        assert_eq!(Strategy::choose(true, false), Strategy::Beside);
+        assert_eq!(Strategy::choose(true, true), Strategy::StopThenStart);
+        assert_eq!(Strategy::StopThenStart.as_str(), "stop_then_start");
+    }
+}
+
+#[cfg(test)]
+mod tests;
