@@ -2,9 +2,11 @@
 //! machine, the monitor loop and recovery. Probes never deploy anything.
 
 pub mod monitor;
+pub mod outcome;
 pub mod probe;
 pub mod state;
 
 pub use monitor::{Monitor, ServerHealth, Target, TransitionEvent};
-pub use probe::{ProbeOutcome, ProbeResult, Prober};
+pub use outcome::{ProbeOutcome, ProbeResult};
+pub use probe::Prober;
 pub use state::{HealthState, Thresholds, Tracker, Transition};

@@ -19,7 +19,8 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::probe::{ProbeResult, Prober};
+use super::outcome::ProbeResult;
+use super::probe::Prober;
 use super::state::{HealthState, Thresholds, Tracker, Transition};
 use crate::manifest::{HealthCheck, ProbeKind};
 use crate::store::{NewHealthEvent, Store};

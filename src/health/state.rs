@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::probe::ProbeOutcome;
+use super::outcome::ProbeOutcome;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

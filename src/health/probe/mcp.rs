@@ -1,10 +1,3 @@
-//! One probe of one server: HTTP (the health standard), TCP, or MCP.
-//!
-//! The HTTP probe judges `GET {endpoint}` by the standard: 200 with `status: healthy` is a
-//! success, `degraded` keeps a server degraded, and a 503, any other status, a timeout, a
-//! refused connection or a body that is not the standard is a failure with its reason.
-//! The chora-base spellings `ok` (healthy) and `down` (unhealthy) are accepted too.
-//!
 //! The MCP probe proves the protocol works, for servers without `/health`: it speaks
 //! JSON-RPC over streamable HTTP at the server's MCP path. It sends `initialize`; a server
 //! on a revision with the handshake (up to 2025-11-25) then gets `notifications/initialized`
@@ -13,19 +6,16 @@
 //! unhealthy with its reason; a refused connection or no answer in time is unreachable.
 //! The whole exchange fits in the probe's timeout, and the session it opens is ended with a
 //! `DELETE` the probe does not wait for, so probing does not pile up sessions on the server.
-//!
-//! Probes only read: they never deploy, restart or record anything.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::manifest::ProbeKind;
+use super::{ProbeOutcome, Prober, describe};
 
 /// The revision the MCP probe offers in `initialize`. A server that knows it echoes it; an
 /// older one answers with its own, and the probe goes along with that.
@@ -43,180 +33,10 @@ const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeOutcome {
-    Healthy,
-    Degraded,
-    /// The server answered, and the answer says it is not healthy.
-    Unhealthy,
-    /// Nothing answered in time: refused, reset or timed out.
-    Unreachable,
-}
-
-impl ProbeOutcome {
-    pub fn is_success(self) -> bool {
-        self == ProbeOutcome::Healthy
-    }
-
-    /// A failure counts toward `failure_threshold`; a degraded answer does not.
-    pub fn is_failure(self) -> bool {
-        matches!(self, ProbeOutcome::Unhealthy | ProbeOutcome::Unreachable)
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ProbeResult {
-    pub outcome: ProbeOutcome,
-    /// Why, in words: `HTTP 503: {"status":"unhealthy",...}`, `connection refused`, ...
-    pub detail: String,
-    /// What the server says it runs, from the body's `version`.
-    pub version: Option<String>,
-    pub uptime_seconds: Option<f64>,
-    pub latency_ms: f64,
-}
-
-/// The standard's body. Unknown fields (dependencies, metrics) are allowed.
-#[derive(Deserialize)]
-struct HealthBody {
-    status: String,
-    version: Option<String>,
-    uptime_seconds: Option<f64>,
-}
-
-/// Probes servers; holds one HTTP client so connections are reused across probes.
-#[derive(Clone, Debug)]
-pub struct Prober {
-    http: reqwest::Client,
-    /// A server's answer may echo its configuration; what it says is redacted before it
-    /// becomes a probe's detail.
-    redactor: crate::redact::Redactor,
-}
-
-impl Default for Prober {
-    fn default() -> Self {
-        Prober::new()
-    }
-}
-
-impl Prober {
-    pub fn new() -> Prober {
-        let http = reqwest::Client::builder()
-            // Health endpoints are on loopback; a proxy from the environment must not apply.
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .unwrap_or_default();
-        Prober {
-            http,
-            redactor: crate::redact::Redactor::default(),
-        }
-    }
-
-    /// The same prober, blanking `redactor`'s values out of every probe's detail.
-    pub fn with_redactor(mut self, redactor: crate::redact::Redactor) -> Prober {
-        self.redactor = redactor;
-        self
-    }
-
-    /// Probes `127.0.0.1:port` once with the given kind, endpoint and timeout.
-    pub async fn probe(
-        &self,
-        kind: ProbeKind,
-        port: u16,
-        endpoint: &str,
-        timeout: Duration,
-    ) -> ProbeResult {
-        let start = Instant::now();
-        let (outcome, detail, version, uptime) = match kind {
-            ProbeKind::Http => self.http_probe(port, endpoint, timeout).await,
-            ProbeKind::Mcp => self.mcp_probe(port, endpoint, timeout).await,
-            ProbeKind::Tcp => tcp_probe(port, timeout).await,
-        };
-        ProbeResult {
-            outcome,
-            detail: self.redactor.redact(&detail),
-            version,
-            uptime_seconds: uptime,
-            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
-        }
-    }
-
-    async fn http_probe(
-        &self,
-        port: u16,
-        endpoint: &str,
-        timeout: Duration,
-    ) -> (ProbeOutcome, String, Option<String>, Option<f64>) {
-        let url = format!("http://127.0.0.1:{port}{endpoint}");
-        let response = match self.http.get(&url).timeout(timeout).send().await {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => {
-                return (
-                    ProbeOutcome::Unreachable,
-                    format!("no answer within {:.1}s", timeout.as_secs_f64()),
-                    None,
-                    None,
-                );
-            }
-            Err(e) => return (ProbeOutcome::Unreachable, describe(&e), None, None),
-        };
-        let status = response.status();
-        let body = match tokio::time::timeout(timeout, response.text()).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(e)) => return (ProbeOutcome::Unreachable, describe(&e), None, None),
-            Err(_) => {
-                return (
-                    ProbeOutcome::Unreachable,
-                    format!("body not received within {:.1}s", timeout.as_secs_f64()),
-                    None,
-                    None,
-                );
-            }
-        };
-        let snippet: String = body.chars().take(200).collect();
-        let parsed: Option<HealthBody> = serde_json::from_str(&body).ok();
-        let (version, uptime) = parsed
-            .as_ref()
-            .map(|b| (b.version.clone(), b.uptime_seconds))
-            .unwrap_or((None, None));
-        let outcome = match (status.as_u16(), parsed.as_ref().map(|b| b.status.as_str())) {
-            (200, Some("healthy" | "ok")) => ProbeOutcome::Healthy,
-            (200, Some("degraded")) => ProbeOutcome::Degraded,
-            (200, Some(other)) if other == "unhealthy" || other == "down" => {
-                ProbeOutcome::Unhealthy
-            }
-            (200, Some(other)) => {
-                return (
-                    ProbeOutcome::Unhealthy,
-                    format!("HTTP 200 with unknown status `{other}`"),
-                    version,
-                    uptime,
-                );
-            }
-            (200, None) => {
-                return (
-                    ProbeOutcome::Unhealthy,
-                    format!("HTTP 200 but the body is not the health standard: {snippet}"),
-                    None,
-                    None,
-                );
-            }
-            _ => ProbeOutcome::Unhealthy,
-        };
-        (
-            outcome,
-            format!("HTTP {}: {snippet}", status.as_u16()),
-            version,
-            uptime,
-        )
-    }
-}
-
 /// The MCP probe. A separate `impl` so the exchange reads top to bottom: `mcp_probe` runs
 /// `mcp_exchange` and ends the session; the exchange is built from `mcp_post`.
 impl Prober {
-    async fn mcp_probe(
+    pub(super) async fn mcp_probe(
         &self,
         port: u16,
         endpoint: &str,
@@ -709,131 +529,16 @@ impl AnswerScan {
     }
 }
 
-async fn tcp_probe(
-    port: u16,
-    timeout: Duration,
-) -> (ProbeOutcome, String, Option<String>, Option<f64>) {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
-        Ok(Ok(_)) => (
-            ProbeOutcome::Healthy,
-            "port accepts connections".to_owned(),
-            None,
-            None,
-        ),
-        Ok(Err(e)) => (ProbeOutcome::Unreachable, e.to_string(), None, None),
-        Err(_) => (
-            ProbeOutcome::Unreachable,
-            format!("no connection within {:.1}s", timeout.as_secs_f64()),
-            None,
-            None,
-        ),
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    // reqwest's own message is generic; the innermost cause says "Connection refused".
-    let mut cause: &dyn Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::{Duration, Instant};
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A one-shot HTTP server on loopback answering `status` with `body`.
-    async fn serve_once(status: &str, body: &str) -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let response = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            s.write_all(response.as_bytes()).await.unwrap();
-        });
-        port
-    }
-
-    async fn http(status: &str, body: &str) -> ProbeResult {
-        let port = serve_once(status, body).await;
-        Prober::new()
-            .probe(ProbeKind::Http, port, "/health", Duration::from_secs(2))
-            .await
-    }
-
-    #[tokio::test]
-    async fn the_standard_body_decides() {
-        let r = http(
-            "200 OK",
-            r#"{"status":"healthy","version":"1.2.0","uptime_seconds":3.5}"#,
-        )
-        .await;
-        assert_eq!(r.outcome, ProbeOutcome::Healthy);
-        assert_eq!(r.version.as_deref(), Some("1.2.0"));
-        assert_eq!(r.uptime_seconds, Some(3.5));
-        assert_eq!(
-            http("200 OK", r#"{"status":"degraded"}"#).await.outcome,
-            ProbeOutcome::Degraded
-        );
-        assert_eq!(
-            http("200 OK", r#"{"status":"ok"}"#).await.outcome,
-            ProbeOutcome::Healthy
-        );
-        assert_eq!(
-            http("200 OK", r#"{"status":"down"}"#).await.outcome,
-            ProbeOutcome::Unhealthy
-        );
-    }
-
-    #[tokio::test]
-    async fn a_503_or_a_foreign_body_is_unhealthy_with_its_reason() {
-        let r = http("503 Service Unavailable", r#"{"status":"unhealthy"}"#).await;
-        assert_eq!(r.outcome, ProbeOutcome::Unhealthy);
-        assert!(r.detail.starts_with("HTTP 503"), "{}", r.detail);
-        let r = http("200 OK", "<html>hi</html>").await;
-        assert_eq!(r.outcome, ProbeOutcome::Unhealthy);
-        assert!(r.detail.contains("not the health standard"), "{}", r.detail);
-    }
-
-    #[tokio::test]
-    async fn a_closed_port_is_unreachable() {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let r = Prober::new()
-            .probe(ProbeKind::Http, port, "/health", Duration::from_secs(1))
-            .await;
-        assert_eq!(r.outcome, ProbeOutcome::Unreachable);
-        assert!(r.detail.to_lowercase().contains("refused"), "{}", r.detail);
-    }
-
-    #[tokio::test]
-    async fn a_server_that_never_answers_times_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        // Accept and hold the connection without answering.
-        let held = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            std::future::pending::<()>().await;
-            drop(s);
-        });
-        let r = Prober::new()
-            .probe(ProbeKind::Http, port, "/health", Duration::from_millis(200))
-            .await;
-        assert_eq!(r.outcome, ProbeOutcome::Unreachable);
-        assert!(r.detail.contains("no answer within 0.2s"), "{}", r.detail);
-        held.abort();
-    }
+    use super::*;
+    use crate::health::probe::ProbeResult;
+    use crate::manifest::ProbeKind;
 
     /// One request as the fake MCP server saw it.
     #[derive(Debug)]

@@ -1,0 +1,87 @@
+//! One probe of one server: HTTP (the health standard), TCP, or MCP.
+//!
+//! [`Prober`] holds the HTTP client the probes share and picks the probe by its kind; each
+//! kind lives in its own file (`http`, `tcp`, `mcp`). Whatever a probe finds, the server's
+//! words are redacted before they become the result's detail.
+//!
+//! Probes only read: they never deploy, restart or record anything.
+
+mod http;
+mod mcp;
+mod tcp;
+
+use std::time::{Duration, Instant};
+
+use crate::manifest::ProbeKind;
+
+// Where they lived before the state machine needed them without the probes.
+pub use super::outcome::{ProbeOutcome, ProbeResult};
+
+/// Probes servers; holds one HTTP client so connections are reused across probes.
+#[derive(Clone, Debug)]
+pub struct Prober {
+    http: reqwest::Client,
+    /// A server's answer may echo its configuration; what it says is redacted before it
+    /// becomes a probe's detail.
+    redactor: crate::redact::Redactor,
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        Prober::new()
+    }
+}
+
+impl Prober {
+    pub fn new() -> Prober {
+        let http = reqwest::Client::builder()
+            // Health endpoints are on loopback; a proxy from the environment must not apply.
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .unwrap_or_default();
+        Prober {
+            http,
+            redactor: crate::redact::Redactor::default(),
+        }
+    }
+
+    /// The same prober, blanking `redactor`'s values out of every probe's detail.
+    pub fn with_redactor(mut self, redactor: crate::redact::Redactor) -> Prober {
+        self.redactor = redactor;
+        self
+    }
+
+    /// Probes `127.0.0.1:port` once with the given kind, endpoint and timeout.
+    pub async fn probe(
+        &self,
+        kind: ProbeKind,
+        port: u16,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> ProbeResult {
+        let start = Instant::now();
+        let (outcome, detail, version, uptime) = match kind {
+            ProbeKind::Http => self.http_probe(port, endpoint, timeout).await,
+            ProbeKind::Mcp => self.mcp_probe(port, endpoint, timeout).await,
+            ProbeKind::Tcp => tcp::tcp_probe(port, timeout).await,
+        };
+        ProbeResult {
+            outcome,
+            detail: self.redactor.redact(&detail),
+            version,
+            uptime_seconds: uptime,
+            latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    // reqwest's own message is generic; the innermost cause says "Connection refused".
+    let mut cause: &dyn Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
