@@ -1,6 +1,7 @@
 //! Unit tests of the store against a real SQLite file in a temporary directory.
 
 use super::*;
+use crate::manifest::Diagnostic;
 
 fn now() -> Timestamp {
     Timestamp::from_second(1_700_000_000).unwrap()
