@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Repo, percentile};
+use common::{percentile, repo_with};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
@@ -295,10 +295,7 @@ impl Drop for AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // The process runtime leaves the fleet running on purpose when the agent exits.
-        common::kill_fleet(
-            &self.data,
-            mcp_orchestration::settings::RuntimeChoice::Process,
-        );
+        common::kit::agent::kill_fleet(&self.data);
     }
 }
 
@@ -438,7 +435,7 @@ async fn main() {
     raise_fd_limit(2 * most + 256);
 
     let example = common::release_example();
-    let repo = Repo::new(&manifest(&example));
+    let repo = repo_with(&manifest(&example));
     let dir = tempfile::tempdir().unwrap();
     let agent = AgentProcess::start(dir.path(), &repo.remote(), &example).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();

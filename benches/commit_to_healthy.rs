@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, AgentOptions, git, percentile, start_agent};
+use common::kit::agent::Options;
+use common::kit::git::ManifestRepo;
+use common::{Agent, percentile, start_agent};
 use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::settings::RuntimeChoice;
 use serde_json::Value;
@@ -66,39 +68,18 @@ async fn healthy_at(http: &reqwest::Client, agent: &Agent, version: &str) -> boo
 }
 
 async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &Path) -> Vec<f64> {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", remote.to_str().unwrap()],
-    );
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            remote.to_str().unwrap(),
-            work.to_str().unwrap(),
-        ],
-    );
+    let repo = ManifestRepo::new();
+    let remote = repo.remote();
     let write = |version: &str| {
         std::fs::write(
-            work.join("ecosystem-manifest.yaml"),
+            repo.work().join("ecosystem-manifest.yaml"),
             manifest(runtime, bin, version),
         )
         .unwrap();
-        git(&work, &["commit", "-qam", version]);
+        repo.git(&["commit", "-qam", version]);
     };
-    std::fs::write(
-        work.join("ecosystem-manifest.yaml"),
-        manifest(runtime, bin, "1.0.0"),
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-qm", "start"]);
-    git(&work, &["push", "-q", "origin", "HEAD:main"]);
-    let (repo, poll) = match trigger {
+    repo.push_manifest(&manifest(runtime, bin, "1.0.0"), "start");
+    let (url, poll) = match trigger {
         Trigger::Watch => (remote.display().to_string(), Duration::from_secs(600)),
         Trigger::Webhook => (
             format!("file://{}", remote.display()),
@@ -110,17 +91,18 @@ async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &
         ),
     };
     let agent = start_agent(
-        &repo,
-        AgentOptions {
+        &url,
+        Options {
             runtime,
-            poll,
-            registry_poll: Duration::from_secs(600),
-            trust: TrustPolicy {
+            poll_interval: poll,
+            registry_poll_interval: Duration::from_secs(600),
+            trust: Some(TrustPolicy {
                 allowed_images: vec!["mcp-orch-test/".into()],
                 allowed_commands: vec![bin.parent().unwrap().display().to_string()],
                 source: "bench".into(),
                 ..Default::default()
-            },
+            }),
+            ..Default::default()
         },
     )
     .await;
@@ -132,7 +114,7 @@ async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &
     for i in 0..pushes {
         let version = if i % 2 == 0 { "1.1.0" } else { "1.0.0" };
         write(version);
-        git(&work, &["push", "-q", "origin", "HEAD:main"]);
+        repo.git(&["push", "-q", "origin", "HEAD:main"]);
         let pushed = Instant::now();
         if trigger == Trigger::Webhook {
             http.post(format!("{}/webhooks/git", agent.url))
@@ -158,29 +140,8 @@ async fn measure(runtime: RuntimeChoice, trigger: Trigger, pushes: usize, bin: &
 /// Idle CPU (% of one core) and RSS of the agent binary watching a repository, over `secs`.
 fn idle(secs: u64) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("remote.git");
-    git(
-        dir.path(),
-        &["init", "-q", "--bare", remote.to_str().unwrap()],
-    );
-    let work = dir.path().join("work");
-    git(
-        dir.path(),
-        &[
-            "clone",
-            "-q",
-            remote.to_str().unwrap(),
-            work.to_str().unwrap(),
-        ],
-    );
-    std::fs::write(
-        work.join("ecosystem-manifest.yaml"),
-        "version: \"1.1\"\nservers: []\n",
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "-qm", "empty"]);
-    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let repo = ManifestRepo::new();
+    repo.push_manifest("version: \"1.1\"\nservers: []\n", "empty");
     let mut child = Command::new(common::release_agent())
         .args([
             "agent",
@@ -190,7 +151,7 @@ fn idle(secs: u64) -> (f64, u64) {
             "30s",
             "--repo",
         ])
-        .arg(&remote)
+        .arg(repo.remote())
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .stdout(Stdio::null())

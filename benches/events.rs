@@ -17,7 +17,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{AgentOptions, Repo, percentile, release_example, start_agent_with};
+use common::kit::agent::{Options, TEST_API_KEY};
+use common::{percentile, release_example, repo_with, start_agent};
 use futures::StreamExt;
 use jiff::Timestamp;
 use mcp_orchestration::manifest::policy::TrustPolicy;
@@ -145,7 +146,7 @@ fn summary(name: &str, mut v: Vec<f64>) {
 
 async fn get(http: &reqwest::Client, url: &str) -> Value {
     http.get(url)
-        .bearer_auth("bench-key")
+        .bearer_auth(TEST_API_KEY)
         .send()
         .await
         .unwrap()
@@ -176,22 +177,23 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let example = release_example();
-    let repo = Repo::new(&manifest(&example));
+    let repo = repo_with(&manifest(&example));
     let (gateway_url, payloads) = gateway().await;
-    let agent = start_agent_with(
+    let agent = start_agent(
         repo.remote().to_str().unwrap(),
-        AgentOptions {
+        Options {
             runtime: RuntimeChoice::Process,
-            poll: Duration::from_secs(600),
-            registry_poll: Duration::from_secs(600),
-            trust: TrustPolicy {
+            poll_interval: Duration::from_secs(600),
+            registry_poll_interval: Duration::from_secs(600),
+            trust: Some(TrustPolicy {
                 allowed_images: vec![],
                 allowed_commands: vec![example.parent().unwrap().display().to_string()],
                 source: "bench".into(),
                 ..Default::default()
-            },
+            }),
+            gateway_urls: vec![gateway_url],
+            ..Default::default()
         },
-        vec![gateway_url],
     )
     .await;
     let http = reqwest::Client::new();

@@ -16,7 +16,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{AgentOptions, Repo, build_image, docker, percentile, start_agent, static_example};
+use common::kit::agent::{Options, TEST_API_KEY};
+use common::kit::docker::{docker, static_example_binary};
+use common::{build_image, percentile, repo_with, start_agent};
 use mcp_orchestration::health::{Monitor, Target};
 use mcp_orchestration::manifest::HealthCheck;
 use mcp_orchestration::manifest::policy::TrustPolicy;
@@ -132,19 +134,20 @@ async fn until_unhealthy(http: &reqwest::Client, agent: &str, after_id: i64) -> 
 
 async fn detection(bin: &Path, samples: usize) {
     let interval = 0.2;
-    let repo = Repo::new(&process_manifest(bin, interval));
+    let repo = repo_with(&process_manifest(bin, interval));
     let agent = start_agent(
         repo.remote().to_str().unwrap(),
-        AgentOptions {
+        Options {
             runtime: RuntimeChoice::Process,
-            poll: Duration::from_millis(300),
-            registry_poll: Duration::from_secs(600),
-            trust: TrustPolicy {
+            poll_interval: Duration::from_millis(300),
+            registry_poll_interval: Duration::from_secs(600),
+            trust: Some(TrustPolicy {
                 allowed_images: vec![],
                 allowed_commands: vec![bin.parent().unwrap().display().to_string()],
                 source: "bench".into(),
                 ..Default::default()
-            },
+            }),
+            ..Default::default()
         },
     )
     .await;
@@ -189,7 +192,7 @@ async fn detection(bin: &Path, samples: usize) {
         }
         // Bring it back: an operator restart replaces the instance (recovery is off).
         http.post(format!("{}/servers/bench-health/restart", agent.url))
-            .bearer_auth("bench-key")
+            .bearer_auth(TEST_API_KEY)
             .send()
             .await
             .unwrap();
@@ -227,9 +230,9 @@ async fn crash_to_healthy(samples: usize) {
         println!("\n(docker unavailable: crash → healthy comparison skipped)");
         return;
     }
-    let bin = static_example();
+    let bin = static_example_binary();
     let image = "mcp-orch-bench/example-server:1.0.0";
-    build_image(&bin, image, "1.0.0", "healthy");
+    build_image(bin, image, "1.0.0", "healthy");
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(500))
@@ -300,19 +303,20 @@ async fn crash_to_healthy(samples: usize) {
 
     // Ours: the agent sees the exit event, recovery restarts it (backoff 0.01 s).
     let manifest = "version: \"1.1\"\nservers:\n  - id: bench-crash\n    version: \"1.0.0\"\n    docker: { image: mcp-orch-bench/example-server, port: 8080 }\n    health_check: { interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 3, success_threshold: 1 }\n    restart_policy: unless-stopped\n    recovery: { max_attempts: 3, backoff_seconds: 0.01 }\n";
-    let repo = Repo::new(manifest);
+    let repo = repo_with(manifest);
     let agent = start_agent(
         repo.remote().to_str().unwrap(),
-        AgentOptions {
+        Options {
             runtime: RuntimeChoice::Docker,
-            poll: Duration::from_secs(600),
-            registry_poll: Duration::from_secs(600),
-            trust: TrustPolicy {
+            poll_interval: Duration::from_secs(600),
+            registry_poll_interval: Duration::from_secs(600),
+            trust: Some(TrustPolicy {
                 allowed_images: vec!["mcp-orch-bench/".into()],
                 allowed_commands: vec![],
                 source: "bench".into(),
                 ..Default::default()
-            },
+            }),
+            ..Default::default()
         },
     )
     .await;

@@ -13,9 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use common::{
-    AgentOptions, Registry, Repo, build_image, docker, percentile, start_agent, static_example,
-};
+use common::kit::agent::Options;
+use common::kit::docker::{docker, static_example_binary};
+use common::kit::registry::TestRegistry;
+use common::{build_image, percentile, repo_with, start_agent};
 use jiff::Timestamp;
 use mcp_orchestration::manifest::policy::TrustPolicy;
 use mcp_orchestration::registry::RegistryClient;
@@ -106,23 +107,25 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let bin = static_example();
-    let registry = Registry::start();
-    let host = registry.host.clone();
-    publish(&bin, &host, "1.0.0", "healthy");
-    let repo = Repo::new(&manifest(&host));
+    let bin = static_example_binary();
+    let storage = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(storage.path(), false).await;
+    let host = registry.host();
+    publish(bin, &host, "1.0.0", "healthy");
+    let repo = repo_with(&manifest(&host));
     let agent = start_agent(
         repo.remote().to_str().unwrap(),
-        AgentOptions {
+        Options {
             runtime: RuntimeChoice::Docker,
-            poll: Duration::from_secs(600),
-            registry_poll: Duration::from_secs(1),
-            trust: TrustPolicy {
+            poll_interval: Duration::from_secs(600),
+            registry_poll_interval: Duration::from_secs(1),
+            trust: Some(TrustPolicy {
                 allowed_images: vec![format!("{host}/")],
                 allowed_commands: vec![],
                 source: "bench".into(),
                 ..Default::default()
-            },
+            }),
+            ..Default::default()
         },
     )
     .await;
@@ -133,7 +136,7 @@ async fn main() {
         (vec![], vec![], vec![], vec![], vec![]);
     for i in 1..=upgrades {
         let version = format!("1.{i}.0");
-        let published = publish(&bin, &host, &version, "healthy");
+        let published = publish(bin, &host, &version, "healthy");
         let r = finished_rollout(&http, &agent.url, &version).await;
         assert_eq!(r["outcome"], "succeeded", "{r}");
         let started = at(&r["started_at"]);
@@ -146,7 +149,7 @@ async fn main() {
     let mut rollback = vec![];
     for i in 1..=rollbacks {
         let version = format!("1.{}.0", upgrades + i);
-        publish(&bin, &host, &version, "unhealthy");
+        publish(bin, &host, &version, "unhealthy");
         let r = finished_rollout(&http, &agent.url, &version).await;
         assert_eq!(r["outcome"], "rolled_back", "{r}");
         rollback.push(ms(at(&r["started_at"]), at(&r["finished_at"])));

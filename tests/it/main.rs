@@ -10,6 +10,8 @@ mod gitops_docker;
 mod health;
 mod holes;
 mod hooks;
+#[path = "../kit/mod.rs"]
+mod kit;
 mod manifest_fuzz;
 mod mcp_probe;
 mod mcp_tools;

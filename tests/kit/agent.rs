@@ -1,5 +1,6 @@
-//! An agent running in the test process against real git, real processes, real SQLite and
-//! real HTTP on 127.0.0.1; the fleet it starts is killed when the handle drops.
+//! An agent running in the calling process (a test or a benchmark) against real git, real
+//! processes, real SQLite and real HTTP on 127.0.0.1; the fleet it starts is killed when
+//! the handle drops.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,7 +1,7 @@
-//! A real OCI registry for the integration tests, and the tools around it that need no
-//! Docker: a pusher speaking the distribution HTTP API, and an HTTP front that adds what
-//! Debian's registry (distribution 2.8) cannot do on its own — Bearer token auth, ETags,
-//! 429s, pagination — in front of the real thing.
+//! A real OCI registry for the integration tests and benchmarks, and the tools around it
+//! that need no Docker: a pusher speaking the distribution HTTP API, and an HTTP front that
+//! adds what Debian's registry (distribution 2.8) cannot do on its own — Bearer token auth,
+//! ETags, 429s, pagination — in front of the real thing.
 
 use std::path::Path;
 use std::process::{Command, Stdio};

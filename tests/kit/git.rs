@@ -1,4 +1,5 @@
-//! Real git repositories for tests, driven by the `git` CLI with an isolated configuration.
+//! Real git repositories for tests and benchmarks, driven by the `git` CLI with an isolated
+//! configuration.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

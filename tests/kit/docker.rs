@@ -1,6 +1,6 @@
-//! Real Docker for the integration tests: a gate that skips (or fails on CI) without a
-//! daemon, the example server as a `FROM scratch` image, and a guard that removes every
-//! container a test created, even when it panics.
+//! Real Docker for the integration tests and benchmarks: a gate that skips (or fails on CI)
+//! without a daemon, the example server as a `FROM scratch` image, and a guard that removes
+//! every container a test created, even when it panics.
 //!
 //! Everything here talks to the daemon through the `docker` CLI, so the tests check the
 //! runtime against a second opinion rather than against bollard itself.
@@ -161,7 +161,7 @@ pub fn example_image(version: &str) -> String {
 
 /// The statically linked example server: `$MCP_TEST_STATIC_EXAMPLE` when it exists,
 /// otherwise built once per process into `target/static`.
-fn static_example_binary() -> &'static Path {
+pub fn static_example_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         if let Some(prebuilt) = std::env::var_os(STATIC_EXAMPLE_ENV).map(PathBuf::from) {
@@ -345,7 +345,7 @@ pub async fn wait_healthy(port: u16) -> serde_json::Value {
     .await
 }
 
-// The registry helpers moved to `support::registry`; the Docker tests keep their paths.
+// The registry helpers live in `kit::registry`; the Docker tests keep their paths.
 pub use super::registry::{REGISTRY_PASSWORD, REGISTRY_USER, TestRegistry, registry_or_skip};
 
 /// Untags the images it was given on drop. Declare it before the [`ContainerGuard`] of
