@@ -1,31 +1,21 @@
 //! API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time.
 //!
-//! Mutating routes always need a key. Read routes need one only when the agent listens
-//! beyond loopback. `/mcp` always needs one, whatever the method: its tools stop, deploy
-//! and roll back servers. `GET /health`, `GET /openapi.json` and the webhook (which has its
-//! HMAC) are always open.
+//! Who needs a key is the route table's [`Auth`]: mutating routes always, read routes only
+//! when the agent listens beyond loopback, `/mcp` whatever the method (its tools stop,
+//! deploy and roll back servers), and `GET /health`, `GET /openapi.json` and the webhook
+//! (which has its HMAC) never.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::ApiState;
 use super::error::ApiError;
-
-fn open_route(method: &Method, path: &str) -> bool {
-    ((path == "/health" || path == "/openapi.json") && method == Method::GET)
-        || path == "/webhooks/git"
-}
-
-/// MCP carries mutating tools on every method (a `GET` opens a session's stream), so the
-/// read/write split of the REST routes does not apply to it.
-fn always_keyed(path: &str) -> bool {
-    path == "/mcp" || path.starts_with("/mcp/")
-}
+use super::routes::Auth;
 
 fn presented(req: &Request) -> Option<&str> {
     let h = req.headers();
@@ -58,9 +48,16 @@ fn key_matches(given: &str, keys: &[String]) -> bool {
 }
 
 pub async fn require_key(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let read = (method == Method::GET || method == Method::HEAD) && !always_keyed(req.uri().path());
-    if open_route(&method, req.uri().path()) || (read && !state.keys_for_reads) {
+    // Who may call it comes from the route table (`refuse_unserved` answered the rest).
+    let auth = super::routes::at(req.uri().path())
+        .and_then(|methods| {
+            methods
+                .into_iter()
+                .find(|(m, _)| m == req.method())
+                .map(|(_, a)| a)
+        })
+        .unwrap_or(Auth::Write);
+    if auth == Auth::Open || (auth == Auth::Read && !state.keys_for_reads) {
         return next.run(req).await;
     }
     match presented(&req) {
@@ -115,14 +112,6 @@ mod tests {
         assert!(!key_matches("gamma", &keys));
         assert!(!key_matches("", &keys));
         assert!(!key_matches("alpha", &[]));
-    }
-
-    #[test]
-    fn mcp_needs_a_key_on_every_method() {
-        assert!(always_keyed("/mcp"));
-        assert!(always_keyed("/mcp/"));
-        assert!(!always_keyed("/mcpx"));
-        assert!(!always_keyed("/servers"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use super::ApiError;
@@ -260,11 +260,17 @@ pub struct HistoryQuery {
     limit: Option<usize>,
 }
 
+/// A page of the event log, oldest first.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+}
+
 /// `GET /events/history?server=&after=&limit=`: the retained log as JSON, oldest first.
 pub async fn history(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let limit = crate::fleet::limit(q.limit, crate::fleet::EVENTS_LIMIT)?;
     let after = crate::fleet::after(q.after)?;
     let events = state
@@ -280,5 +286,5 @@ pub async fn history(
         })
         .await
         .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
-    Ok(Json(json!({ "events": events })))
+    Ok(Json(EventPage { events }))
 }

@@ -8,6 +8,7 @@ mod auth;
 mod error;
 mod events;
 pub mod openapi;
+mod routes;
 pub mod serve;
 mod webhook;
 
@@ -18,9 +19,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::Method;
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, delete, get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::generate_key;
@@ -53,56 +53,7 @@ pub struct ApiState {
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// Where the MCP tools are served (streamable HTTP: POST, GET and DELETE).
-pub const MCP_PATH: &str = "/mcp";
-
-/// Every route the API serves: method, path, handler. `router` is built from this list and
-/// `openapi::document` must describe exactly it (a test compares the two).
-pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<ApiState>>)> {
-    vec![
-        (Method::GET, "/health", get(health)),
-        (Method::GET, "/openapi.json", get(openapi_json)),
-        (Method::GET, "/servers", get(servers)),
-        (Method::GET, "/servers/{id}", get(server)),
-        (Method::DELETE, "/servers/{id}", delete(stop)),
-        (Method::GET, "/servers/{id}/status", get(server)),
-        (Method::POST, "/servers/{id}/deploy", post(deploy)),
-        (Method::GET, "/servers/{id}/rollouts", get(server_rollouts)),
-        (Method::POST, "/servers/{id}/rollback", post(rollback)),
-        (Method::POST, "/servers/{id}/rollout/resume", post(resume)),
-        (Method::POST, "/servers/{id}/rollout/retry", post(deploy)),
-        (Method::GET, "/rollouts/{id}", get(rollout)),
-        (Method::GET, "/servers/{id}/health", get(server_health)),
-        (
-            Method::GET,
-            "/servers/{id}/health/events",
-            get(server_health_events),
-        ),
-        (
-            Method::POST,
-            "/servers/{id}/health/override",
-            post(health_override),
-        ),
-        (Method::POST, "/servers/{id}/restart", post(restart)),
-        (Method::GET, "/health/status", get(health_status)),
-        (Method::GET, "/health/events", get(health_events)),
-        (Method::GET, "/events", get(events::stream)),
-        (Method::GET, "/events/history", get(events::history)),
-        (Method::GET, "/metrics", get(metrics)),
-        (Method::GET, "/revisions", get(revisions)),
-        (Method::GET, "/revisions/{commit}", get(revision)),
-        (Method::POST, "/webhooks/git", post(webhook::push)),
-    ]
-}
-
-/// Every method and path the router answers: [`routes`] and the MCP service.
-pub fn served() -> Vec<(Method, &'static str)> {
-    let mut all: Vec<_> = routes().into_iter().map(|(m, p, _)| (m, p)).collect();
-    for m in [Method::POST, Method::GET, Method::DELETE] {
-        all.push((m, MCP_PATH));
-    }
-    all
-}
+pub use routes::MCP_PATH;
 
 /// The API's router with `mcp` (the MCP tools' streamable HTTP service) nested at
 /// [`MCP_PATH`].
@@ -117,9 +68,11 @@ where
     S::Future: Send + 'static,
 {
     let mut router = Router::new();
-    for (_, path, handler) in routes() {
+    for route in routes::table() {
         // Routes of one path with different methods merge into one method router.
-        router = router.route(path, handler);
+        if let Some(handler) = route.handler {
+            router = router.route(route.path, handler);
+        }
     }
     router
         // MCP's streamable HTTP: one service for POST (messages), GET (a session's stream)
@@ -151,41 +104,6 @@ where
         .with_state(state)
 }
 
-/// Whether `path` is an instance of the route `template` (`/servers/{id}`); the MCP
-/// service also owns everything below its path.
-fn route_matches(template: &str, path: &str) -> bool {
-    if template == MCP_PATH {
-        return path == MCP_PATH || path.starts_with("/mcp/");
-    }
-    let mut want = template.split('/');
-    let mut got = path.split('/');
-    loop {
-        match (want.next(), got.next()) {
-            (None, None) => return true,
-            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
-            (Some(w), Some(g)) if w == g => {}
-            _ => return false,
-        }
-    }
-}
-
-/// The methods the API serves at `path` (HEAD wherever GET is), or `None` for a path it
-/// does not serve at all.
-fn methods_at(path: &str) -> Option<Vec<Method>> {
-    let mut methods: Vec<Method> = served()
-        .into_iter()
-        .filter(|(_, template)| route_matches(template, path))
-        .map(|(m, _)| m)
-        .collect();
-    if methods.is_empty() {
-        return None;
-    }
-    if methods.contains(&Method::GET) {
-        methods.push(Method::HEAD);
-    }
-    Some(methods)
-}
-
 /// Answers a request the router would refuse anyway before the API keys are asked for: an
 /// unknown path is a 404 and a method the path does not serve (`TRACE`, `PUT`, ...) a 405
 /// with `Allow`, in the error envelope. The route list is public (`GET /openapi.json`),
@@ -195,13 +113,13 @@ async fn refuse_unserved(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let Some(methods) = methods_at(req.uri().path()) else {
+    let Some(methods) = routes::at(req.uri().path()) else {
         return ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route").into_response();
     };
-    if methods.contains(req.method()) {
+    if methods.iter().any(|(m, _)| m == req.method()) {
         return next.run(req).await;
     }
-    let allow: Vec<&str> = methods.iter().map(Method::as_str).collect();
+    let allow: Vec<&str> = methods.iter().map(|(m, _)| m.as_str()).collect();
     let allow = allow.join(", ");
     let mut response = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -272,7 +190,23 @@ pub async fn serve(
 }
 
 /// The agent's own health, in the health standard's format.
-async fn health(State(state): State<Arc<ApiState>>) -> Json<Value> {
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AgentHealth {
+    #[schemars(extend("enum" = ["healthy", "degraded"]))]
+    status: &'static str,
+    version: &'static str,
+    uptime_seconds: f64,
+    runtime: &'static str,
+    applied_revision: Option<String>,
+    /// Set while the repository cannot be fetched.
+    source_error: Option<String>,
+    /// Set while the runtime cannot list its instances.
+    runtime_error: Option<String>,
+    /// Set while the state database cannot answer.
+    store_error: Option<String>,
+}
+
+async fn health(State(state): State<Arc<ApiState>>) -> Json<AgentHealth> {
     let fleet = state.control.fleet();
     let uptime = jiff::Timestamp::now()
         .duration_since(state.started_at)
@@ -285,16 +219,16 @@ async fn health(State(state): State<Arc<ApiState>>) -> Json<Value> {
     } else {
         "healthy"
     };
-    Json(json!({
-        "status": status,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": uptime,
-        "runtime": state.runtime.as_str(),
-        "applied_revision": fleet.applied_revision,
-        "source_error": fleet.source_error,
-        "runtime_error": fleet.runtime_error,
-        "store_error": fleet.store_error,
-    }))
+    Json(AgentHealth {
+        status,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: uptime,
+        runtime: state.runtime.as_str(),
+        applied_revision: fleet.applied_revision,
+        source_error: fleet.source_error,
+        runtime_error: fleet.runtime_error,
+        store_error: fleet.store_error,
+    })
 }
 
 async fn servers(State(state): State<Arc<ApiState>>) -> Json<fleet::FleetView> {

@@ -26,7 +26,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
 
 use super::ApiState;
@@ -124,6 +124,14 @@ fn delivery_keys(headers: &HeaderMap, signature: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// The webhook's answer: whether it woke a sync, and why not.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Answer {
+    pub accepted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 pub async fn push(
     State(state): State<Arc<ApiState>>,
     guard: Option<axum::Extension<Arc<Guard>>>,
@@ -203,7 +211,10 @@ pub async fn push(
     if !fresh {
         return Ok((
             StatusCode::OK,
-            Json(json!({ "accepted": false, "reason": "this delivery was seen before; a replay wakes nothing" })),
+            Json(Answer {
+                accepted: false,
+                reason: Some("this delivery was seen before; a replay wakes nothing".into()),
+            }),
         )
             .into_response());
     }
@@ -213,14 +224,19 @@ pub async fn push(
     {
         return Ok((
             StatusCode::ACCEPTED,
-            Json(
-                json!({ "accepted": false, "reason": format!("`{r}` is not the tracked branch `{tracked}`") }),
-            ),
+            Json(Answer {
+                accepted: false,
+                reason: Some(format!("`{r}` is not the tracked branch `{tracked}`")),
+            }),
         )
             .into_response());
     }
     state.control.wake(Trigger::Webhook);
-    Ok((StatusCode::ACCEPTED, Json(json!({ "accepted": true }))).into_response())
+    let woke = Answer {
+        accepted: true,
+        reason: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(woke)).into_response())
 }
 
 /// Constant-time check of a hex HMAC-SHA256 signature.

@@ -1,0 +1,558 @@
+//! The one route table: each route's method, path, handler, who may call it, and how it
+//! is documented. The router, the auth layer, the 404/405 answers and `GET /openapi.json`
+//! are all built from it, so none of them can disagree with another.
+
+use std::sync::Arc;
+
+use axum::http::Method;
+use axum::routing::{MethodRouter, delete, get, post};
+use serde_json::{Value, json};
+
+use super::openapi::Schemas;
+use super::{ApiState, events, webhook};
+use crate::fleet;
+
+/// Where the MCP tools are served (streamable HTTP: POST, GET and DELETE).
+pub const MCP_PATH: &str = "/mcp";
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// No key, ever (the webhook has its own HMAC).
+    Open,
+    /// A key when the agent listens beyond loopback.
+    Read,
+    /// Always a key.
+    Write,
+}
+
+/// A schema, generated from the type a handler reads or writes.
+pub type Schema = fn(&mut Schemas) -> Value;
+
+/// How a route is documented.
+pub struct Doc {
+    pub summary: &'static str,
+    pub description: &'static str,
+    pub tag: &'static str,
+    /// The query parameters (one per field of the type the handler reads them into).
+    pub query: Option<fn(&mut Schemas) -> Vec<Value>>,
+    pub body: Option<Schema>,
+    /// Whether the route refuses a request without a body.
+    pub body_required: bool,
+    /// The success status and what it carries.
+    pub ok: u16,
+    pub answer: Schema,
+    pub content: &'static str,
+}
+
+impl Default for Doc {
+    fn default() -> Self {
+        Doc {
+            summary: "",
+            description: "",
+            tag: "servers",
+            query: None,
+            body: None,
+            body_required: false,
+            ok: 200,
+            answer: |_| json!({ "type": "object" }),
+            content: "application/json",
+        }
+    }
+}
+
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// `None` for the MCP service, which the agent hands to the router.
+    pub handler: Option<MethodRouter<Arc<ApiState>>>,
+    pub auth: Auth,
+    pub doc: Doc,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<Arc<ApiState>>,
+    auth: Auth,
+    doc: Doc,
+) -> Route {
+    Route {
+        method,
+        path,
+        handler: Some(handler),
+        auth,
+        doc,
+    }
+}
+
+/// Every route the API serves.
+pub fn table() -> Vec<Route> {
+    use super::{
+        EventsQuery, Limit, OverrideRequest, RollbackRequest, deploy, health, health_events,
+        health_override, health_status, metrics, openapi_json, resume, revision, revisions,
+        rollback, rollout, server, server_health, server_health_events, server_rollouts, servers,
+        stop,
+    };
+    use Auth::{Open, Read, Write};
+    let one_server = || Doc {
+        summary: "One server",
+        answer: |s| s.schema::<fleet::ServerView>(),
+        ..Doc::default()
+    };
+    let mut all = vec![
+        route(
+            Method::GET,
+            "/health",
+            get(health),
+            Open,
+            Doc {
+                summary: "The agent's own health (the health standard's format)",
+                tag: "agent",
+                answer: |s| s.schema::<super::AgentHealth>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/openapi.json",
+            get(openapi_json),
+            Open,
+            Doc {
+                summary: "This document",
+                tag: "agent",
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/servers",
+            get(servers),
+            Read,
+            Doc {
+                summary: "The fleet: what a gateway needs to route, per server",
+                description: "Each server carries its endpoint and transport, running and desired \
+                          version, deployment state, and health with since when and why.",
+                answer: |s| s.schema::<fleet::FleetView>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/servers/{id}",
+            get(server),
+            Read,
+            one_server(),
+        ),
+        route(
+            Method::DELETE,
+            "/servers/{id}",
+            delete(stop),
+            Write,
+            Doc {
+                summary: "Stop a server and keep it stopped until it is deployed again",
+                tag: "operations",
+                answer: |s| s.schema::<fleet::Stopped>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/servers/{id}/status",
+            get(server),
+            Read,
+            one_server(),
+        ),
+        route(
+            Method::POST,
+            "/servers/{id}/deploy",
+            post(deploy),
+            Write,
+            Doc {
+                summary: "Lift a stop, retry a failed version, converge now",
+                tag: "operations",
+                ok: 202,
+                answer: |s| s.schema::<fleet::DeployRequested>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/servers/{id}/rollouts",
+            get(server_rollouts),
+            Read,
+            Doc {
+                summary: "The server's rollouts, newest first",
+                tag: "rollouts",
+                query: Some(|s| s.query::<Limit>()),
+                answer: |s| s.schema::<fleet::RolloutPage>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::POST,
+            "/servers/{id}/rollback",
+            post(rollback),
+            Write,
+            Doc {
+                summary: "Roll back to the previous (or a given) version and hold it there",
+                description: "Auto-updates stay paused until `POST /servers/{id}/rollout/resume`.",
+                tag: "operations",
+                body: Some(|s| s.schema::<RollbackRequest>()),
+                ok: 202,
+                answer: |s| s.schema::<fleet::RolledBack>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::POST,
+            "/servers/{id}/rollout/resume",
+            post(resume),
+            Write,
+            Doc {
+                summary: "Lift an operator's rollback",
+                tag: "operations",
+                answer: |s| s.schema::<fleet::Resumed>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::POST,
+            "/servers/{id}/rollout/retry",
+            post(deploy),
+            Write,
+            Doc {
+                summary: "Forget the server's failed versions and converge now",
+                tag: "operations",
+                ok: 202,
+                answer: |s| s.schema::<fleet::DeployRequested>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/rollouts/{id}",
+            get(rollout),
+            Read,
+            Doc {
+                summary: "One rollout with its timeline and the probes of its health gate",
+                tag: "rollouts",
+                answer: |s| s.schema::<fleet::RolloutDetail>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/servers/{id}/health",
+            get(server_health),
+            Read,
+            Doc {
+                summary: "Health: state, since when and why, last probe, recent recovery attempts",
+                description: "`monitored` tells the two shapes apart: a server with an instance to \
+                          probe has its full health, one without (not started yet, stopped, or \
+                          unable to run here) only `state: unknown` and the reason.",
+                tag: "health",
+                answer: |s| s.schema::<fleet::HealthReport>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/servers/{id}/health/events",
+            get(server_health_events),
+            Read,
+            Doc {
+                summary: "The server's health events, newest first",
+                tag: "health",
+                // The server is the path's here.
+                query: Some(|s| {
+                    s.query::<EventsQuery>()
+                        .into_iter()
+                        .filter(|p| p["name"] != "server")
+                        .collect()
+                }),
+                answer: |s| s.schema::<fleet::HealthEventPage>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::POST,
+            "/servers/{id}/health/override",
+            post(health_override),
+            Write,
+            Doc {
+                summary: "Show a health state for a bounded time (recorded as an override)",
+                tag: "health",
+                body: Some(|s| s.schema::<OverrideRequest>()),
+                body_required: true,
+                answer: |s| s.schema::<fleet::Overridden>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::POST,
+            "/servers/{id}/restart",
+            post(super::restart),
+            Write,
+            Doc {
+                summary: "A fresh instance; recovery starts over",
+                tag: "operations",
+                ok: 202,
+                answer: |s| s.schema::<fleet::RestartRequested>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/health/status",
+            get(health_status),
+            Read,
+            Doc {
+                summary: "Every monitored server's health, and counts by state",
+                tag: "health",
+                answer: |s| s.schema::<fleet::HealthStatus>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/health/events",
+            get(health_events),
+            Read,
+            Doc {
+                summary: "Health events of every server, newest first",
+                tag: "health",
+                query: Some(|s| s.query::<EventsQuery>()),
+                answer: |s| s.schema::<fleet::HealthEventPage>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/events",
+            get(events::stream),
+            Read,
+            Doc {
+                summary: "Every state change, live, as Server-Sent Events",
+                description: "Each SSE event has `id:` (the event id, only growing), `event:` (the kind: \
+                          `run.started`, `run.finished`, `rollout.started`, `rollout.step`, \
+                          `rollout.finished`, `health.transition`, `health.recovery`, \
+                          `health.override`, ...) and `data:` (the event as JSON). Notes about the stream \
+                          itself come without an id: `gap` (events after Last-Event-ID were \
+                          pruned; data: after, next, message) and `reset` (Last-Event-ID is \
+                          newer than the log; data: after, latest, message). A comment is sent \
+                          every 15 s; the stream ends when the agent shuts down.",
+                tag: "events",
+                query: Some(|s| {
+                    let mut params = s.query::<events::StreamQuery>();
+                    params.push(json!({
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": false,
+                    "schema": { "type": "integer", "minimum": 0 },
+                    "description": "Resume after this event id: every retained event after it is sent first.",
+                }));
+                    params
+                }),
+                answer: |s| {
+                    let event = s.schema::<crate::store::Event>();
+                    json!({ "type": "string", "description": "text/event-stream; each data line is an Event", "contentSchema": event })
+                },
+                content: "text/event-stream",
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/events/history",
+            get(events::history),
+            Read,
+            Doc {
+                summary: "The retained event log, oldest first",
+                tag: "events",
+                query: Some(|s| s.query::<events::HistoryQuery>()),
+                answer: |s| s.schema::<events::EventPage>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/metrics",
+            get(metrics),
+            Read,
+            Doc {
+                summary: "Prometheus metrics (text format 0.0.4)",
+                tag: "agent",
+                answer: |_| json!({ "type": "string" }),
+                content: "text/plain",
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/revisions",
+            get(revisions),
+            Read,
+            Doc {
+                summary: "Runs (one per commit seen), newest first",
+                tag: "revisions",
+                query: Some(|s| s.query::<Limit>()),
+                answer: |s| s.schema::<fleet::RevisionPage>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
+            "/revisions/{commit}",
+            get(revision),
+            Read,
+            Doc {
+                summary: "The newest run of a commit",
+                tag: "revisions",
+                answer: |s| s.schema::<crate::store::RunRecord>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::POST,
+            "/webhooks/git",
+            post(webhook::push),
+            Open,
+            Doc {
+                summary: "A push notification from the git host: fetch now",
+                description: "When a webhook secret is set, `X-Hub-Signature-256` (GitHub) or \
+                          `X-Gitea-Signature` must be the body's HMAC-SHA256.",
+                tag: "agent",
+                body: Some(|_| json!({ "type": "object" })),
+                ok: 202,
+                answer: |s| s.schema::<webhook::Answer>(),
+                ..Doc::default()
+            },
+        ),
+    ];
+    // MCP carries mutating tools on every method (a `GET` opens a session's stream), so
+    // it always needs a key.
+    for (method, summary, content, ok) in [
+        (
+            Method::POST,
+            "MCP over streamable HTTP: a JSON-RPC message (initialize, tools/list, tools/call)",
+            "text/event-stream",
+            200,
+        ),
+        (
+            Method::GET,
+            "MCP over streamable HTTP: a session's stream of server messages",
+            "text/event-stream",
+            200,
+        ),
+        (
+            Method::DELETE,
+            "MCP over streamable HTTP: end a session (204 once it has ended)",
+            "application/json",
+            204,
+        ),
+    ] {
+        let post = method == Method::POST;
+        all.push(Route {
+            method,
+            path: MCP_PATH,
+            handler: None,
+            auth: Write,
+            doc: Doc {
+                summary,
+                description: "The tools: list_servers, server_status, deploy_server, stop_server, \
+                              restart_server, health_check, health_events, rollout_history, \
+                              rollback_server, resume_server. Always needs a key, whatever the method.",
+                tag: "mcp",
+                body: post.then_some(
+                    (|_| json!({ "type": "object", "description": "a JSON-RPC 2.0 message" }))
+                        as Schema,
+                ),
+                ok,
+                answer: |_| json!({}),
+                content,
+                ..Doc::default()
+            },
+        });
+    }
+    all
+}
+
+/// Whether `path` is an instance of the route `template` (`/servers/{id}`); the MCP
+/// service also owns everything below its path.
+pub fn matches(template: &str, path: &str) -> bool {
+    if template == MCP_PATH {
+        return path == MCP_PATH || path.starts_with("/mcp/");
+    }
+    let mut want = template.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The methods served at `path` with who may call each (HEAD as GET), or `None` for a
+/// path not served at all.
+pub fn at(path: &str) -> Option<Vec<(Method, Auth)>> {
+    static TABLE: std::sync::OnceLock<Vec<(Method, &'static str, Auth)>> =
+        std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        table()
+            .into_iter()
+            .map(|r| (r.method, r.path, r.auth))
+            .collect()
+    });
+    let mut methods: Vec<(Method, Auth)> = table
+        .iter()
+        .filter(|(_, template, _)| matches(template, path))
+        .map(|(m, _, a)| (m.clone(), *a))
+        .collect();
+    if methods.is_empty() {
+        return None;
+    }
+    if let Some((_, auth)) = methods.iter().find(|(m, _)| *m == Method::GET).cloned() {
+        methods.push((Method::HEAD, auth));
+    }
+    Some(methods)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_their_templates_and_mcp_owns_its_subtree() {
+        assert!(matches("/servers/{id}", "/servers/a"));
+        assert!(!matches("/servers/{id}", "/servers/"));
+        assert!(!matches("/servers/{id}", "/servers/a/b"));
+        assert!(matches(MCP_PATH, "/mcp/"));
+        assert!(!matches(MCP_PATH, "/mcpx"));
+    }
+
+    #[test]
+    fn who_may_call_what_comes_from_the_table() {
+        let auth = |method: Method, path: &str| {
+            at(path)
+                .unwrap()
+                .into_iter()
+                .find(|(m, _)| *m == method)
+                .map(|(_, a)| a)
+        };
+        assert_eq!(auth(Method::GET, "/health"), Some(Auth::Open));
+        assert_eq!(auth(Method::HEAD, "/health"), Some(Auth::Open));
+        assert_eq!(auth(Method::POST, "/webhooks/git"), Some(Auth::Open));
+        assert_eq!(auth(Method::GET, "/servers/x"), Some(Auth::Read));
+        assert_eq!(auth(Method::DELETE, "/servers/x"), Some(Auth::Write));
+        // MCP needs a key on every method.
+        for m in [Method::GET, Method::POST, Method::DELETE] {
+            assert_eq!(auth(m, "/mcp"), Some(Auth::Write));
+        }
+        assert_eq!(auth(Method::PUT, "/servers/x"), None);
+        assert!(at("/nowhere").is_none());
+    }
+}
