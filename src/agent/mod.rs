@@ -294,6 +294,7 @@ pub async fn run(
     shutdown: CancellationToken,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), AgentError> {
+    let begun = std::time::Instant::now();
     // Nothing is touched before the data dir is ours alone: a second agent on it would roll
     // out the same commits and stop the first one's instances.
     let (_lock, mut created) = lock::DataDir::acquire(&settings.data_dir)?;
@@ -350,15 +351,6 @@ pub async fn run(
         ),
     };
     let secrets = Secrets::load(settings.secrets_file.as_deref(), &trust, &redactor)?;
-    let git = settings.git.clone();
-    let mirror = settings.data_dir.join("repo.git");
-    let source = tokio::task::spawn_blocking(move || GitSource::open(git, mirror))
-        .await
-        .map_err(|e| AgentError::Task {
-            task: "opening the git mirror",
-            message: e.to_string(),
-        })??;
-
     let (tx, mut rx) = mpsc::channel(1);
     let exit_wake = tx.clone();
     // The fleet view and the monitor exist before the executor, which reports its rollout
@@ -368,6 +360,7 @@ pub async fn run(
     let (phase_view, phase_monitor) = (view.clone(), monitor.clone());
     let mut executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency)
         .with_redactor(redactor.clone())
+        .with_prober(monitor.prober())
         .on_phase(move |server, phase| {
             crate::fleet::on_rollout_phase(&phase_view, &phase_monitor, server, phase);
         });
@@ -383,6 +376,10 @@ pub async fn run(
     ));
     let api_keys = api_keys(&settings)?;
     api_keys.iter().for_each(|k| redactor.add(k));
+    // The API answers first (`GET /health` says what the start still waits for); the git
+    // mirror, adoption and the first sync follow and are reported as they finish.
+    let startup = crate::api::Startup::default();
+    startup.set(Some("opening the git mirror"));
     let sync_duration = Arc::new(crate::metrics::Histogram::default());
     let publish_counts = crate::publish::Counts::default();
     let api_state = crate::api::ApiState {
@@ -396,6 +393,7 @@ pub async fn run(
         sync_duration: sync_duration.clone(),
         publish_counts: publish_counts.clone(),
         shutdown: shutdown.clone(),
+        startup: startup.clone(),
     };
     // The one router: the API's routes with the MCP tools nested at `/mcp`, behind the
     // same keys and limits.
@@ -418,11 +416,13 @@ pub async fn run(
             .max_connections
             .unwrap_or_else(|| default_max_connections(nofile_limit)),
     };
+    // Its own token, so a start that fails after this point also closes the listener.
+    let api_shutdown = shutdown.child_token();
     let api = tokio::spawn(crate::api::serve(
         listener,
         router,
         limits,
-        shutdown.clone(),
+        api_shutdown.clone(),
     ));
     info!(
         repo = %settings.git.url,
@@ -435,6 +435,24 @@ pub async fn run(
         "agent started"
     );
     on_ready(addr);
+    let git = settings.git.clone();
+    let mirror = settings.data_dir.join("repo.git");
+    let opened = tokio::task::spawn_blocking(move || GitSource::open(git, mirror))
+        .await
+        .map_err(|e| AgentError::Task {
+            task: "opening the git mirror",
+            message: e.to_string(),
+        })
+        .and_then(|r| r.map_err(AgentError::from));
+    let source = match opened {
+        Ok(source) => source,
+        Err(e) => {
+            api_shutdown.cancel();
+            return Err(e);
+        }
+    };
+    info!(ms = begun.elapsed().as_millis() as u64, "git mirror open");
+    startup.set(Some("the first sync"));
     // Started: from here on the data dir holds state worth keeping, whatever happens.
     created.keep();
 
@@ -502,6 +520,10 @@ pub async fn run(
     let mut next = Trigger::Startup;
     loop {
         syncer.sync(next).await;
+        if startup.get().is_some() {
+            startup.set(None);
+            info!(ms = begun.elapsed().as_millis() as u64, "first sync done");
+        }
         if shutdown.is_cancelled() {
             break;
         }
@@ -555,6 +577,7 @@ pub async fn run(
     {
         warn!("health events were still being stored at exit");
     }
+    api_shutdown.cancel();
     match api.await {
         Ok(r) => r.map_err(AgentError::Serve),
         Err(e) => Err(AgentError::Task {

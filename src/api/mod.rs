@@ -48,6 +48,23 @@ pub struct ApiState {
     /// The agent's shutdown token. Long-lived responses (event streams) end with it, so
     /// they never hold the HTTP server's graceful shutdown open.
     pub shutdown: CancellationToken,
+    /// What the start still waits for (`GET /health`'s `starting`).
+    pub startup: Startup,
+}
+
+/// What a starting agent still waits for: the API answers before the git mirror is open
+/// and the first sync is done.
+#[derive(Clone, Default)]
+pub struct Startup(Arc<std::sync::Mutex<Option<&'static str>>>);
+
+impl Startup {
+    pub fn set(&self, step: Option<&'static str>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = step;
+    }
+
+    pub fn get(&self) -> Option<&'static str> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Request bodies larger than this are refused with 413.
@@ -204,6 +221,9 @@ struct AgentHealth {
     runtime_error: Option<String>,
     /// Set while the state database cannot answer.
     store_error: Option<String>,
+    /// While the agent starts, what it still waits for (`opening the git mirror`, `the
+    /// first sync`); null once the first sync is done.
+    starting: Option<&'static str>,
 }
 
 async fn health(State(state): State<Arc<ApiState>>) -> Json<AgentHealth> {
@@ -228,6 +248,7 @@ async fn health(State(state): State<Arc<ApiState>>) -> Json<AgentHealth> {
         source_error: fleet.source_error,
         runtime_error: fleet.runtime_error,
         store_error: fleet.store_error,
+        starting: state.startup.get(),
     })
 }
 

@@ -135,6 +135,12 @@ impl Monitor {
         self.inner.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The monitor's prober: the rollout executor's health gate probes with it too, over the
+    /// same connections.
+    pub fn prober(&self) -> Prober {
+        self.inner.prober.clone()
+    }
+
     /// How long probes took, for `GET /metrics`.
     pub fn probe_latency(&self) -> &crate::metrics::Histogram {
         &self.inner.latency

@@ -63,14 +63,36 @@ pub struct RegistryClient {
 
 struct Inner {
     /// The HTTP clients, or why they could not be built (a broken TLS setup); kept as an
-    /// error so `new` cannot fail and every call reports the cause instead.
-    http: Result<HttpClients, String>,
+    /// error so no call can fail to build them twice and each reports the cause. Built at
+    /// the first request: reading the system's CA bundle takes tens of milliseconds and a
+    /// fleet that never polls a registry should not pay it.
+    http: std::sync::OnceLock<Result<HttpClients, String>>,
     auths: Vec<RegistryAuth>,
     /// Permits per registry host, at least one.
     permits: usize,
     requests: AtomicU64,
     /// A std mutex: it guards map lookups only and is never held across an await.
     state: Mutex<State>,
+}
+
+/// The registry's HTTP clients, direct and proxied.
+fn http_clients() -> Result<HttpClients, String> {
+    let build = |proxy: bool| {
+        let builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::limited(5));
+        let builder = if proxy { builder } else { builder.no_proxy() };
+        builder.build()
+    };
+    match (build(false), build(true)) {
+        (Ok(direct), Ok(proxied)) => Ok(HttpClients { direct, proxied }),
+        (Err(e), _) | (_, Err(e)) => {
+            let message = format!("cannot build an HTTP client: {}", chain(&e));
+            warn!(error = %message, "registry client unusable");
+            Err(message)
+        }
+    }
 }
 
 struct HttpClients {
@@ -120,25 +142,9 @@ impl RegistryClient {
     /// matches `docker login` entries) and sending at most `per_registry_concurrency`
     /// requests to one host at a time (0 counts as 1).
     pub fn new(auths: Vec<RegistryAuth>, per_registry_concurrency: usize) -> Self {
-        let build = |proxy: bool| {
-            let builder = reqwest::Client::builder()
-                .timeout(REQUEST_TIMEOUT)
-                .user_agent(USER_AGENT)
-                .redirect(reqwest::redirect::Policy::limited(5));
-            let builder = if proxy { builder } else { builder.no_proxy() };
-            builder.build()
-        };
-        let http = match (build(false), build(true)) {
-            (Ok(direct), Ok(proxied)) => Ok(HttpClients { direct, proxied }),
-            (Err(e), _) | (_, Err(e)) => {
-                let message = format!("cannot build an HTTP client: {}", chain(&e));
-                warn!(error = %message, "registry client unusable");
-                Err(message)
-            }
-        };
         Self {
             inner: Arc::new(Inner {
-                http,
+                http: std::sync::OnceLock::new(),
                 auths,
                 permits: per_registry_concurrency.max(1),
                 requests: AtomicU64::new(0),
@@ -625,7 +631,11 @@ impl Inner {
             registry: registry.to_string(),
             message,
         };
-        let http = self.http.as_ref().map_err(|e| unreachable(e.clone()))?;
+        let http = self
+            .http
+            .get_or_init(http_clients)
+            .as_ref()
+            .map_err(|e| unreachable(e.clone()))?;
         let client = if url.host_str().is_some_and(is_loopback_host) {
             &http.direct
         } else {

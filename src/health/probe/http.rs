@@ -25,7 +25,7 @@ impl Prober {
         timeout: Duration,
     ) -> (ProbeOutcome, String, Option<String>, Option<f64>) {
         let url = format!("http://127.0.0.1:{port}{endpoint}");
-        let response = match self.http.get(&url).timeout(timeout).send().await {
+        let response = match self.http().get(&url).timeout(timeout).send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
                 return (

@@ -198,7 +198,7 @@ impl Prober {
             message["params"] = params;
         }
         let send = self
-            .http
+            .http()
             .post(url)
             .headers(headers)
             .header(ACCEPT, "application/json, text/event-stream")
@@ -265,7 +265,7 @@ impl Prober {
     /// already made, and a server that ignores the request only keeps a session it would
     /// have kept anyway. Bounded by `timeout`, so the task cannot outlive the probe by more.
     fn end_mcp_session(&self, url: String, session: HeaderMap, timeout: Duration) {
-        let request = self.http.delete(url).headers(session).timeout(timeout);
+        let request = self.http().delete(url).headers(session).timeout(timeout);
         tokio::spawn(async move {
             if let Err(e) = request.send().await {
                 tracing::debug!(error = %describe(&e), "ending the MCP probe session failed");

@@ -17,10 +17,12 @@ use crate::manifest::ProbeKind;
 // Where they lived before the state machine needed them without the probes.
 pub use super::outcome::{ProbeOutcome, ProbeResult};
 
-/// Probes servers; holds one HTTP client so connections are reused across probes.
+/// Probes servers; holds one HTTP client so connections are reused across probes. Clones
+/// share the client, which is built at the first probe: building one reads the system's CA
+/// bundle (tens of milliseconds), and a starting agent answers before it probes anything.
 #[derive(Clone, Debug)]
 pub struct Prober {
-    http: reqwest::Client,
+    http: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
     /// A server's answer may echo its configuration; what it says is redacted before it
     /// becomes a probe's detail.
     redactor: crate::redact::Redactor,
@@ -34,16 +36,23 @@ impl Default for Prober {
 
 impl Prober {
     pub fn new() -> Prober {
-        let http = reqwest::Client::builder()
-            // Health endpoints are on loopback; a proxy from the environment must not apply.
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .unwrap_or_default();
         Prober {
-            http,
+            http: std::sync::Arc::default(),
             redactor: crate::redact::Redactor::default(),
         }
+    }
+
+    /// The shared client, built on first use.
+    fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                // Health endpoints are on loopback; a proxy from the environment must not
+                // apply.
+                .no_proxy()
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .unwrap_or_default()
+        })
     }
 
     /// The same prober, blanking `redactor`'s values out of every probe's detail.

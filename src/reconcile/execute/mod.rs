@@ -159,6 +159,12 @@ impl Executor {
         self
     }
 
+    /// Probes health gates with `prober` (the monitor's, so both share one client).
+    pub fn with_prober(mut self, prober: Prober) -> Executor {
+        self.prober = prober.with_redactor(self.redactor.clone());
+        self
+    }
+
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
     }
