@@ -137,23 +137,10 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::policy::TrustPolicy;
-    use crate::manifest::{Checked, RepoFiles, TextFile};
     use crate::reconcile::{DesiredProblem, desired_state};
     use crate::runtime::{InstanceState, RuntimeKind};
 
     const FLEET: &str = "version: \"1.1\"\nservers:\n  - id: ok\n    version: \"1.0.0\"\n    process: { command: /opt/mcp/s }\n  - id: old\n    version: \"2.0.0\"\n    process: { command: /opt/mcp/s }\n  - id: crashed\n    version: \"1.0.0\"\n    process: { command: /opt/mcp/s }\n    mcp_path: /rpc\n  - id: held\n    version: \"1.0.0\"\n    process: { command: /opt/mcp/s }\n  - id: broken\n    version: \"1.0.0\"\n    process: { command: /opt/mcp/s }\n";
-
-    fn checked() -> Checked {
-        let files = RepoFiles {
-            manifest: TextFile::new("ecosystem-manifest.yaml", FLEET),
-            policies: Vec::new(),
-            trust: None,
-        };
-        let mut trust = TrustPolicy::shipped();
-        trust.allowed_commands = vec!["/opt/mcp".into()];
-        crate::manifest::check(&files, &trust).unwrap()
-    }
 
     fn instance(
         server: &str,
@@ -177,7 +164,7 @@ mod tests {
 
     #[test]
     fn each_server_gets_its_state_reason_endpoint_and_probe_target() {
-        let c = checked();
+        let c = crate::manifest::checked_for_tests(FLEET);
         let (desired, _) = desired_state(
             &c,
             RuntimeKind::Process,

@@ -115,6 +115,21 @@ impl TextFile {
     }
 }
 
+/// A manifest that must pass [`check`], for unit tests of what comes after it: images
+/// under `registry.local/` and programs under `/opt/mcp` are trusted.
+#[cfg(test)]
+pub(crate) fn checked_for_tests(yaml: &str) -> Checked {
+    let files = RepoFiles {
+        manifest: TextFile::new(MANIFEST_FILE, yaml),
+        policies: Vec::new(),
+        trust: None,
+    };
+    let mut trust = policy::TrustPolicy::shipped();
+    trust.allowed_images = vec!["registry.local/".into()];
+    trust.allowed_commands = vec!["/opt/mcp".into()];
+    check(&files, &trust).expect("a valid manifest")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,20 +194,7 @@ pub fn spec_hash(spec: &InstanceSpec) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::policy::TrustPolicy;
-    use crate::manifest::{RepoFiles, TextFile};
-
-    fn checked(yaml: &str) -> Checked {
-        let files = RepoFiles {
-            manifest: TextFile::new("ecosystem-manifest.yaml", yaml),
-            policies: Vec::new(),
-            trust: None,
-        };
-        let mut trust = TrustPolicy::shipped();
-        trust.allowed_images = vec!["registry.local/".into()];
-        trust.allowed_commands = vec!["/opt/mcp".into()];
-        crate::manifest::check(&files, &trust).expect("a valid manifest")
-    }
+    use crate::manifest::checked_for_tests as checked;
 
     const BOTH: &str = "version: \"1.1\"\nservers:\n  - id: both\n    version: \"1.0.0\"\n    docker: { image: registry.local/both, port: 8080, env: { MODE: fast } }\n    process: { command: /opt/mcp/both, args: [\"--port\", \"{port}\"] }\n    config_requirements:\n      - { name: TOKEN, secret: true }\n      - { name: REGION, value: eu }\n      - { name: OPTIONAL_HINT, required: false }\n  - id: docker-only\n    version: \"2.0.0\"\n    docker: { image: registry.local/only, port: 9000, host_port: 18080 }\n";
 

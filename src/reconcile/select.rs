@@ -137,19 +137,8 @@ pub fn watched_images(checked: &Checked) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{RepoFiles, TextFile, policy::TrustPolicy};
+    use crate::manifest::checked_for_tests as checked;
     use crate::runtime::{Instance, InstanceState};
-
-    fn checked(yaml: &str) -> Checked {
-        let files = RepoFiles {
-            manifest: TextFile::new("ecosystem-manifest.yaml", yaml),
-            policies: Vec::new(),
-            trust: None,
-        };
-        let mut trust = TrustPolicy::shipped();
-        trust.allowed_images = vec!["registry.local/".into()];
-        crate::manifest::check(&files, &trust).expect("a valid manifest")
-    }
 
     const FLEET: &str = "version: \"1.1\"\nservers:\n  - id: web\n    version: \"1.0.0\"\n    docker: { image: registry.local/web, port: 8080 }\n    update_policy: standard\n  - id: db\n    version: \"2.0.0\"\n    docker: { image: registry.local/db, port: 8080 }\n    update_policy: pinned\n  - id: notify\n    version: \"1.0.0\"\n    docker: { image: registry.local/notify, port: 8080 }\n    update_policy: { version_strategy: semantic, allow: minor, auto_update: false }\n";
 

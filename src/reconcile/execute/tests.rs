@@ -9,8 +9,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{ApplyContext, ExecuteError, Executor, RolloutTrigger};
-use crate::manifest::policy::TrustPolicy;
-use crate::manifest::{RepoFiles, TextFile};
 use crate::reconcile::{desired_state, plan};
 use crate::runtime::{Instance, InstanceSpec, Runtime, RuntimeError, RuntimeEvent, RuntimeKind};
 use crate::store::{RolloutOutcome, Store};
@@ -47,17 +45,9 @@ impl Runtime for FailingStart {
 async fn deploy_with(error: RuntimeError) -> (Result<(), ExecuteError>, Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.db")).unwrap();
-    let files = RepoFiles {
-        manifest: TextFile::new(
-            "ecosystem-manifest.yaml",
-            "version: \"1.1\"\nservers:\n  - id: one\n    version: \"1.0.0\"\n    process: { command: /opt/mcp/one }\n",
-        ),
-        policies: Vec::new(),
-        trust: None,
-    };
-    let mut trust = TrustPolicy::shipped();
-    trust.allowed_commands = vec!["/opt/mcp".into()];
-    let checked = crate::manifest::check(&files, &trust).unwrap();
+    let checked = crate::manifest::checked_for_tests(
+        "version: \"1.1\"\nservers:\n  - id: one\n    version: \"1.0.0\"\n    process: { command: /opt/mcp/one }\n",
+    );
     let (desired, _) = desired_state(
         &checked,
         RuntimeKind::Process,
