@@ -376,8 +376,8 @@ pub async fn run(
     ));
     let api_keys = api_keys(&settings)?;
     api_keys.iter().for_each(|k| redactor.add(k));
-    // The API answers first (`GET /health` says what the start still waits for); the git
-    // mirror, adoption and the first sync follow and are reported as they finish.
+    // The API answers before the git mirror is opened (`GET /health` says what the start
+    // still waits for); the mirror and the first sync are logged as they finish.
     let startup = crate::api::Startup::default();
     startup.set(Some("opening the git mirror"));
     let sync_duration = Arc::new(crate::metrics::Histogram::default());
