@@ -348,6 +348,9 @@ async fn rust_type_names_do_not_leak_into_the_stdio_bridges_errors() {
     assert!(text.starts_with("AGENT_UNREACHABLE: "), "{text}");
     assert!(!names_rust_types(text), "{text}");
     let _ = client.cancel().await;
+    // Closing stdin ends the bridge; waiting for it keeps kill_on_drop from killing it while
+    // it exits (under coverage, while it writes its profile: a truncated one fails the run).
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
