@@ -63,9 +63,11 @@ pub struct Syncer {
     /// than needing someone to fix something (a missing branch, a broken mirror): only the
     /// former is retried soon.
     pub fetch_retryable: bool,
-    /// Consecutive converges in which a change failed only because the runtime was away
-    /// (or the server busy), for a retry sooner than the poll interval.
+    /// Consecutive syncs in which a change failed only because the runtime was away (or
+    /// the server busy), for a retry sooner than the poll interval.
     pub apply_failures: u32,
+    /// Whether this sync had such a failure (set by `converge`).
+    retry_apply: bool,
     /// The new commit that could not be recorded, and why, until it can be (or the branch
     /// moved away from it).
     store_error: Option<(String, String)>,
@@ -175,6 +177,7 @@ impl Syncer {
             fetch_failures: 0,
             fetch_retryable: true,
             apply_failures: 0,
+            retry_apply: false,
             store_error: None,
             store_failures: 0,
             fetching: Arc::default(),
@@ -272,7 +275,19 @@ impl Syncer {
         }
     }
 
+    /// One sync; afterwards `apply_failures` counts the syncs in a row whose changes failed
+    /// only for a retryable reason (any other sync, whichever way it ends, resets it).
     pub async fn sync(&mut self, trigger: Trigger) {
+        self.retry_apply = false;
+        self.sync_once(trigger).await;
+        self.apply_failures = if self.retry_apply {
+            self.apply_failures.saturating_add(1)
+        } else {
+            0
+        };
+    }
+
+    async fn sync_once(&mut self, trigger: Trigger) {
         let started = Instant::now();
         let seen_at = Timestamp::now();
         let fetch_started = Timestamp::now();
@@ -765,14 +780,9 @@ impl Syncer {
             .executor
             .apply(&p, &ApplyContext { run_id, trigger })
             .await;
-        let retry_soon = outcomes
+        self.retry_apply |= outcomes
             .iter()
             .any(|o| o.result.as_ref().is_err_and(ExecuteError::is_retryable));
-        self.apply_failures = if retry_soon {
-            self.apply_failures.saturating_add(1)
-        } else {
-            0
-        };
         (Ok(summary), outcomes)
     }
 

@@ -264,13 +264,8 @@ impl Control {
             .checked_add(jiff::SignedDuration::from_secs_f64(duration_seconds))
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
         let reason = reason.unwrap_or_else(|| "forced by an operator".into());
-        let monitor = self.monitor.clone();
-        let id = server.to_owned();
-        let set =
-            tokio::task::spawn_blocking(move || monitor.set_override(&id, health, until, &reason))
-                .await
-                .map_err(|e| ControlError::Internal(format!("the override task failed: {e}")))?;
-        if !set {
+        // The monitor only notes the override; its journal task stores the event.
+        if !self.monitor.set_override(server, health, until, &reason) {
             return Err(ControlError::server_not_found(server));
         }
         Ok(Overridden {

@@ -45,82 +45,80 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
     );
     let mut targets = Vec::new();
     let mut servers = Vec::new();
-    {
-        for server in inputs.servers {
-            let d = desired.iter().find(|d| d.server_id() == server.id);
-            let mine: Vec<&Instance> = observed
+    for server in inputs.servers {
+        let d = desired.iter().find(|d| d.server_id() == server.id);
+        let mine: Vec<&Instance> = observed
+            .iter()
+            .filter(|i| i.server_id == server.id && i.is_running())
+            .collect();
+        let current = d
+            .and_then(|d| mine.iter().find(|i| i.spec_hash == d.spec.spec_hash))
+            .or_else(|| mine.iter().max_by_key(|i| i.started_at))
+            .copied();
+        let matches = matches!((d, current), (Some(d), Some(i)) if i.spec_hash == d.spec.spec_hash);
+        let (state, reason) = if held.contains(&server.id) {
+            ("stopped", Some("stopped by an operator".to_owned()))
+        } else if let Some(p) = selection.problems.iter().find(|p| p.server_id == server.id) {
+            ("failed", Some(p.reason.clone()))
+        } else if let Some(reason) = selection.failed.get(&server.id) {
+            ("failed", Some(reason.clone()))
+        } else if matches {
+            ("running", None)
+        } else {
+            ("pending", None)
+        };
+        // A server whose instance crashed stays monitored (on its last instance), so
+        // it shows unhealthy and recovery can act, rather than vanishing.
+        let watched = current.or_else(|| {
+            observed
                 .iter()
-                .filter(|i| i.server_id == server.id && i.is_running())
-                .collect();
-            let current = d
-                .and_then(|d| mine.iter().find(|i| i.spec_hash == d.spec.spec_hash))
-                .or_else(|| mine.iter().max_by_key(|i| i.started_at))
-                .copied();
-            let matches =
-                matches!((d, current), (Some(d), Some(i)) if i.spec_hash == d.spec.spec_hash);
-            let (state, reason) = if held.contains(&server.id) {
-                ("stopped", Some("stopped by an operator".to_owned()))
-            } else if let Some(p) = selection.problems.iter().find(|p| p.server_id == server.id) {
-                ("failed", Some(p.reason.clone()))
-            } else if let Some(reason) = selection.failed.get(&server.id) {
-                ("failed", Some(reason.clone()))
-            } else if matches {
-                ("running", None)
-            } else {
-                ("pending", None)
-            };
-            // A server whose instance crashed stays monitored (on its last instance), so
-            // it shows unhealthy and recovery can act, rather than vanishing.
-            let watched = current.or_else(|| {
-                observed
-                    .iter()
-                    .filter(|i| i.server_id == server.id)
-                    .max_by_key(|i| i.started_at)
-            });
-            if let (Some(i), Some(port), false) = (
-                watched,
-                watched.and_then(|i| i.host_port),
-                held.contains(&server.id),
-            ) {
-                targets.push(crate::health::Target {
-                    server_id: server.id.clone(),
-                    instance_id: i.id.clone(),
-                    port,
-                    version: i.version.to_string(),
-                    check: server.health_check.clone(),
-                    mcp_path: server.mcp_path.clone(),
-                });
-            }
-            let since = previous
-                .servers
-                .iter()
-                .find(|s| s.id == server.id && s.state == state)
-                .map(|s| s.since)
-                .unwrap_or(now);
-            servers.push(ServerView {
-                id: server.id.clone(),
-                name: server.name.clone(),
-                transport: server.transport,
-                endpoint: current
-                    .and_then(Instance::base_url)
-                    .map(|base| format!("{base}{}", server.mcp_path)),
-                desired_version: d
-                    .map(|d| d.spec.version.to_string())
-                    .unwrap_or_else(|| server.version.to_string()),
-                running_version: current.map(|i| i.version.to_string()),
-                state: state.to_owned(),
-                reason,
-                instance_id: current.map(|i| i.id.clone()),
-                revision: current.map(|i| i.revision.clone()),
-                since,
-                update_available: selection.update_available.get(&server.id).cloned(),
-                pinned_version: pins.get(&server.id).cloned(),
-                health: None,
-                health_since: None,
-                health_reason: None,
+                .filter(|i| i.server_id == server.id)
+                .max_by_key(|i| i.started_at)
+        });
+        if let (Some(i), Some(port), false) = (
+            watched,
+            watched.and_then(|i| i.host_port),
+            held.contains(&server.id),
+        ) {
+            targets.push(crate::health::Target {
+                server_id: server.id.clone(),
+                instance_id: i.id.clone(),
+                port,
+                version: i.version.to_string(),
+                check: server.health_check.clone(),
+                mcp_path: server.mcp_path.clone(),
             });
         }
+        let since = previous
+            .servers
+            .iter()
+            .find(|s| s.id == server.id && s.state == state)
+            .map(|s| s.since)
+            .unwrap_or(now);
+        servers.push(ServerView {
+            id: server.id.clone(),
+            name: server.name.clone(),
+            transport: server.transport,
+            endpoint: current
+                .and_then(Instance::base_url)
+                .map(|base| format!("{base}{}", server.mcp_path)),
+            desired_version: d
+                .map(|d| d.spec.version.to_string())
+                .unwrap_or_else(|| server.version.to_string()),
+            running_version: current.map(|i| i.version.to_string()),
+            state: state.to_owned(),
+            reason,
+            instance_id: current.map(|i| i.id.clone()),
+            revision: current.map(|i| i.revision.clone()),
+            since,
+            update_available: selection.update_available.get(&server.id).cloned(),
+            pinned_version: pins.get(&server.id).cloned(),
+            health: None,
+            health_since: None,
+            health_reason: None,
+        });
     }
+
     let view = FleetView {
         applied_revision: inputs.applied_revision.clone(),
         head: inputs.head.clone(),

@@ -90,7 +90,7 @@ impl Executor {
         }
     }
 
-    pub(super) async fn still_running(&self, instance: &Instance) -> bool {
+    async fn still_running(&self, instance: &Instance) -> bool {
         match self.runtime.list().await {
             Ok(all) => all.iter().any(|i| i.id == instance.id && i.is_running()),
             // When the runtime cannot say, keep waiting; the deadline still bounds it.

@@ -31,7 +31,7 @@ impl Executor {
         result
     }
 
-    pub(super) async fn rollout_inner(
+    async fn rollout_inner(
         &self,
         desired: &Desired,
         from: &[Instance],
@@ -315,7 +315,7 @@ impl Executor {
 
     /// Restores `old` after a failed rollout and checks it is healthy again; returns the
     /// version restored.
-    pub(super) async fn roll_back(
+    async fn roll_back(
         &self,
         desired: &Desired,
         old: &Instance,
