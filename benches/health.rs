@@ -29,7 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod common;
 
 /// Serves `GET /health/<n>` with the health standard until killed (the `--serve` role).
-async fn serve_health(port_file: &str) {
+/// With `close`, every answer says `connection: close` and the connection is closed, as
+/// servers behind some frameworks do: each probe then pays for a new connection.
+async fn serve_health(port_file: &str, close: bool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     std::fs::write(port_file, listener.local_addr().unwrap().port().to_string()).unwrap();
     loop {
@@ -45,11 +47,12 @@ async fn serve_health(port_file: &str) {
                     continue;
                 }
                 let body = r#"{"status":"healthy","version":"1.0.0","uptime_seconds":1.0}"#;
+                let connection = if close { "close" } else { "keep-alive" };
                 let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: {connection}\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                if s.write_all(reply.as_bytes()).await.is_err() {
+                if s.write_all(reply.as_bytes()).await.is_err() || close {
                     return;
                 }
             }
@@ -404,7 +407,7 @@ async fn crash_to_healthy(samples: usize) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if let Ok(port_file) = std::env::var("BENCH_HEALTH_SERVE") {
-        serve_health(&port_file).await;
+        serve_health(&port_file, std::env::var_os("BENCH_HEALTH_CLOSE").is_some()).await;
         return;
     }
     let samples: usize = std::env::var("BENCH_SAMPLES")
@@ -431,28 +434,40 @@ async fn main() {
 }
 
 async fn scale_table(seconds: u64) {
-    // The simulated fleet runs in a child process, so only the monitor's cost is measured.
-    let port_file = tempfile::NamedTempFile::new().unwrap();
-    let mut server = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("BENCH_HEALTH_SERVE", port_file.path())
-        .spawn()
-        .unwrap();
-    let port: u16 = loop {
-        if let Ok(p) = std::fs::read_to_string(port_file.path())
-            .unwrap_or_default()
-            .trim()
-            .parse()
-        {
-            break p;
+    println!(
+        "\n| servers probed (30 s interval) | connections | CPU % of one core | RSS KiB (whole process) |"
+    );
+    println!("|---|---|---|---|");
+    for (close, sizes) in [(false, &[10usize, 100, 1000][..]), (true, &[1000][..])] {
+        // The simulated fleet runs in a child process, so only the monitor's cost is
+        // measured.
+        let port_file = tempfile::NamedTempFile::new().unwrap();
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command.env("BENCH_HEALTH_SERVE", port_file.path());
+        if close {
+            command.env("BENCH_HEALTH_CLOSE", "1");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    println!("\n| servers probed (30 s interval) | CPU % of one core | RSS KiB (whole process) |");
-    println!("|---|---|---|");
-    for n in [10usize, 100, 1000] {
-        let (cpu, rss) = scale(n, seconds, port).await;
-        println!("| {n} | {cpu:.2} | {rss} |");
+        let mut server = command.spawn().unwrap();
+        let port: u16 = loop {
+            if let Ok(p) = std::fs::read_to_string(port_file.path())
+                .unwrap_or_default()
+                .trim()
+                .parse()
+            {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let connections = if close {
+            "closed after each answer"
+        } else {
+            "kept alive"
+        };
+        for &n in sizes {
+            let (cpu, rss) = scale(n, seconds, port).await;
+            println!("| {n} | {connections} | {cpu:.2} | {rss} |");
+        }
+        let _ = server.kill();
+        let _ = server.wait();
     }
-    let _ = server.kill();
-    let _ = server.wait();
 }

@@ -260,17 +260,11 @@ pub struct HistoryQuery {
     limit: Option<usize>,
 }
 
-/// A page of the event log, oldest first.
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub struct EventPage {
-    pub events: Vec<Event>,
-}
-
 /// `GET /events/history?server=&after=&limit=`: the retained log as JSON, oldest first.
 pub async fn history(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<Json<crate::fleet::EventPage>, ApiError> {
     let limit = crate::fleet::limit(q.limit, crate::fleet::EVENTS_LIMIT)?;
     let after = crate::fleet::after(q.after)?;
     let events = state
@@ -286,5 +280,5 @@ pub async fn history(
         })
         .await
         .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
-    Ok(Json(EventPage { events }))
+    Ok(Json(crate::fleet::EventPage { events }))
 }

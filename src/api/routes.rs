@@ -371,7 +371,7 @@ pub fn table() -> Vec<Route> {
                 summary: "The retained event log, oldest first",
                 tag: "events",
                 query: Some(|s| s.query::<events::HistoryQuery>()),
-                answer: |s| s.schema::<events::EventPage>(),
+                answer: |s| s.schema::<fleet::EventPage>(),
                 ..Doc::default()
             },
         ),

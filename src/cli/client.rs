@@ -59,7 +59,7 @@ impl Client {
         &self,
         path: &str,
         mut last_id: Option<i64>,
-        mut on_event: impl FnMut(&Value) -> bool,
+        mut on_event: impl FnMut(&crate::store::Event) -> bool,
     ) -> anyhow::Result<()> {
         let url = format!("{}{path}", self.base);
         // No overall timeout (the stream is endless); the agent sends a keep-alive every 15 s,
@@ -93,18 +93,27 @@ impl Client {
                                         {
                                             last_id = Some(id);
                                         }
-                                        let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
-                                            continue;
-                                        };
                                         match e.event.as_str() {
                                             // The agent's notes about the stream itself.
-                                            "gap" | "reset" => errln!(
-                                                "note: {} (after id {})",
-                                                v["message"].as_str().unwrap_or(&e.event),
-                                                v["after"]
-                                            ),
+                                            "gap" | "reset" => {
+                                                let v: Value = serde_json::from_str(&e.data)
+                                                    .unwrap_or_default();
+                                                errln!(
+                                                    "note: {} (after id {})",
+                                                    v["message"].as_str().unwrap_or(&e.event),
+                                                    v["after"]
+                                                )
+                                            }
                                             _ => {
-                                                if !on_event(&v) {
+                                                let Ok(event) = serde_json::from_str(&e.data)
+                                                else {
+                                                    errln!(
+                                                        "note: an event this CLI cannot read: {}",
+                                                        e.data
+                                                    );
+                                                    continue;
+                                                };
+                                                if !on_event(&event) {
                                                     return Ok(());
                                                 }
                                             }

@@ -2,12 +2,12 @@
 //! steps, health transitions, recovery attempts, overrides), oldest first; `--follow` keeps
 //! printing new ones as they happen, over `GET /events`.
 
-use serde_json::Value;
-
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat, outln, text};
+use super::output::{self, OutputFormat, errln, outln};
+use crate::fleet::EventPage;
 use crate::settings::Settings;
+use crate::store::Event;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -26,24 +26,23 @@ pub struct Args {
     output: OutputFormat,
 }
 
-fn print(e: &Value, json: bool) {
+fn print(e: &Event, json: bool) {
     if json {
-        outln!("{e}");
+        match serde_json::to_string(e) {
+            Ok(line) => outln!("{line}"),
+            Err(err) => errln!("cannot print event {}: {err}", e.id),
+        }
         return;
     }
-    let kind = text(e, "kind");
-    let kind = match e.pointer("/data/to_state").and_then(Value::as_str) {
+    let kind = &e.kind;
+    let kind = match e.data.get("to_state").and_then(serde_json::Value::as_str) {
         Some(to) if kind == "health.transition" => {
             format!("{kind:<18} {}", output::severity_word(to))
         }
         _ => format!("{kind:<18}"),
     };
-    let server = e["server_id"].as_str().unwrap_or("-");
-    outln!(
-        "{}  {server:<24} {kind} {}",
-        text(e, "at"),
-        text(e, "summary")
-    );
+    let server = e.server_id.as_deref().unwrap_or("-");
+    outln!("{}  {server:<24} {kind} {}", e.at, e.summary);
 }
 
 fn query(server: Option<&str>) -> String {
@@ -68,23 +67,22 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
     let json = args.output == OutputFormat::Json;
     let filter = query(args.server.as_deref());
-    let first: Value = client.get(&format!(
+    let first: EventPage = client.get(&format!(
         "/events/history?limit={}&{filter}",
         args.limit.clamp(1, 1000)
     ))?;
-    let events = first["events"].as_array().cloned().unwrap_or_default();
-    for e in &events {
+    for e in &first.events {
         print(e, json);
     }
     if !args.follow || !output::stdout_open() {
         return Ok(exit::OK);
     }
-    let last = match events.last().and_then(|e| e["id"].as_i64()) {
-        Some(id) => id,
+    let last = match first.events.last() {
+        Some(e) => e.id,
         // Nothing of this server yet: new is whatever follows the newest event of any.
         None => {
-            let newest: Value = client.get("/events/history?limit=1")?;
-            newest["events"][0]["id"].as_i64().unwrap_or(0)
+            let newest: EventPage = client.get("/events/history?limit=1")?;
+            newest.events.first().map_or(0, |e| e.id)
         }
     };
     // Following ends when the reader of stdout has gone (`events --follow | head`).

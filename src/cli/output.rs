@@ -160,14 +160,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// A field of an agent's JSON answer as text for a table: strings as they are, numbers and
-/// booleans printed, absent or null as `-`.
-pub fn text(v: &serde_json::Value, key: &str) -> String {
-    match v.get(key) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => "-".to_owned(),
-        Some(other) => other.to_string(),
-    }
+/// An optional field of an agent's answer as text for a table: `-` when absent.
+pub fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// The first line of a reason, for a table cell.
+pub fn first_line(text: Option<&str>) -> String {
+    text.and_then(|t| t.lines().next())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[cfg(test)]

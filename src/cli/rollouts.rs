@@ -3,14 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use reqwest::Method;
-use serde_json::Value;
-
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat, outln, text};
+use super::output::{self, OutputFormat, first_line, or_dash, outln};
+use crate::fleet::{DeployRequested, Resumed, RolledBack, RolloutDetail, RolloutPage, ServerView};
 use crate::settings::Settings;
+use crate::store::{RolloutOutcome, RolloutRecord};
+use anyhow::bail;
+use reqwest::Method;
 
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
@@ -57,29 +57,29 @@ pub struct RollbackArgs {
 
 pub fn history(settings: &Settings, args: HistoryArgs) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
-    let answer: Value = client.get(&format!(
+    let page: RolloutPage = client.get(&format!(
         "/servers/{}/rollouts?limit={}",
         args.server, args.limit
     ))?;
-    let rollouts = answer["rollouts"].as_array().cloned().unwrap_or_default();
     match args.output {
-        OutputFormat::Json => output::print_json(&rollouts),
+        OutputFormat::Json => output::print_json(&page.rollouts),
         OutputFormat::Text => {
-            let rows: Vec<Vec<String>> = rollouts
+            let rows: Vec<Vec<String>> = page
+                .rollouts
                 .iter()
                 .map(|r| {
                     vec![
-                        text(r, "id"),
-                        text(r, "started_at"),
-                        text(r, "trigger"),
-                        text(r, "action"),
-                        format!("{} → {}", text(r, "from_version"), text(r, "to_version")),
-                        output::severity_word(&text(r, "outcome")),
-                        text(r, "reason")
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
+                        r.id.to_string(),
+                        r.started_at.to_string(),
+                        r.trigger.clone(),
+                        r.action.to_string(),
+                        format!(
+                            "{} → {}",
+                            or_dash(r.from_version.as_ref()),
+                            or_dash(r.to_version.as_ref())
+                        ),
+                        output::severity_word(r.outcome.as_str()),
+                        first_line(r.reason.as_deref()),
                     ]
                 })
                 .collect();
@@ -94,49 +94,49 @@ pub fn history(settings: &Settings, args: HistoryArgs) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-fn print_rollout(r: &Value) {
+fn print_rollout(detail: &RolloutDetail) {
+    let r = &detail.rollout;
     outln!(
         "rollout  {} ({} of {}, trigger {})",
-        text(r, "id"),
-        text(r, "action"),
-        text(r, "server_id"),
-        text(r, "trigger")
+        r.id,
+        r.action,
+        r.server_id,
+        r.trigger
     );
     outln!(
         "versions {} → {}",
-        text(r, "from_version"),
-        text(r, "to_version")
+        or_dash(r.from_version.as_ref()),
+        or_dash(r.to_version.as_ref())
     );
-    if r["image"].is_string() {
-        outln!("image    {}", text(r, "image"));
+    if let Some(image) = &r.image {
+        outln!("image    {image}");
     }
-    outln!("strategy {}", text(r, "strategy"));
-    outln!("outcome  {}", output::severity_word(&text(r, "outcome")));
-    if r["rolled_back_to"].is_string() {
-        outln!("restored {}", text(r, "rolled_back_to"));
+    outln!("strategy {}", or_dash(r.strategy.as_ref()));
+    outln!("outcome  {}", output::severity_word(r.outcome.as_str()));
+    if let Some(restored) = &r.rolled_back_to {
+        outln!("restored {restored}");
     }
-    if let Some(reason) = r["reason"].as_str() {
+    if let Some(reason) = &r.reason {
         outln!("reason   {}", reason.replace('\n', "\n         "));
     }
     outln!("\ntimeline:");
-    for s in r["steps"].as_array().into_iter().flatten() {
+    for s in &detail.steps {
         outln!(
             "  {}  {:<20} {}",
-            text(s, "at"),
-            text(s, "step"),
-            s["detail"].as_str().unwrap_or("")
+            s.at,
+            s.step,
+            s.detail.as_deref().unwrap_or("")
         );
     }
-    let probes = r["probes"].as_array().cloned().unwrap_or_default();
-    if !probes.is_empty() {
+    if !detail.probes.is_empty() {
         outln!("\nhealth gate probes:");
-        for p in probes {
+        for p in &detail.probes {
             outln!(
                 "  {}  {:<11} {:>7.1} ms  {}",
-                text(&p, "at"),
-                text(&p, "outcome"),
-                p["latency_ms"].as_f64().unwrap_or(0.0),
-                text(&p, "detail").chars().take(100).collect::<String>()
+                p.at,
+                p.outcome,
+                p.latency_ms,
+                p.detail.chars().take(100).collect::<String>()
             );
         }
     }
@@ -146,24 +146,21 @@ pub fn rollout(settings: &Settings, args: RolloutArgs) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
     match args.command {
         RolloutCommand::Show { id } => {
-            let r: Value = client.get(&format!("/rollouts/{id}"))?;
+            let detail: RolloutDetail = client.get(&format!("/rollouts/{id}"))?;
             match args.output {
-                OutputFormat::Json => output::print_json(&r),
-                OutputFormat::Text => print_rollout(&r),
+                OutputFormat::Json => output::print_json(&detail),
+                OutputFormat::Text => print_rollout(&detail),
             }
-            Ok(
-                if text(&r, "outcome") == "succeeded" || text(&r, "outcome") == "in_progress" {
-                    exit::OK
-                } else {
-                    exit::BAD
-                },
-            )
+            Ok(match detail.rollout.outcome {
+                RolloutOutcome::Succeeded | RolloutOutcome::InProgress => exit::OK,
+                _ => exit::BAD,
+            })
         }
         RolloutCommand::Retry { server } => {
-            let r: Value =
+            let answer: DeployRequested =
                 client.send(Method::POST, &format!("/servers/{server}/rollout/retry"))?;
             match args.output {
-                OutputFormat::Json => output::print_json(&r),
+                OutputFormat::Json => output::print_json(&answer),
                 OutputFormat::Text => {
                     outln!("{server}: failed versions forgotten; the agent tries again now")
                 }
@@ -171,11 +168,11 @@ pub fn rollout(settings: &Settings, args: RolloutArgs) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         RolloutCommand::Resume { server } => {
-            let r: Value =
+            let answer: Resumed =
                 client.send(Method::POST, &format!("/servers/{server}/rollout/resume"))?;
             match args.output {
-                OutputFormat::Json => output::print_json(&r),
-                OutputFormat::Text if r["resumed"] == true => {
+                OutputFormat::Json => output::print_json(&answer),
+                OutputFormat::Text if answer.resumed => {
                     outln!("{server}: resumed; its update policy applies again")
                 }
                 OutputFormat::Text => outln!("{server}: was not held by a rollback"),
@@ -190,18 +187,22 @@ pub fn rollout(settings: &Settings, args: RolloutArgs) -> anyhow::Result<u8> {
 pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
     let timeout = crate::settings::parse_duration(&args.timeout).map_err(anyhow::Error::msg)?;
     let client = Client::new(settings)?;
-    let before: Value = client.get(&format!("/servers/{}/rollouts?limit=1", args.server))?;
-    let last_id = before["rollouts"][0]["id"].as_i64().unwrap_or(0);
+    let rollouts = |limit: usize| -> anyhow::Result<Vec<RolloutRecord>> {
+        let page: RolloutPage =
+            client.get(&format!("/servers/{}/rollouts?limit={limit}", args.server))?;
+        Ok(page.rollouts)
+    };
+    let last_id = rollouts(1)?.first().map_or(0, |r| r.id);
     let body = match &args.to {
         Some(v) => serde_json::json!({ "to": v, "force": args.force }),
         None => serde_json::json!({}),
     };
-    let answer: Value = client.send_json(
+    let answer: RolledBack = client.send_json(
         Method::POST,
         &format!("/servers/{}/rollback", args.server),
         &body,
     )?;
-    let target = text(&answer, "rollback_to");
+    let target = answer.rollback_to;
     let quiet = args.output == OutputFormat::Json;
     if !quiet {
         outln!(
@@ -213,51 +214,40 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let mut printed = 0usize;
     loop {
-        let list: Value = client.get(&format!("/servers/{}/rollouts?limit=5", args.server))?;
-        let newest = list["rollouts"]
-            .as_array()
+        let newest = rollouts(5)?
             .into_iter()
-            .flatten()
-            .find(|r| {
-                r["id"].as_i64().unwrap_or(0) > last_id
-                    && r["to_version"].as_str() == Some(target.as_str())
-            })
-            .cloned();
+            .find(|r| r.id > last_id && r.to_version.as_deref() == Some(target.as_str()));
         if let Some(r) = newest {
-            let id = r["id"].as_i64().unwrap_or(0);
-            let detail: Value = client.get(&format!("/rollouts/{id}"))?;
-            let steps = detail["steps"].as_array().cloned().unwrap_or_default();
+            let detail: RolloutDetail = client.get(&format!("/rollouts/{}", r.id))?;
             if !quiet {
-                for s in steps.iter().skip(printed) {
-                    outln!(
-                        "  {:<20} {}",
-                        text(s, "step"),
-                        s["detail"].as_str().unwrap_or("")
-                    );
+                for s in detail.steps.iter().skip(printed) {
+                    outln!("  {:<20} {}", s.step, s.detail.as_deref().unwrap_or(""));
                 }
             }
-            printed = steps.len();
-            let outcome = text(&detail, "outcome");
-            if outcome != "in_progress" {
+            printed = detail.steps.len();
+            let outcome = detail.rollout.outcome;
+            if outcome != RolloutOutcome::InProgress {
                 if quiet {
                     output::print_json(&detail);
                 } else {
-                    outln!("{}: {}", args.server, output::severity_word(&outcome));
-                    if let Some(reason) = detail["reason"].as_str() {
+                    outln!(
+                        "{}: {}",
+                        args.server,
+                        output::severity_word(outcome.as_str())
+                    );
+                    if let Some(reason) = &detail.rollout.reason {
                         outln!("{reason}");
                     }
                 }
-                return Ok(if outcome == "succeeded" {
+                return Ok(if outcome == RolloutOutcome::Succeeded {
                     exit::OK
                 } else {
                     exit::BAD
                 });
             }
         } else {
-            let view: Value = client.get(&format!("/servers/{}", args.server))?;
-            if view["running_version"].as_str() == Some(target.as_str())
-                && view["state"] == "running"
-            {
+            let view: ServerView = client.get(&format!("/servers/{}", args.server))?;
+            if view.running_version.as_deref() == Some(target.as_str()) && view.state == "running" {
                 if !quiet {
                     outln!("{} already runs {target}", args.server);
                 }

@@ -1,13 +1,13 @@
 //! `status` and `revisions`: what the agent runs and what it did with each commit.
 
-use anyhow::Context;
-use serde_json::Value;
-
 use super::client::Client;
 use super::exit;
-use super::output::{self, OutputFormat, outln, text};
+use super::output::{self, OutputFormat, first_line, or_dash, outln};
+use crate::fleet::{DeployRequested, FleetView, RevisionPage, ServerView, Stopped};
+use crate::health::HealthState;
 use crate::settings::Settings;
 use crate::source::short_commit;
+use crate::store::{RunRecord, RunResult};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -27,7 +27,7 @@ pub struct ServerArg {
 
 pub fn stop(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
-    let answer: Value = client.send(
+    let answer: Stopped = client.send(
         reqwest::Method::DELETE,
         &format!("/servers/{}", args.server),
     )?;
@@ -36,7 +36,7 @@ pub fn stop(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
         OutputFormat::Text => outln!(
             "{} stopped ({} instance(s) removed); it stays stopped until `mcp-orchestration deploy {}`",
             args.server,
-            text(&answer, "stopped_instances"),
+            answer.stopped_instances,
             args.server
         ),
     }
@@ -45,7 +45,7 @@ pub fn stop(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
 
 pub fn deploy(settings: &Settings, args: ServerArg) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
-    let answer: Value = client.send(
+    let answer: DeployRequested = client.send(
         reqwest::Method::POST,
         &format!("/servers/{}/deploy", args.server),
     )?;
@@ -83,160 +83,156 @@ enum RevisionsCommand {
 pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
     if let Some(id) = &args.server {
-        let server: Value = client.get(&format!("/servers/{id}/status"))?;
+        let server: ServerView = client.get(&format!("/servers/{id}/status"))?;
         match args.output {
             OutputFormat::Json => output::print_json(&server),
-            OutputFormat::Text => {
-                for key in [
-                    "id",
-                    "state",
-                    "desired_version",
-                    "running_version",
-                    "health",
-                    "health_since",
-                    "health_reason",
-                    "update_available",
-                    "pinned_version",
-                    "endpoint",
-                    "transport",
-                    "instance_id",
-                    "revision",
-                    "since",
-                    "reason",
-                ] {
-                    outln!("{key:>16}: {}", text(&server, key));
-                }
-            }
+            OutputFormat::Text => print_server(&server),
         }
-        return Ok(if text(&server, "state") == "failed" {
+        return Ok(if server.state == "failed" {
             exit::BAD
         } else {
             exit::OK
         });
     }
-    let fleet: Value = client.get("/servers")?;
+    let fleet: FleetView = client.get("/servers")?;
     match args.output {
         OutputFormat::Json => output::print_json(&fleet),
-        OutputFormat::Text => {
-            let servers = fleet
-                .get("servers")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let rows: Vec<Vec<String>> = servers
-                .iter()
-                .map(|s| {
-                    let mut reason = text(s, "reason");
-                    reason = reason.lines().next().unwrap_or_default().to_owned();
-                    vec![
-                        text(s, "id"),
-                        text(s, "state"),
-                        text(s, "health"),
-                        text(s, "desired_version"),
-                        text(s, "running_version"),
-                        text(s, "endpoint"),
-                        reason,
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "SERVER", "STATE", "HEALTH", "DESIRED", "RUNNING", "ENDPOINT", "REASON",
-                ],
-                &rows,
-            );
-            let notes: Vec<String> = servers.iter().flat_map(server_notes).collect();
-            if !notes.is_empty() {
-                outln!();
-                for note in notes {
-                    outln!("{note}");
-                }
-            }
-            let applied = text(&fleet, "applied_revision");
-            outln!("\napplied revision: {}", short_commit(&applied));
-            // A head that is not in force: say why, so a rejected push is not missed.
-            let head = text(&fleet, "head");
-            if head != "-" && head != applied {
-                let newest: Value = client.get("/revisions?limit=1").unwrap_or(Value::Null);
-                let run = &newest["revisions"][0];
-                if run["commit_id"] == head.as_str() {
-                    let result = text(run, "result");
-                    let why = run["errors"][0]["message"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .or_else(|| run["reason"].as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                    let why = why.lines().next().unwrap_or_default().to_owned();
-                    outln!(
-                        "branch head {}: {result}{}",
-                        short_commit(&head),
-                        if why.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {why}")
-                        }
-                    );
-                } else {
-                    outln!("branch head {}: not applied yet", short_commit(&head));
-                }
-            }
-            for (key, label) in [
-                ("source_error", "source error"),
-                (
-                    "runtime_error",
-                    "runtime error (the servers shown are the last seen)",
-                ),
-                ("store_error", "state database error"),
-            ] {
-                if let Some(e) = fleet.get(key).and_then(Value::as_str) {
-                    outln!("{label}: {e}");
-                }
-            }
-        }
+        OutputFormat::Text => print_fleet(&client, &fleet),
     }
     Ok(exit::OK)
+}
+
+fn print_server(s: &ServerView) {
+    let rows: [(&str, String); 15] = [
+        ("id", s.id.clone()),
+        ("state", s.state.clone()),
+        ("desired_version", s.desired_version.clone()),
+        ("running_version", or_dash(s.running_version.as_ref())),
+        ("health", or_dash(s.health)),
+        ("health_since", or_dash(s.health_since)),
+        ("health_reason", or_dash(s.health_reason.as_ref())),
+        ("update_available", or_dash(s.update_available.as_ref())),
+        ("pinned_version", or_dash(s.pinned_version.as_ref())),
+        ("endpoint", or_dash(s.endpoint.as_ref())),
+        ("transport", s.transport.as_str().to_owned()),
+        ("instance_id", or_dash(s.instance_id.as_ref())),
+        ("revision", or_dash(s.revision.as_ref())),
+        ("since", s.since.to_string()),
+        ("reason", or_dash(s.reason.as_ref())),
+    ];
+    for (key, value) in rows {
+        outln!("{key:>16}: {value}");
+    }
+}
+
+fn print_fleet(client: &Client, fleet: &FleetView) {
+    let rows: Vec<Vec<String>> = fleet
+        .servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.clone(),
+                s.state.clone(),
+                or_dash(s.health),
+                s.desired_version.clone(),
+                or_dash(s.running_version.as_ref()),
+                or_dash(s.endpoint.as_ref()),
+                first_line(s.reason.as_deref()),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "SERVER", "STATE", "HEALTH", "DESIRED", "RUNNING", "ENDPOINT", "REASON",
+        ],
+        &rows,
+    );
+    let notes: Vec<String> = fleet.servers.iter().flat_map(server_notes).collect();
+    if !notes.is_empty() {
+        outln!();
+        for note in notes {
+            outln!("{note}");
+        }
+    }
+    let applied = fleet.applied_revision.as_deref();
+    outln!("\napplied revision: {}", applied.map_or("-", short_commit));
+    // A head that is not in force: say why, so a rejected push is not missed.
+    if let Some(head) = fleet.head.as_deref()
+        && Some(head) != applied
+    {
+        let newest = client
+            .get::<RevisionPage>("/revisions?limit=1")
+            .ok()
+            .and_then(|page| page.revisions.into_iter().next());
+        match newest {
+            Some(run) if run.commit_id == head => {
+                let why = run
+                    .errors
+                    .first()
+                    .map(|e| e.message.as_str())
+                    .or(run.reason.as_deref());
+                let why = first_line(why);
+                outln!(
+                    "branch head {}: {}{}",
+                    short_commit(head),
+                    run.result,
+                    if why.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {why}")
+                    }
+                );
+            }
+            _ => outln!("branch head {}: not applied yet", short_commit(head)),
+        }
+    }
+    for (error, label) in [
+        (&fleet.source_error, "source error"),
+        (
+            &fleet.runtime_error,
+            "runtime error (the servers shown are the last seen)",
+        ),
+        (&fleet.store_error, "state database error"),
+    ] {
+        if let Some(e) = error {
+            outln!("{label}: {e}");
+        }
+    }
 }
 
 pub fn revisions(settings: &Settings, args: RevisionsArgs) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
     match args.show {
         Some(RevisionsCommand::Show { commit }) => {
-            let run: Value = client.get(&format!("/revisions/{commit}"))?;
+            let run: RunRecord = client.get(&format!("/revisions/{commit}"))?;
             match args.output {
                 OutputFormat::Json => output::print_json(&run),
                 OutputFormat::Text => print_run(&run),
             }
-            let result = text(&run, "result");
-            Ok(if result == "rejected" || result == "failed" {
-                exit::BAD
-            } else {
-                exit::OK
-            })
+            Ok(
+                if matches!(run.result, RunResult::Rejected | RunResult::Failed) {
+                    exit::BAD
+                } else {
+                    exit::OK
+                },
+            )
         }
         None => {
-            let list: Value = client.get(&format!("/revisions?limit={}", args.limit))?;
-            let runs = list
-                .get("revisions")
-                .and_then(Value::as_array)
-                .cloned()
-                .context("no revisions in the answer")?;
+            let page: RevisionPage = client.get(&format!("/revisions?limit={}", args.limit))?;
             match args.output {
-                OutputFormat::Json => output::print_json(&runs),
+                OutputFormat::Json => output::print_json(&page.revisions),
                 OutputFormat::Text => {
-                    let rows: Vec<Vec<String>> = runs
+                    let rows: Vec<Vec<String>> = page
+                        .revisions
                         .iter()
                         .map(|r| {
                             vec![
-                                short_commit(&text(r, "commit_id")).to_owned(),
-                                text(r, "result"),
-                                text(r, "seen_at"),
-                                text(r, "trigger"),
-                                text(r, "message"),
-                                text(r, "reason")
-                                    .lines()
-                                    .next()
-                                    .unwrap_or_default()
-                                    .to_owned(),
+                                short_commit(&r.commit_id).to_owned(),
+                                r.result.to_string(),
+                                r.seen_at.to_string(),
+                                r.trigger.clone(),
+                                or_dash(r.message.as_ref()),
+                                first_line(r.reason.as_deref()),
                             ]
                         })
                         .collect();
@@ -251,90 +247,70 @@ pub fn revisions(settings: &Settings, args: RevisionsArgs) -> anyhow::Result<u8>
     }
 }
 
-fn print_run(run: &Value) {
-    outln!("commit   {}", text(run, "commit_id"));
-    outln!("author   {}", text(run, "author"));
-    outln!("message  {}", text(run, "message"));
-    outln!(
-        "seen     {} ({})",
-        text(run, "seen_at"),
-        text(run, "trigger")
-    );
-    outln!("result   {}", output::severity_word(&text(run, "result")));
-    if let Some(reason) = run.get("reason").and_then(Value::as_str) {
+fn print_run(run: &RunRecord) {
+    outln!("commit   {}", run.commit_id);
+    outln!("author   {}", or_dash(run.author.as_ref()));
+    outln!("message  {}", or_dash(run.message.as_ref()));
+    outln!("seen     {} ({})", run.seen_at, run.trigger);
+    outln!("result   {}", output::severity_word(run.result.as_str()));
+    if let Some(reason) = &run.reason {
         outln!("reason   {}", reason.replace('\n', "\n         "));
     }
     outln!("\nstages:");
-    for s in run
-        .get("stages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let took = match (
-            s.get("started_at")
-                .and_then(Value::as_str)
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
-            s.get("finished_at")
-                .and_then(Value::as_str)
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
-        ) {
-            (Some(a), Some(b)) => format!("{:.0} ms", b.duration_since(a).as_secs_f64() * 1000.0),
-            _ => "-".to_owned(),
-        };
-        let detail = s.get("detail").and_then(Value::as_str).unwrap_or("");
+    for s in &run.stages {
+        let took = s.finished_at.map_or_else(
+            || "-".to_owned(),
+            |end| {
+                format!(
+                    "{:.0} ms",
+                    end.duration_since(s.started_at).as_secs_f64() * 1000.0
+                )
+            },
+        );
         outln!(
             "  {:<9} {:<10} {:>8}  {}",
-            text(s, "stage"),
-            text(s, "status"),
+            s.stage.as_str(),
+            s.status.as_str(),
             took,
-            detail
+            s.detail.as_deref().unwrap_or("")
         );
     }
-    let errors = run
-        .get("errors")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if !errors.is_empty() {
+    if !run.errors.is_empty() {
         outln!("\nerrors:");
-        for e in errors {
-            let d: Result<crate::manifest::Diagnostic, _> = serde_json::from_value(e);
-            if let Ok(d) = d {
-                outln!("  {d}");
-            }
+        for e in &run.errors {
+            outln!("  {e}");
         }
     }
 }
 
 /// What an operator must not miss about a server, one line each: a hold, a stop, a
 /// version blocked as failed, a rollout under way, a newer version waiting.
-fn server_notes(s: &Value) -> Vec<String> {
-    let id = text(s, "id");
+fn server_notes(s: &ServerView) -> Vec<String> {
+    let id = &s.id;
     let mut notes = Vec::new();
-    if let Some(v) = s["pinned_version"].as_str() {
+    if let Some(v) = &s.pinned_version {
         notes.push(format!(
             "{id}: held at {v} by an operator rollback; `mcp-orchestration rollout resume {id}` lifts it"
         ));
     }
-    match s["state"].as_str() {
-        Some("stopped") => notes.push(format!(
+    match s.state.as_str() {
+        "stopped" => notes.push(format!(
             "{id}: stopped by an operator; `mcp-orchestration deploy {id}` starts it again"
         )),
-        Some("failed") => notes.push(format!(
+        "failed" => notes.push(format!(
             "{id}: {} blocked as failed: {}",
-            text(s, "desired_version"),
-            text(s, "reason").lines().next().unwrap_or_default()
+            s.desired_version,
+            first_line(s.reason.as_deref())
         )),
         _ => {}
     }
-    if s["health"] == "starting" {
+    if s.health == Some(HealthState::Starting) {
         notes.push(format!(
             "{id}: rollout in progress (to {})",
-            text(s, "desired_version")
+            s.desired_version
         ));
     }
-    if let Some(v) = s["update_available"].as_str() {
+    if let Some(v) = &s.update_available {
         notes.push(format!(
             "{id}: {v} is available (the update policy does not apply it by itself)"
         ));
@@ -347,18 +323,32 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn view(fields: serde_json::Value) -> ServerView {
+        let mut v = json!({
+            "transport": "streamable-http", "desired_version": "1.0.0",
+            "since": "2026-11-27T00:00:00Z", "name": null, "endpoint": null,
+            "running_version": null, "reason": null, "instance_id": null, "revision": null,
+            "update_available": null, "pinned_version": null, "health": null,
+            "health_since": null, "health_reason": null,
+        });
+        for (k, f) in fields.as_object().unwrap() {
+            v[k] = f.clone();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
     #[test]
     fn holds_stops_failures_and_rollouts_are_spelled_out() {
-        let notes = server_notes(&json!({
+        let notes = server_notes(&view(json!({
             "id": "a", "state": "failed", "desired_version": "1.2.0",
             "reason": "a 1.2.0 failed its health gate\nlast log lines", "pinned_version": "1.0.0",
             "health": "starting", "update_available": "1.3.0"
-        }));
+        })));
         assert_eq!(notes.len(), 4, "{notes:?}");
         assert!(notes[0].contains("held at 1.0.0"));
         assert!(notes[1].contains("1.2.0 blocked as failed: a 1.2.0 failed its health gate"));
         assert!(notes[2].contains("rollout in progress"));
         assert!(notes[3].contains("1.3.0 is available"));
-        assert!(server_notes(&json!({"id": "b", "state": "running"})).is_empty());
+        assert!(server_notes(&view(json!({"id": "b", "state": "running"}))).is_empty());
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::control::{Control, Trigger};
 use super::error::ControlError;
@@ -23,7 +23,7 @@ pub const FORCEABLE: [HealthState; 3] = [
 pub const MAX_OVERRIDE_SECONDS: f64 = 86_400.0;
 
 /// A stop's answer.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Stopped {
     pub server_id: String,
     /// How many instances were stopped and removed.
@@ -34,32 +34,32 @@ pub struct Stopped {
 }
 
 /// A deploy's (or retry's) answer: the sync loop converges right away.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeployRequested {
     pub server_id: String,
     #[schemars(extend("const" = "requested"))]
-    pub deploy: &'static str,
+    pub deploy: std::borrow::Cow<'static, str>,
 }
 
 /// A restart's answer: the restart runs in the background.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RestartRequested {
     pub server_id: String,
     #[schemars(extend("const" = "requested"))]
-    pub restart: &'static str,
+    pub restart: std::borrow::Cow<'static, str>,
 }
 
 /// A rollback's answer: the version the server is held at.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RolledBack {
     pub server_id: String,
     pub rollback_to: String,
     #[schemars(extend("const" = "paused until resumed"))]
-    pub auto_update: &'static str,
+    pub auto_update: std::borrow::Cow<'static, str>,
 }
 
 /// A resume's answer.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Resumed {
     pub server_id: String,
     /// False when no rollback held the server.
@@ -113,7 +113,7 @@ impl Control {
         self.wake(Trigger::Operator);
         Ok(DeployRequested {
             server_id: server.to_owned(),
-            deploy: "requested",
+            deploy: "requested".into(),
         })
     }
 
@@ -152,7 +152,7 @@ impl Control {
         });
         Ok(RestartRequested {
             server_id: server.to_owned(),
-            restart: "requested",
+            restart: "requested".into(),
         })
     }
 
@@ -222,7 +222,7 @@ impl Control {
         Ok(RolledBack {
             server_id: server.to_owned(),
             rollback_to: version,
-            auto_update: "paused until resumed",
+            auto_update: "paused until resumed".into(),
         })
     }
 

@@ -19,7 +19,7 @@ pub use control::{Control, Trigger};
 pub use deployment::{ViewInputs, deployment_view};
 pub use error::{ControlError, Missing};
 pub use reads::{
-    EVENTS_LIMIT, HealthEventPage, HealthReport, HealthStatus, MonitoredHealth, ROLLOUTS_LIMIT,
-    RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth, after, limit,
+    EVENTS_LIMIT, EventPage, HealthEventPage, HealthReport, HealthStatus, MonitoredHealth,
+    ROLLOUTS_LIMIT, RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth, after, limit,
 };
 pub use view::{Fleet, FleetView, ServerView, on_rollout_phase};

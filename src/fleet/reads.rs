@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::control::Control;
 use super::error::{ControlError, Missing};
@@ -40,15 +40,21 @@ pub fn after(given: Option<i64>) -> Result<Option<i64>, ControlError> {
     }
 }
 
+/// A page of the event log, oldest first.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EventPage {
+    pub events: Vec<crate::store::Event>,
+}
+
 /// A server's rollouts, newest first.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RolloutPage {
     pub server_id: String,
     pub rollouts: Vec<RolloutRecord>,
 }
 
 /// One rollout with its timeline and the probes of its health gate.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RolloutDetail {
     #[serde(flatten)]
     pub rollout: RolloutRecord,
@@ -57,7 +63,7 @@ pub struct RolloutDetail {
 }
 
 /// Recorded runs (one per commit tried), newest first.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RevisionPage {
     pub revisions: Vec<RunRecord>,
 }

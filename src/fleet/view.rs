@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::health::{Monitor, Target};
@@ -19,7 +19,7 @@ use crate::reconcile::execute::RolloutPhase;
 use crate::runtime::Instance;
 
 /// One server as an operator or the gateway sees it.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServerView {
     pub id: String,
     pub name: Option<String>,
@@ -48,7 +48,7 @@ pub struct ServerView {
 }
 
 /// The fleet after the last sync.
-#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FleetView {
     /// The commit whose manifest is applied.
     pub applied_revision: Option<String>,

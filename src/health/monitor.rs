@@ -7,6 +7,12 @@
 //! Health events are written by one journal task, through the store's blocking pool and
 //! in the order they happened; a transition is broadcast only once its event is stored.
 //!
+//! The probing tasks run on a single-threaded runtime of their own (thread `probes`): a
+//! probe is a few microseconds of work between waits, and on the agent's multi-threaded
+//! runtime each of those wake-ups also woke an idle worker to steal it. At a thousand
+//! servers that was a quarter of the monitor's CPU (BENCHMARKS.md, "Monitor cost at
+//! scale"), and the API's workers no longer share their queues with probes.
+//!
 //! The monitor decides nothing about deploying: it only observes and reports.
 
 use std::collections::HashMap;
@@ -88,6 +94,12 @@ enum Note {
 }
 
 struct Inner {
+    /// Where the probing tasks run (see the module doc).
+    probes: tokio::runtime::Handle,
+    /// Where the grid of probe slots starts.
+    epoch: std::time::Instant,
+    /// Dropped with the monitor, which ends the probe thread and its tasks.
+    _stop_probes: Option<oneshot::Sender<()>>,
     journal: mpsc::UnboundedSender<Note>,
     prober: Prober,
     // A std lock: held only to read or update an entry, never across a probe or an await.
@@ -112,6 +124,32 @@ fn jitter(server: &str, interval: Duration) -> Duration {
     interval.mul_f64(fraction)
 }
 
+/// Probes are due on a grid of slots this wide, counted from the monitor's start: the
+/// servers whose jitter falls in one slot are probed together. Spread one by one, each
+/// probe woke the thread on its own and ran on cold caches; in bursts of a few they share
+/// the wake-ups (BENCHMARKS.md, "Monitor cost at scale").
+const SLOT: Duration = Duration::from_millis(250);
+
+/// When a server with this interval and jitter is first probed after `now`: the first
+/// instant at `epoch + jitter (rounded down to a slot) + k × interval`, so servers that
+/// share a slot share their instants however far apart they were added.
+fn first_due(
+    epoch: tokio::time::Instant,
+    jitter: Duration,
+    interval: Duration,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let slots = jitter.as_nanos() / SLOT.as_nanos();
+    let phase = epoch + SLOT * u32::try_from(slots).unwrap_or(u32::MAX);
+    if now <= phase || interval.is_zero() {
+        return phase.max(now);
+    }
+    let behind = (now - phase).as_nanos();
+    let periods = behind.div_ceil(interval.as_nanos());
+    let offset = interval.as_nanos().saturating_mul(periods);
+    phase + Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX))
+}
+
 impl Monitor {
     /// A monitor recording into `store`, with at most `max_in_flight` probes at once. Its
     /// journal task runs on the current tokio runtime until the last handle is dropped.
@@ -119,8 +157,18 @@ impl Monitor {
         let (tx, _) = broadcast::channel(1024);
         let (journal, notes) = mpsc::unbounded_channel();
         tokio::spawn(write_journal(store, tx.clone(), notes));
+        let (probes, stop_probes) = match probe_runtime() {
+            Ok((handle, stop)) => (handle, Some(stop)),
+            Err(e) => {
+                warn!(error = %e, "cannot start the probe thread; probing on the agent's runtime");
+                (tokio::runtime::Handle::current(), None)
+            }
+        };
         Monitor {
             inner: Arc::new(Inner {
+                probes,
+                epoch: std::time::Instant::now(),
+                _stop_probes: stop_probes,
                 journal,
                 prober: Prober::new().with_redactor(redactor),
                 entries: Mutex::new(HashMap::new()),
@@ -366,8 +414,14 @@ impl Monitor {
     fn spawn(&self, target: &Target) -> CancellationToken {
         let stop = CancellationToken::new();
         let span = info_span!("probe", server = %target.server_id);
-        tokio::spawn(
-            probe_loop(Arc::downgrade(&self.inner), target.clone(), stop.clone()).instrument(span),
+        self.inner.probes.spawn(
+            probe_loop(
+                Arc::downgrade(&self.inner),
+                tokio::time::Instant::from_std(self.inner.epoch),
+                target.clone(),
+                stop.clone(),
+            )
+            .instrument(span),
         );
         stop
     }
@@ -482,6 +536,24 @@ impl Entry {
     }
 }
 
+/// Starts the probe thread: a single-threaded runtime that runs until the returned sender
+/// is dropped, then drops the tasks left on it.
+fn probe_runtime() -> std::io::Result<(tokio::runtime::Handle, oneshot::Sender<()>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("probes".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
+    Ok((handle, stop))
+}
+
 /// Stores health events in the order they were noted, a batch per trip to the blocking
 /// pool, and broadcasts each transition after its event is stored. Ends when every
 /// monitor handle is gone.
@@ -534,14 +606,24 @@ async fn write_journal(
     }
 }
 
-async fn probe_loop(inner: Weak<Inner>, target: Target, stop: CancellationToken) {
+async fn probe_loop(
+    inner: Weak<Inner>,
+    epoch: tokio::time::Instant,
+    target: Target,
+    stop: CancellationToken,
+) {
     let interval = Duration::from_secs_f64(target.check.interval_seconds);
     let timeout = Duration::from_secs_f64(target.check.timeout_seconds);
     let endpoint = match target.check.probe {
         ProbeKind::Mcp => target.mcp_path.clone(),
         _ => target.check.endpoint.clone(),
     };
-    let mut next = tokio::time::Instant::now() + jitter(&target.server_id, interval);
+    let mut next = first_due(
+        epoch,
+        jitter(&target.server_id, interval),
+        interval,
+        tokio::time::Instant::now(),
+    );
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -569,5 +651,51 @@ async fn probe_loop(inner: Weak<Inner>, target: Target, stop: CancellationToken)
         }
         monitor.inner.latency.observe(result.latency_ms / 1000.0);
         monitor.observe(&target, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{SLOT, first_due};
+
+    const INTERVAL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_server_added_before_its_slot_is_probed_at_the_slot() {
+        let epoch = Instant::now();
+        let jitter = SLOT * 3 + Duration::from_millis(10);
+        assert_eq!(first_due(epoch, jitter, INTERVAL, epoch), epoch + SLOT * 3);
+    }
+
+    #[test]
+    fn servers_of_one_slot_share_their_instants_whenever_they_were_added() {
+        let epoch = Instant::now();
+        let (a, b) = (SLOT * 7 + Duration::from_millis(1), SLOT * 7 + SLOT / 2);
+        let early = first_due(epoch, a, INTERVAL, epoch);
+        // Added 95 s later, in the middle of a period: its next instant is on the grid.
+        let late = first_due(epoch, b, INTERVAL, epoch + Duration::from_secs(95));
+        assert_eq!(late, early + INTERVAL * 4);
+        assert!(late >= epoch + Duration::from_secs(95));
+        assert!(late < epoch + Duration::from_secs(95) + INTERVAL);
+    }
+
+    #[test]
+    fn a_server_added_exactly_on_its_instant_is_probed_then() {
+        let epoch = Instant::now();
+        let at = epoch + SLOT + INTERVAL * 2;
+        assert_eq!(first_due(epoch, SLOT, INTERVAL, at), at);
+    }
+
+    #[test]
+    fn a_short_interval_is_not_stretched_to_a_slot() {
+        let epoch = Instant::now();
+        let interval = Duration::from_millis(100);
+        let now = epoch + Duration::from_millis(1_030);
+        let due = first_due(epoch, Duration::from_millis(60), interval, now);
+        assert_eq!(due, epoch + Duration::from_millis(1_100));
     }
 }

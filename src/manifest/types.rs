@@ -47,7 +47,9 @@ pub struct Server {
     pub update_policy: UpdatePolicyRef,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
     StreamableHttp,
@@ -59,6 +61,14 @@ impl Transport {
         ("streamable-http", Transport::StreamableHttp),
         ("sse", Transport::Sse),
     ];
+
+    /// The manifest's spelling: `streamable-http` or `sse`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable-http",
+            Transport::Sse => "sse",
+        }
+    }
 
     pub fn default_path(self) -> &'static str {
         match self {

@@ -7,7 +7,7 @@
 
 use jiff::Timestamp;
 use rusqlite::{Connection, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -17,7 +17,7 @@ use super::{Store, StoreError, req_ts, ts};
 const LIVE_BUFFER: usize = 1024;
 
 /// One entry of the event log.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// Grows with every event and is never reused, even after pruning.
     pub id: i64,

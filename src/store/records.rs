@@ -1,7 +1,7 @@
 //! The typed rows the store reads and writes.
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::manifest::Diagnostic;
@@ -9,7 +9,7 @@ use crate::manifest::Diagnostic;
 macro_rules! text_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -94,7 +94,7 @@ pub struct NewRun {
     pub seen_at: Timestamp,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StageRecord {
     pub stage: Stage,
     pub status: StageStatus,
@@ -103,7 +103,7 @@ pub struct StageRecord {
     pub detail: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunRecord {
     pub id: i64,
     pub commit_id: String,
@@ -160,7 +160,7 @@ pub struct RolloutEnd {
     pub rolled_back_to: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RolloutRecord {
     pub id: i64,
     pub run_id: Option<i64>,
@@ -186,7 +186,7 @@ pub struct RolloutRecord {
 
 /// A version that failed its health gate on a server: not tried again until the server's
 /// manifest entry changes or an operator retries.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FailedVersion {
     pub server_id: String,
     pub version: String,
@@ -197,7 +197,7 @@ pub struct FailedVersion {
 }
 
 /// An operator's rollback holds a server at a version (auto-update paused) until resumed.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Pin {
     pub server_id: String,
     pub version: String,
@@ -206,7 +206,7 @@ pub struct Pin {
 }
 
 /// One step of a rollout's timeline.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RolloutStep {
     pub at: Timestamp,
     pub step: String,
@@ -214,7 +214,7 @@ pub struct RolloutStep {
 }
 
 /// One health probe seen during a rollout's gate.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RolloutProbe {
     pub at: Timestamp,
     pub outcome: String,
@@ -224,7 +224,7 @@ pub struct RolloutProbe {
 
 /// Something that happened to a server's health: a state transition, a recovery attempt and
 /// its outcome, an operator override.
-#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HealthEvent {
     pub id: i64,
     pub server_id: String,

@@ -53,8 +53,10 @@ fn each_external_crate_is_named_only_by_its_owning_module() {
         ("git2", &["source/"]),
         ("rusqlite", &["store/"]),
         ("axum", &["api/"]),
-        ("hyper", &["api/serve.rs"]),
-        ("hyper_util", &["api/serve.rs"]),
+        // The HTTP probe drives one hyper connection per probe (no pool).
+        ("hyper", &["api/serve.rs", "health/probe/http.rs"]),
+        ("hyper_util", &["api/serve.rs", "health/probe/http.rs"]),
+        ("http_body_util", &["health/probe/http.rs"]),
         ("tower_service", &["api/serve.rs", "api/mod.rs"]),
         ("rmcp", &["mcp/"]),
         ("clap", &["cli/"]),
