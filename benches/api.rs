@@ -244,6 +244,8 @@ impl AgentProcess {
         let child = Command::new(common::release_agent())
             .args(["agent", "--runtime", "process", "--listen", "127.0.0.1:0"])
             .args(["--poll-interval", "600s", "--log-format", "json"])
+            // The gateway on, as by default, but on a free port (the baseline ignores this).
+            .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
             .arg("--repo")
             .arg(repo)
             .arg("--data-dir")

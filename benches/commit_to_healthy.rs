@@ -151,6 +151,8 @@ fn idle(secs: u64) -> (f64, u64) {
             "30s",
             "--repo",
         ])
+        // The gateway on, as by default, but on a free port (the baseline ignores this).
+        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
         .arg(repo.remote())
         .arg("--data-dir")
         .arg(dir.path().join("data"))

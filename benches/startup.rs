@@ -63,6 +63,8 @@ fn start_once(bin: &Path, repo: &Path, trust: &Path, dir: &Path) -> Start {
     let spawned = Instant::now();
     let mut child = Command::new(bin)
         .args(["agent", "--runtime", "process", "--poll-interval", "600s"])
+        // The gateway on, as by default, but on a free port (the baseline ignores this).
+        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--repo")

@@ -63,6 +63,10 @@ cat <<TXT
     mcp-orchestration status
     mcp-orchestration revisions
 
+  MCP clients reach every server's tools through the gateway:
+  http://${MCP_ORCHESTRATION_GATEWAY_LISTEN:-127.0.0.1:7071}/mcp
+  (Claude Code: claude mcp add --transport http fleet http://127.0.0.1:7071/mcp)
+
   To roll out a new version, edit and push the manifest:
 
     cd $(printf %q "$dir/manifest")

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod error_text;
 pub mod fleet;
+pub mod gateway;
 pub mod health;
 pub mod manifest;
 pub mod mcp;

@@ -41,6 +41,8 @@ pub mod env {
     pub const RUNTIME: &str = "MCP_ORCHESTRATION_RUNTIME";
     /// Address of the agent's HTTP API.
     pub const LISTEN: &str = "MCP_ORCHESTRATION_LISTEN";
+    /// Address of the MCP gateway (`/mcp` there), or `off`.
+    pub const GATEWAY_LISTEN: &str = "MCP_ORCHESTRATION_GATEWAY_LISTEN";
     pub const DATA_DIR: &str = "MCP_ORCHESTRATION_DATA_DIR";
     /// HMAC secret of `POST /webhooks/git` (`X-Hub-Signature-256`).
     pub const WEBHOOK_SECRET: &str = "MCP_ORCHESTRATION_WEBHOOK_SECRET";
@@ -70,6 +72,7 @@ pub mod defaults {
     pub const REGISTRY_POLL_INTERVAL_SECONDS: f64 = 60.0;
     pub const LISTEN: &str = "127.0.0.1:7070";
     pub const AGENT_URL: &str = "http://127.0.0.1:7070";
+    pub const GATEWAY_LISTEN: &str = "127.0.0.1:7071";
     /// rmcp logs every MCP session at info; that is noise in an agent's log.
     pub const LOG_LEVEL: &str = "info,rmcp=warn";
     pub const CONCURRENCY: usize = 4;
@@ -135,6 +138,7 @@ pub struct AgentOptions {
     pub gateway_resend_interval: Option<String>,
     pub runtime: Option<RuntimeChoice>,
     pub listen: Option<String>,
+    pub gateway_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub webhook_secret: Option<String>,
     pub git_token: Option<String>,
@@ -165,6 +169,7 @@ impl AgentOptions {
                 .or(other.gateway_resend_interval),
             runtime: self.runtime.or(other.runtime),
             listen: self.listen.or(other.listen),
+            gateway_listen: self.gateway_listen.or(other.gateway_listen),
             data_dir: self.data_dir.or(other.data_dir),
             webhook_secret: self.webhook_secret.or(other.webhook_secret),
             git_token: self.git_token.or(other.git_token),
@@ -236,6 +241,11 @@ pub struct AgentSettings {
     pub gateway_resend_interval: std::time::Duration,
     pub runtime: RuntimeChoice,
     pub listen: std::net::SocketAddr,
+    /// Where the MCP gateway listens; `None`: it is off.
+    pub gateway_listen: Option<std::net::SocketAddr>,
+    /// Whether the gateway needs a key for every request: beyond loopback always, and on
+    /// loopback with `require_key_for_reads` (the gateway only reads and calls tools).
+    pub gateway_keys: bool,
     pub data_dir: PathBuf,
     pub webhook_secret: Option<String>,
     pub secrets_file: Option<PathBuf>,
@@ -438,6 +448,21 @@ impl Settings {
             name: "listen",
             message: format!("`{listen_text}` is not an address like 127.0.0.1:7070"),
         })?;
+        let gateway_text = a
+            .gateway_listen
+            .clone()
+            .unwrap_or_else(|| defaults::GATEWAY_LISTEN.to_owned());
+        let gateway_listen = match gateway_text.trim() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| SettingsError::Invalid {
+                name: "gateway-listen",
+                message: format!(
+                    "`{gateway_text}` is not an address like 127.0.0.1:7071, nor `off`"
+                ),
+            })?),
+        };
+        let gateway_keys: bool = a.require_key_for_reads.unwrap_or(false)
+            || gateway_listen.is_some_and(|g: std::net::SocketAddr| !g.ip().is_loopback());
         let git_timeout = duration(
             &a.git_timeout,
             "git-timeout",
@@ -484,6 +509,8 @@ impl Settings {
             gateway_resend_interval,
             runtime: a.runtime.unwrap_or_default(),
             listen,
+            gateway_listen,
+            gateway_keys,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
             webhook_secret: a.webhook_secret.clone().filter(|s| !s.is_empty()),
             secrets_file: a.secrets_file.clone(),

@@ -12,7 +12,9 @@
 //!   GET  /admin/health         current mode
 //!   POST /admin/health/{mode}  healthy | degraded | unhealthy | hang
 //!   POST /admin/exit/{code}    exit with `code` right after answering
-//!   POST /mcp                  MCP (streamable HTTP): tools `echo`, `server_version`
+//!   POST /mcp                  MCP (streamable HTTP): tools `echo`, `server_version`,
+//!                              `sleep` (answers after `ms`, with the version that answered:
+//!                              a call that is in flight while the server is replaced)
 //! ```
 
 use std::{
@@ -187,6 +189,12 @@ struct EchoArgs {
     text: String,
 }
 
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct SleepArgs {
+    /// How long to wait before answering, in milliseconds (at most 60,000).
+    ms: u64,
+}
+
 #[tool_router]
 impl ExampleMcp {
     fn new(version: String) -> Self {
@@ -204,6 +212,12 @@ impl ExampleMcp {
     #[tool(description = "Return the version this server is running")]
     fn server_version(&self) -> String {
         self.version.clone()
+    }
+
+    #[tool(description = "Wait `ms` milliseconds, then return the version that answered")]
+    async fn sleep(&self, Parameters(SleepArgs { ms }): Parameters<SleepArgs>) -> String {
+        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+        format!("slept {ms} ms on {}", self.version)
     }
 }
 

@@ -286,13 +286,21 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener
     socket.listen(1024)
 }
 
-/// Runs the agent until `shutdown` is cancelled. `on_ready` receives the address the API
-/// listens on (useful when `listen` asks for port 0).
+/// Where a started agent listens (useful when the settings ask for port 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    pub api: std::net::SocketAddr,
+    /// The MCP gateway's address; `None` when it is off.
+    pub gateway: Option<std::net::SocketAddr>,
+}
+
+/// Runs the agent until `shutdown` is cancelled. `on_ready` receives the addresses it
+/// listens on.
 pub async fn run(
     settings: AgentSettings,
     trust: TrustPolicy,
     shutdown: CancellationToken,
-    on_ready: impl FnOnce(std::net::SocketAddr),
+    on_ready: impl FnOnce(Ready),
 ) -> Result<(), AgentError> {
     let begun = std::time::Instant::now();
     // Nothing is touched before the data dir is ours alone: a second agent on it would roll
@@ -306,6 +314,10 @@ pub async fn run(
         addr: settings.listen,
         source,
     })?;
+    let gateway_listener = settings
+        .gateway_listen
+        .map(|addr| listen(addr).map_err(|source| AgentError::Listen { addr, source }))
+        .transpose()?;
     let db = settings.data_dir.join("state.db");
     let store = tokio::task::spawn_blocking(move || Store::open(&db))
         .await
@@ -365,6 +377,32 @@ pub async fn run(
             crate::fleet::on_rollout_phase(&phase_view, &phase_monitor, server, phase);
         });
     executor.drain = settings.drain;
+    // The gateway's sessions with the backends, shared by the gateway and the executor's
+    // drain: an old instance stops once the gateway routes to its successor and its calls
+    // in flight are done. External gateways (--gateway-url) only learn of a switch from the
+    // publisher, so with any of them the old instance serves the full --drain.
+    let gateway_backends = settings
+        .gateway_listen
+        .map(|_| crate::gateway::Backends::default());
+    if let Some(backends) = &gateway_backends
+        && settings.gateway_urls.is_empty()
+    {
+        let backends = backends.clone();
+        executor = executor.with_drain(Arc::new(move |request| {
+            let backends = backends.clone();
+            Box::pin(async move {
+                backends
+                    .drained(
+                        &request.server,
+                        &request.new_instance,
+                        &request.old_instances,
+                        request.max,
+                    )
+                    .await
+                    .to_string()
+            })
+        }));
+    }
     let tasks = tokio_util::task::TaskTracker::new();
     let control = Arc::new(Control::new(
         store.clone(),
@@ -376,6 +414,7 @@ pub async fn run(
     ));
     let api_keys = api_keys(&settings)?;
     api_keys.iter().for_each(|k| redactor.add(k));
+    let api_keys_for_gateway = api_keys.clone();
     // The API answers before the git mirror is opened (`GET /health` says what the start
     // still waits for); the mirror and the first sync are logged as they finish.
     let startup = crate::api::Startup::default();
@@ -424,17 +463,50 @@ pub async fn run(
         limits,
         api_shutdown.clone(),
     ));
+    // The gateway's listener: its sessions end with the agent, its server with the API's.
+    let gateway = match gateway_listener.zip(gateway_backends) {
+        Some((gateway_listener, backends)) => {
+            let addr = gateway_listener
+                .local_addr()
+                .map_err(|source| AgentError::Listen {
+                    addr: settings.gateway_listen.unwrap_or(settings.listen),
+                    source,
+                })?;
+            let router = crate::gateway::router(
+                control.clone(),
+                backends,
+                crate::gateway::Access {
+                    keys_required: settings.gateway_keys,
+                    keys: api_keys_for_gateway,
+                },
+                &tasks,
+                shutdown.child_token(),
+            );
+            let serving = tokio::spawn(crate::api::serve(
+                gateway_listener,
+                router,
+                limits,
+                api_shutdown.clone(),
+            ));
+            Some((addr, serving))
+        }
+        None => None,
+    };
     info!(
         repo = %settings.git.url,
         branch = %settings.git.branch,
         manifest = %settings.git.manifest_path,
         runtime = runtime.kind().as_str(),
         listen = %addr,
+        gateway = %gateway.as_ref().map_or_else(|| "off".to_owned(), |(a, _)| a.to_string()),
         data_dir = %settings.data_dir.display(),
         poll_interval_s = settings.poll_interval.as_secs_f64(),
         "agent started"
     );
-    on_ready(addr);
+    on_ready(Ready {
+        api: addr,
+        gateway: gateway.as_ref().map(|(a, _)| *a),
+    });
     let git = settings.git.clone();
     let mirror = settings.data_dir.join("repo.git");
     let opened = tokio::task::spawn_blocking(move || GitSource::open(git, mirror))
@@ -578,6 +650,15 @@ pub async fn run(
         warn!("health events were still being stored at exit");
     }
     api_shutdown.cancel();
+    if let Some((_, serving)) = gateway {
+        match serving.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %crate::error_text::chain(&e), "the gateway's HTTP server failed")
+            }
+            Err(e) => warn!(error = %e, "the gateway's HTTP server panicked"),
+        }
+    }
     match api.await {
         Ok(r) => r.map_err(AgentError::Serve),
         Err(e) => Err(AgentError::Task {

@@ -18,7 +18,10 @@ use super::error::ApiError;
 use super::routes::Auth;
 
 fn presented(req: &Request) -> Option<&str> {
-    let h = req.headers();
+    presented_in(req.headers())
+}
+
+fn presented_in(h: &axum::http::HeaderMap) -> Option<&str> {
     h.get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or_else(|| {
@@ -60,13 +63,32 @@ pub async fn require_key(State(state): State<Arc<ApiState>>, req: Request, next:
     if auth == Auth::Open || (auth == Auth::Read && !state.keys_for_reads) {
         return next.run(req).await;
     }
-    match presented(&req) {
-        Some(k) if key_matches(k, &state.api_keys) => next.run(req).await,
-        Some(_) => unauthorized("the API key is not valid", CHALLENGE_INVALID),
-        None => unauthorized(
+    match check(presented(&req), &state.api_keys) {
+        Ok(()) => next.run(req).await,
+        Err(refused) => *refused,
+    }
+}
+
+/// Lets a request through when it carries one of `keys`; otherwise the 401 to answer.
+/// The gateway's listener uses it too, with the same keys.
+pub fn check_headers(
+    headers: &axum::http::HeaderMap,
+    keys: &[String],
+) -> Result<(), Box<Response>> {
+    check(presented_in(headers), keys)
+}
+
+fn check(presented: Option<&str>, keys: &[String]) -> Result<(), Box<Response>> {
+    match presented {
+        Some(k) if key_matches(k, keys) => Ok(()),
+        Some(_) => Err(Box::new(unauthorized(
+            "the API key is not valid",
+            CHALLENGE_INVALID,
+        ))),
+        None => Err(Box::new(unauthorized(
             "this request needs an API key: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
             CHALLENGE,
-        ),
+        ))),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Args {
     /// Address of the HTTP API [default: 127.0.0.1:7070]
     #[arg(long, env = env::LISTEN, value_name = "ADDR")]
     listen: Option<String>,
+    /// Address of the MCP gateway, one endpoint (`/mcp`) for every server's tools; `off`
+    /// disables it [default: 127.0.0.1:7071]
+    #[arg(long, env = env::GATEWAY_LISTEN, value_name = "ADDR|off")]
+    gateway_listen: Option<String>,
     /// HMAC secret that `POST /webhooks/git` signatures must match. A flag's value is
     /// visible to every user in `ps`: prefer the environment variable or the config file
     #[arg(long, env = env::WEBHOOK_SECRET, value_name = "SECRET", hide_env_values = true)]
@@ -108,6 +112,7 @@ impl Args {
                 RuntimeArg::Docker => RuntimeChoice::Docker,
             }),
             listen: self.listen.clone(),
+            gateway_listen: self.gateway_listen.clone(),
             data_dir: None,
             webhook_secret: self.webhook_secret.clone(),
             git_token: self.git_token.clone(),

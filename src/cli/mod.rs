@@ -91,6 +91,9 @@ enum Command {
     Events(events::Args),
     /// Serve the agent's MCP tools on stdio (for desktop clients), forwarded to its `/mcp`.
     Mcp,
+    /// Serve the gateway's tools (every server's) on stdio, for desktop clients that speak
+    /// only stdio, such as Claude Desktop; forwarded to the gateway's `/mcp`.
+    Gateway(mcp::GatewayArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -138,7 +141,8 @@ pub fn main() -> ExitCode {
         Command::Rollout(args) => rollouts::rollout(&settings, args),
         Command::Rollback(args) => rollouts::rollback(&settings, args),
         Command::Events(args) => events::run(&settings, args),
-        Command::Mcp => mcp::run(&settings),
+        Command::Mcp => mcp::run(&settings, &settings.agent_url),
+        Command::Gateway(args) => mcp::run(&settings, &args.url),
     };
     match result {
         // Output lost to a failing stdout (not one its reader closed) is a failed command.

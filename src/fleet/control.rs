@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::error::ControlError;
-use super::view::{Fleet, FleetView};
+use super::view::{Fleet, FleetView, ServerView};
 use crate::health::Monitor;
 use crate::reconcile::Desired;
 use crate::reconcile::execute::Executor;
@@ -122,6 +122,18 @@ impl Control {
             }
         }
         fleet
+    }
+
+    /// One server with its live health, copying only that server (the gateway asks on
+    /// every call).
+    pub fn server_live(&self, id: &str) -> Option<ServerView> {
+        let mut s = self.view.server(id)?;
+        if let Some(h) = self.monitor.get(id) {
+            s.health = Some(h.state);
+            s.health_since = Some(h.since);
+            s.health_reason = h.cause;
+        }
+        Some(s)
     }
 
     /// Whether `server` is one of the applied manifest's.

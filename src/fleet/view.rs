@@ -94,6 +94,26 @@ impl Fleet {
         self.tx.borrow().clone()
     }
 
+    /// Server `id` as the view has it (copying only that server).
+    pub fn server(&self, id: &str) -> Option<ServerView> {
+        self.tx
+            .borrow()
+            .servers
+            .iter()
+            .find(|s| s.id == id)
+            .cloned()
+    }
+
+    /// The ids of the view's servers.
+    pub fn server_ids(&self) -> std::collections::HashSet<String> {
+        self.tx
+            .borrow()
+            .servers
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
     /// Whether the view has a server `id` (without copying the view).
     pub fn has_server(&self, id: &str) -> bool {
         self.tx.borrow().servers.iter().any(|s| s.id == id)

@@ -1,8 +1,9 @@
 //! The monitor: one probing task per server, each on its own interval (spread by a stable
-//! jitter so a thousand servers are not probed at the same instant), with a global bound on
-//! probes in flight. A slow or hanging server only delays its own task. Probe results and
-//! runtime events feed each server's [`Tracker`]; every transition is stored as a health
-//! event and broadcast to subscribers (the recovery manager, the gateway publisher).
+//! jitter so a thousand servers are not probed at the same instant; a new instance is
+//! probed at once), with a global bound on probes in flight. A slow or hanging server only
+//! delays its own task. Probe results and runtime events feed each server's [`Tracker`];
+//! every transition is stored as a health event and broadcast to subscribers (the recovery
+//! manager, the gateway publisher).
 //!
 //! Health events are written by one journal task, through the store's blocking pool and
 //! in the order they happened; a transition is broadcast only once its event is stored.
@@ -618,23 +619,24 @@ async fn probe_loop(
         ProbeKind::Mcp => target.mcp_path.clone(),
         _ => target.check.endpoint.clone(),
     };
-    let mut next = first_due(
-        epoch,
-        jitter(&target.server_id, interval),
-        interval,
-        tokio::time::Instant::now(),
-    );
+    let jitter = jitter(&target.server_id, interval);
+    // A new instance is probed at once, so its health is known without waiting for its
+    // slot (the servers adopted at start are one burst, bounded by the permits); then on
+    // the grid.
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
-        next += interval;
-        let now = tokio::time::Instant::now();
-        if next < now {
-            // Fell behind (a long timeout): keep the rhythm instead of bursting.
-            next = now + interval;
-        }
+        // At least half an interval on: one interval between grid instants, and back on
+        // the grid after a first probe or a probe that outlasted its interval.
+        next = first_due(
+            epoch,
+            jitter,
+            interval,
+            tokio::time::Instant::now() + interval / 2,
+        );
         let Some(strong) = inner.upgrade() else {
             return;
         };

@@ -1,21 +1,29 @@
-//! `mcp-orchestration mcp`: an MCP server on stdio, for desktop clients, whose tools are the
-//! running agent's. It forwards `tools/list` and `tools/call` to the agent's `/mcp` over
-//! streamable HTTP and implements no tool itself, so the two can never disagree.
+//! `mcp-orchestration mcp` and `mcp-orchestration gateway`: an MCP server on stdio, for
+//! desktop clients that speak only stdio, whose tools are those of an MCP endpoint of a
+//! running agent: its operator tools (`/mcp` on the API's listener) or its gateway (`/mcp`
+//! on the gateway's). It forwards `tools/list` and `tools/call` over streamable HTTP, says
+//! what the endpoint says it is, passes the endpoint's `tools/list_changed` on, and
+//! implements no tool itself, so the two can never disagree.
 //!
 //! Stdout is the protocol: nothing here prints, and logs go to stderr.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
     ContentBlock, Implementation, ListToolsResult, PaginatedRequestParams, ServerConfig,
 };
-use rmcp::service::{ClientInitializeError, RequestContext, ServerInitializeError};
+use rmcp::service::{
+    ClientInitializeError, NotificationContext, RequestContext, ServerInitializeError,
+};
 use rmcp::transport::DynamicTransportError;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::AuthRequiredError;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError, ServiceExt};
+use rmcp::{
+    ClientHandler, ErrorData, Peer, RoleClient, RoleServer, ServerHandler, ServiceError, ServiceExt,
+};
 use serde_json::Value;
 use tracing::{info, warn};
 
@@ -142,14 +150,14 @@ fn without_type_names(text: &str) -> String {
     out
 }
 
-/// Serves the agent's tools on stdin/stdout until the client closes stdin. `key_hint` says
-/// which key is sent or where none was found, for when the agent refuses it.
+/// Serves the tools of `{base_url}/mcp` on stdin/stdout until the client closes stdin.
+/// `key_hint` says which key is sent or where none was found, for when the agent refuses it.
 pub async fn serve_stdio(
-    agent_url: &str,
+    base_url: &str,
     api_key: Option<String>,
     key_hint: String,
 ) -> Result<(), BridgeError> {
-    let base = agent_url.trim_end_matches('/').to_owned();
+    let base = base_url.trim_end_matches('/').to_owned();
     reachable(&base).await?;
     // A restarted agent has forgotten our session; a new one is opened transparently, so
     // the desktop client never needs restarting with the agent.
@@ -158,27 +166,46 @@ pub async fn serve_stdio(
     if let Some(key) = api_key {
         config = config.auth_header(key);
     }
-    let client = ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("mcp-orchestration-stdio", env!("CARGO_PKG_VERSION")),
-    )
-    .serve(StreamableHttpClientTransport::from_config(config))
-    .await
-    .map_err(|e| BridgeError::Refused {
-        url: base.clone(),
-        hint: key_hint,
-        source: Cause(plain(&e)),
-    })?;
+    let desktop = Arc::new(tokio::sync::OnceCell::new());
+    let upstream = Upstream {
+        desktop: desktop.clone(),
+    };
+    let client = upstream
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .map_err(|e| BridgeError::Refused {
+            url: base.clone(),
+            hint: key_hint,
+            source: Cause(plain(&e)),
+        })?;
     info!(agent = %base, "serving the agent's MCP tools on stdio");
 
+    let info = match client.peer_info() {
+        Some(peer) => {
+            // Only what the bridge forwards: tools (and their `list_changed`).
+            let mut capabilities = rmcp::model::ServerCapabilities::default();
+            capabilities.tools = peer.capabilities.tools.clone();
+            let mut info = ServerConfig::new(capabilities);
+            if let Some(implementation) = peer.server_info.clone() {
+                info = info.with_server_info(implementation);
+            }
+            if let Some(instructions) = peer.instructions.clone() {
+                info = info.with_instructions(instructions);
+            }
+            info
+        }
+        None => super::server_config(),
+    };
     let bridge = Bridge {
         agent: client.peer().clone(),
         url: base,
+        info,
     };
     let server = bridge
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| BridgeError::Stdio(Cause(plain(&e))))?;
+    let _ = desktop.set(server.peer().clone());
     if let Err(e) = server.waiting().await {
         warn!(error = %plain(&e), "the stdio session ended abnormally");
     }
@@ -206,11 +233,35 @@ async fn reachable(base: &str) -> Result<(), BridgeError> {
     Ok(())
 }
 
-/// The stdio side: the agent's tools, forwarded.
+/// The HTTP side: hears the endpoint's `list_changed` and tells the desktop client.
+struct Upstream {
+    desktop: Arc<tokio::sync::OnceCell<Peer<RoleServer>>>,
+}
+
+impl ClientHandler for Upstream {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mcp-orchestration-stdio", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        if let Some(desktop) = self.desktop.get()
+            && let Err(e) = desktop.notify_tool_list_changed().await
+        {
+            warn!(error = %plain(&e), "cannot tell the stdio client its tools changed");
+        }
+    }
+}
+
+/// The stdio side: the endpoint's tools, forwarded.
 #[derive(Clone)]
 struct Bridge {
     agent: Peer<RoleClient>,
     url: String,
+    /// What the endpoint said it is (name, version, capabilities, instructions).
+    info: ServerConfig,
 }
 
 impl Bridge {
@@ -225,7 +276,7 @@ impl Bridge {
 
 impl ServerHandler for Bridge {
     fn get_info(&self) -> ServerConfig {
-        super::server_config()
+        self.info.clone()
     }
 
     async fn list_tools(

@@ -102,6 +102,8 @@ fn start_agent(
             "--poll-interval",
             "60s",
         ])
+        // Not the default 127.0.0.1:7071: agents of tests running at once would share it.
+        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
         .arg("--repo")
         .arg(repo.remote())
         .arg("--data-dir")

@@ -114,14 +114,24 @@ async fn one_of_five_goes_unhealthy_after_exactly_the_threshold_is_recovered_and
         "{to_unhealthy}"
     );
 
-    // Recovery: the first attempt (a restart) after its 0.3 s backoff brings it back.
+    // Recovery: the first attempt (a restart) after its 0.3 s backoff brings it back. The
+    // new instance is probed at once, so it may be healthy before the attempt's outcome is
+    // recorded: wait for both.
     wait_health(&agent, sick, "healthy", Duration::from_secs(15)).await;
-    let log = events(&agent, sick).await;
-    let recovery: Vec<&str> = log
-        .iter()
-        .filter(|e| e["kind"] == "recovery")
-        .map(|e| e["detail"].as_str().unwrap())
-        .collect();
+    let recovery: Vec<String> = eventually(
+        Duration::from_secs(15),
+        "the recovery attempt's outcome",
+        || async {
+            let recovery: Vec<String> = events(&agent, sick)
+                .await
+                .iter()
+                .filter(|e| e["kind"] == "recovery")
+                .map(|e| e["detail"].as_str().unwrap().to_owned())
+                .collect();
+            (recovery.len() >= 2).then_some(recovery)
+        },
+    )
+    .await;
     assert_eq!(recovery[0], "attempt 1/3 in 0.3s", "{recovery:?}");
     assert_eq!(
         recovery[1], "attempt 1/3: restart: done, a new instance passed its health gate",

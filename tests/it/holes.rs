@@ -726,6 +726,8 @@ fn agent_command(repo: &ManifestRepo, data: &Path) -> (std::process::Command, St
         .arg("--data-dir")
         .arg(data)
         .env_remove("MCP_ORCHESTRATION_CONFIG")
+        // Not the default 127.0.0.1:7071: agents of tests running at once would share it.
+        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -1235,6 +1237,7 @@ fn a_secret_given_as_a_flag_is_warned_about() {
         .arg("--data-dir")
         .arg(root.path().join("data"))
         .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("NO_COLOR", "1")
         .output()
         .unwrap();

@@ -4,6 +4,7 @@ mod api;
 mod crash;
 mod docker_runtime;
 mod events;
+mod gateway;
 mod gateway_receiver;
 mod gitops;
 mod gitops_docker;

@@ -62,6 +62,8 @@ async fn the_quickstart_prints_the_environment_that_lets_the_cli_change_things()
         .arg(Path::new(REPO).join("examples/quickstart.sh"))
         .env("QUICKSTART_DIR", dir.path().join("qs"))
         .env("QUICKSTART_LISTEN", &listen)
+        // Not the default 127.0.0.1:7071, which an agent of the developer's may hold.
+        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
         // A fresh home: the CLI's default data dir holds no key of any other agent.
         .env("HOME", &home)
         .env_remove("XDG_DATA_HOME")
@@ -237,17 +239,23 @@ async fn a_repo_path_that_does_not_exist_stops_the_agent_at_start_instead_of_ret
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-manifest.git");
     let data = dir.path().join("data");
-    let agent = cli(&["agent", "--listen", "127.0.0.1:0"])
-        .arg("--repo")
-        .arg(&missing)
-        .arg("--data-dir")
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let agent = cli(&[
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--gateway-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--repo")
+    .arg(&missing)
+    .arg("--data-dir")
+    .arg(&data)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .unwrap();
     let out = tokio::time::timeout(Duration::from_secs(20), agent.wait_with_output())
         .await
         .expect("the agent gives up at once rather than retrying for ever")

@@ -72,6 +72,8 @@ pub struct Options {
     pub header_read_timeout: Duration,
     pub max_connections: Option<usize>,
     pub git_timeout: Duration,
+    /// Serve the MCP gateway (on a free port); off by default.
+    pub gateway: bool,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             header_read_timeout: Duration::from_secs(10),
             max_connections: None,
             git_timeout: Duration::from_secs(30),
+            gateway: false,
         }
     }
 }
@@ -114,6 +117,10 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
         gateway_resend_interval: options.gateway_resend_interval,
         runtime: options.runtime,
         listen: "127.0.0.1:0".parse().expect("addr"),
+        gateway_listen: options
+            .gateway
+            .then(|| "127.0.0.1:0".parse().expect("addr")),
+        gateway_keys: options.require_key_for_reads,
         data_dir: data_dir.to_owned(),
         webhook_secret: options.webhook_secret.clone(),
         secrets_file: options.secrets_file.clone(),
@@ -128,6 +135,8 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
 
 pub struct TestAgent {
     pub url: String,
+    /// The MCP gateway's endpoint, when [`Options::gateway`] asked for it.
+    pub gateway: Option<String>,
     pub data: tempfile::TempDir,
     token: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -156,12 +165,13 @@ impl TestAgent {
                 panic!("the agent failed: {e:#}");
             }
         });
-        let addr = tokio::time::timeout(Duration::from_secs(10), rx)
+        let ready = tokio::time::timeout(Duration::from_secs(10), rx)
             .await
             .expect("the agent listens within 10 s")
             .expect("the agent reports its address");
         TestAgent {
-            url: format!("http://{addr}"),
+            url: format!("http://{}", ready.api),
+            gateway: ready.gateway.map(|g| format!("http://{g}/mcp")),
             data,
             token,
             task: Some(task),

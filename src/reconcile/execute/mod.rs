@@ -84,8 +84,11 @@ pub struct Executor {
     /// How long a stopping instance may take before it is killed.
     pub stop_grace: Duration,
     /// How long an old instance keeps serving after the new one is published, so clients
-    /// that read the old endpoint a moment ago are not cut off.
+    /// that read the old endpoint a moment ago are not cut off. With a drain hook (the
+    /// gateway's), the most it waits.
     pub drain: Duration,
+    /// Says when the old instances may stop, instead of waiting `drain` in full.
+    drain_hook: Option<DrainHook>,
     /// Told about each rollout's phases: the health monitor steps aside while a rollout
     /// owns a server, and a new instance is published before the old one is stopped.
     on_phase: Option<PhaseHook>,
@@ -136,6 +139,19 @@ pub enum RolloutPhase<'a> {
 
 type PhaseHook = Arc<dyn Fn(&str, RolloutPhase<'_>) + Send + Sync>;
 
+/// What a drain hook is asked: may `old_instances` of `server` stop, now that
+/// `new_instance` serves? It answers within `max`, in words for the rollout's timeline.
+#[derive(Clone, Debug)]
+pub struct DrainRequest {
+    pub server: String,
+    pub new_instance: String,
+    pub old_instances: Vec<String>,
+    pub max: Duration,
+}
+
+pub type DrainHook =
+    Arc<dyn Fn(DrainRequest) -> futures::future::BoxFuture<'static, String> + Send + Sync>;
+
 impl Executor {
     pub fn new(runtime: Arc<dyn Runtime>, store: Store, concurrency: usize) -> Executor {
         Executor {
@@ -146,9 +162,18 @@ impl Executor {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             stop_grace: Duration::from_secs(10),
             drain: Duration::from_secs(2),
+            drain_hook: None,
             on_phase: None,
             redactor: Redactor::default(),
         }
+    }
+
+    /// Lets `hook` decide when old instances stop after a switch (at most `drain` later):
+    /// the gateway answers once it routes to the new instance and the old one's calls in
+    /// flight have finished.
+    pub fn with_drain(mut self, hook: DrainHook) -> Executor {
+        self.drain_hook = Some(hook);
+        self
     }
 
     /// Redacts `redactor`'s values from what servers say (log tails, probe answers) and

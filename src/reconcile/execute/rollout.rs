@@ -175,13 +175,8 @@ impl Executor {
                     );
                     if strategy == Strategy::Beside {
                         if from.iter().any(Instance::is_running) && !self.drain.is_zero() {
-                            self.step(
-                                id,
-                                "draining",
-                                Some(format!("the old instance serves {:?} more", self.drain)),
-                            )
-                            .await;
-                            tokio::time::sleep(self.drain).await;
+                            self.drain_old(id, desired.server_id(), &instance, from)
+                                .await;
                         }
                         for old in from {
                             if let Err(e) = self.retire(old).await {
@@ -315,6 +310,44 @@ impl Executor {
 
     /// Restores `old` after a failed rollout and checks it is healthy again; returns the
     /// version restored.
+    /// Lets the old instances serve until they may stop: until the drain hook (the
+    /// gateway) says so, at most `drain`; without a hook, `drain` in full.
+    async fn drain_old(&self, id: Option<i64>, server: &str, new: &Instance, old: &[Instance]) {
+        let Some(hook) = &self.drain_hook else {
+            self.step(
+                id,
+                "draining",
+                Some(format!("the old instance serves {:?} more", self.drain)),
+            )
+            .await;
+            tokio::time::sleep(self.drain).await;
+            return;
+        };
+        self.step(
+            id,
+            "draining",
+            Some(format!(
+                "until the gateway routes to the new instance and the old one's calls in flight finish (at most {:?})",
+                self.drain
+            )),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let outcome = hook(super::DrainRequest {
+            server: server.to_owned(),
+            new_instance: new.id.clone(),
+            old_instances: old.iter().map(|i| i.id.clone()).collect(),
+            max: self.drain,
+        })
+        .await;
+        self.step(
+            id,
+            "drained",
+            Some(format!("{outcome} ({} ms)", started.elapsed().as_millis())),
+        )
+        .await;
+    }
+
     async fn roll_back(
         &self,
         desired: &Desired,

@@ -1,0 +1,418 @@
+//! The gateway's side of each backend: one MCP client session per running instance, owned
+//! by the gateway (never by a client), and the tools that instance offers.
+//!
+//! It follows the fleet view. When a server's instance changes (a rollout switched, a
+//! recovery replaced it), a session with the new instance is opened and its tools listed
+//! *before* it replaces the old one, which keeps serving calls meanwhile; a server gone
+//! from the view is dropped with its session. A backend's `tools/list_changed` lists its
+//! tools again. Every change of what is offered bumps the catalog's generation, which the
+//! client sessions watch to send their own `list_changed`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, Tool};
+use rmcp::service::{NotificationContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::naming::Names;
+use crate::fleet::FleetView;
+
+/// How long opening a backend session and listing its tools may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first wait before trying an instance again; doubled up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// One instance's session and what it offers.
+#[derive(Clone)]
+pub struct Backend {
+    pub instance_id: String,
+    pub endpoint: String,
+    pub peer: Peer<RoleClient>,
+    /// The backend's tools under their own names.
+    pub tools: Vec<Tool>,
+    pub names: Names,
+    /// Kept so the session lives as long as the backend is current.
+    _session: Arc<RunningService<RoleClient, Listener>>,
+}
+
+/// The backends by server id, the calls in flight by instance, and the generation of what
+/// the backends offer.
+#[derive(Clone)]
+pub struct Backends {
+    state: Arc<Mutex<State>>,
+    /// Woken when a backend is installed or a call ends (drains wait on it).
+    moved: Arc<Notify>,
+    generation: Arc<watch::Sender<u64>>,
+}
+
+#[derive(Default)]
+struct State {
+    current: HashMap<String, Backend>,
+    /// Calls in flight per instance id; one lock with `current`, so a drain that sees the
+    /// new instance installed also sees every call the old one was handed before.
+    in_flight: HashMap<String, usize>,
+}
+
+impl Default for Backends {
+    fn default() -> Self {
+        Backends {
+            state: Arc::default(),
+            moved: Arc::default(),
+            generation: Arc::new(watch::Sender::new(0)),
+        }
+    }
+}
+
+/// A call in flight on an instance; dropping it ends the call.
+pub struct InFlight {
+    backends: Backends,
+    instance: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.backends.state();
+        if let Some(n) = state.in_flight.get_mut(&self.instance) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                state.in_flight.remove(&self.instance);
+            }
+        }
+        drop(state);
+        self.backends.moved.notify_waiters();
+    }
+}
+
+/// How a drain ended, in words for the rollout's timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Drained {
+    /// The gateway routes to the new instance and the old ones have no call in flight.
+    Done,
+    /// `max` passed first.
+    TimedOut { switched: bool, in_flight: usize },
+}
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drained::Done => f.write_str(
+                "the gateway routes to the new instance and no call is in flight on the old one",
+            ),
+            Drained::TimedOut {
+                switched: false, ..
+            } => f.write_str(
+                "the gateway had no session with the new instance within --drain; stopping the old one anyway",
+            ),
+            Drained::TimedOut { in_flight, .. } => write!(
+                f,
+                "{in_flight} call(s) still in flight on the old instance after --drain; stopping it anyway"
+            ),
+        }
+    }
+}
+
+impl Backends {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The backend serving `server` now.
+    pub fn get(&self, server: &str) -> Option<Backend> {
+        self.state().current.get(server).cloned()
+    }
+
+    /// The backend serving `server` now, with the call counted in flight on its instance
+    /// until the returned guard is dropped.
+    pub fn checkout(&self, server: &str) -> Option<(Backend, InFlight)> {
+        let mut state = self.state();
+        let backend = state.current.get(server)?.clone();
+        *state
+            .in_flight
+            .entry(backend.instance_id.clone())
+            .or_default() += 1;
+        let guard = InFlight {
+            backends: self.clone(),
+            instance: backend.instance_id.clone(),
+        };
+        Some((backend, guard))
+    }
+
+    /// Waits until `server` is served by `new_instance` and none of `old_instances` has a
+    /// call in flight, or `max` passed.
+    pub async fn drained(
+        &self,
+        server: &str,
+        new_instance: &str,
+        old_instances: &[String],
+        max: Duration,
+    ) -> Drained {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let (switched, in_flight) = {
+                let state = self.state();
+                let switched = state
+                    .current
+                    .get(server)
+                    .is_some_and(|b| b.instance_id == new_instance);
+                let in_flight: usize = old_instances
+                    .iter()
+                    .filter_map(|i| state.in_flight.get(i))
+                    .sum();
+                (switched, in_flight)
+            };
+            if switched && in_flight == 0 {
+                return Drained::Done;
+            }
+            tokio::select! {
+                _ = moved => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Drained::TimedOut { switched, in_flight };
+                }
+            }
+        }
+    }
+
+    /// Every backend, by server id.
+    pub fn all(&self) -> Vec<(String, Backend)> {
+        let mut all: Vec<(String, Backend)> = self
+            .state()
+            .current
+            .iter()
+            .map(|(id, b)| (id.clone(), b.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Wakes when what the backends offer changed.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    fn changed(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn install(&self, server: &str, backend: Backend) {
+        let old = self.state().current.insert(server.to_owned(), backend);
+        // The old session ends when its last clone (a call in flight) is done with it.
+        drop(old);
+        self.moved.notify_waiters();
+        self.changed();
+    }
+
+    fn retain(&self, wanted: impl Fn(&str, &Backend) -> bool) {
+        let mut state = self.state();
+        let before = state.current.len();
+        state.current.retain(|id, b| wanted(id, b));
+        let removed = state.current.len() != before;
+        drop(state);
+        if removed {
+            self.changed();
+        }
+    }
+
+    /// Follows `fleet` until `shutdown`: opens a session with every new instance and drops
+    /// the servers that left the view.
+    pub async fn follow(self, mut fleet: watch::Receiver<FleetView>, shutdown: CancellationToken) {
+        let (refresh_tx, mut refresh) = mpsc::unbounded_channel::<Refresh>();
+        // Instance ids a connection task is working on, so a view that changes again does
+        // not start a second one.
+        let mut connecting: HashMap<String, (String, CancellationToken)> = HashMap::new();
+        loop {
+            let view = fleet.borrow_and_update().clone();
+            let wanted: HashMap<String, (String, String)> = view
+                .servers
+                .iter()
+                .filter_map(|s| Some((s.id.clone(), (s.instance_id.clone()?, s.endpoint.clone()?))))
+                .collect();
+            let in_view: std::collections::HashSet<&str> =
+                view.servers.iter().map(|s| s.id.as_str()).collect();
+            // A server that left the manifest takes its backend with it. One that is still
+            // listed keeps its last session (and tools) until a new instance replaces it,
+            // so its tools stay listed and its calls get a clear answer.
+            self.retain(|id, _| in_view.contains(id));
+            connecting.retain(|server, (instance, stop)| {
+                let keep = wanted.get(server).is_some_and(|(i, _)| i == instance);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for (server, (instance, endpoint)) in &wanted {
+                let current = self.get(server).map(|b| b.instance_id);
+                if current.as_deref() == Some(instance.as_str()) || connecting.contains_key(server)
+                {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                connecting.insert(server.clone(), (instance.clone(), stop.clone()));
+                tokio::spawn(self.clone().connect(
+                    server.clone(),
+                    instance.clone(),
+                    endpoint.clone(),
+                    refresh_tx.clone(),
+                    stop,
+                ));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = fleet.changed() => if changed.is_err() { return },
+                Some(r) = refresh.recv() => match r {
+                    Refresh::Connected { server, instance } => {
+                        if connecting.get(&server).is_some_and(|(i, _)| *i == instance) {
+                            connecting.remove(&server);
+                        }
+                    }
+                    Refresh::ListChanged { server, instance } => {
+                        self.clone().relist(server, instance).await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Opens a session with `instance` and lists its tools, trying again with a growing
+    /// wait until it works or `stop` (the instance is no longer current).
+    async fn connect(
+        self,
+        server: String,
+        instance: String,
+        endpoint: String,
+        refresh: mpsc::UnboundedSender<Refresh>,
+        stop: CancellationToken,
+    ) {
+        let mut wait = RETRY_FIRST;
+        loop {
+            let attempt = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                open(&server, &instance, &endpoint, refresh.clone()),
+            );
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = attempt => r,
+            };
+            match result {
+                Ok(Ok(backend)) => {
+                    info!(%server, %instance, tools = backend.tools.len(), "gateway backend ready");
+                    self.install(&server, backend);
+                    let _ = refresh.send(Refresh::Connected { server, instance });
+                    return;
+                }
+                Ok(Err(e)) => debug!(%server, %instance, error = %e, "gateway backend not ready"),
+                Err(_) => debug!(%server, %instance, "gateway backend did not answer in time"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// Lists `server`'s tools again after its `list_changed`, if `instance` still serves.
+    async fn relist(self, server: String, instance: String) {
+        let Some(backend) = self.get(&server).filter(|b| b.instance_id == instance) else {
+            return;
+        };
+        match backend.peer.list_all_tools().await {
+            Ok(tools) => {
+                let (names, clashes) = name_tools(&server, &tools);
+                let mut state = self.state();
+                if let Some(b) = state.current.get_mut(&server)
+                    && b.instance_id == instance
+                {
+                    b.tools = tools;
+                    b.names = names;
+                }
+                drop(state);
+                report_clashes(&server, &clashes);
+                self.changed();
+            }
+            Err(e) => warn!(%server, error = %e, "cannot list the backend's tools again"),
+        }
+    }
+}
+
+enum Refresh {
+    Connected { server: String, instance: String },
+    ListChanged { server: String, instance: String },
+}
+
+/// The gateway's client side of a backend session: it hears `list_changed`.
+#[derive(Clone)]
+pub struct Listener {
+    server: String,
+    instance: String,
+    refresh: mpsc::UnboundedSender<Refresh>,
+}
+
+impl ClientHandler for Listener {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mcp-orchestration-gateway", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.refresh.send(Refresh::ListChanged {
+            server: self.server.clone(),
+            instance: self.instance.clone(),
+        });
+    }
+}
+
+async fn open(
+    server: &str,
+    instance: &str,
+    endpoint: &str,
+    refresh: mpsc::UnboundedSender<Refresh>,
+) -> Result<Backend, String> {
+    let config = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
+    let listener = Listener {
+        server: server.to_owned(),
+        instance: instance.to_owned(),
+        refresh,
+    };
+    let session = listener
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .map_err(|e| crate::error_text::chain(&e))?;
+    let peer = session.peer().clone();
+    let tools = peer
+        .list_all_tools()
+        .await
+        .map_err(|e| crate::error_text::chain(&e))?;
+    let (names, clashes) = name_tools(server, &tools);
+    report_clashes(server, &clashes);
+    Ok(Backend {
+        instance_id: instance.to_owned(),
+        endpoint: endpoint.to_owned(),
+        peer,
+        tools,
+        names,
+        _session: Arc::new(session),
+    })
+}
+
+fn name_tools(server: &str, tools: &[Tool]) -> (Names, Vec<String>) {
+    Names::of(server, tools.iter().map(|t| t.name.as_ref()))
+}
+
+fn report_clashes(server: &str, clashes: &[String]) {
+    for name in clashes {
+        warn!(%server, tool = %name, "a tool's gateway name is taken by another of its tools; it is not served");
+    }
+}

@@ -1,0 +1,524 @@
+//! The MCP gateway, through a real MCP client (rmcp) against a real agent and real example
+//! servers: one endpoint lists and calls every server's tools, and a server that goes
+//! unhealthy answers `BACKEND_UNHEALTHY` naming its tools while the others keep answering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig};
+use rmcp::model::{Implementation, Tool};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::support::agent::{Options, TestAgent};
+use crate::support::git::ManifestRepo;
+use crate::support::{admin, eventually, example_server_bin};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn manifest(ids: &[&str]) -> String {
+    let mut text = String::from("version: \"1.1\"\nservers:\n");
+    for id in ids {
+        text.push_str(&format!(
+            "  - id: {id}\n    version: \"1.0.0\"\n    process:\n      command: {}\n      args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"]\n    health_check: {{ interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 1 }}\n    recovery: {{ max_attempts: 1, backoff_seconds: 600 }}\n",
+            example_server_bin().display()
+        ));
+    }
+    text
+}
+
+/// An agent with the gateway on, running `ids` (the example server at 1.0.0), and its
+/// gateway's `/mcp` URL.
+async fn fleet(ids: &[&str], options: Options) -> (ManifestRepo, TestAgent, String) {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest(ids), "the fleet");
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            ..options
+        },
+    )
+    .await;
+    for id in ids {
+        agent.wait_running(id, "1.0.0", DEADLINE).await;
+    }
+    let gateway = agent.gateway.clone().expect("the gateway listens");
+    (repo, agent, gateway)
+}
+
+async fn client(url: &str) -> RunningService<RoleClient, ClientConfig> {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("gateway-test", "0"),
+    )
+    .serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
+    .await
+    .expect("the gateway accepts an MCP session")
+}
+
+async fn call(
+    client: &RunningService<RoleClient, ClientConfig>,
+    tool: &str,
+    arguments: Value,
+) -> CallToolResult {
+    let mut params = CallToolRequestParams::new(tool.to_owned());
+    if let Value::Object(map) = arguments {
+        params = params.with_arguments(map);
+    }
+    client
+        .call_tool(params)
+        .await
+        .expect("the call is answered")
+}
+
+fn text(result: &CallToolResult) -> String {
+    serde_json::to_value(&result.content).unwrap()[0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn names(tools: &[Tool]) -> Vec<String> {
+    let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_endpoint_serves_every_servers_tools_and_routes_around_an_unhealthy_one() {
+    let ids = ["alpha", "beta", "gamma"];
+    let (_repo, agent, gateway) = fleet(&ids, Options::default()).await;
+    let client = client(&gateway).await;
+
+    // Every server's tools, under `{server}_{tool}`, once the gateway has a session with
+    // each backend.
+    let expected: Vec<String> = ids
+        .iter()
+        .flat_map(|id| {
+            [
+                format!("{id}_echo"),
+                format!("{id}_server_version"),
+                format!("{id}_sleep"),
+            ]
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let tools = eventually(DEADLINE, "every server's tools to be listed", || async {
+        let tools = client.list_all_tools().await.ok()?;
+        (names(&tools) == expected).then_some(tools)
+    })
+    .await;
+    let echo = tools.iter().find(|t| t.name == "beta_echo").unwrap();
+    assert_eq!(
+        echo.description.as_deref(),
+        Some("Return the given text unchanged"),
+        "descriptions pass through"
+    );
+    assert!(
+        echo.input_schema.get("properties").is_some(),
+        "schemas pass through: {:?}",
+        echo.input_schema
+    );
+
+    let r = call(
+        &client,
+        "beta_echo",
+        json!({ "text": "through the gateway" }),
+    )
+    .await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(text(&r), "through the gateway");
+    let r = call(&client, "gamma_server_version", json!({})).await;
+    assert_eq!(text(&r), "1.0.0", "{r:?}");
+
+    // A name the gateway does not serve is a protocol error that says so.
+    let unknown = client
+        .call_tool(CallToolRequestParams::new("delta_echo"))
+        .await
+        .expect_err("an unknown tool is refused");
+    assert!(
+        unknown.to_string().contains("unknown tool `delta_echo`"),
+        "{unknown}"
+    );
+
+    // alpha goes unhealthy: its tools answer BACKEND_UNHEALTHY, naming all of them, while
+    // beta and gamma keep answering.
+    let (_, alpha) = agent.get("/servers/alpha").await;
+    admin(
+        alpha["endpoint"].as_str().unwrap(),
+        "/admin/health/unhealthy",
+    )
+    .await;
+    let refused = eventually(DEADLINE, "alpha's calls to be refused", || async {
+        let r = call(&client, "alpha_echo", json!({ "text": "x" })).await;
+        (r.is_error == Some(true)).then_some(r)
+    })
+    .await;
+    assert!(
+        text(&refused).starts_with("BACKEND_UNHEALTHY: Backend 'alpha' is currently unhealthy"),
+        "{refused:?}"
+    );
+    let detail = refused.structured_content.clone().unwrap();
+    assert_eq!(detail["backend"], "alpha");
+    assert_eq!(detail["state"], "unhealthy");
+    assert_eq!(
+        detail["affected_tools"],
+        json!(["alpha_echo", "alpha_server_version", "alpha_sleep"])
+    );
+    assert!(detail["suggested_action"].is_string(), "{detail}");
+    // Still listed, so clients that ignore list_changed get the clear answer.
+    assert_eq!(names(&client.list_all_tools().await.unwrap()), expected);
+    for id in ["beta", "gamma"] {
+        let r = call(&client, &format!("{id}_echo"), json!({ "text": id })).await;
+        assert_eq!(text(&r), id, "{r:?}");
+    }
+
+    // Healthy again: calls go through without the client reconnecting.
+    admin(alpha["endpoint"].as_str().unwrap(), "/admin/health/healthy").await;
+    eventually(DEADLINE, "alpha's calls to go through again", || async {
+        let r = call(&client, "alpha_echo", json!({ "text": "back" })).await;
+        (r.is_error != Some(true) && text(&r) == "back").then_some(())
+    })
+    .await;
+    client.cancel().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_can_be_turned_off_and_needs_a_key_when_reads_do() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest(&["solo"]), "one server");
+    let off = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    assert!(off.gateway.is_none(), "off unless asked");
+
+    let keyed = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            require_key_for_reads: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let url = keyed.gateway.clone().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": { "name": "t", "version": "0" } }
+    });
+    let refused = http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().contains_key("www-authenticate"));
+    let accepted = http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .bearer_auth(crate::support::agent::TEST_API_KEY)
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    // The gateway's own health needs no key.
+    let health = http
+        .get(url.replace("/mcp", "/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// The official MCP Python SDK: `MCP_TEST_PYTHON_MCP` (a Python with `mcp` installed;
+/// `.ci/run` makes one). Elsewhere its absence skips the test, and under `CI=true` fails it.
+fn python_with_mcp() -> Option<String> {
+    if let Ok(python) = std::env::var("MCP_TEST_PYTHON_MCP") {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the MCP Python SDK is not installed (.ci/run installs it and sets MCP_TEST_PYTHON_MCP)"
+    );
+    eprintln!("skipping: set MCP_TEST_PYTHON_MCP to a Python with `pip install mcp`");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_python_sdk_lists_and_calls_tools_through_the_gateway() {
+    let Some(python) = python_with_mcp() else {
+        return;
+    };
+    let ids = ["py-a", "py-b"];
+    let (_repo, _agent, gateway) = fleet(&ids, Options::default()).await;
+    // Wait until the gateway has a session with both backends (our own client shows it).
+    let ours = client(&gateway).await;
+    eventually(DEADLINE, "both servers' tools to be listed", || async {
+        let tools = ours.list_all_tools().await.ok()?;
+        (tools.len() == 6).then_some(())
+    })
+    .await;
+    ours.cancel().await.ok();
+
+    let script =
+        std::path::Path::new(crate::support::REPO).join("tests/it/python/gateway_client.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&gateway)
+        .arg("py-b_echo")
+        .arg(r#"{"text": "hello from Python"}"#)
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "the SDK client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["server"], "mcp-orchestration-gateway");
+    assert_eq!(
+        v["tools"],
+        json!([
+            "py-a_echo",
+            "py-a_server_version",
+            "py-a_sleep",
+            "py-b_echo",
+            "py-b_server_version",
+            "py-b_sleep"
+        ])
+    );
+    assert_eq!(
+        v["result"]["content"][0]["text"], "hello from Python",
+        "{v}"
+    );
+    assert_ne!(v["result"]["isError"], true, "{v}");
+}
+
+/// A client that counts `notifications/tools/list_changed`.
+#[derive(Clone)]
+struct Counting(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl rmcp::ClientHandler for Counting {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        let _ = self.0.send(());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stdio_bridge_serves_the_gateway_and_passes_list_changed_on() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest(&["first"]), "one server");
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    agent.wait_running("first", "1.0.0", DEADLINE).await;
+    let base = agent.gateway.clone().unwrap().replace("/mcp", "");
+    let mut child = tokio::process::Command::new(crate::support::BIN)
+        .args(["gateway", "--url", &base])
+        .env_remove("MCP_ORCHESTRATION_CONFIG")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the bridge starts");
+    let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let client = tokio::time::timeout(DEADLINE, Counting(tx).serve((stdout, stdin)))
+        .await
+        .expect("the bridge answers within the deadline")
+        .expect("an MCP session over stdio");
+    assert_eq!(
+        client
+            .peer_info()
+            .unwrap()
+            .server_info
+            .as_ref()
+            .unwrap()
+            .name,
+        "mcp-orchestration-gateway",
+        "the bridge says what is behind it"
+    );
+    eventually(DEADLINE, "first's tools through the bridge", || async {
+        let tools = client.list_all_tools().await.ok()?;
+        (names(&tools) == ["first_echo", "first_server_version", "first_sleep"]).then_some(())
+    })
+    .await;
+    let r = client
+        .call_tool(
+            CallToolRequestParams::new("first_echo")
+                .with_arguments(json!({ "text": "over stdio" }).as_object().unwrap().clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(&r), "over stdio");
+
+    // A second server joins: the client hears list_changed through the bridge.
+    while changed.try_recv().is_ok() {}
+    repo.push_manifest(&manifest(&["first", "second"]), "two servers");
+    tokio::time::timeout(DEADLINE, changed.recv())
+        .await
+        .expect("list_changed reaches the stdio client")
+        .unwrap();
+    eventually(DEADLINE, "second's tools through the bridge", || async {
+        let tools = client.list_all_tools().await.ok()?;
+        (tools.len() == 6).then_some(())
+    })
+    .await;
+    client.cancel().await.ok();
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the bridge exits when stdin closes")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// Calls `tool` in a loop on `client` until `stop`, counting answers and failures.
+async fn caller(
+    client: Arc<RunningService<RoleClient, ClientConfig>>,
+    tool: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> (usize, Vec<String>, Vec<String>) {
+    let (mut ok, mut failures, mut answers) = (0, Vec::new(), Vec::new());
+    while !stop.is_cancelled() {
+        let params = CallToolRequestParams::new(tool.clone())
+            .with_arguments(json!({ "ms": 150 }).as_object().unwrap().clone());
+        // A call lost with its instance would never be answered: a failure, not a hang.
+        match tokio::time::timeout(Duration::from_secs(10), client.call_tool(params)).await {
+            Ok(Ok(r)) if r.is_error != Some(true) => {
+                ok += 1;
+                answers.push(text(&r));
+            }
+            Ok(Ok(r)) => failures.push(format!("tool error: {r:?}")),
+            Ok(Err(e)) => failures.push(format!("protocol error: {e}")),
+            Err(_) => failures.push("no answer within 10 s".to_owned()),
+        }
+    }
+    (ok, failures, answers)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_in_flight_survive_an_upgrade_and_a_restart_without_a_single_failure() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest(&["busy"]), "1.0.0");
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            // The most an old instance waits for its calls in flight.
+            drain: Duration::from_secs(10),
+            ..Default::default()
+        },
+    )
+    .await;
+    agent.wait_running("busy", "1.0.0", DEADLINE).await;
+    let gateway = agent.gateway.clone().unwrap();
+    let client = Arc::new(client(&gateway).await);
+    eventually(DEADLINE, "busy's tools", || async {
+        let tools = client.list_all_tools().await.ok()?;
+        (tools.len() == 3).then_some(())
+    })
+    .await;
+
+    // Four callers keep a 150 ms call in flight at all times.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let callers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(caller(client.clone(), "busy_sleep".into(), stop.clone())))
+        .collect();
+
+    // An upgrade by a commit: 1.1.0 starts beside 1.0.0, passes its gate, and 1.0.0 stops
+    // once its calls are done.
+    let first = agent.server("busy").await.unwrap();
+    repo.push_manifest(
+        &manifest(&["busy"]).replace("\"1.0.0\"", "\"1.1.0\""),
+        "1.1.0",
+    );
+    agent.wait_running("busy", "1.1.0", DEADLINE).await;
+    // An operator restart, once the upgrade (its drain included) is over: a new instance
+    // beside the running one, the same way.
+    eventually(DEADLINE, "the upgrade to finish", || async {
+        let (_, r) = agent.get("/servers/busy/rollouts?limit=1").await;
+        (r["rollouts"][0]["outcome"] == "succeeded" && r["rollouts"][0]["to_version"] == "1.1.0")
+            .then_some(())
+    })
+    .await;
+    let upgraded = agent.server("busy").await.unwrap();
+    assert_ne!(upgraded["instance_id"], first["instance_id"]);
+    let (status, _) = agent
+        .call(reqwest::Method::POST, "/servers/busy/restart", None)
+        .await;
+    assert_eq!(status, 202);
+    eventually(DEADLINE, "the restart's new instance", || async {
+        let now = agent.server("busy").await?;
+        (now["instance_id"] != upgraded["instance_id"] && now["state"] == "running").then_some(())
+    })
+    .await;
+    // Calls reach the newest instance before the callers stop.
+    eventually(
+        DEADLINE,
+        "a call answered by the restarted 1.1.0",
+        || async {
+            let r = call(&client, "busy_server_version", json!({})).await;
+            (text(&r) == "1.1.0").then_some(())
+        },
+    )
+    .await;
+    stop.cancel();
+    let mut answered = 0;
+    let mut versions = std::collections::BTreeSet::new();
+    for c in callers {
+        let (ok, failures, answers) = c.await.unwrap();
+        assert!(failures.is_empty(), "failed calls: {failures:#?}");
+        answered += ok;
+        versions.extend(
+            answers
+                .iter()
+                .filter_map(|a| a.rsplit(' ').next().map(str::to_owned)),
+        );
+    }
+    assert!(answered >= 8, "only {answered} calls were answered");
+    assert_eq!(
+        versions,
+        ["1.0.0".to_owned(), "1.1.0".to_owned()].into(),
+        "calls were answered by both versions"
+    );
+
+    // The rollout's timeline says how the old instance was drained.
+    let (_, rollouts) = agent.get("/servers/busy/rollouts?limit=5").await;
+    let upgrade = rollouts["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["to_version"] == "1.1.0" && r["from_version"] == "1.0.0")
+        .unwrap()
+        .clone();
+    let (_, detail) = agent.get(&format!("/rollouts/{}", upgrade["id"])).await;
+    let drained = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "drained")
+        .unwrap_or_else(|| panic!("no drained step: {detail}"));
+    assert!(
+        drained["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the gateway routes to the new instance and no call is in flight"),
+        "{drained}"
+    );
+    Arc::try_unwrap(client).ok().unwrap().cancel().await.ok();
+}
