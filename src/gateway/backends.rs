@@ -48,6 +48,8 @@ pub struct Backend {
 #[derive(Clone)]
 pub struct Backends {
     state: Arc<Mutex<State>>,
+    /// The HTTP client of every backend session (see [`http_client`]).
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
     /// Woken when a backend is installed or a call ends (drains wait on it).
     moved: Arc<Notify>,
     generation: Arc<watch::Sender<u64>>,
@@ -65,6 +67,7 @@ impl Default for Backends {
     fn default() -> Self {
         Backends {
             state: Arc::default(),
+            http: Arc::default(),
             moved: Arc::default(),
             generation: Arc::new(watch::Sender::new(0)),
         }
@@ -297,7 +300,13 @@ impl Backends {
         loop {
             let attempt = tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                open(&server, &instance, &endpoint, refresh.clone()),
+                open(
+                    self.http.get_or_init(http_client).clone(),
+                    &server,
+                    &instance,
+                    &endpoint,
+                    refresh.clone(),
+                ),
             );
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -374,7 +383,24 @@ impl ClientHandler for Listener {
     }
 }
 
+/// One HTTP client for every backend session. Left to itself, rmcp builds a client per
+/// session, and each one reads the system's CA bundle: with three servers that was 10 MiB
+/// of idle RSS and a first sync seven times slower (BENCHMARKS.md, "Start-up and idle
+/// memory"). Backends are plain HTTP on 127.0.0.1, so this one trusts no root at all.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        // As rmcp's own client: a reused connection whose last body was not read to the
+        // end stalls ~40 ms on delayed ACKs.
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_certs_only([])
+        .build()
+        .unwrap_or_default()
+}
+
 async fn open(
+    http: reqwest::Client,
     server: &str,
     instance: &str,
     endpoint: &str,
@@ -387,7 +413,7 @@ async fn open(
         refresh,
     };
     let session = listener
-        .serve(StreamableHttpClientTransport::from_config(config))
+        .serve(StreamableHttpClientTransport::with_client(http, config))
         .await
         .map_err(|e| crate::error_text::chain(&e))?;
     let peer = session.peer().clone();
