@@ -43,6 +43,17 @@ pub struct Backend {
     _session: Arc<RunningService<RoleClient, Listener>>,
 }
 
+impl Backend {
+    /// The tools served under `server`'s names, each with its gateway name; a tool whose
+    /// gateway name another of its tools took (see `naming`) is left out.
+    pub fn served<'a>(&'a self, server: &'a str) -> impl Iterator<Item = (String, &'a Tool)> {
+        self.tools.iter().filter_map(move |tool| {
+            let name = super::naming::qualified(server, &tool.name);
+            (self.names.backend(&name) == Some(tool.name.as_ref())).then_some((name, tool))
+        })
+    }
+}
+
 /// The backends by server id, the calls in flight by instance, and the generation of what
 /// the backends offer.
 #[derive(Clone)]
@@ -215,10 +226,11 @@ impl Backends {
         self.changed();
     }
 
-    fn retain(&self, wanted: impl Fn(&str, &Backend) -> bool) {
+    /// Keeps the backends of the servers `wanted` names.
+    fn retain(&self, wanted: impl Fn(&str) -> bool) {
         let mut state = self.state();
         let before = state.current.len();
-        state.current.retain(|id, b| wanted(id, b));
+        state.current.retain(|id, _| wanted(id));
         let removed = state.current.len() != before;
         drop(state);
         if removed {
@@ -245,7 +257,7 @@ impl Backends {
             // A server that left the manifest takes its backend with it. One that is still
             // listed keeps its last session (and tools) until a new instance replaces it,
             // so its tools stay listed and its calls get a clear answer.
-            self.retain(|id, _| in_view.contains(id));
+            self.retain(|id| in_view.contains(id));
             connecting.retain(|server, (instance, stop)| {
                 let keep = wanted.get(server).is_some_and(|(i, _)| i == instance);
                 if !keep {
@@ -278,8 +290,10 @@ impl Backends {
                             connecting.remove(&server);
                         }
                     }
+                    // Not awaited here: a slow backend must not hold up following the
+                    // fleet (and with it every other server's switch and drain).
                     Refresh::ListChanged { server, instance } => {
-                        self.clone().relist(server, instance).await;
+                        tokio::spawn(self.clone().relist(server, instance));
                     }
                 },
             }

@@ -12,7 +12,7 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceError};
 use serde_json::json;
 
 use super::backends::Backends;
-use super::naming::{qualified, server_of};
+use super::naming::server_of;
 use super::route::{Route, route};
 use crate::fleet::Control;
 
@@ -41,25 +41,20 @@ impl Gateway {
             if !in_view.contains(&server) {
                 continue;
             }
-            for tool in &backend.tools {
-                let name = qualified(&server, &tool.name);
-                // A clash left out (see `naming`) is not served.
-                if backend.names.backend(&name) != Some(tool.name.as_ref()) {
-                    continue;
-                }
+            tools.extend(backend.served(&server).map(|(name, tool)| {
                 let mut tool = tool.clone();
                 tool.name = name.into();
-                tools.push(tool);
-            }
+                tool
+            }));
         }
         tools
     }
 
-    /// The gateway names of `server`'s tools.
+    /// The gateway names of the tools `server` contributes.
     fn tools_of(&self, server: &str) -> Vec<String> {
         self.backends
             .get(server)
-            .map(|b| b.tools.iter().map(|t| qualified(server, &t.name)).collect())
+            .map(|b| b.served(server).map(|(name, _)| name).collect())
             .unwrap_or_default()
     }
 }
