@@ -384,6 +384,13 @@ pub async fn run(
     let gateway_backends = settings
         .gateway_listen
         .map(|_| crate::gateway::Backends::default());
+    // The tool-set guard lists tools with the same HTTP client as the gateway's sessions.
+    executor = executor.with_tool_guard(crate::gateway::tool_lister(
+        gateway_backends
+            .as_ref()
+            .map(crate::gateway::Backends::http)
+            .unwrap_or_default(),
+    ));
     if let Some(backends) = &gateway_backends
         && settings.gateway_urls.is_empty()
     {

@@ -119,6 +119,22 @@ fn print_rollout(detail: &RolloutDetail) {
     if let Some(reason) = &r.reason {
         outln!("reason   {}", reason.replace('\n', "\n         "));
     }
+    if let Some(diff) = &r.tool_diff {
+        outln!("\ntools:");
+        if diff.added.is_empty() && diff.removed.is_empty() && diff.changed.is_empty() {
+            outln!("  the same as the running version");
+        }
+        for name in &diff.added {
+            outln!("  + {name}");
+        }
+        for name in &diff.removed {
+            outln!("  - {name}");
+        }
+        for change in &diff.changed {
+            let kind = if change.breaking { "! " } else { "~ " };
+            outln!("  {kind}{}  {}", change.name, change.why.join("; "));
+        }
+    }
     outln!("\ntimeline:");
     for s in &detail.steps {
         outln!(

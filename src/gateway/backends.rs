@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::client::SharedHttp;
 use super::naming::Names;
 use crate::fleet::FleetView;
 
@@ -59,8 +60,8 @@ impl Backend {
 #[derive(Clone)]
 pub struct Backends {
     state: Arc<Mutex<State>>,
-    /// The HTTP client of every backend session (see [`http_client`]).
-    http: Arc<std::sync::OnceLock<reqwest::Client>>,
+    /// The HTTP client of every backend session.
+    http: SharedHttp,
     /// Woken when a backend is installed or a call ends (drains wait on it).
     moved: Arc<Notify>,
     generation: Arc<watch::Sender<u64>>,
@@ -78,7 +79,7 @@ impl Default for Backends {
     fn default() -> Self {
         Backends {
             state: Arc::default(),
-            http: Arc::default(),
+            http: SharedHttp::default(),
             moved: Arc::default(),
             generation: Arc::new(watch::Sender::new(0)),
         }
@@ -136,6 +137,11 @@ impl std::fmt::Display for Drained {
 impl Backends {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The HTTP client the backend sessions share (the tool-set guard lists with it).
+    pub fn http(&self) -> SharedHttp {
+        self.http.clone()
     }
 
     /// The backend serving `server` now.
@@ -315,7 +321,7 @@ impl Backends {
             let attempt = tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 open(
-                    self.http.get_or_init(http_client).clone(),
+                    self.http.get(),
                     &server,
                     &instance,
                     &endpoint,
@@ -395,22 +401,6 @@ impl ClientHandler for Listener {
             instance: self.instance.clone(),
         });
     }
-}
-
-/// One HTTP client for every backend session. Left to itself, rmcp builds a client per
-/// session, and each one reads the system's CA bundle: with three servers that was 10 MiB
-/// of idle RSS and a first sync seven times slower (BENCHMARKS.md, "Start-up and idle
-/// memory"). Backends are plain HTTP on 127.0.0.1, so this one trusts no root at all.
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        // As rmcp's own client: a reused connection whose last body was not read to the
-        // end stalls ~40 ms on delayed ACKs.
-        .pool_max_idle_per_host(0)
-        .redirect(reqwest::redirect::Policy::none())
-        .tls_certs_only([])
-        .build()
-        .unwrap_or_default()
 }
 
 async fn open(

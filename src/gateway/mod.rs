@@ -5,11 +5,14 @@
 //! - `backends`: the gateway's own session with each running instance, opened before the
 //!   instance replaces its predecessor in the gateway, and the tools it offers;
 //! - `service`: the MCP server clients talk to (rmcp, streamable HTTP);
+//! - `client`: the HTTP client every backend session shares, and the tool listing of the
+//!   rollouts' tool-set guard;
 //! - `naming`, `route`: the pure rules.
 //!
 //! The gateway reads the fleet view and decides nothing about deploying.
 
 mod backends;
+mod client;
 pub mod naming;
 mod route;
 mod service;
@@ -23,6 +26,7 @@ use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 
 pub use backends::{Backends, Drained, InFlight};
+pub use client::{SharedHttp, tool_lister};
 pub use route::{Route, Unavailable, route};
 pub use service::Gateway;
 

@@ -57,6 +57,7 @@ pub const POLICY_FIELDS: &[&str] = &[
     "rollback_on_failure",
     "notification_channel",
     "progress_deadline_seconds",
+    "allow_breaking_tool_changes",
 ];
 
 /// Decodes the whole document. Servers with problems are still returned (with defaults in
@@ -654,6 +655,7 @@ pub fn update_policy<'a>(
     let auto_update = flag(d, "auto_update", strategy != VersionStrategy::Pinned);
     let allow_prerelease = flag(d, "allow_prerelease", false);
     let rollback_on_failure = flag(d, "rollback_on_failure", true);
+    let allow_breaking_tool_changes = flag(d, "allow_breaking_tool_changes", false);
     let constraint = obj.get("constraint").and_then(|n| {
         let p = join(path, "constraint");
         let text = d.string(n, &p)?;
@@ -712,6 +714,7 @@ pub fn update_policy<'a>(
             rollback_on_failure,
             notification_channel,
             progress_deadline_seconds,
+            allow_breaking_tool_changes,
         },
         obj,
     ))

@@ -23,7 +23,8 @@ fn update_policy() -> Value {
             "allow_prerelease": { "type": "boolean", "default": false },
             "rollback_on_failure": { "type": "boolean", "default": true },
             "notification_channel": { "type": "string", "pattern": "^https?://", "description": "A URL that receives a JSON POST when a rollout fails or is rolled back." },
-            "progress_deadline_seconds": { "type": "number", "exclusiveMinimum": 0, "default": 120 }
+            "progress_deadline_seconds": { "type": "number", "exclusiveMinimum": 0, "default": 120 },
+            "allow_breaking_tool_changes": { "type": "boolean", "default": false, "description": "Let through a version that removes a tool or whose input schema refuses calls the running version accepted (the tool-set guard)." }
         }
     })
 }

@@ -262,6 +262,9 @@ pub struct UpdatePolicy {
     pub rollback_on_failure: bool,
     pub notification_channel: Option<String>,
     pub progress_deadline_seconds: f64,
+    /// Lets a version through the tool-set guard that removes a tool or refuses calls
+    /// the running version accepted.
+    pub allow_breaking_tool_changes: bool,
 }
 
 impl UpdatePolicy {
@@ -275,6 +278,7 @@ impl UpdatePolicy {
             rollback_on_failure: true,
             notification_channel: None,
             progress_deadline_seconds: 120.0,
+            allow_breaking_tool_changes: false,
         }
     }
 

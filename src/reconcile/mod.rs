@@ -1,5 +1,6 @@
 //! Converging the fleet: which version each server runs (`select`, pure), what should run
-//! (`desired`, pure), what to change (`plan`, pure), and carrying a plan out (`execute`),
+//! (`desired`, pure), what to change (`plan`, pure), whether a version's tools break
+//! clients (`toolset`, pure), and carrying a plan out (`execute`),
 //! serialized per server and concurrent across servers.
 //!
 //! `select`, `desired` and `plan` never do I/O; `execute` never decides what should run.
@@ -8,6 +9,7 @@ pub mod desired;
 pub mod execute;
 pub mod plan;
 pub mod select;
+pub mod toolset;
 
 pub use desired::{Desired, DesiredProblem, desired_state};
 pub use plan::{Action, Plan, plan};

@@ -116,6 +116,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 5: reading one server's events without scanning the whole log.
     "CREATE INDEX events_by_server ON events (server_id, id);",
+    // 6: the tool-set guard's comparison of a rollout's versions (JSON `ToolDiff`).
+    "ALTER TABLE rollouts ADD COLUMN tool_diff TEXT;",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -182,6 +182,27 @@ pub struct RolloutRecord {
     pub digest: Option<String>,
     /// The version a failed rollout restored.
     pub rolled_back_to: Option<String>,
+    /// How the new version's tools differ from the running version's (the tool-set guard);
+    /// absent when nothing was compared.
+    pub tool_diff: Option<ToolDiff>,
+}
+
+/// How a version's tools differ from its predecessor's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ToolDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<ToolChange>,
+}
+
+/// One tool offered by both versions, but not the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ToolChange {
+    pub name: String,
+    /// Whether a call valid before may now be refused.
+    pub breaking: bool,
+    /// What changed, e.g. "`times` is now required".
+    pub why: Vec<String>,
 }
 
 /// A version that failed its health gate on a server: not tried again until the server's

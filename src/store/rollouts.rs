@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{
     NewRollout, RolloutAction, RolloutEnd, RolloutOutcome, RolloutProbe, RolloutRecord,
-    RolloutStep, Store, StoreError, events, parse_ts, req_ts, ts,
+    RolloutStep, Store, StoreError, ToolDiff, events, parse_ts, req_ts, ts,
 };
 
 impl Store {
@@ -144,7 +144,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, run_id, server_id, trigger, action, from_version, to_version, image, command, revision,
-                    strategy, started_at, finished_at, outcome, reason, instance_id, endpoint, digest, rolled_back_to
+                    strategy, started_at, finished_at, outcome, reason, instance_id, endpoint, digest, rolled_back_to, tool_diff
              FROM rollouts WHERE (?1 IS NULL OR server_id = ?1) AND (?3 IS NULL OR id = ?3)
              ORDER BY id DESC LIMIT ?2",
         )?;
@@ -173,6 +173,7 @@ impl Store {
                         r.get::<_, Option<String>>(16)?,
                         r.get::<_, Option<String>>(17)?,
                         r.get::<_, Option<String>>(18)?,
+                        r.get::<_, Option<String>>(19)?,
                     ),
                 ))
             })?
@@ -193,6 +194,7 @@ impl Store {
                         endpoint,
                         digest,
                         rolled_back_to,
+                        tool_diff,
                     ),
                 )| {
                     Ok(RolloutRecord {
@@ -215,6 +217,9 @@ impl Store {
                         endpoint,
                         digest,
                         rolled_back_to,
+                        // Written by this agent; one it cannot read is shown as absent
+                        // rather than failing the whole history.
+                        tool_diff: tool_diff.and_then(|t| serde_json::from_str(&t).ok()),
                     })
                 },
             )
@@ -239,6 +244,14 @@ impl Store {
         self.conn()
             .prepare_cached("UPDATE rollouts SET digest = ?2 WHERE id = ?1")?
             .execute(params![id, digest])?;
+        Ok(())
+    }
+
+    pub fn set_rollout_tool_diff(&self, id: i64, diff: &ToolDiff) -> Result<(), StoreError> {
+        let text = serde_json::to_string(diff).unwrap_or_default();
+        self.conn()
+            .prepare_cached("UPDATE rollouts SET tool_diff = ?2 WHERE id = ?1")?
+            .execute(params![id, text])?;
         Ok(())
     }
 

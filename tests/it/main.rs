@@ -24,5 +24,6 @@ mod schemathesis;
 mod store_faults;
 mod support;
 mod tidy;
+mod tool_guard;
 mod upgrades;
 mod validate;

@@ -18,6 +18,7 @@ pub const POLICY_FILE_FIELDS: &[&str] = &[
     "rollback_on_failure",
     "notification_channel",
     "progress_deadline_seconds",
+    "allow_breaking_tool_changes",
 ];
 
 /// Shipped with the binary so the agent works without a checkout of this repository.

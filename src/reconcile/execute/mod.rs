@@ -10,6 +10,7 @@
 
 mod error;
 mod gate;
+mod guard;
 mod record;
 mod rollout;
 
@@ -25,6 +26,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::desired::Desired;
 use super::plan::{Action, Plan};
+use super::toolset::ToolShape;
 use crate::health::Prober;
 use crate::redact::Redactor;
 use crate::runtime::{Instance, Runtime, RuntimeError};
@@ -89,6 +91,8 @@ pub struct Executor {
     pub drain: Duration,
     /// Says when the old instances may stop, instead of waiting `drain` in full.
     drain_hook: Option<DrainHook>,
+    /// Lists a server's tools for the tool-set guard; without it there is no guard.
+    tool_lister: Option<ToolLister>,
     /// Told about each rollout's phases: the health monitor steps aside while a rollout
     /// owns a server, and a new instance is published before the old one is stopped.
     on_phase: Option<PhaseHook>,
@@ -149,6 +153,13 @@ pub struct DrainRequest {
     pub max: Duration,
 }
 
+/// Lists the tools of the MCP server at a URL (`http://127.0.0.1:PORT/mcp`).
+pub type ToolLister = Arc<
+    dyn Fn(String) -> futures::future::BoxFuture<'static, Result<Vec<ToolShape>, String>>
+        + Send
+        + Sync,
+>;
+
 pub type DrainHook =
     Arc<dyn Fn(DrainRequest) -> futures::future::BoxFuture<'static, String> + Send + Sync>;
 
@@ -163,6 +174,7 @@ impl Executor {
             stop_grace: Duration::from_secs(10),
             drain: Duration::from_secs(2),
             drain_hook: None,
+            tool_lister: None,
             on_phase: None,
             redactor: Redactor::default(),
         }
@@ -173,6 +185,13 @@ impl Executor {
     /// flight have finished.
     pub fn with_drain(mut self, hook: DrainHook) -> Executor {
         self.drain_hook = Some(hook);
+        self
+    }
+
+    /// Holds back a version whose tools break clients (see `guard`), listing tools with
+    /// `lister`.
+    pub fn with_tool_guard(mut self, lister: ToolLister) -> Executor {
+        self.tool_lister = Some(lister);
         self
     }
 

@@ -96,6 +96,9 @@ impl Executor {
             )
             .await;
         }
+        let tools_before = self
+            .tools_before(desired, previous.as_ref(), action, id)
+            .await;
         if strategy == Strategy::StopThenStart {
             for old in from {
                 if let Err(e) = self.retire(old).await {
@@ -157,7 +160,7 @@ impl Executor {
                 crate::error_text::chain(&e)
             )),
         };
-        let (why, instance) = match started {
+        let (why, instance, gate) = match started {
             Ok(instance) => match self.health_gate(desired, &instance, id).await {
                 Ok(()) => {
                     self.step(
@@ -169,45 +172,49 @@ impl Executor {
                         )),
                     )
                     .await;
-                    self.phase(
-                        desired.server_id(),
-                        RolloutPhase::Switched(&instance, desired),
-                    );
-                    if strategy == Strategy::Beside {
-                        if from.iter().any(Instance::is_running) && !self.drain.is_zero() {
-                            self.drain_old(id, desired.server_id(), &instance, from)
+                    if let Err(why) = self.tool_guard(desired, tools_before, &instance, id).await {
+                        (why, Some(instance), "tool-set guard")
+                    } else {
+                        self.phase(
+                            desired.server_id(),
+                            RolloutPhase::Switched(&instance, desired),
+                        );
+                        if strategy == Strategy::Beside {
+                            if from.iter().any(Instance::is_running) && !self.drain.is_zero() {
+                                self.drain_old(id, desired.server_id(), &instance, from)
+                                    .await;
+                            }
+                            for old in from {
+                                if let Err(e) = self.retire(old).await {
+                                    warn!(instance = %old.id, error = %e, "cannot remove the old instance; the next sync retries");
+                                }
+                            }
+                            if !from.is_empty() {
+                                self.step(
+                                    id,
+                                    "switched",
+                                    Some(format!(
+                                        "now serving {}; the old instance is stopped",
+                                        desired.spec.version
+                                    )),
+                                )
                                 .await;
-                        }
-                        for old in from {
-                            if let Err(e) = self.retire(old).await {
-                                warn!(instance = %old.id, error = %e, "cannot remove the old instance; the next sync retries");
                             }
                         }
-                        if !from.is_empty() {
-                            self.step(
-                                id,
-                                "switched",
-                                Some(format!(
-                                    "now serving {}; the old instance is stopped",
-                                    desired.spec.version
-                                )),
-                            )
+                        self.record_end(id, RolloutOutcome::Succeeded, None, Some(&instance), None)
                             .await;
-                        }
+                        info!(version = %desired.spec.version, endpoint = instance.base_url().unwrap_or_default(), "rolled out");
+                        return Ok(instance);
                     }
-                    self.record_end(id, RolloutOutcome::Succeeded, None, Some(&instance), None)
-                        .await;
-                    info!(version = %desired.spec.version, endpoint = instance.base_url().unwrap_or_default(), "rolled out");
-                    return Ok(instance);
                 }
-                Err(why) => (why, Some(instance)),
+                Err(why) => (why, Some(instance), "health gate"),
             },
-            Err(why) => (why, None),
+            Err(why) => (why, None, "health gate"),
         };
 
         // The gate failed: gather what explains it, then clean up the new instance.
         let mut reason = format!(
-            "{} {} failed its health gate: {why}",
+            "{} {} failed its {gate}: {why}",
             desired.server_id(),
             desired.spec.version
         );
@@ -308,8 +315,6 @@ impl Executor {
         Err(ExecuteError::Failed(reason))
     }
 
-    /// Restores `old` after a failed rollout and checks it is healthy again; returns the
-    /// version restored.
     /// Lets the old instances serve until they may stop: until the drain hook (the
     /// gateway) says so, at most `drain`; without a hook, `drain` in full.
     async fn drain_old(&self, id: Option<i64>, server: &str, new: &Instance, old: &[Instance]) {
@@ -348,6 +353,8 @@ impl Executor {
         .await;
     }
 
+    /// Restores `old` after a failed rollout and checks it is healthy again; returns the
+    /// version restored.
     async fn roll_back(
         &self,
         desired: &Desired,
