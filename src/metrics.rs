@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bucket upper bounds, in seconds, shared by every histogram here.
 const BOUNDS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.00025, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// A Prometheus histogram of durations.
@@ -47,16 +47,43 @@ impl Histogram {
     /// Appends the histogram in the text exposition format.
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        self.render_samples(out, name, None);
+    }
+
+    /// Appends the histogram's samples, labelled `label="value"` when given (the family's
+    /// `HELP` and `TYPE` are the caller's, written once for every label value).
+    pub fn render_samples(&self, out: &mut String, name: &str, label: Option<(&str, &str)>) {
+        let label = label
+            .map(|(l, v)| format!("{l}=\"{}\",", escape(v)))
+            .unwrap_or_default();
         let mut cumulative = 0;
         for (i, bound) in BOUNDS.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{label}le=\"{bound}\"}} {cumulative}");
         }
         cumulative += self.buckets[BOUNDS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{{label}le=\"+Inf\"}} {cumulative}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {}", self.count());
+        let plain = label.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {}",
+            self.count()
+        );
     }
+}
+
+/// A label value in the text format's escaping.
+pub fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Appends a gauge or counter family with one sample per label value.
@@ -70,11 +97,7 @@ pub fn render_family(
 ) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (value, n) in samples {
-        let escaped = value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = writeln!(out, "{name}{{{label}=\"{escaped}\"}} {n}");
+        let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape(value));
     }
 }
 
@@ -97,6 +120,16 @@ mod tests {
         assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 5\n"), "{out}");
         assert!(out.contains("x_seconds_count 5\n"), "{out}");
         assert!(out.contains("x_seconds_sum 100.2065\n"), "{out}");
+        let mut labelled = String::new();
+        h.render_samples(&mut labelled, "x_seconds", Some(("backend", "a")));
+        assert!(
+            labelled.contains("x_seconds_bucket{backend=\"a\",le=\"+Inf\"} 5\n"),
+            "{labelled}"
+        );
+        assert!(
+            labelled.contains("x_seconds_count{backend=\"a\"} 5\n"),
+            "{labelled}"
+        );
     }
 
     #[test]

@@ -17,8 +17,14 @@ pub struct Schemas {
     generator: SchemaGenerator,
 }
 
+impl Default for Schemas {
+    fn default() -> Self {
+        Schemas::new()
+    }
+}
+
 impl Schemas {
-    fn new() -> Schemas {
+    pub fn new() -> Schemas {
         let generator = SchemaSettings::draft2020_12()
             .with(|s| {
                 s.definitions_path = "/components/schemas".into();
@@ -31,6 +37,11 @@ impl Schemas {
     /// A `$ref` to `T`'s schema (added to `components/schemas`).
     pub fn schema<T: JsonSchema>(&mut self) -> Value {
         self.generator.subschema_for::<T>().to_value()
+    }
+
+    /// Every schema referenced so far, for `components/schemas`.
+    pub fn definitions(mut self) -> Map<String, Value> {
+        self.generator.take_definitions(true)
     }
 
     /// The query parameters a handler deserialises `T` from, one per field.
@@ -198,7 +209,7 @@ pub fn document() -> Value {
             .or_insert_with(|| json!({}));
         entry[route.method.as_str().to_ascii_lowercase()] = operation;
     }
-    let schemas = schemas.generator.take_definitions(true);
+    let schemas = schemas.definitions();
     json!({
         "openapi": "3.1.0",
         "info": {

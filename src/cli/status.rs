@@ -103,7 +103,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
 }
 
 fn print_server(s: &ServerView) {
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 16] = [
         ("id", s.id.clone()),
         ("state", s.state.clone()),
         ("desired_version", s.desired_version.clone()),
@@ -114,6 +114,7 @@ fn print_server(s: &ServerView) {
         ("update_available", or_dash(s.update_available.as_ref())),
         ("pinned_version", or_dash(s.pinned_version.as_ref())),
         ("endpoint", or_dash(s.endpoint.as_ref())),
+        ("gateway_tools", or_dash(s.gateway_tools)),
         ("transport", s.transport.as_str().to_owned()),
         ("instance_id", or_dash(s.instance_id.as_ref())),
         ("revision", or_dash(s.revision.as_ref())),
@@ -137,13 +138,14 @@ fn print_fleet(client: &Client, fleet: &FleetView) {
                 s.desired_version.clone(),
                 or_dash(s.running_version.as_ref()),
                 or_dash(s.endpoint.as_ref()),
+                or_dash(s.gateway_tools),
                 first_line(s.reason.as_deref()),
             ]
         })
         .collect();
     output::table(
         &[
-            "SERVER", "STATE", "HEALTH", "DESIRED", "RUNNING", "ENDPOINT", "REASON",
+            "SERVER", "STATE", "HEALTH", "DESIRED", "RUNNING", "ENDPOINT", "TOOLS", "REASON",
         ],
         &rows,
     );

@@ -59,6 +59,9 @@ pub struct Control {
     /// instances from it).
     desired: RwLock<BTreeMap<String, Desired>>,
     triggers: mpsc::Sender<Trigger>,
+    /// How many tools each server contributes through the gateway, as the gateway last
+    /// listed them (empty while it is off).
+    gateway_tools: std::sync::RwLock<BTreeMap<String, usize>>,
 }
 
 impl Control {
@@ -78,6 +81,7 @@ impl Control {
             tasks,
             desired: RwLock::default(),
             triggers,
+            gateway_tools: Default::default(),
         }
     }
 
@@ -114,12 +118,14 @@ impl Control {
     /// The fleet with each server's live health from the monitor.
     pub fn fleet_live(&self) -> FleetView {
         let mut fleet = self.fleet();
+        let tools = self.gateway_tools.read().unwrap_or_else(|p| p.into_inner());
         for s in &mut fleet.servers {
             if let Some(h) = self.monitor.get(&s.id) {
                 s.health = Some(h.state);
                 s.health_since = Some(h.since);
                 s.health_reason = h.cause;
             }
+            s.gateway_tools = tools.get(&s.id).copied();
         }
         fleet
     }
@@ -133,7 +139,21 @@ impl Control {
             s.health_since = Some(h.since);
             s.health_reason = h.cause;
         }
+        s.gateway_tools = self
+            .gateway_tools
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied();
         Some(s)
+    }
+
+    /// What the gateway serves now: the number of tools per server.
+    pub fn set_gateway_tools(&self, counts: BTreeMap<String, usize>) {
+        *self
+            .gateway_tools
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = counts;
     }
 
     /// Whether `server` is one of the applied manifest's.

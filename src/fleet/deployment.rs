@@ -116,6 +116,7 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
             health: None,
             health_since: None,
             health_reason: None,
+            gateway_tools: None,
         });
     }
 
@@ -224,6 +225,7 @@ mod tests {
                 health: None,
                 health_since: None,
                 health_reason: None,
+                gateway_tools: None,
             }],
             ..FleetView::default()
         };

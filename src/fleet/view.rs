@@ -45,6 +45,10 @@ pub struct ServerView {
     pub health_since: Option<Timestamp>,
     /// What caused the last health transition.
     pub health_reason: Option<String>,
+    /// How many tools it contributes through the agent's gateway; absent while the gateway
+    /// is off or has not listed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_tools: Option<usize>,
 }
 
 /// The fleet after the last sync.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, Tool};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::common::client_side_sse::ExponentialBackoff;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
 use tokio::sync::{Notify, mpsc, watch};
@@ -37,6 +38,8 @@ pub struct Backend {
     pub instance_id: String,
     pub endpoint: String,
     pub peer: Peer<RoleClient>,
+    /// The MCP revision the backend agreed on with the gateway.
+    pub protocol_version: Option<String>,
     /// The backend's tools under their own names.
     pub tools: Vec<Tool>,
     pub names: Names,
@@ -163,6 +166,41 @@ impl Backends {
             instance: backend.instance_id.clone(),
         };
         Some((backend, guard))
+    }
+
+    /// How many calls are in flight on `instance`.
+    pub fn in_flight(&self, instance: &str) -> usize {
+        self.state().in_flight.get(instance).copied().unwrap_or(0)
+    }
+
+    /// The backend that replaced `instance` as `server`'s, checked out like [`checkout`],
+    /// once there is one; `None` after `max`.
+    ///
+    /// [`checkout`]: Backends::checkout
+    pub async fn successor(
+        &self,
+        server: &str,
+        instance: &str,
+        max: Duration,
+    ) -> Option<(Backend, InFlight)> {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            let replaced = self
+                .state()
+                .current
+                .get(server)
+                .is_some_and(|b| b.instance_id != instance);
+            if replaced {
+                return self.checkout(server);
+            }
+            tokio::select! {
+                _ = moved => {}
+                _ = tokio::time::sleep_until(deadline) => return None,
+            }
+        }
     }
 
     /// Waits until `server` is served by `new_instance` and none of `old_instances` has a
@@ -410,7 +448,16 @@ async fn open(
     endpoint: &str,
     refresh: mpsc::UnboundedSender<Refresh>,
 ) -> Result<Backend, String> {
-    let config = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
+    let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
+    // rmcp resumes a call's broken answer stream forever by default, so a call to an
+    // instance that died mid-call would never be answered: try three times in ~1.4 s.
+    let mut resume = ExponentialBackoff::default();
+    resume.max_times = Some(3);
+    resume.base_duration = Duration::from_millis(200);
+    resume.max_delay = Some(Duration::from_secs(1));
+    config.retry_config = Arc::new(resume);
+    // Every client's calls to this server share this one session.
+    config.max_concurrent_requests = 256;
     let listener = Listener {
         server: server.to_owned(),
         instance: instance.to_owned(),
@@ -430,6 +477,7 @@ async fn open(
     Ok(Backend {
         instance_id: instance.to_owned(),
         endpoint: endpoint.to_owned(),
+        protocol_version: peer.peer_info().map(|i| i.protocol_version.to_string()),
         peer,
         tools,
         names,

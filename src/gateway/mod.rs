@@ -7,15 +7,19 @@
 //! - `service`: the MCP server clients talk to (rmcp, streamable HTTP);
 //! - `client`: the HTTP client every backend session shares, and the tool listing of the
 //!   rollouts' tool-set guard;
+//! - `status`: `GET /backends`, `/backends/{id}/health`, `/health` and `/metrics` on the
+//!   gateway's listener, with the counts `metrics` keeps;
 //! - `naming`, `route`: the pure rules.
 //!
 //! The gateway reads the fleet view and decides nothing about deploying.
 
 mod backends;
 mod client;
+mod metrics;
 pub mod naming;
 mod route;
 mod service;
+mod status;
 
 use std::sync::Arc;
 
@@ -29,6 +33,7 @@ pub use backends::{Backends, Drained, InFlight};
 pub use client::{SharedHttp, tool_lister};
 pub use route::{Route, Unavailable, route};
 pub use service::Gateway;
+pub use status::{BackendHealth, BackendView, BackendsView, GatewayHealth};
 
 use crate::fleet::Control;
 
@@ -40,8 +45,9 @@ pub struct Access {
     pub keys: Vec<String>,
 }
 
-/// The gateway's router: `/mcp` and an open `GET /health`. Spawns the task that follows
-/// the fleet, ended by `shutdown` like the sessions.
+/// The gateway's router: `/mcp`, the read routes (`status`), and an open `GET /health`
+/// and `GET /openapi.json`.
+/// Spawns the task that follows the fleet, ended by `shutdown` like the sessions.
 pub fn router(
     control: Arc<Control>,
     backends: Backends,
@@ -54,18 +60,56 @@ pub fn router(
             .clone()
             .follow(control.view.subscribe(), shutdown.clone()),
     );
-    let gateway = Gateway::new(control, backends);
-    let mcp = service::http_service(gateway, access.keys_required, shutdown);
+    tasks.spawn(count_tools(
+        control.clone(),
+        backends.clone(),
+        shutdown.clone(),
+    ));
+    let metrics = Arc::new(metrics::GatewayMetrics::default());
+    let sessions = Arc::new(service::Sessions::default());
+    let gateway = Gateway::new(control.clone(), backends.clone(), metrics.clone());
+    let mcp = service::http_service(gateway, sessions.clone(), access.keys_required, shutdown);
+    let gauges = status::Gauges {
+        control,
+        backends,
+        metrics,
+        sessions,
+        started: std::time::Instant::now(),
+    };
+    use axum::routing::get;
     Router::new()
         .nest_service("/mcp", mcp)
+        .route("/backends", get(status::backends))
+        .route("/backends/{id}/health", get(status::backend_health))
+        .route("/metrics", get(status::metrics))
+        .with_state(gauges.clone())
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),
             require_key,
         ))
-        .route(
-            "/health",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "healthy"})) }),
-        )
+        .route("/health", get(status::health).with_state(gauges))
+        .route("/openapi.json", get(status::openapi))
+}
+
+/// Tells the control layer how many tools each server contributes (`status` shows it),
+/// whenever what the backends offer changes.
+async fn count_tools(control: Arc<Control>, backends: Backends, shutdown: CancellationToken) {
+    let mut generation = backends.watch();
+    loop {
+        let counts = backends
+            .all()
+            .into_iter()
+            .map(|(server, backend)| {
+                let n = backend.served(&server).count();
+                (server, n)
+            })
+            .collect();
+        control.set_gateway_tools(counts);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = generation.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 async fn require_key(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
@@ -75,5 +119,64 @@ async fn require_key(State(access): State<Arc<Access>>, req: Request, next: Next
     match crate::api::check_key(req.headers(), &access.keys) {
         Ok(()) => next.run(req).await,
         Err(refused) => *refused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service::never_delivered;
+    use super::*;
+    use rmcp::model::{CallToolRequestParams, ServerCapabilities, ServerConfig};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    use rmcp::{ServerHandler, ServiceExt};
+
+    #[derive(Clone)]
+    struct Empty;
+
+    impl ServerHandler for Empty {
+        fn get_info(&self) -> ServerConfig {
+            ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        }
+    }
+
+    /// A real MCP server on 127.0.0.1 with a real session, then the server goes away: a
+    /// call on that session is one the backend never saw, which the gateway may send to
+    /// the instance that replaced it.
+    #[tokio::test]
+    async fn a_call_to_a_closed_port_is_known_never_to_have_been_delivered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let mcp = StreamableHttpService::new(
+            || Ok(Empty),
+            Arc::new(service::Sessions::default()),
+            StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+        );
+        let app = Router::new().nest_service("/mcp", mcp);
+        let server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let transport = StreamableHttpClientTransport::with_client(
+            SharedHttp::default().get(),
+            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp")),
+        );
+        let session = ().serve(transport).await.expect("a session");
+        session.peer().list_all_tools().await.expect("tools listed");
+
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        let e = session
+            .peer()
+            .call_tool_once(CallToolRequestParams::new("anything"))
+            .await
+            .expect_err("nobody listens");
+        assert!(never_delivered(&e), "{e:?}");
+        assert!(!never_delivered(&rmcp::ServiceError::TransportClosed));
     }
 }

@@ -160,6 +160,7 @@ mod tests {
             health,
             health_since: Some(Timestamp::UNIX_EPOCH),
             health_reason: Some("HTTP 503\nmore".into()),
+            gateway_tools: None,
         }
     }
 

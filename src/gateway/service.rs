@@ -12,9 +12,14 @@ use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceError};
 use serde_json::json;
 
 use super::backends::Backends;
+use super::metrics::{GatewayMetrics, Outcome};
 use super::naming::server_of;
 use super::route::{Route, route};
 use crate::fleet::Control;
+
+/// How long a call that could not reach its instance waits for the gateway to switch to
+/// the instance that replaces it.
+const REROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 const INSTRUCTIONS: &str = "The mcp-orchestration gateway: the tools of every MCP server \
     of this fleet, named {server}_{tool}. A tool whose server is down answers \
@@ -25,11 +30,16 @@ const INSTRUCTIONS: &str = "The mcp-orchestration gateway: the tools of every MC
 pub struct Gateway {
     control: Arc<Control>,
     backends: Backends,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl Gateway {
-    pub fn new(control: Arc<Control>, backends: Backends) -> Gateway {
-        Gateway { control, backends }
+    pub fn new(control: Arc<Control>, backends: Backends, metrics: Arc<GatewayMetrics>) -> Gateway {
+        Gateway {
+            control,
+            backends,
+            metrics,
+        }
     }
 
     /// Every tool the gateway serves, under its gateway name: the tools of each server of
@@ -130,11 +140,15 @@ impl ServerHandler for Gateway {
             return Err(unknown());
         }
         let warning = match route(&view) {
-            Route::Unhealthy(why) => return Ok(why.answer(self.tools_of(server)).into()),
+            Route::Unhealthy(why) => {
+                self.metrics.call(server, Outcome::BackendUnhealthy, None);
+                return Ok(why.answer(self.tools_of(server)).into());
+            }
             Route::Call { warning, .. } => warning,
         };
-        let (Some((backend, _in_flight)), Some(backend_name)) = (checked_out, backend_name) else {
+        let (Some((backend, in_flight)), Some(backend_name)) = (checked_out, backend_name) else {
             // Running, but its session is not open yet (it just started).
+            self.metrics.call(server, Outcome::BackendUnavailable, None);
             return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                 "BACKEND_UNAVAILABLE: the gateway has no session with '{server}' yet; retry in a moment"
             ))])
@@ -144,8 +158,43 @@ impl ServerHandler for Gateway {
         if let Some(arguments) = request.arguments {
             params = params.with_arguments(arguments);
         }
-        match backend.peer.call_tool_once(params).await {
+        let started = std::time::Instant::now();
+        let answer = match backend.peer.call_tool_once(params.clone()).await {
+            Err(e) if never_delivered(&e) => {
+                // The instance's port is closed: it stopped (a drain that ran out) or died.
+                // The call cannot have run, so it goes once to the instance that replaced
+                // it, if the gateway switches within a moment.
+                drop(in_flight);
+                match self
+                    .backends
+                    .successor(server, &backend.instance_id, REROUTE_WAIT)
+                    .await
+                {
+                    Some((next, _in_flight)) => {
+                        self.metrics.rerouted();
+                        next.peer.call_tool_once(params).await
+                    }
+                    None => {
+                        self.metrics.call(server, Outcome::Unreachable, None);
+                        return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                            "BACKEND_UNREACHABLE: the call did not reach '{server}' (it was not run): {}",
+                            crate::error_text::chain(&e)
+                        ))])
+                        .into());
+                    }
+                }
+            }
+            other => other,
+        };
+        let took = Some(started.elapsed());
+        match answer {
             Ok(CallToolResponse::Complete(mut result)) => {
+                let outcome = if result.is_error == Some(true) {
+                    Outcome::ToolError
+                } else {
+                    Outcome::Ok
+                };
+                self.metrics.call(server, outcome, took);
                 if let Some(warning) = warning {
                     let meta = result.meta.get_or_insert_with(MetaObject::new);
                     meta.0
@@ -153,16 +202,51 @@ impl ServerHandler for Gateway {
                 }
                 Ok(result.into())
             }
-            Ok(other) => Ok(other),
+            Ok(other) => {
+                self.metrics.call(server, Outcome::Ok, took);
+                Ok(other)
+            }
             // The backend's own protocol error (bad arguments...) reaches the client as is.
-            Err(ServiceError::McpError(e)) => Err(e),
-            Err(e) => Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                "BACKEND_UNREACHABLE: '{server}' did not answer: {}",
-                crate::error_text::chain(&e)
-            ))])
-            .into()),
+            Err(ServiceError::McpError(e)) => {
+                self.metrics.call(server, Outcome::ProtocolError, took);
+                Err(e)
+            }
+            Err(e) => {
+                self.metrics.call(server, Outcome::Unreachable, None);
+                Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "BACKEND_UNREACHABLE: '{server}' did not answer; the call may or may not have run: {}",
+                    crate::error_text::chain(&e)
+                ))])
+                .into())
+            }
         }
     }
+}
+
+/// Whether a request failed before it reached the backend: its connection was refused.
+/// rmcp hands the HTTP client's error back inside its transport error, without a source
+/// chain through it, so each level is looked at.
+pub(super) fn never_delivered(e: &ServiceError) -> bool {
+    use rmcp::transport::streamable_http_client::StreamableHttpError;
+    let ServiceError::TransportSend(e) = e else {
+        return false;
+    };
+    let mut level: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());
+    while let Some(err) = level {
+        if let Some(StreamableHttpError::Client(http)) =
+            err.downcast_ref::<StreamableHttpError<reqwest::Error>>()
+        {
+            return http.is_connect();
+        }
+        if let Some(http) = err.downcast_ref::<reqwest::Error>() {
+            return http.is_connect();
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        level = err.source();
+    }
+    false
 }
 
 impl Gateway {
@@ -174,15 +258,22 @@ impl Gateway {
     }
 }
 
-/// What `/mcp` on the gateway's listener is.
-pub type HttpService = rmcp::transport::streamable_http_server::StreamableHttpService<
-    Gateway,
-    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
->;
+/// The client sessions of the gateway's `/mcp`.
+pub type Sessions = rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 
-/// The gateway's `/mcp`; cancelling `shutdown` ends every session.
+/// How many client sessions are open.
+pub async fn open_sessions(sessions: &Sessions) -> usize {
+    sessions.sessions.read().await.len()
+}
+
+/// What `/mcp` on the gateway's listener is.
+pub type HttpService =
+    rmcp::transport::streamable_http_server::StreamableHttpService<Gateway, Sessions>;
+
+/// The gateway's `/mcp` over `sessions`; cancelling `shutdown` ends every session.
 pub fn http_service(
     gateway: Gateway,
+    sessions: Arc<Sessions>,
     any_host: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> HttpService {
@@ -195,7 +286,7 @@ pub fn http_service(
     }
     rmcp::transport::streamable_http_server::StreamableHttpService::new(
         move || Ok(gateway.clone()),
-        Arc::new(Default::default()),
+        sessions,
         config,
     )
 }

@@ -170,6 +170,87 @@ async fn one_endpoint_serves_every_servers_tools_and_routes_around_an_unhealthy_
         json!(["alpha_echo", "alpha_server_version", "alpha_sleep"])
     );
     assert!(detail["suggested_action"].is_string(), "{detail}");
+    // The gateway's own view says the same.
+    let base = gateway.trim_end_matches("/mcp");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &str| {
+        let request = http.get(format!("{base}{path}"));
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let (status, body) = get("/backends/alpha/health").await;
+    assert_eq!(status, 200, "{body}");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["routable"], false, "{h}");
+    assert_eq!(h["status"], "unhealthy", "{h}");
+    assert_eq!(h["affected_tools"], detail["affected_tools"], "{h}");
+    let (_, body) = get("/backends/beta/health").await;
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&h["routable"], &h["status"]),
+        (&json!(true), &json!("healthy")),
+        "{h}"
+    );
+    let (status, body) = get("/backends/delta/health").await;
+    assert_eq!(status, 404, "{body}");
+    let (_, body) = get("/backends").await;
+    let all: Value = serde_json::from_str(&body).unwrap();
+    let backends = all["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3, "{all}");
+    let beta = backends.iter().find(|b| b["id"] == "beta").unwrap();
+    assert_eq!(beta["routable"], true);
+    assert_eq!(beta["version"], "1.0.0");
+    assert_eq!(beta["calls_in_flight"], 0);
+    assert_eq!(
+        beta["calls"]["ok"], 1,
+        "one call to beta_echo so far: {beta}"
+    );
+    assert!(beta["protocol_version"].is_string(), "{beta}");
+    assert_eq!(
+        beta["tools"],
+        json!(["beta_echo", "beta_server_version", "beta_sleep"])
+    );
+    let alpha_view = backends.iter().find(|b| b["id"] == "alpha").unwrap();
+    assert_eq!(alpha_view["routable"], false, "{alpha_view}");
+    assert!(alpha_view["calls"]["backend_unhealthy"].as_u64().unwrap() >= 1);
+    let (_, health) = get("/health").await;
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(
+        (&health["backends"], &health["routable"]),
+        (&json!(3), &json!(2))
+    );
+    assert_eq!(health["sessions"], 1, "{health}");
+    let (_, metrics) = get("/metrics").await;
+    assert!(
+        metrics
+            .contains("mcp_orchestration_gateway_calls_total{backend=\"beta\",outcome=\"ok\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "mcp_orchestration_gateway_call_duration_seconds_count{backend=\"beta\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mcp_orchestration_gateway_sessions 1\n"),
+        "{metrics}"
+    );
+    let (_, doc) = get("/openapi.json").await;
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    for path in ["/backends", "/backends/{id}/health", "/health", "/metrics"] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} documented");
+    }
+    assert!(doc["components"]["schemas"]["BackendView"].is_object());
+    // `status` counts the tools each server contributes.
+    let (_, fleet) = agent.get("/servers").await;
+    for s in fleet["servers"].as_array().unwrap() {
+        assert_eq!(s["gateway_tools"], 3, "{s}");
+    }
     // Still listed, so clients that ignore list_changed get the clear answer.
     assert_eq!(names(&client.list_all_tools().await.unwrap()), expected);
     for id in ["beta", "gamma"] {
@@ -521,4 +602,71 @@ async fn calls_in_flight_survive_an_upgrade_and_a_restart_without_a_single_failu
         "{drained}"
     );
     Arc::try_unwrap(client).ok().unwrap().cancel().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_dies_mid_call_gets_the_call_answered_and_its_replacement_the_next() {
+    let repo = ManifestRepo::new();
+    let text_of = manifest(&["phoenix"]).replace(
+        "recovery: { max_attempts: 1, backoff_seconds: 600 }",
+        "recovery: { max_attempts: 3, backoff_seconds: 0.1 }",
+    );
+    repo.push_manifest(&text_of, "phoenix");
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let first = agent.wait_running("phoenix", "1.0.0", DEADLINE).await;
+    let gateway = agent.gateway.clone().unwrap();
+    let base = gateway.trim_end_matches("/mcp").to_owned();
+    let client = Arc::new(client(&gateway).await);
+    eventually(DEADLINE, "phoenix's tools to be listed", || async {
+        (client.list_all_tools().await.ok()?.len() == 3).then_some(())
+    })
+    .await;
+
+    // A call in flight when its instance dies is answered (not left hanging forever),
+    // and says it may or may not have run.
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { call(&client, "phoenix_sleep", json!({ "ms": 30000 })).await }
+    });
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    eventually(DEADLINE, "the call to be in flight", || async {
+        let v: Value = http
+            .get(format!("{base}/backends"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["backends"][0]["calls_in_flight"] == 1).then_some(())
+    })
+    .await;
+    admin(first["endpoint"].as_str().unwrap(), "/admin/exit/1").await;
+    let answered = tokio::time::timeout(Duration::from_secs(20), in_flight)
+        .await
+        .expect("the call in flight is answered once its backend died")
+        .unwrap();
+    assert_eq!(answered.is_error, Some(true), "{answered:?}");
+    assert!(
+        text(&answered).starts_with(
+            "BACKEND_UNREACHABLE: 'phoenix' did not answer; the call may or may not have run"
+        ),
+        "{answered:?}"
+    );
+
+    // Recovery replaces it; the same client session reaches the new instance.
+    eventually(DEADLINE, "calls to reach the replacement", || async {
+        let r = call(&client, "phoenix_echo", json!({ "text": "again" })).await;
+        (r.is_error != Some(true) && text(&r) == "again").then_some(())
+    })
+    .await;
+    let now = agent.server("phoenix").await.unwrap();
+    assert_ne!(now["instance_id"], first["instance_id"], "{now}");
 }
