@@ -1,23 +1,26 @@
 //! The gateway's side of each backend: one MCP client session per running instance, owned
-//! by the gateway (never by a client), and the tools that instance offers.
+//! by the gateway (never by a client), and the tools, prompts, resources and resource
+//! templates that instance offers.
 //!
 //! It follows the fleet view. When a server's instance changes (a rollout switched, a
 //! recovery replaced it), a session with the new instance is opened and its tools listed
 //! *before* it replaces the old one, which keeps serving calls meanwhile; a server gone
-//! from the view is dropped with its session. A backend's `tools/list_changed` lists its
-//! tools again. Every change of what is offered bumps the catalog's generation, which the
+//! from the view is dropped with its session. A backend's `list_changed` (of any kind)
+//! lists everything again. Every change of what is offered bumps the catalog's generation, which the
 //! client sessions watch to send their own `list_changed`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, Tool};
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, Implementation, Prompt, Resource, ResourceTemplate, Tool,
+};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::ExponentialBackoff;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, Peer, RoleClient, ServiceError, ServiceExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -43,6 +46,11 @@ pub struct Backend {
     /// The backend's tools under their own names.
     pub tools: Vec<Tool>,
     pub names: Names,
+    /// Its prompts, resources and resource templates (empty when it offers none).
+    pub prompts: Vec<Prompt>,
+    pub prompt_names: Names,
+    pub resources: Vec<Resource>,
+    pub templates: Vec<ResourceTemplate>,
     /// Kept so the session lives as long as the backend is current.
     _session: Arc<RunningService<RoleClient, Listener>>,
 }
@@ -56,6 +64,55 @@ impl Backend {
             (self.names.backend(&name) == Some(tool.name.as_ref())).then_some((name, tool))
         })
     }
+}
+
+impl Backend {
+    /// The prompts served under `server`'s names, each with its gateway name.
+    pub fn served_prompts<'a>(
+        &'a self,
+        server: &'a str,
+    ) -> impl Iterator<Item = (String, &'a Prompt)> {
+        self.prompts.iter().filter_map(move |prompt| {
+            let name = super::naming::qualified(server, &prompt.name);
+            (self.prompt_names.backend(&name) == Some(prompt.name.as_str()))
+                .then_some((name, prompt))
+        })
+    }
+}
+
+/// What a backend offers, listed in one go.
+struct Offer {
+    tools: Vec<Tool>,
+    prompts: Vec<Prompt>,
+    resources: Vec<Resource>,
+    templates: Vec<ResourceTemplate>,
+}
+
+/// Lists everything `peer` offers; prompts and resources only when it says it has them.
+async fn list_offer(peer: &Peer<RoleClient>) -> Result<Offer, ServiceError> {
+    let capabilities = peer.peer_info().map(|i| i.capabilities.clone());
+    let has =
+        |f: fn(&rmcp::model::ServerCapabilities) -> bool| capabilities.as_ref().is_some_and(f);
+    let tools = peer.list_all_tools().await?;
+    let prompts = if has(|c| c.prompts.is_some()) {
+        peer.list_all_prompts().await?
+    } else {
+        Vec::new()
+    };
+    let (resources, templates) = if has(|c| c.resources.is_some()) {
+        (
+            peer.list_all_resources().await?,
+            peer.list_all_resource_templates().await?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(Offer {
+        tools,
+        prompts,
+        resources,
+        templates,
+    })
 }
 
 /// The backends by server id, the calls in flight by instance, and the generation of what
@@ -388,26 +445,35 @@ impl Backends {
         }
     }
 
-    /// Lists `server`'s tools again after its `list_changed`, if `instance` still serves.
+    /// Lists what `server` offers again after its `list_changed`, if `instance` still
+    /// serves.
     async fn relist(self, server: String, instance: String) {
         let Some(backend) = self.get(&server).filter(|b| b.instance_id == instance) else {
             return;
         };
-        match backend.peer.list_all_tools().await {
-            Ok(tools) => {
-                let (names, clashes) = name_tools(&server, &tools);
+        match list_offer(&backend.peer).await {
+            Ok(offer) => {
+                let (names, clashes) = name_tools(&server, &offer.tools);
+                let (prompt_names, _) =
+                    Names::of(&server, offer.prompts.iter().map(|p| p.name.as_str()));
                 let mut state = self.state();
                 if let Some(b) = state.current.get_mut(&server)
                     && b.instance_id == instance
                 {
-                    b.tools = tools;
+                    b.tools = offer.tools;
                     b.names = names;
+                    b.prompts = offer.prompts;
+                    b.prompt_names = prompt_names;
+                    b.resources = offer.resources;
+                    b.templates = offer.templates;
                 }
                 drop(state);
                 report_clashes(&server, &clashes);
                 self.changed();
             }
-            Err(e) => warn!(%server, error = %e, "cannot list the backend's tools again"),
+            Err(e) => {
+                warn!(%server, error = %crate::error_text::chain(&e), "cannot list what the backend offers again")
+            }
         }
     }
 }
@@ -425,6 +491,15 @@ pub struct Listener {
     refresh: mpsc::UnboundedSender<Refresh>,
 }
 
+impl Listener {
+    fn relist(&self) {
+        let _ = self.refresh.send(Refresh::ListChanged {
+            server: self.server.clone(),
+            instance: self.instance.clone(),
+        });
+    }
+}
+
 impl ClientHandler for Listener {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(
@@ -434,10 +509,15 @@ impl ClientHandler for Listener {
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        let _ = self.refresh.send(Refresh::ListChanged {
-            server: self.server.clone(),
-            instance: self.instance.clone(),
-        });
+        self.relist();
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relist();
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.relist();
     }
 }
 
@@ -468,19 +548,23 @@ async fn open(
         .await
         .map_err(|e| crate::error_text::chain(&e))?;
     let peer = session.peer().clone();
-    let tools = peer
-        .list_all_tools()
+    let offer = list_offer(&peer)
         .await
         .map_err(|e| crate::error_text::chain(&e))?;
-    let (names, clashes) = name_tools(server, &tools);
+    let (names, clashes) = name_tools(server, &offer.tools);
     report_clashes(server, &clashes);
+    let (prompt_names, _) = Names::of(server, offer.prompts.iter().map(|p| p.name.as_str()));
     Ok(Backend {
         instance_id: instance.to_owned(),
         endpoint: endpoint.to_owned(),
         protocol_version: peer.peer_info().map(|i| i.protocol_version.to_string()),
         peer,
-        tools,
+        tools: offer.tools,
         names,
+        prompts: offer.prompts,
+        prompt_names,
+        resources: offer.resources,
+        templates: offer.templates,
         _session: Arc::new(session),
     })
 }

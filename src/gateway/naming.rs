@@ -10,6 +10,10 @@
 //!   of the backend's name, and `kept` is the backend's name with every character outside
 //!   `[a-zA-Z0-9_-]` replaced by `-`, cut so that the whole is 64 characters long.
 //!
+//! Resources and resource templates keep their URIs, prefixed so that a read finds its
+//! server: `mcp-orchestration://{server_id}/{uri}` (RFC 6570 keeps every character of
+//! that prefix literal, so a template stays a template).
+//!
 //! Two of one server's names can still meet (a backend may name a tool exactly like
 //! another tool's shortened name): [`Names`] keeps the first in the backend's order and
 //! reports the other, which the catalog leaves out with a warning rather than serving two
@@ -62,6 +66,21 @@ pub fn server_of(qualified: &str) -> Option<&str> {
         .split_once('_')
         .map(|(server, _)| server)
         .filter(|s| !s.is_empty())
+}
+
+/// The scheme and authority marker of the gateway's resource URIs.
+const URI_PREFIX: &str = "mcp-orchestration://";
+
+/// The gateway's URI (or URI template) for `server`'s resource `uri`.
+pub fn resource_uri(server: &str, uri: &str) -> String {
+    format!("{URI_PREFIX}{server}/{uri}")
+}
+
+/// The server and the backend's own URI of a gateway resource URI.
+pub fn split_resource_uri(uri: &str) -> Option<(&str, &str)> {
+    uri.strip_prefix(URI_PREFIX)?
+        .split_once('/')
+        .filter(|(server, _)| !server.is_empty())
 }
 
 /// One server's names, gateway name → backend name.
@@ -126,6 +145,23 @@ mod tests {
         assert!(dotted.starts_with("files_read-file-"), "{dotted}");
         assert_ne!(dotted, qualified("files", "read-file"));
         assert_eq!(server_of(&dotted), Some("files"));
+    }
+
+    #[test]
+    fn a_resource_uri_names_its_server_and_keeps_the_backends_uri() {
+        let uri = resource_uri("files", "file:///etc/hosts");
+        assert_eq!(uri, "mcp-orchestration://files/file:///etc/hosts");
+        assert_eq!(
+            split_resource_uri(&uri),
+            Some(("files", "file:///etc/hosts"))
+        );
+        let template = resource_uri("ex", "example://echo/{text}");
+        assert_eq!(
+            split_resource_uri(&template),
+            Some(("ex", "example://echo/{text}"))
+        );
+        assert_eq!(split_resource_uri("file:///etc/hosts"), None);
+        assert_eq!(split_resource_uri("mcp-orchestration:///x"), None);
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! The gateway's MCP server: every backend's tools under one endpoint, each call routed by
-//! the backend's health (see `route`).
+//! The gateway's MCP server: every backend's tools, prompts, resources and resource
+//! templates under one endpoint, each request routed by the backend's health (see
+//! `route`).
 
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, MetaObject, PaginatedRequestParams, Prompt,
+    ReadResourceRequestParams, ReadResourceResponse, Resource, ResourceContents, ResourceTemplate,
+    ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceError};
@@ -13,7 +17,7 @@ use serde_json::json;
 
 use super::backends::Backends;
 use super::metrics::{GatewayMetrics, Outcome};
-use super::naming::server_of;
+use super::naming::{qualified, resource_uri, server_of, split_resource_uri};
 use super::route::{Route, route};
 use crate::fleet::Control;
 
@@ -21,8 +25,12 @@ use crate::fleet::Control;
 /// the instance that replaces it.
 const REROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-const INSTRUCTIONS: &str = "The mcp-orchestration gateway: the tools of every MCP server \
-    of this fleet, named {server}_{tool}. A tool whose server is down answers \
+/// How often a client session's notification task looks whether the session ended.
+const SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+const INSTRUCTIONS: &str = "The mcp-orchestration gateway: the tools and prompts of every \
+    MCP server of this fleet, named {server}_{name}, and its resources under \
+    mcp-orchestration://{server}/{uri}. A tool whose server is down answers \
     BACKEND_UNHEALTHY with the server, since when, and what to do.";
 
 /// One client session's handler; clones share the control layer and the backends.
@@ -67,6 +75,118 @@ impl Gateway {
             .map(|b| b.served(server).map(|(name, _)| name).collect())
             .unwrap_or_default()
     }
+
+    /// The backends of the servers in the fleet view, by server id.
+    fn in_view(&self) -> Vec<(String, super::backends::Backend)> {
+        let in_view = self.control.view.server_ids();
+        let mut all = self.backends.all();
+        all.retain(|(server, _)| in_view.contains(server));
+        all
+    }
+
+    /// Every prompt, under its gateway name.
+    fn prompts(&self) -> Vec<Prompt> {
+        let mut prompts = Vec::new();
+        for (server, backend) in self.in_view() {
+            prompts.extend(backend.served_prompts(&server).map(|(name, prompt)| {
+                let mut prompt = prompt.clone();
+                prompt.name = name;
+                prompt
+            }));
+        }
+        prompts
+    }
+
+    /// Every resource, under its gateway URI and name.
+    fn resources(&self) -> Vec<Resource> {
+        let mut resources = Vec::new();
+        for (server, backend) in self.in_view() {
+            resources.extend(backend.resources.iter().map(|r| {
+                let mut r = r.clone();
+                r.uri = resource_uri(&server, &r.uri);
+                r.name = qualified(&server, &r.name);
+                r
+            }));
+        }
+        resources
+    }
+
+    /// Every resource template, under its gateway URI template and name.
+    fn templates(&self) -> Vec<ResourceTemplate> {
+        let mut templates = Vec::new();
+        for (server, backend) in self.in_view() {
+            templates.extend(backend.templates.iter().map(|t| {
+                let mut t = t.clone();
+                t.uri_template = resource_uri(&server, &t.uri_template);
+                t.name = qualified(&server, &t.name);
+                t
+            }));
+        }
+        templates
+    }
+
+    /// What a client sees, per kind, to tell when each changed.
+    fn seen(&self) -> Seen {
+        Seen {
+            tools: self.catalog_names(),
+            prompts: self.prompts().into_iter().map(|p| p.name).collect(),
+            resources: self
+                .resources()
+                .into_iter()
+                .map(|r| r.uri)
+                .chain(self.templates().into_iter().map(|t| t.uri_template))
+                .collect(),
+        }
+    }
+
+    /// The backend to send a prompt or resource request for `server` to, or the error
+    /// that says why there is none.
+    fn reachable(
+        &self,
+        server: &str,
+        unknown: impl Fn() -> ErrorData,
+    ) -> Result<(super::backends::Backend, super::backends::InFlight), ErrorData> {
+        let view = self.control.server_live(server).ok_or_else(&unknown)?;
+        if let Route::Unhealthy(why) = route(&view) {
+            let answer = why.answer(self.tools_of(server));
+            let text = serde_json::to_value(&answer.content).unwrap_or_default()[0]["text"]
+                .as_str()
+                .unwrap_or("BACKEND_UNHEALTHY")
+                .to_owned();
+            return Err(ErrorData::internal_error(text, answer.structured_content));
+        }
+        self.backends.checkout(server).ok_or_else(|| {
+            ErrorData::internal_error(
+                format!(
+                    "BACKEND_UNAVAILABLE: the gateway has no session with '{server}' yet; retry in a moment"
+                ),
+                Some(json!({ "error": "BACKEND_UNAVAILABLE", "backend": server })),
+            )
+        })
+    }
+}
+
+/// The names (or URIs) a client was last shown.
+#[derive(PartialEq)]
+struct Seen {
+    tools: Vec<String>,
+    prompts: Vec<String>,
+    resources: Vec<String>,
+}
+
+/// A backend's error for a prompt or resource request, as the client gets it: its own
+/// protocol error as is, a transport failure in words.
+fn relay(server: &str, e: ServiceError) -> ErrorData {
+    match e {
+        ServiceError::McpError(e) => e,
+        e => ErrorData::internal_error(
+            format!(
+                "BACKEND_UNREACHABLE: '{server}' did not answer: {}",
+                crate::error_text::chain(&e)
+            ),
+            Some(json!({ "error": "BACKEND_UNREACHABLE", "backend": server })),
+        ),
+    }
 }
 
 impl ServerHandler for Gateway {
@@ -75,6 +195,10 @@ impl ServerHandler for Gateway {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
                 .build(),
         )
         .with_server_info(Implementation::new(
@@ -90,20 +214,133 @@ impl ServerHandler for Gateway {
         let mut generation = self.backends.watch();
         let gateway = self.clone();
         tokio::spawn(async move {
-            let mut seen: Vec<String> = gateway.catalog_names();
-            while generation.changed().await.is_ok() {
+            let mut seen = gateway.seen();
+            let mut check = tokio::time::interval(SESSION_CHECK);
+            loop {
+                tokio::select! {
+                    changed = generation.changed() => if changed.is_err() { return },
+                    // A session that ended takes its task with it, without waiting for
+                    // the next change.
+                    _ = check.tick() => {
+                        if peer.is_transport_closed() { return }
+                        continue;
+                    }
+                }
                 // Changes come in bursts (a switch relists a server): debounce.
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 generation.borrow_and_update();
-                let now = gateway.catalog_names();
-                if now != seen {
-                    seen = now;
-                    if peer.notify_tool_list_changed().await.is_err() {
-                        return;
+                let now = gateway.seen();
+                let sent = async {
+                    if now.tools != seen.tools {
+                        peer.notify_tool_list_changed().await?;
                     }
+                    if now.prompts != seen.prompts {
+                        peer.notify_prompt_list_changed().await?;
+                    }
+                    if now.resources != seen.resources {
+                        peer.notify_resource_list_changed().await?;
+                    }
+                    Ok::<(), ServiceError>(())
+                };
+                if sent.await.is_err() {
+                    return;
                 }
+                seen = now;
             }
         });
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(self.prompts()))
+    }
+
+    async fn get_prompt(
+        &self,
+        mut request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let name = request.name.clone();
+        let unknown = || {
+            ErrorData::invalid_params(
+                format!("unknown prompt `{name}`: prompts/list names the prompts of this gateway"),
+                Some(json!({ "prompt": name })),
+            )
+        };
+        let server = server_of(&name).ok_or_else(unknown)?;
+        let (backend, _in_flight) = self.reachable(server, unknown)?;
+        request.name = backend
+            .prompt_names
+            .backend(&name)
+            .ok_or_else(unknown)?
+            .to_owned();
+        backend
+            .peer
+            .get_prompt_once(request)
+            .await
+            .map_err(|e| relay(server, e))
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(self.resources()))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            self.templates(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        mut request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri.clone();
+        let unknown = || {
+            ErrorData::resource_not_found(
+                format!(
+                    "no resource `{uri}`: resources/list and resources/templates/list name the resources of this gateway"
+                ),
+                Some(json!({ "uri": uri })),
+            )
+        };
+        let (server, own) = split_resource_uri(&uri).ok_or_else(unknown)?;
+        let (backend, _in_flight) = self.reachable(server, unknown)?;
+        request.uri = own.to_owned();
+        let answer = backend
+            .peer
+            .read_resource_once(request)
+            .await
+            .map_err(|e| relay(server, e))?;
+        // The contents name the URI the client asked for, not the backend's.
+        Ok(match answer {
+            ReadResourceResponse::Complete(mut result) => {
+                for contents in &mut result.contents {
+                    match contents {
+                        ResourceContents::TextResourceContents { uri, .. }
+                        | ResourceContents::BlobResourceContents { uri, .. } => {
+                            *uri = resource_uri(server, uri);
+                        }
+                        // A kind of contents added later keeps the backend's URI.
+                        _ => {}
+                    }
+                }
+                ReadResourceResponse::Complete(result)
+            }
+            other => other,
+        })
     }
 
     async fn list_tools(

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientCapabilities, ClientConfig,
-    ContentBlock, Implementation, ListToolsResult, PaginatedRequestParams, ServerConfig,
+    ContentBlock, GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ServerConfig,
 };
 use rmcp::service::{
     ClientInitializeError, NotificationContext, RequestContext, ServerInitializeError,
@@ -182,9 +184,15 @@ pub async fn serve_stdio(
 
     let info = match client.peer_info() {
         Some(peer) => {
-            // Only what the bridge forwards: tools (and their `list_changed`).
+            // Only what the bridge forwards: tools, prompts and resources (and their
+            // `list_changed`), without resource subscriptions.
             let mut capabilities = rmcp::model::ServerCapabilities::default();
             capabilities.tools = peer.capabilities.tools.clone();
+            capabilities.prompts = peer.capabilities.prompts.clone();
+            capabilities.resources = peer.capabilities.resources.clone().map(|mut r| {
+                r.subscribe = None;
+                r
+            });
             let mut info = ServerConfig::new(capabilities);
             if let Some(implementation) = peer.server_info.clone() {
                 info = info.with_server_info(implementation);
@@ -253,6 +261,22 @@ impl ClientHandler for Upstream {
             warn!(error = %plain(&e), "cannot tell the stdio client its tools changed");
         }
     }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        if let Some(desktop) = self.desktop.get()
+            && let Err(e) = desktop.notify_prompt_list_changed().await
+        {
+            warn!(error = %plain(&e), "cannot tell the stdio client its prompts changed");
+        }
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        if let Some(desktop) = self.desktop.get()
+            && let Err(e) = desktop.notify_resource_list_changed().await
+        {
+            warn!(error = %plain(&e), "cannot tell the stdio client its resources changed");
+        }
+    }
 }
 
 /// The stdio side: the endpoint's tools, forwarded.
@@ -272,6 +296,19 @@ impl Bridge {
             plain(e)
         )
     }
+
+    /// The endpoint's protocol error as is; a lost connection in words.
+    fn relay(&self, e: ServiceError) -> ErrorData {
+        match e {
+            ServiceError::McpError(e) => e,
+            other => ErrorData::internal_error(self.lost(&other), None),
+        }
+    }
+}
+
+/// Only the cursor travels: the client's own `_meta` belongs to its session with us.
+fn page(request: Option<PaginatedRequestParams>) -> Option<PaginatedRequestParams> {
+    Some(PaginatedRequestParams::default().with_cursor(request.and_then(|r| r.cursor)))
 }
 
 impl ServerHandler for Bridge {
@@ -284,16 +321,67 @@ impl ServerHandler for Bridge {
         request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        // Only the cursor travels: the client's own `_meta` belongs to its session with us.
-        let cursor = request.and_then(|r| r.cursor);
-        let params = PaginatedRequestParams::default().with_cursor(cursor);
         self.agent
-            .list_tools(Some(params))
+            .list_tools(page(request))
             .await
-            .map_err(|e| match e {
-                ServiceError::McpError(e) => e,
-                other => ErrorData::internal_error(self.lost(&other), None),
-            })
+            .map_err(|e| self.relay(e))
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        self.agent
+            .list_prompts(page(request))
+            .await
+            .map_err(|e| self.relay(e))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let mut params = GetPromptRequestParams::new(request.name);
+        params.arguments = request.arguments;
+        self.agent
+            .get_prompt_once(params)
+            .await
+            .map_err(|e| self.relay(e))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        self.agent
+            .list_resources(page(request))
+            .await
+            .map_err(|e| self.relay(e))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        self.agent
+            .list_resource_templates(page(request))
+            .await
+            .map_err(|e| self.relay(e))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        self.agent
+            .read_resource_once(ReadResourceRequestParams::new(request.uri))
+            .await
+            .map_err(|e| self.relay(e))
     }
 
     async fn call_tool(

@@ -88,7 +88,8 @@ fn names(tools: &[Tool]) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn one_endpoint_serves_every_servers_tools_and_routes_around_an_unhealthy_one() {
+async fn one_endpoint_serves_every_servers_tools_prompts_and_resources_and_routes_around_an_unhealthy_one()
+ {
     let ids = ["alpha", "beta", "gamma"];
     let (_repo, agent, gateway) = fleet(&ids, Options::default()).await;
     let client = client(&gateway).await;
@@ -134,6 +135,71 @@ async fn one_endpoint_serves_every_servers_tools_and_routes_around_an_unhealthy_
     assert_eq!(text(&r), "through the gateway");
     let r = call(&client, "gamma_server_version", json!({})).await;
     assert_eq!(text(&r), "1.0.0", "{r:?}");
+
+    // Prompts, resources and templates of every server, named and addressed the same way.
+    let prompts = client.list_all_prompts().await.unwrap();
+    let mut prompt_names: Vec<String> = prompts.iter().map(|p| p.name.clone()).collect();
+    prompt_names.sort();
+    assert_eq!(prompt_names, ["alpha_greet", "beta_greet", "gamma_greet"]);
+    let mut get = rmcp::model::GetPromptRequestParams::new("beta_greet");
+    get.arguments = Some(json!({ "name": "Ada" }).as_object().unwrap().clone());
+    let prompt = client.get_prompt(get).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&prompt.messages).unwrap()[0]["content"]["text"],
+        "Say hello to Ada from example-server 1.0.0."
+    );
+    let resources = client.list_all_resources().await.unwrap();
+    let mut uris: Vec<String> = resources.iter().map(|r| r.uri.clone()).collect();
+    uris.sort();
+    assert_eq!(
+        uris,
+        [
+            "mcp-orchestration://alpha/example://version",
+            "mcp-orchestration://beta/example://version",
+            "mcp-orchestration://gamma/example://version"
+        ]
+    );
+    let read = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "mcp-orchestration://gamma/example://version",
+        ))
+        .await
+        .unwrap();
+    let contents = serde_json::to_value(&read.contents).unwrap();
+    assert_eq!(contents[0]["text"], "1.0.0", "{contents}");
+    assert_eq!(
+        contents[0]["uri"], "mcp-orchestration://gamma/example://version",
+        "the contents name the URI the client asked for"
+    );
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert!(
+        templates
+            .iter()
+            .any(|t| t.uri_template == "mcp-orchestration://beta/example://echo/{text}"),
+        "{templates:?}"
+    );
+    let echoed = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "mcp-orchestration://beta/example://echo/hi",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&echoed.contents).unwrap()[0]["text"],
+        "hi"
+    );
+    let missing = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "file:///etc/passwd",
+        ))
+        .await
+        .expect_err("not a gateway URI");
+    assert!(
+        missing
+            .to_string()
+            .contains("no resource `file:///etc/passwd`"),
+        "{missing}"
+    );
 
     // A name the gateway does not serve is a protocol error that says so.
     let unknown = client
@@ -355,6 +421,9 @@ async fn the_official_python_sdk_lists_and_calls_tools_through_the_gateway() {
         .arg(&gateway)
         .arg("py-b_echo")
         .arg(r#"{"text": "hello from Python"}"#)
+        .arg("py-a_greet")
+        .arg(r#"{"name": "Python"}"#)
+        .arg("mcp-orchestration://py-b/example://version")
         .output()
         .await
         .expect("python runs");
@@ -381,6 +450,20 @@ async fn the_official_python_sdk_lists_and_calls_tools_through_the_gateway() {
         "{v}"
     );
     assert_ne!(v["result"]["isError"], true, "{v}");
+    assert_eq!(v["prompts"], json!(["py-a_greet", "py-b_greet"]), "{v}");
+    assert_eq!(
+        v["prompt"]["messages"][0]["content"]["text"],
+        "Say hello to Python from example-server 1.0.0.",
+        "{v}"
+    );
+    assert_eq!(
+        v["resources"],
+        json!([
+            "mcp-orchestration://py-a/example://version",
+            "mcp-orchestration://py-b/example://version"
+        ])
+    );
+    assert_eq!(v["read"]["contents"][0]["text"], "1.0.0", "{v}");
 }
 
 /// A client that counts `notifications/tools/list_changed`.
@@ -447,6 +530,21 @@ async fn the_stdio_bridge_serves_the_gateway_and_passes_list_changed_on() {
         .await
         .unwrap();
     assert_eq!(text(&r), "over stdio");
+    let read = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(
+            "mcp-orchestration://first/example://version",
+        ))
+        .await
+        .expect("resources pass the bridge");
+    assert_eq!(
+        serde_json::to_value(&read.contents).unwrap()[0]["text"],
+        "1.0.0"
+    );
+    let prompts = client
+        .list_all_prompts()
+        .await
+        .expect("prompts pass the bridge");
+    assert_eq!(prompts[0].name, "first_greet");
 
     // A second server joins: the client hears list_changed through the bridge.
     while changed.try_recv().is_ok() {}

@@ -1,9 +1,10 @@
 """A client nobody here wrote: the official MCP Python SDK (`mcp` on PyPI) lists the
-gateway's tools and calls one.
+gateway's tools, prompts and resources, calls a tool, gets a prompt and reads a resource.
 
-    python gateway_client.py URL TOOL ARGUMENTS_JSON
+    python gateway_client.py URL TOOL ARGUMENTS_JSON PROMPT PROMPT_ARGUMENTS_JSON RESOURCE_URI
 
-Prints one JSON object: the sorted tool names, and the call's result as the SDK parsed it.
+Prints one JSON object: the sorted tool and prompt names and resource URIs, and the
+answers as the SDK parsed them.
 """
 
 import asyncio
@@ -14,24 +15,47 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 
-async def main(url: str, tool: str, arguments: dict) -> None:
+def dump(model) -> dict:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def main(
+    url: str, tool: str, arguments: dict, prompt: str, prompt_arguments: dict, uri: str
+) -> None:
     async with streamable_http_client(url) as streams:
         read, write = streams[0], streams[1]
         async with ClientSession(read, write) as session:
             init = await session.initialize()
             tools = await session.list_tools()
             result = await session.call_tool(tool, arguments)
+            prompts = await session.list_prompts()
+            got = await session.get_prompt(prompt, prompt_arguments)
+            resources = await session.list_resources()
+            contents = await session.read_resource(uri)
             print(
                 json.dumps(
                     {
                         "server": init.server_info.name,
                         "protocol": init.protocol_version,
                         "tools": sorted(t.name for t in tools.tools),
-                        "result": result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                        "result": dump(result),
+                        "prompts": sorted(p.name for p in prompts.prompts),
+                        "prompt": dump(got),
+                        "resources": sorted(str(r.uri) for r in resources.resources),
+                        "read": dump(contents),
                     }
                 )
             )
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+    asyncio.run(
+        main(
+            sys.argv[1],
+            sys.argv[2],
+            json.loads(sys.argv[3]),
+            sys.argv[4],
+            json.loads(sys.argv[5]),
+            sys.argv[6],
+        )
+    )
