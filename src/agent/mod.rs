@@ -479,6 +479,13 @@ pub async fn run(
                     addr: settings.gateway_listen.unwrap_or(settings.listen),
                     source,
                 })?;
+            let sessions = crate::gateway::SessionPlace::in_data_dir(&settings.data_dir).map_err(
+                |source| AgentError::DataFile {
+                    what: "the gateway's session key or sessions",
+                    path: settings.data_dir.join("gateway-sessions"),
+                    source,
+                },
+            )?;
             let router = crate::gateway::router(
                 control.clone(),
                 backends,
@@ -486,6 +493,7 @@ pub async fn run(
                     keys_required: settings.gateway_keys,
                     keys: api_keys_for_gateway,
                 },
+                sessions,
                 &tasks,
                 shutdown.child_token(),
             );

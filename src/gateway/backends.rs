@@ -6,8 +6,8 @@
 //! recovery replaced it), a session with the new instance is opened and its tools listed
 //! *before* it replaces the old one, which keeps serving calls meanwhile; a server gone
 //! from the view is dropped with its session. A backend's `list_changed` (of any kind)
-//! lists everything again. Every change of what is offered bumps the catalog's generation, which the
-//! client sessions watch to send their own `list_changed`.
+//! lists everything again. Every change of what is offered bumps the catalog's generation,
+//! which the client sessions watch to send their own `list_changed`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

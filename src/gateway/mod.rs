@@ -9,6 +9,8 @@
 //!   rollouts' tool-set guard;
 //! - `status`: `GET /backends`, `/backends/{id}/health`, `/health` and `/metrics` on the
 //!   gateway's listener, with the counts `metrics` keeps;
+//! - `sessions`: signed client session ids and their parameters in the data dir, so a
+//!   client's session outlives the agent;
 //! - `naming`, `route`: the pure rules.
 //!
 //! The gateway reads the fleet view and decides nothing about deploying.
@@ -19,6 +21,7 @@ mod metrics;
 pub mod naming;
 mod route;
 mod service;
+mod sessions;
 mod status;
 
 use std::sync::Arc;
@@ -45,6 +48,23 @@ pub struct Access {
     pub keys: Vec<String>,
 }
 
+/// Where client sessions live: in the data dir, so they outlive the agent (see
+/// `sessions`).
+pub struct SessionPlace {
+    key: sessions::SessionKey,
+    files: sessions::SessionFiles,
+}
+
+impl SessionPlace {
+    /// Sessions kept in `data_dir`: the key in `gateway-session.key`, each session's
+    /// parameters under `gateway-sessions/`.
+    pub fn in_data_dir(data_dir: &std::path::Path) -> std::io::Result<SessionPlace> {
+        let key = sessions::SessionKey::load_or_create(&data_dir.join("gateway-session.key"))?;
+        let files = sessions::SessionFiles::open(data_dir.join("gateway-sessions"), key.clone())?;
+        Ok(SessionPlace { key, files })
+    }
+}
+
 /// The gateway's router: `/mcp`, the read routes (`status`), and an open `GET /health`
 /// and `GET /openapi.json`.
 /// Spawns the task that follows the fleet, ended by `shutdown` like the sessions.
@@ -52,6 +72,7 @@ pub fn router(
     control: Arc<Control>,
     backends: Backends,
     access: Access,
+    sessions: SessionPlace,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) -> Router {
@@ -66,9 +87,16 @@ pub fn router(
         shutdown.clone(),
     ));
     let metrics = Arc::new(metrics::GatewayMetrics::default());
-    let sessions = Arc::new(service::Sessions::default());
+    let store = Arc::new(sessions.files);
+    let sessions = Arc::new(service::Sessions::new(sessions.key));
     let gateway = Gateway::new(control.clone(), backends.clone(), metrics.clone());
-    let mcp = service::http_service(gateway, sessions.clone(), access.keys_required, shutdown);
+    let mcp = service::http_service(
+        gateway,
+        sessions.clone(),
+        store,
+        access.keys_required,
+        shutdown,
+    );
     let gauges = status::Gauges {
         control,
         backends,
@@ -153,7 +181,7 @@ mod tests {
         let stop = CancellationToken::new();
         let mcp = StreamableHttpService::new(
             || Ok(Empty),
-            Arc::new(service::Sessions::default()),
+            Arc::new(rmcp::transport::streamable_http_server::session::local::LocalSessionManager::default()),
             StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
         );
         let app = Router::new().nest_service("/mcp", mcp);

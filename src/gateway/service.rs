@@ -495,22 +495,23 @@ impl Gateway {
     }
 }
 
-/// The client sessions of the gateway's `/mcp`.
-pub type Sessions = rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+pub use super::sessions::SignedSessions as Sessions;
 
 /// How many client sessions are open.
 pub async fn open_sessions(sessions: &Sessions) -> usize {
-    sessions.sessions.read().await.len()
+    sessions.open().await
 }
 
 /// What `/mcp` on the gateway's listener is.
 pub type HttpService =
     rmcp::transport::streamable_http_server::StreamableHttpService<Gateway, Sessions>;
 
-/// The gateway's `/mcp` over `sessions`; cancelling `shutdown` ends every session.
+/// The gateway's `/mcp` over `sessions`, which `store` lets outlive the agent; cancelling
+/// `shutdown` ends every session.
 pub fn http_service(
     gateway: Gateway,
     sessions: Arc<Sessions>,
+    store: Arc<super::sessions::SessionFiles>,
     any_host: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> HttpService {
@@ -521,6 +522,7 @@ pub fn http_service(
     if any_host {
         config = config.disable_allowed_hosts();
     }
+    config.session_store = Some(store);
     rmcp::transport::streamable_http_server::StreamableHttpService::new(
         move || Ok(gateway.clone()),
         sessions,

@@ -81,6 +81,17 @@ fn start_agent(
     log: &str,
     runtime: Runtime,
 ) -> AgentProcess {
+    start_agent_with_gateway(repo, data, log, runtime, None)
+}
+
+/// An agent whose gateway listens on `gateway` (a port), else on any free port.
+fn start_agent_with_gateway(
+    repo: &ManifestRepo,
+    data: &std::path::Path,
+    log: &str,
+    runtime: Runtime,
+    gateway: Option<u16>,
+) -> AgentProcess {
     std::fs::create_dir_all(data).expect("data dir");
     let trust = data.join("../trust.yaml");
     let t = test_trust();
@@ -103,7 +114,10 @@ fn start_agent(
             "60s",
         ])
         // Not the default 127.0.0.1:7071: agents of tests running at once would share it.
-        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env(
+            "MCP_ORCHESTRATION_GATEWAY_LISTEN",
+            format!("127.0.0.1:{}", gateway.unwrap_or(0)),
+        )
         .arg("--repo")
         .arg(repo.remote())
         .arg("--data-dir")
@@ -273,6 +287,142 @@ async fn kill_9_mid_apply(runtime: Runtime) {
         ]
     );
     drop(agent);
+}
+
+/// The gateway's client sessions outlive the agent: after `kill -9` and a restart on the
+/// same data dir, a client's next request on its old session id is served (the session is
+/// rebuilt from what the data dir kept), and an id the agent never signed is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_session_survives_kill_9_of_the_agent() {
+    use rmcp::ServiceExt;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let id = format!("crash-gw-{}", std::process::id());
+    let repo = ManifestRepo::new();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let _logs = LogsOnPanic(root.path().to_owned());
+    let _fleet = FleetGuard(data.clone(), Runtime::Process);
+    repo.push_manifest(&process_manifest(&[(&id, "7.2.0")]), "one server");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let agent = start_agent_with_gateway(&repo, &data, "agent1.log", Runtime::Process, Some(port));
+
+    // A real client that does not start a new session by itself when the gateway forgets
+    // its session (rmcp would, by default).
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
+    config.reinit_on_expired_session = false;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    eventually(Duration::from_secs(30), "the gateway to listen", || async {
+        http.get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let client = ()
+        .serve(StreamableHttpClientTransport::with_client(
+            http.clone(),
+            config,
+        ))
+        .await
+        .expect("a session with the gateway");
+    let echo = format!("{id}_echo");
+    let call = |text: &'static str| {
+        let params = rmcp::model::CallToolRequestParams::new(echo.clone()).with_arguments(
+            serde_json::json!({ "text": text })
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let peer = client.peer().clone();
+        async move { peer.call_tool(params).await }
+    };
+    let answer_text = |r: &rmcp::model::CallToolResult| {
+        serde_json::to_value(&r.content).unwrap()[0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "a call through the gateway",
+        || async {
+            let r = call("before").await.ok()?;
+            (answer_text(&r) == "before").then_some(())
+        },
+    )
+    .await;
+    // The same session, by hand, as a second client would hold it.
+    let initialize = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": { "name": "by-hand", "version": "0" } }
+    });
+    let opened = http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    drop(opened);
+    let list = |session: String| {
+        http.post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&serde_json::json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }))
+            .send()
+    };
+
+    let mut agent = agent;
+    agent.child.kill().expect("kill -9");
+    agent.child.wait().expect("reaped");
+    drop(agent);
+    let _agent = start_agent_with_gateway(&repo, &data, "agent2.log", Runtime::Process, Some(port));
+    eventually(
+        Duration::from_secs(30),
+        "the new agent's gateway",
+        || async {
+            http.get(format!("http://127.0.0.1:{port}/health"))
+                .send()
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+
+    let listed = list(session.clone()).await.unwrap();
+    assert_eq!(listed.status(), 200, "the old session id is served");
+    let forged = format!("{}0", &session[..session.len() - 1]);
+    let forged = if forged == session {
+        format!("{}1", &session[..session.len() - 1])
+    } else {
+        forged
+    };
+    assert_eq!(
+        list(forged).await.unwrap().status(),
+        404,
+        "a forged id is not"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the first client's calls to go through on its old session",
+        || async {
+            let r = call("after").await.ok()?;
+            (answer_text(&r) == "after").then_some(())
+        },
+    )
+    .await;
+    assert!(!client.is_closed(), "the same client session throughout");
 }
 
 /// Kills every process, or removes every container, of the agent owning a data dir when

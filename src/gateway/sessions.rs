@@ -1,0 +1,345 @@
+//! Client sessions that outlive the agent. A gateway session id is self-validating,
+//! `{random}.{mac}` with an HMAC-SHA256 under a key kept in the data dir, and the client's
+//! `initialize` parameters are kept beside it (`gateway-sessions/{id}.json`). After the
+//! agent restarts (`kill -9` included), a request on an old session id is served: rmcp
+//! asks [`SessionFiles::load`], re-creates the session under the same id
+//! ([`SignedSessions::restore_session`]) and replays the handshake, so the client never
+//! notices. An id this agent did not sign is unknown (404), whatever files exist.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use hmac::{Hmac, Mac};
+use rmcp::model::{
+    ClientCapabilities, ClientJsonRpcMessage, Implementation, InitializeRequestParams,
+    ProtocolVersion, ServerJsonRpcMessage,
+};
+use rmcp::transport::WorkerTransport;
+use rmcp::transport::streamable_http_server::SessionManager;
+use rmcp::transport::streamable_http_server::session::local::{
+    LocalSessionManager, LocalSessionManagerError, LocalSessionWorker, create_local_session,
+};
+use rmcp::transport::streamable_http_server::session::{
+    RestoreOutcome, ServerSseMessage, SessionId, SessionState, SessionStore, SessionStoreError,
+};
+use sha2::Sha256;
+use tracing::{debug, warn};
+
+/// How long a session nobody used stays restorable.
+const KEPT_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How many hex digits of the MAC an id carries (128 bits).
+const MAC_DIGITS: usize = 32;
+
+/// The key that signs session ids.
+#[derive(Clone)]
+pub struct SessionKey(Arc<[u8; 32]>);
+
+impl SessionKey {
+    /// The key in `path`, made (0600) when there is none.
+    pub fn load_or_create(path: &Path) -> std::io::Result<SessionKey> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                if let Ok(bytes) = hex::decode(text.trim())
+                    && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+                {
+                    return Ok(SessionKey(Arc::new(key)));
+                }
+                warn!(path = %path.display(), "the gateway's session key is not 64 hex digits; making a new one (open sessions start over)");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let key = random::<32>();
+        write_private(path, hex::encode(key).as_bytes())?;
+        Ok(SessionKey(Arc::new(key)))
+    }
+
+    fn mac(&self, random: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_slice())
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(random.as_bytes());
+        hex::encode(mac.finalize().into_bytes())[..MAC_DIGITS].to_owned()
+    }
+
+    /// A new session id.
+    pub fn sign(&self) -> String {
+        let random = hex::encode(random::<16>());
+        let mac = self.mac(&random);
+        format!("{random}.{mac}")
+    }
+
+    /// Whether this key signed `id` (which also makes it safe as a file name).
+    pub fn signed(&self, id: &str) -> bool {
+        let Some((random, mac)) = id.split_once('.') else {
+            return false;
+        };
+        random.len() == 32
+            && random.bytes().all(|b| b.is_ascii_hexdigit())
+            && mac.len() == MAC_DIGITS
+            && {
+                let mut expected = Hmac::<Sha256>::new_from_slice(self.0.as_slice())
+                    .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+                expected.update(random.as_bytes());
+                hex::decode(mac).is_ok_and(|m| {
+                    expected
+                        .finalize()
+                        .into_bytes()
+                        .get(..MAC_DIGITS / 2)
+                        .is_some_and(|want| constant_time_eq(want, &m))
+                })
+            }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `N` random bytes, from the source of the API keys (`api::generate_key`: 32 bytes).
+fn random<const N: usize>() -> [u8; N] {
+    const { assert!(N <= 32) };
+    let key = crate::api::generate_key();
+    let bytes = hex::decode(key.trim_start_matches("mcpo_")).unwrap_or_default();
+    let mut out = [0u8; N];
+    out.copy_from_slice(&bytes[..N]);
+    out
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Written beside and renamed, so a reader (or a kill mid-write) never sees half.
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// rmcp's in-memory sessions, under ids this agent signs.
+pub struct SignedSessions {
+    inner: LocalSessionManager,
+    key: SessionKey,
+}
+
+impl SignedSessions {
+    pub fn new(key: SessionKey) -> SignedSessions {
+        SignedSessions {
+            inner: LocalSessionManager::default(),
+            key,
+        }
+    }
+
+    /// How many sessions are open in this process.
+    pub async fn open(&self) -> usize {
+        self.inner.sessions.read().await.len()
+    }
+}
+
+impl SessionManager for SignedSessions {
+    type Error = LocalSessionManagerError;
+    type Transport = WorkerTransport<LocalSessionWorker>;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        let id: SessionId = self.key.sign().into();
+        let (handle, worker) = create_local_session(id.clone(), self.inner.session_config.clone());
+        self.inner.sessions.write().await.insert(id.clone(), handle);
+        Ok((id, WorkerTransport::spawn(worker)))
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        self.inner.initialize_session(id, message).await
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        self.inner.has_session(id).await
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        self.inner.close_session(id).await
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.create_stream(id, message).await
+    }
+
+    async fn accept_message(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        self.inner.accept_message(id, message).await
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.create_standalone_stream(id).await
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.resume(id, last_event_id).await
+    }
+
+    async fn restore_session(
+        &self,
+        id: SessionId,
+    ) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        // Only ever reached after `SessionFiles::load` vouched for the id.
+        self.inner.restore_session(id).await
+    }
+}
+
+/// Each session's `initialize` parameters, one file per session id.
+pub struct SessionFiles {
+    dir: PathBuf,
+    key: SessionKey,
+}
+
+impl SessionFiles {
+    /// Keeps sessions in `dir` (made when missing), forgetting those unused for a week.
+    pub fn open(dir: PathBuf, key: SessionKey) -> std::io::Result<SessionFiles> {
+        std::fs::create_dir_all(&dir)?;
+        let files = SessionFiles { dir, key };
+        files.prune();
+        Ok(files)
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > KEPT_FOR);
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SessionFiles {
+    async fn load(&self, id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        if !self.key.signed(id) {
+            return Ok(None);
+        }
+        let params = match std::fs::read(self.path(id)) {
+            Ok(bytes) => serde_json::from_slice::<InitializeRequestParams>(&bytes).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Box::new(e)),
+        };
+        // Signed but without its file (lost, pruned): the id alone vouches for it, and the
+        // session is rebuilt as a client of the newest revision with the handshake.
+        let params = params.unwrap_or_else(|| {
+            debug!(
+                session = id,
+                "restoring a signed session without its parameters"
+            );
+            InitializeRequestParams::new(
+                ClientCapabilities::default(),
+                Implementation::new("restored", "0"),
+            )
+            .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
+        });
+        Ok(Some(SessionState::new(params)))
+    }
+
+    async fn store(&self, id: &str, state: &SessionState) -> Result<(), SessionStoreError> {
+        if !self.key.signed(id) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&state.initialize_params)?;
+        write_private(&self.path(id), &bytes)?;
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), SessionStoreError> {
+        if !self.key.signed(id) {
+            return Ok(());
+        }
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Box::new(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_signed_by_its_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SessionKey::load_or_create(&dir.path().join("k")).unwrap();
+        let id = key.sign();
+        assert!(key.signed(&id), "{id}");
+        assert_ne!(key.sign(), id, "ids are random");
+        let again = SessionKey::load_or_create(&dir.path().join("k")).unwrap();
+        assert!(again.signed(&id), "the key survives a restart");
+        let other = SessionKey::load_or_create(&dir.path().join("other")).unwrap();
+        assert!(!other.signed(&id));
+        let (random, mac) = id.split_once('.').unwrap();
+        let mut forged = mac.to_owned();
+        forged.replace_range(0..1, if mac.starts_with('0') { "1" } else { "0" });
+        assert!(!key.signed(&format!("{random}.{forged}")));
+        for bad in ["", ".", "../../etc/passwd", &format!("{random}/x.{mac}")] {
+            assert!(!key.signed(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_session_loads_and_an_unsigned_one_never_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SessionKey::load_or_create(&dir.path().join("k")).unwrap();
+        let files = SessionFiles::open(dir.path().join("s"), key.clone()).unwrap();
+        let id = key.sign();
+        let params = InitializeRequestParams::new(
+            ClientCapabilities::default(),
+            Implementation::new("someone", "1"),
+        )
+        .with_protocol_version(ProtocolVersion::V_2025_06_18);
+        files.store(&id, &SessionState::new(params)).await.unwrap();
+        let loaded = files.load(&id).await.unwrap().unwrap();
+        assert_eq!(loaded.initialize_params.client_info.name, "someone");
+        assert_eq!(
+            loaded.initialize_params.protocol_version,
+            ProtocolVersion::V_2025_06_18
+        );
+        files.delete(&id).await.unwrap();
+        let bare = files.load(&id).await.unwrap().unwrap();
+        assert_eq!(bare.initialize_params.client_info.name, "restored");
+        assert!(files.load("0123.abcd").await.unwrap().is_none());
+    }
+}
