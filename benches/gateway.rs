@@ -11,8 +11,10 @@
 //!   `BACKEND_UNHEALTHY` (and, for scale, how soon after the server turned unhealthy);
 //! - the agent's memory per open client session.
 //!
+//! ```text
 //!     cargo bench --bench gateway
 //!     BENCH_CALLS=4000 BENCH_UPGRADES=20 cargo bench --bench gateway
+//! ```
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -68,7 +70,10 @@ fn spawn_agent(bin: &Path, repo: &Path, trust: &Path, dir: &Path) -> Agent {
     let (api, gateway) = (free_port(), free_port());
     let child = Command::new(bin)
         .args(["agent", "--runtime", "process", "--poll-interval", "200ms"])
-        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", format!("127.0.0.1:{gateway}"))
+        .env(
+            "MCP_ORCHESTRATION_GATEWAY_LISTEN",
+            format!("127.0.0.1:{gateway}"),
+        )
         .arg("--listen")
         .arg(format!("127.0.0.1:{api}"))
         .arg("--repo")
@@ -292,9 +297,7 @@ async fn transition_to_routing(agent: &Agent, times: usize) {
             .find(|e| e["kind"] == "transition" && e["to_state"] == "unhealthy")
             .and_then(|e| e["at"].as_str()?.parse::<jiff::Timestamp>().ok())
             .expect("the transition is recorded");
-        let ms = |a: jiff::Timestamp, b: jiff::Timestamp| {
-            b.duration_since(a).as_secs_f64() * 1e3
-        };
+        let ms = |a: jiff::Timestamp, b: jiff::Timestamp| b.duration_since(a).as_secs_f64() * 1e3;
         after_transition.push(ms(transition, refused));
         after_sick.push(ms(sick, refused));
         http.post(format!("{base}/admin/health/healthy"))
@@ -397,7 +400,11 @@ async fn main() {
     })
     .await;
     let gateway = format!("{}/mcp", agent.gateway);
-    println!("gateway benchmark, {} ({} cores)", jiff::Timestamp::now(), num_cpus());
+    println!(
+        "gateway benchmark, {} ({} cores)",
+        jiff::Timestamp::now(),
+        num_cpus()
+    );
     overhead(&endpoint, &gateway, 1, calls / 2).await;
     overhead(&endpoint, &gateway, 100, calls).await;
     transition_to_routing(&agent, 5).await;

@@ -21,6 +21,7 @@
 //! To exercise the gateway's tool-set guard, a version can break its clients:
 //!   --drop-tool NAME   (EXAMPLE_SERVER_DROP_TOOLS=a,b) does not offer that tool
 //!   --strict-echo      (EXAMPLE_SERVER_STRICT_ECHO=true) `echo` requires a new `times`
+//! and `--protocol 2026-07-28` (EXAMPLE_SERVER_PROTOCOL) speaks only that revision.
 //! ```
 
 use std::{
@@ -46,9 +47,9 @@ use rmcp::{
     model::{
         GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
         ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-        PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
-        ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate,
-        Role, ServerCapabilities, ServerConfig,
+        PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, ProtocolVersion,
+        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+        ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
     },
     service::RequestContext,
     tool, tool_handler, tool_router,
@@ -96,6 +97,10 @@ struct Args {
     /// `echo` requires a `times` argument (a version whose schema refuses earlier calls).
     #[arg(long, env = "EXAMPLE_SERVER_STRICT_ECHO")]
     strict_echo: bool,
+    /// Speak only this MCP revision: `2026-07-28` refuses `initialize` (clients must use
+    /// `server/discover`); by default every revision rmcp knows.
+    #[arg(long, env = "EXAMPLE_SERVER_PROTOCOL")]
+    protocol: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -203,6 +208,7 @@ fn bad_request(message: String) -> Response {
 #[derive(Clone)]
 struct ExampleMcp {
     version: String,
+    protocol: Option<ProtocolVersion>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -226,11 +232,13 @@ struct SleepArgs {
     ms: u64,
 }
 
-/// What the tools look like: which are left out, whether `echo` is the strict one.
+/// What the tools look like: which are left out, whether `echo` is the strict one; and
+/// the only protocol revision spoken, if one is forced.
 #[derive(Clone, Default)]
 struct ToolChanges {
     drop: Vec<String>,
     strict_echo: bool,
+    protocol: Option<ProtocolVersion>,
 }
 
 #[tool_router]
@@ -246,6 +254,7 @@ impl ExampleMcp {
         }
         Self {
             version,
+            protocol: changes.protocol.clone(),
             tool_router,
         }
     }
@@ -295,6 +304,13 @@ impl ServerHandler for ExampleMcp {
                 .build(),
         )
         .with_server_info(Implementation::new("example-server", self.version.clone()))
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        match &self.protocol {
+            Some(only) => std::borrow::Cow::Owned(vec![only.clone()]),
+            None => std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS),
+        }
     }
 
     async fn list_prompts(
@@ -457,9 +473,23 @@ async fn main() -> ExitCode {
         mcp_config = mcp_config.disable_allowed_hosts();
     }
     let version = args.version.clone();
+    let protocol = match args.protocol.as_deref() {
+        None => None,
+        Some(p) => match ProtocolVersion::KNOWN_VERSIONS
+            .iter()
+            .find(|v| v.as_str() == p)
+        {
+            Some(v) => Some(v.clone()),
+            None => {
+                eprintln!("example-server: unknown MCP revision `{p}`");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let changes = ToolChanges {
         drop: args.drop_tools.clone(),
         strict_echo: args.strict_echo,
+        protocol,
     };
     let mcp = StreamableHttpService::new(
         move || Ok(ExampleMcp::new(version.clone(), &changes)),

@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, Prompt, Resource, ResourceTemplate, Tool,
+    ClientCapabilities, ClientConfig, ErrorCode, Implementation, Prompt, ProtocolVersion, Resource,
+    ResourceTemplate, SubscriptionFilter, Tool,
 };
+use rmcp::service::{ClientInitializeError, ClientLifecycleMode, ClientServiceExt};
 use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::ExponentialBackoff;
@@ -51,8 +53,12 @@ pub struct Backend {
     pub prompt_names: Names,
     pub resources: Vec<Resource>,
     pub templates: Vec<ResourceTemplate>,
-    /// Kept so the session lives as long as the backend is current.
-    _session: Arc<RunningService<RoleClient, Listener>>,
+    /// Kept so the session (and its subscription, on a revision without sessions) lives
+    /// as long as the backend is current.
+    _session: Arc<(
+        RunningService<RoleClient, Listener>,
+        tokio_util::sync::DropGuard,
+    )>,
 }
 
 impl Backend {
@@ -521,13 +527,12 @@ impl ClientHandler for Listener {
     }
 }
 
-async fn open(
+/// A transport to `endpoint` on the shared client.
+fn transport(
     http: reqwest::Client,
-    server: &str,
-    instance: &str,
     endpoint: &str,
-    refresh: mpsc::UnboundedSender<Refresh>,
-) -> Result<Backend, String> {
+    stateless: bool,
+) -> StreamableHttpClientTransport<reqwest::Client> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
     // rmcp resumes a call's broken answer stream forever by default, so a call to an
     // instance that died mid-call would never be answered: try three times in ~1.4 s.
@@ -538,15 +543,94 @@ async fn open(
     config.retry_config = Arc::new(resume);
     // Every client's calls to this server share this one session.
     config.max_concurrent_requests = 256;
+    config.allow_stateless = stateless;
+    StreamableHttpClientTransport::with_client(http, config)
+}
+
+/// A session with the backend in the newest revision both speak: `initialize` (every
+/// revision up to 2025-11-25 has it); a server that refuses it as an unsupported revision
+/// speaks only revisions without the handshake, and is asked `server/discover` instead.
+/// (rmcp's own probing goes the other way round, and takes an HTTP error of a server that
+/// does not know `server/discover` for a failure.)
+async fn connect_session(
+    http: reqwest::Client,
+    endpoint: &str,
+    listener: Listener,
+) -> Result<RunningService<RoleClient, Listener>, String> {
+    let chain = |e: &ClientInitializeError| crate::error_text::chain(e);
+    match listener
+        .clone()
+        .serve(transport(http.clone(), endpoint, false))
+        .await
+    {
+        Ok(session) => Ok(session),
+        Err(ClientInitializeError::JsonRpcError(e))
+            if e.code == ErrorCode::UNSUPPORTED_PROTOCOL_VERSION =>
+        {
+            let modern = ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            };
+            let session = listener
+                .serve_with_lifecycle(transport(http, endpoint, true), modern)
+                .await
+                .map_err(|e| chain(&e))?;
+            Ok(session)
+        }
+        Err(e) => Err(chain(&e)),
+    }
+}
+
+/// On a revision without sessions (2026-07-28 on), a server's `list_changed` comes only
+/// on a subscription the client opens: opens one and relists on each, until `stop`.
+async fn listen_for_changes(peer: Peer<RoleClient>, listener: Listener, stop: CancellationToken) {
+    let filter = SubscriptionFilter::builder()
+        .tools_list_changed()
+        .prompts_list_changed()
+        .resources_list_changed()
+        .build();
+    let mut subscription = match peer.listen(filter).await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(server = %listener.server, error = %crate::error_text::chain(&e), "the backend takes no subscription; its changes are seen when its instance changes");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            next = subscription.next() => match next {
+                Ok(Some(_)) => listener.relist(),
+                _ => return,
+            },
+        }
+    }
+}
+
+async fn open(
+    http: reqwest::Client,
+    server: &str,
+    instance: &str,
+    endpoint: &str,
+    refresh: mpsc::UnboundedSender<Refresh>,
+) -> Result<Backend, String> {
     let listener = Listener {
         server: server.to_owned(),
         instance: instance.to_owned(),
         refresh,
     };
-    let session = listener
-        .serve(StreamableHttpClientTransport::with_client(http, config))
-        .await
-        .map_err(|e| crate::error_text::chain(&e))?;
+    let session = connect_session(http, endpoint, listener.clone()).await?;
+    let modern = session
+        .peer()
+        .peer_info()
+        .is_some_and(|i| !i.protocol_version.has_initialize());
+    let listening = CancellationToken::new();
+    if modern {
+        tokio::spawn(listen_for_changes(
+            session.peer().clone(),
+            listener,
+            listening.clone(),
+        ));
+    }
     let peer = session.peer().clone();
     let offer = list_offer(&peer)
         .await
@@ -565,7 +649,7 @@ async fn open(
         prompt_names,
         resources: offer.resources,
         templates: offer.templates,
-        _session: Arc::new(session),
+        _session: Arc::new((session, listening.drop_guard())),
     })
 }
 

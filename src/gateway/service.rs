@@ -9,9 +9,9 @@ use rmcp::model::{
     GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, MetaObject, PaginatedRequestParams, Prompt,
     ReadResourceRequestParams, ReadResourceResponse, Resource, ResourceContents, ResourceTemplate,
-    ServerCapabilities, ServerConfig, Tool,
+    ServerCapabilities, ServerConfig, ServerNotification, SubscriptionFilter, Tool,
 };
-use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceError};
 use serde_json::json;
 
@@ -166,6 +166,50 @@ impl Gateway {
     }
 }
 
+/// What a `list_changed` is about.
+#[derive(Clone, Copy)]
+enum Kind {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+impl Gateway {
+    /// Calls `notify` for each kind whose list changed, each time what the backends
+    /// offer changes (debounced), until `ended` or `notify` says the client is gone.
+    async fn tell_changes<F>(
+        &self,
+        ended: impl std::future::Future<Output = ()>,
+        notify: impl Fn(Kind) -> F,
+    ) where
+        F: std::future::Future<Output = bool>,
+    {
+        let mut generation = self.backends.watch();
+        let mut seen = self.seen();
+        tokio::pin!(ended);
+        loop {
+            tokio::select! {
+                _ = &mut ended => return,
+                changed = generation.changed() => if changed.is_err() { return },
+            }
+            // Changes come in bursts (a switch relists a server): debounce.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            generation.borrow_and_update();
+            let now = self.seen();
+            for (kind, changed) in [
+                (Kind::Tools, now.tools != seen.tools),
+                (Kind::Prompts, now.prompts != seen.prompts),
+                (Kind::Resources, now.resources != seen.resources),
+            ] {
+                if changed && !notify(kind).await {
+                    return;
+                }
+            }
+            seen = now;
+        }
+    }
+}
+
 /// The names (or URIs) a client was last shown.
 #[derive(PartialEq)]
 struct Seen {
@@ -211,43 +255,77 @@ impl ServerHandler for Gateway {
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // Tell the client whenever what it sees changes, until its session ends.
         let peer = context.peer;
-        let mut generation = self.backends.watch();
         let gateway = self.clone();
         tokio::spawn(async move {
-            let mut seen = gateway.seen();
-            let mut check = tokio::time::interval(SESSION_CHECK);
-            loop {
-                tokio::select! {
-                    changed = generation.changed() => if changed.is_err() { return },
+            let closed = {
+                let peer = peer.clone();
+                async move {
                     // A session that ended takes its task with it, without waiting for
                     // the next change.
-                    _ = check.tick() => {
-                        if peer.is_transport_closed() { return }
-                        continue;
+                    while !peer.is_transport_closed() {
+                        tokio::time::sleep(SESSION_CHECK).await;
                     }
                 }
-                // Changes come in bursts (a switch relists a server): debounce.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                generation.borrow_and_update();
-                let now = gateway.seen();
-                let sent = async {
-                    if now.tools != seen.tools {
-                        peer.notify_tool_list_changed().await?;
+            };
+            gateway
+                .tell_changes(closed, |kind| {
+                    let peer = peer.clone();
+                    async move {
+                        match kind {
+                            Kind::Tools => peer.notify_tool_list_changed().await,
+                            Kind::Prompts => peer.notify_prompt_list_changed().await,
+                            Kind::Resources => peer.notify_resource_list_changed().await,
+                        }
+                        .is_ok()
                     }
-                    if now.prompts != seen.prompts {
-                        peer.notify_prompt_list_changed().await?;
-                    }
-                    if now.resources != seen.resources {
-                        peer.notify_resource_list_changed().await?;
-                    }
-                    Ok::<(), ServiceError>(())
-                };
-                if sent.await.is_err() {
-                    return;
-                }
-                seen = now;
-            }
+                })
+                .await;
         });
+    }
+
+    /// A client on a revision without sessions (2026-07-28 on) asks for `list_changed`
+    /// on a subscription: the three kinds the gateway sends, no resource updates.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed;
+        accepted.prompts_list_changed = requested.prompts_list_changed;
+        accepted.resources_list_changed = requested.resources_list_changed;
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let sink = context.sink().clone();
+        let accepted = context.accepted().clone();
+        self.tell_changes(context.cancelled(), |kind| {
+            let sink = sink.clone();
+            let wanted = match kind {
+                Kind::Tools => accepted.tools_list_changed,
+                Kind::Prompts => accepted.prompts_list_changed,
+                Kind::Resources => accepted.resources_list_changed,
+            } == Some(true);
+            async move {
+                if !wanted {
+                    return true;
+                }
+                let notification = match kind {
+                    Kind::Tools => {
+                        ServerNotification::ToolListChangedNotification(Default::default())
+                    }
+                    Kind::Prompts => {
+                        ServerNotification::PromptListChangedNotification(Default::default())
+                    }
+                    Kind::Resources => {
+                        ServerNotification::ResourceListChangedNotification(Default::default())
+                    }
+                };
+                sink.send(notification).await.is_ok()
+            }
+        })
+        .await;
+        Ok(())
     }
 
     async fn list_prompts(

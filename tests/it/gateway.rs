@@ -768,3 +768,119 @@ async fn a_backend_that_dies_mid_call_gets_the_call_answered_and_its_replacement
     let now = agent.server("phoenix").await.unwrap();
     assert_ne!(now["instance_id"], first["instance_id"], "{now}");
 }
+
+/// A manifest of example servers; those in `modern` speak only MCP 2026-07-28.
+fn manifest_with_eras(ids: &[&str], modern: &[&str]) -> String {
+    let mut text = manifest(ids);
+    for id in modern {
+        text = text.replace(
+            &format!("  - id: {id}\n    version: \"1.0.0\"\n    process:\n"),
+            &format!(
+                "  - id: {id}\n    version: \"1.0.0\"\n    process:\n      env: {{ EXAMPLE_SERVER_PROTOCOL: \"2026-07-28\" }}\n"
+            ),
+        );
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
+    use rmcp::model::{ProtocolVersion, SubscriptionFilter};
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest_with_eras(&["old", "new"], &["new"]), "two eras");
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    for id in ["old", "new"] {
+        agent.wait_running(id, "1.0.0", DEADLINE).await;
+    }
+    let gateway = agent.gateway.clone().unwrap();
+    let base = gateway.trim_end_matches("/mcp").to_owned();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let backends = eventually(DEADLINE, "sessions with both backends", || async {
+        let v: Value = http
+            .get(format!("{base}/backends"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let all = v["backends"].as_array()?.clone();
+        all.iter()
+            .all(|b| b["protocol_version"].is_string())
+            .then_some(all)
+    })
+    .await;
+    let era = |id: &str| {
+        backends.iter().find(|b| b["id"] == id).unwrap()["protocol_version"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(era("new"), "2026-07-28", "{backends:?}");
+    assert_eq!(era("old"), "2025-11-25", "{backends:?}");
+
+    // A 2025-11-25 client (initialize, a session) uses both backends.
+    let legacy = client(&gateway).await;
+    for id in ["old", "new"] {
+        let r = call(&legacy, &format!("{id}_echo"), json!({ "text": id })).await;
+        assert_eq!(text(&r), id, "{r:?}");
+    }
+
+    // A 2026-07-28 client (server/discover, no session) too, and hears list_changed on
+    // its subscription.
+    let mut config = StreamableHttpClientTransportConfig::with_uri(gateway.clone());
+    config.allow_stateless = true;
+    let modern = ()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("a 2026-07-28 client is served");
+    assert_eq!(
+        modern.peer_info().unwrap().protocol_version,
+        ProtocolVersion::V_2026_07_28
+    );
+    let tools = names(&modern.list_all_tools().await.unwrap());
+    assert_eq!(tools.len(), 6, "{tools:?}");
+    for id in ["old", "new"] {
+        let params = CallToolRequestParams::new(format!("{id}_echo"))
+            .with_arguments(json!({ "text": id }).as_object().unwrap().clone());
+        let r = modern.call_tool(params).await.unwrap();
+        assert_eq!(text(&r), id, "{r:?}");
+    }
+    let mut subscription = modern
+        .listen(SubscriptionFilter::builder().tools_list_changed().build())
+        .await
+        .expect("the gateway accepts a subscription");
+    assert_eq!(subscription.acknowledged().tools_list_changed, Some(true));
+    repo.push_manifest(
+        &manifest_with_eras(&["old", "new", "third"], &["new", "third"]),
+        "a third server",
+    );
+    let heard = tokio::time::timeout(DEADLINE, subscription.next())
+        .await
+        .expect("list_changed on the subscription")
+        .unwrap();
+    assert!(
+        matches!(
+            heard,
+            Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))
+        ),
+        "{heard:?}"
+    );
+    let tools = names(&modern.list_all_tools().await.unwrap());
+    assert!(tools.contains(&"third_echo".to_owned()), "{tools:?}");
+}
