@@ -591,7 +591,7 @@ async fn caller(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn calls_in_flight_survive_an_upgrade_and_a_restart_without_a_single_failure() {
+async fn calls_in_flight_survive_an_upgrade_a_restart_and_two_rollbacks_without_a_single_failure() {
     let repo = ManifestRepo::new();
     repo.push_manifest(&manifest(&["busy"]), "1.0.0");
     let agent = TestAgent::start(
@@ -646,13 +646,56 @@ async fn calls_in_flight_survive_an_upgrade_and_a_restart_without_a_single_failu
         (now["instance_id"] != upgraded["instance_id"] && now["state"] == "running").then_some(())
     })
     .await;
-    // Calls reach the newest instance before the callers stop.
+    // Calls reach the newest instance.
     eventually(
         DEADLINE,
         "a call answered by the restarted 1.1.0",
         || async {
             let r = call(&client, "busy_server_version", json!({})).await;
             (text(&r) == "1.1.0").then_some(())
+        },
+    )
+    .await;
+    let restarted = agent.server("busy").await.unwrap();
+
+    // A commit to a version that fails its health gate: rolled back, while 1.1.0 never
+    // stops serving.
+    repo.push_manifest(
+        &manifest(&["busy"])
+            .replace("\"1.0.0\"", "\"1.2.0\"")
+            .replace(
+                "    process:\n",
+                "    process:\n      env: { EXAMPLE_SERVER_HEALTH: unhealthy }\n",
+            ),
+        "1.2.0, broken",
+    );
+    eventually(DEADLINE, "1.2.0 to be rolled back", || async {
+        let (_, r) = agent.get("/servers/busy/rollouts?limit=1").await;
+        (r["rollouts"][0]["to_version"] == "1.2.0" && r["rollouts"][0]["outcome"] == "rolled_back")
+            .then_some(())
+    })
+    .await;
+    let kept = agent.server("busy").await.unwrap();
+    assert_eq!(kept["instance_id"], restarted["instance_id"], "{kept}");
+    // The broken entry goes (the next one keeps what runs), then an operator's rollback
+    // to 1.0.0: a new instance beside 1.1.0, the same way.
+    let fixed = repo.push_manifest(
+        &manifest(&["busy"]).replace("\"1.0.0\"", "\"1.1.0\""),
+        "back to 1.1.0",
+    );
+    eventually(DEADLINE, "the fixed manifest applied", || async {
+        let (_, fleet) = agent.get("/servers").await;
+        (fleet["applied_revision"] == fixed.as_str()).then_some(())
+    })
+    .await;
+    let (status, body) = agent.rollback_to("busy", "1.0.0").await;
+    assert_eq!(status, 202, "{body}");
+    eventually(
+        DEADLINE,
+        "a call answered by the rolled-back 1.0.0",
+        || async {
+            let r = call(&client, "busy_server_version", json!({})).await;
+            (text(&r) == "1.0.0").then_some(())
         },
     )
     .await;
@@ -673,8 +716,9 @@ async fn calls_in_flight_survive_an_upgrade_and_a_restart_without_a_single_failu
     assert_eq!(
         versions,
         ["1.0.0".to_owned(), "1.1.0".to_owned()].into(),
-        "calls were answered by both versions"
+        "calls were answered by both versions, never by the broken 1.2.0"
     );
+    assert!(!client.is_closed(), "one client session throughout");
 
     // The rollout's timeline says how the old instance was drained.
     let (_, rollouts) = agent.get("/servers/busy/rollouts?limit=5").await;
@@ -883,4 +927,148 @@ async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
     );
     let tools = names(&modern.list_all_tools().await.unwrap());
     assert!(tools.contains(&"third_echo".to_owned()), "{tools:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_in_flight_survive_a_registry_upgrade_of_a_container_without_a_single_failure() {
+    use crate::support::docker::{ContainerGuard, TestRegistry, docker_or_skip, registry_or_skip};
+    let name = "calls_in_flight_survive_a_registry_upgrade";
+    if !docker_or_skip(name) || !registry_or_skip(name) {
+        return;
+    }
+    let storage = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(storage.path(), false).await;
+    let host = registry.host();
+    crate::support::images::publish(&host, "1.0.0", "healthy");
+    let guard = ContainerGuard::new("gw-reg");
+    let id = guard.server_id().to_owned();
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &format!(
+            "version: \"1.1\"\nservers:\n  - id: {id}\n    version: \"1.0.0\"\n    docker: {{ image: {host}/example/server, port: 8080 }}\n    health_check: {{ interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 2, success_threshold: 2 }}\n    update_policy: {{ version_strategy: semantic, allow: minor }}\n"
+        ),
+        "one container",
+    );
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            runtime: mcp_orchestration::settings::RuntimeChoice::Docker,
+            registry_poll_interval: Duration::from_secs(1),
+            drain: Duration::from_secs(10),
+            trust: Some(mcp_orchestration::manifest::policy::TrustPolicy {
+                allowed_images: vec![format!("{host}/")],
+                source: "test".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    agent
+        .wait_running(&id, "1.0.0", Duration::from_secs(60))
+        .await;
+    let gateway = agent.gateway.clone().unwrap();
+    let client = Arc::new(client(&gateway).await);
+    eventually(DEADLINE, "the container's tools", || async {
+        (client.list_all_tools().await.ok()?.len() == 3).then_some(())
+    })
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let callers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(caller(client.clone(), format!("{id}_sleep"), stop.clone())))
+        .collect();
+
+    // A new tag in the registry: the agent upgrades the container under the calls.
+    crate::support::images::publish(&host, "1.1.0", "healthy");
+    agent
+        .wait_running(&id, "1.1.0", Duration::from_secs(60))
+        .await;
+    eventually(DEADLINE, "a call answered by 1.1.0", || async {
+        let r = call(&client, &format!("{id}_server_version"), json!({})).await;
+        (text(&r) == "1.1.0").then_some(())
+    })
+    .await;
+    stop.cancel();
+    let mut answered = 0;
+    for c in callers {
+        let (ok, failures, _) = c.await.unwrap();
+        assert!(failures.is_empty(), "failed calls: {failures:#?}");
+        answered += ok;
+    }
+    assert!(answered >= 4, "only {answered} calls were answered");
+    let (_, r) = agent.get(&format!("/servers/{id}/rollouts?limit=1")).await;
+    assert_eq!(r["rollouts"][0]["trigger"], "registry", "{r}");
+    assert!(!client.is_closed(), "one client session throughout");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_five_servers_one_goes_unhealthy_within_the_detection_bound_and_the_others_answer_every_call()
+ {
+    let ids = ["s1", "s2", "s3", "s4", "s5"];
+    let (_repo, agent, gateway) = fleet(&ids, Options::default()).await;
+    let client = Arc::new(client(&gateway).await);
+    eventually(DEADLINE, "all five servers' tools", || async {
+        (client.list_all_tools().await.ok()?.len() == 15).then_some(())
+    })
+    .await;
+    // The others are called all along, one caller each.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let others: Vec<_> = ids[1..]
+        .iter()
+        .map(|id| {
+            let (client, stop, tool) = (client.clone(), stop.clone(), format!("{id}_echo"));
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                while !stop.is_cancelled() {
+                    let r = call(&client, &tool, json!({ "text": "ok" })).await;
+                    if r.is_error == Some(true) || text(&r) != "ok" {
+                        failed.push(format!("{r:?}"));
+                    } else {
+                        ok += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    // The manifest's health check: probes every 0.2 s, each given 0.15 s, 2 failures in a
+    // row make it unhealthy.
+    let detection_bound = Duration::from_secs_f64(0.2 * 2.0 + 0.15);
+    let (_, s1) = agent.get("/servers/s1").await;
+    let endpoint = s1["endpoint"].as_str().unwrap().to_owned();
+    let sick = std::time::Instant::now();
+    admin(&endpoint, "/admin/health/unhealthy").await;
+    let refused = eventually(DEADLINE, "s1's calls to be refused", || async {
+        let r = call(&client, "s1_echo", json!({ "text": "x" })).await;
+        (r.is_error == Some(true)).then_some(r)
+    })
+    .await;
+    let took = sick.elapsed();
+    assert!(
+        took <= detection_bound + Duration::from_secs(1),
+        "BACKEND_UNHEALTHY after {took:?}, beyond the detection bound {detection_bound:?} + 1 s"
+    );
+    let detail = refused.structured_content.clone().unwrap();
+    assert_eq!(detail["error"], "BACKEND_UNHEALTHY");
+    assert_eq!(
+        detail["affected_tools"],
+        json!(["s1_echo", "s1_server_version", "s1_sleep"])
+    );
+
+    // Healthy again: the same client's calls go through.
+    admin(&endpoint, "/admin/health/healthy").await;
+    eventually(DEADLINE, "s1's calls to go through again", || async {
+        let r = call(&client, "s1_echo", json!({ "text": "back" })).await;
+        (r.is_error != Some(true) && text(&r) == "back").then_some(())
+    })
+    .await;
+    stop.cancel();
+    for (id, caller) in ids[1..].iter().zip(others) {
+        let (ok, failed) = caller.await.unwrap();
+        assert!(failed.is_empty(), "{id}: {failed:#?}");
+        assert!(ok > 0, "{id} was called");
+    }
+    assert!(!client.is_closed(), "one client session throughout");
 }
