@@ -7,6 +7,7 @@
 //!
 //!     cargo bench --bench startup
 //!     BENCH_RUNS=20 BENCH_BASELINE_BIN=/tmp/old-mcp-orchestration cargo bench --bench startup
+//!     BENCH_GATEWAY_LISTEN=off cargo bench --bench startup    # the gateway off
 //!
 //! With `BENCH_BASELINE_BIN` the two binaries run alternately in the same run, so both see
 //! the same machine.
@@ -64,7 +65,10 @@ fn start_once(bin: &Path, repo: &Path, trust: &Path, dir: &Path) -> Start {
     let mut child = Command::new(bin)
         .args(["agent", "--runtime", "process", "--poll-interval", "600s"])
         // The gateway on, as by default, but on a free port (the baseline ignores this).
-        .env("MCP_ORCHESTRATION_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env(
+            "MCP_ORCHESTRATION_GATEWAY_LISTEN",
+            std::env::var("BENCH_GATEWAY_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".into()),
+        )
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--repo")

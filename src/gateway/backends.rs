@@ -349,9 +349,9 @@ impl Backends {
     /// the servers that left the view.
     pub async fn follow(self, mut fleet: watch::Receiver<FleetView>, shutdown: CancellationToken) {
         let (refresh_tx, mut refresh) = mpsc::unbounded_channel::<Refresh>();
-        // Instance ids a connection task is working on, so a view that changes again does
-        // not start a second one.
-        let mut connecting: HashMap<String, (String, CancellationToken)> = HashMap::new();
+        // The instance (id and endpoint) a connection task is working on, so a view that
+        // changes again does not start a second one.
+        let mut connecting: HashMap<String, ((String, String), CancellationToken)> = HashMap::new();
         loop {
             let view = fleet.borrow_and_update().clone();
             let wanted: HashMap<String, (String, String)> = view
@@ -366,20 +366,26 @@ impl Backends {
             // so its tools stay listed and its calls get a clear answer.
             self.retain(|id| in_view.contains(id));
             connecting.retain(|server, (instance, stop)| {
-                let keep = wanted.get(server).is_some_and(|(i, _)| i == instance);
+                let keep = wanted.get(server) == Some(&*instance);
                 if !keep {
                     stop.cancel();
                 }
                 keep
             });
             for (server, (instance, endpoint)) in &wanted {
-                let current = self.get(server).map(|b| b.instance_id);
-                if current.as_deref() == Some(instance.as_str()) || connecting.contains_key(server)
-                {
+                // The same instance at another address (a container its engine restarted
+                // on a new port) needs a new session too.
+                let current = self
+                    .get(server)
+                    .is_some_and(|b| b.instance_id == *instance && b.endpoint == *endpoint);
+                if current || connecting.contains_key(server) {
                     continue;
                 }
                 let stop = shutdown.child_token();
-                connecting.insert(server.clone(), (instance.clone(), stop.clone()));
+                connecting.insert(
+                    server.clone(),
+                    ((instance.clone(), endpoint.clone()), stop.clone()),
+                );
                 tokio::spawn(self.clone().connect(
                     server.clone(),
                     instance.clone(),
@@ -393,7 +399,7 @@ impl Backends {
                 changed = fleet.changed() => if changed.is_err() { return },
                 Some(r) = refresh.recv() => match r {
                     Refresh::Connected { server, instance } => {
-                        if connecting.get(&server).is_some_and(|(i, _)| *i == instance) {
+                        if connecting.get(&server).is_some_and(|((i, _), _)| *i == instance) {
                             connecting.remove(&server);
                         }
                     }
