@@ -40,6 +40,9 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// One instance's session and what it offers.
 #[derive(Clone)]
 pub struct Backend {
+    /// Which session this is: a new one (another instance, or the same one reached again)
+    /// gets a new number.
+    pub session: u64,
     pub instance_id: String,
     pub endpoint: String,
     pub peer: Peer<RoleClient>,
@@ -131,6 +134,9 @@ pub struct Backends {
     /// Woken when a backend is installed or a call ends (drains wait on it).
     moved: Arc<Notify>,
     generation: Arc<watch::Sender<u64>>,
+    /// Servers whose session the backend no longer knows, for `follow` to open anew.
+    expired: Arc<Mutex<std::collections::HashSet<String>>>,
+    reconnect: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -148,6 +154,8 @@ impl Default for Backends {
             http: SharedHttp::default(),
             moved: Arc::default(),
             generation: Arc::new(watch::Sender::new(0)),
+            expired: Arc::default(),
+            reconnect: Arc::default(),
         }
     }
 }
@@ -236,14 +244,15 @@ impl Backends {
         self.state().in_flight.get(instance).copied().unwrap_or(0)
     }
 
-    /// The backend that replaced `instance` as `server`'s, checked out like [`checkout`],
-    /// once there is one; `None` after `max`.
+    /// The backend whose session replaced `session` as `server`'s (another instance, or a
+    /// new session with the same one), checked out like [`checkout`], once there is one;
+    /// `None` after `max`.
     ///
     /// [`checkout`]: Backends::checkout
     pub async fn successor(
         &self,
         server: &str,
-        instance: &str,
+        session: u64,
         max: Duration,
     ) -> Option<(Backend, InFlight)> {
         let deadline = tokio::time::Instant::now() + max;
@@ -255,7 +264,7 @@ impl Backends {
                 .state()
                 .current
                 .get(server)
-                .is_some_and(|b| b.instance_id != instance);
+                .is_some_and(|b| b.session != session);
             if replaced {
                 return self.checkout(server);
             }
@@ -263,6 +272,24 @@ impl Backends {
                 _ = moved => {}
                 _ = tokio::time::sleep_until(deadline) => return None,
             }
+        }
+    }
+
+    /// Asks for a new session with `server`'s instance: the backend said it does not know
+    /// the gateway's `session` (HTTP 404: it restarted in place). The current one keeps
+    /// serving its tools until the new one is open.
+    pub fn expired(&self, server: &str, session: u64) {
+        let current = self
+            .state()
+            .current
+            .get(server)
+            .is_some_and(|b| b.session == session);
+        if current {
+            self.expired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(server.to_owned());
+            self.reconnect.notify_one();
         }
     }
 
@@ -372,13 +399,16 @@ impl Backends {
                 }
                 keep
             });
+            let mut expired =
+                std::mem::take(&mut *self.expired.lock().unwrap_or_else(|p| p.into_inner()));
             for (server, (instance, endpoint)) in &wanted {
                 // The same instance at another address (a container its engine restarted
-                // on a new port) needs a new session too.
+                // on a new port) needs a new session too, and so does one whose session
+                // the backend forgot.
                 let current = self
                     .get(server)
                     .is_some_and(|b| b.instance_id == *instance && b.endpoint == *endpoint);
-                if current || connecting.contains_key(server) {
+                if (current && !expired.remove(server)) || connecting.contains_key(server) {
                     continue;
                 }
                 let stop = shutdown.child_token();
@@ -397,9 +427,13 @@ impl Backends {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 changed = fleet.changed() => if changed.is_err() { return },
+                _ = self.reconnect.notified() => {}
                 Some(r) = refresh.recv() => match r {
-                    Refresh::Connected { server, instance } => {
-                        if connecting.get(&server).is_some_and(|((i, _), _)| *i == instance) {
+                    Refresh::Connected { server, instance, endpoint } => {
+                        if connecting
+                            .get(&server)
+                            .is_some_and(|(wanted, _)| *wanted == (instance.clone(), endpoint.clone()))
+                        {
                             connecting.remove(&server);
                         }
                     }
@@ -441,9 +475,17 @@ impl Backends {
             };
             match result {
                 Ok(Ok(backend)) => {
+                    // Another instance may have been wanted while this one connected.
+                    if stop.is_cancelled() {
+                        return;
+                    }
                     info!(%server, %instance, tools = backend.tools.len(), "gateway backend ready");
                     self.install(&server, backend);
-                    let _ = refresh.send(Refresh::Connected { server, instance });
+                    let _ = refresh.send(Refresh::Connected {
+                        server,
+                        instance,
+                        endpoint,
+                    });
                     return;
                 }
                 Ok(Err(e)) => debug!(%server, %instance, error = %e, "gateway backend not ready"),
@@ -491,8 +533,15 @@ impl Backends {
 }
 
 enum Refresh {
-    Connected { server: String, instance: String },
-    ListChanged { server: String, instance: String },
+    Connected {
+        server: String,
+        instance: String,
+        endpoint: String,
+    },
+    ListChanged {
+        server: String,
+        instance: String,
+    },
 }
 
 /// The gateway's client side of a backend session: it hears `list_changed`.
@@ -550,6 +599,10 @@ fn transport(
     // Every client's calls to this server share this one session.
     config.max_concurrent_requests = 256;
     config.allow_stateless = stateless;
+    // A 404 on the gateway's session is not answered by a new session with whatever now
+    // listens on that port: with a fixed port that is the next version, still under its
+    // health gate. The gateway decides (`Backends::expired`).
+    config.reinit_on_expired_session = false;
     StreamableHttpClientTransport::with_client(http, config)
 }
 
@@ -644,7 +697,9 @@ async fn open(
     let (names, clashes) = name_tools(server, &offer.tools);
     report_clashes(server, &clashes);
     let (prompt_names, _) = Names::of(server, offer.prompts.iter().map(|p| p.name.as_str()));
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Backend {
+        session: SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         instance_id: instance.to_owned(),
         endpoint: endpoint.to_owned(),
         protocol_version: peer.peer_info().map(|i| i.protocol_version.to_string()),

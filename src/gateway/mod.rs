@@ -152,7 +152,7 @@ async fn require_key(State(access): State<Arc<Access>>, req: Request, next: Next
 
 #[cfg(test)]
 mod tests {
-    use super::service::never_delivered;
+    use super::service::{never_delivered, session_expired};
     use super::*;
     use rmcp::model::{CallToolRequestParams, ServerCapabilities, ServerConfig};
     use rmcp::transport::StreamableHttpClientTransport;
@@ -173,27 +173,25 @@ mod tests {
 
     /// A real MCP server on 127.0.0.1 with a real session, then the server goes away: a
     /// call on that session is one the backend never saw, which the gateway may send to
-    /// the instance that replaced it.
+    /// the instance that replaced it; and so is one a new server on that address refuses
+    /// for not knowing the session.
     #[tokio::test]
-    async fn a_call_to_a_closed_port_is_known_never_to_have_been_delivered() {
+    async fn calls_a_backend_cannot_have_run_are_told_apart() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let mcp = StreamableHttpService::new(
-            || Ok(Empty),
-            Arc::new(rmcp::transport::streamable_http_server::session::local::LocalSessionManager::default()),
-            StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
-        );
-        let app = Router::new().nest_service("/mcp", mcp);
+        let app = Router::new().nest_service("/mcp", mcp_service(stop.clone()));
         let server = tokio::spawn(
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.clone().cancelled_owned())
                 .into_future(),
         );
-        let transport = StreamableHttpClientTransport::with_client(
-            SharedHttp::default().get(),
-            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp")),
-        );
+        let mut config =
+            StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp"));
+        // As the gateway's backend sessions (`backends::transport`).
+        config.reinit_on_expired_session = false;
+        let transport =
+            StreamableHttpClientTransport::with_client(SharedHttp::default().get(), config);
         let session = ().serve(transport).await.expect("a session");
         session.peer().list_all_tools().await.expect("tools listed");
 
@@ -205,6 +203,40 @@ mod tests {
             .await
             .expect_err("nobody listens");
         assert!(never_delivered(&e), "{e:?}");
+        assert!(!session_expired(&e), "{e:?}");
         assert!(!never_delivered(&rmcp::ServiceError::TransportClosed));
+
+        // A server on the same address that does not know the session (the backend
+        // restarted in place): HTTP 404, which the gateway must see as such.
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let stop = CancellationToken::new();
+        let app = Router::new().nest_service("/mcp", mcp_service(stop.clone()));
+        let server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let e = session
+            .peer()
+            .call_tool_once(CallToolRequestParams::new("anything"))
+            .await
+            .expect_err("the session is unknown");
+        assert!(session_expired(&e), "{e:?}");
+        assert!(!never_delivered(&e), "{e:?}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    fn mcp_service(
+        stop: CancellationToken,
+    ) -> StreamableHttpService<
+        Empty,
+        rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+    > {
+        StreamableHttpService::new(
+            || Ok(Empty),
+            Arc::new(Default::default()),
+            StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
+        )
     }
 }

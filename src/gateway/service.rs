@@ -469,34 +469,46 @@ impl ServerHandler for Gateway {
             ))])
             .into());
         };
-        let mut params = CallToolRequestParams::new(backend_name);
-        if let Some(arguments) = request.arguments {
-            params = params.with_arguments(arguments);
-        }
+        // The whole request travels (its `_meta`, a multi-round exchange's answers); only
+        // the name is the backend's own.
+        let mut params = request;
+        params.name = backend_name.into();
         let started = std::time::Instant::now();
         let answer = match backend.peer.call_tool_once(params.clone()).await {
-            Err(e) if never_delivered(&e) => {
-                // The instance's port is closed: it stopped (a drain that ran out) or died.
-                // The call cannot have run, so it goes once to the instance that replaced
-                // it, if the gateway switches within a moment.
+            Err(e) if never_delivered(&e) || session_expired(&e) => {
+                // The call cannot have run: the instance's port is closed (it stopped, a
+                // drain that ran out, or died), or it no longer knows the gateway's
+                // session (it restarted in place). It goes once to the session that
+                // replaces this one, if there is one within a moment. An instance under
+                // its health gate (a fixed port's next version) is not reached anew.
                 drop(in_flight);
-                match self
+                let starting = self
+                    .control
+                    .server_live(server)
+                    .is_some_and(|v| v.health == Some(crate::health::HealthState::Starting));
+                if session_expired(&e) && !starting {
+                    self.backends.expired(server, backend.session);
+                }
+                let next = self
                     .backends
-                    .successor(server, &backend.instance_id, REROUTE_WAIT)
+                    .successor(server, backend.session, REROUTE_WAIT)
                     .await
-                {
-                    Some((next, _in_flight)) => {
-                        self.metrics.rerouted();
-                        next.peer.call_tool_once(params).await
-                    }
-                    None => {
+                    .and_then(|(next, guard)| {
+                        let name = next.names.backend(&name)?.to_owned();
+                        Some((next, guard, name))
+                    });
+                let Some((next, _in_flight, next_name)) = next else {
+                    self.metrics.call(server, Outcome::Unreachable, None);
+                    return Ok(not_run(server, &e));
+                };
+                self.metrics.rerouted();
+                params.name = next_name.into();
+                match next.peer.call_tool_once(params).await {
+                    Err(again) if never_delivered(&again) || session_expired(&again) => {
                         self.metrics.call(server, Outcome::Unreachable, None);
-                        return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                            "BACKEND_UNREACHABLE: the call did not reach '{server}' (it was not run): {}",
-                            crate::error_text::chain(&e)
-                        ))])
-                        .into());
+                        return Ok(not_run(server, &again));
                     }
+                    other => other,
                 }
             }
             other => other,
@@ -536,6 +548,34 @@ impl ServerHandler for Gateway {
             }
         }
     }
+}
+
+/// The answer to a call that is known not to have run.
+fn not_run(server: &str, e: &ServiceError) -> CallToolResponse {
+    CallToolResult::error(vec![ContentBlock::text(format!(
+        "BACKEND_UNREACHABLE: the call did not reach '{server}' (it was not run): {}",
+        crate::error_text::chain(e)
+    ))])
+    .into()
+}
+
+/// Whether the backend answered the request with HTTP 404 on the gateway's session: it
+/// does not know the session, so it did not run the request.
+pub(super) fn session_expired(e: &ServiceError) -> bool {
+    use rmcp::transport::streamable_http_client::StreamableHttpError;
+    let ServiceError::TransportSend(e) = e else {
+        return false;
+    };
+    let mut level: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());
+    while let Some(err) = level {
+        if let Some(StreamableHttpError::SessionExpired) =
+            err.downcast_ref::<StreamableHttpError<reqwest::Error>>()
+        {
+            return true;
+        }
+        level = err.source();
+    }
+    false
 }
 
 /// Whether a request failed before it reached the backend: its connection was refused.

@@ -4,7 +4,8 @@
 //! agent restarts (`kill -9` included), a request on an old session id is served: rmcp
 //! asks [`SessionFiles::load`], re-creates the session under the same id
 //! ([`SignedSessions::restore_session`]) and replays the handshake, so the client never
-//! notices. An id this agent did not sign is unknown (404), whatever files exist.
+//! notices. An id this agent did not sign is unknown (404), whatever files exist; so is a
+//! signed one whose file is gone (the client ended it, or it was forgotten).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,10 +14,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use hmac::{Hmac, Mac};
-use rmcp::model::{
-    ClientCapabilities, ClientJsonRpcMessage, Implementation, InitializeRequestParams,
-    ProtocolVersion, ServerJsonRpcMessage,
-};
+use rmcp::model::{ClientJsonRpcMessage, InitializeRequestParams, ServerJsonRpcMessage};
 use rmcp::transport::WorkerTransport;
 use rmcp::transport::streamable_http_server::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::{
@@ -26,9 +24,9 @@ use rmcp::transport::streamable_http_server::session::{
     RestoreOutcome, ServerSseMessage, SessionId, SessionState, SessionStore, SessionStoreError,
 };
 use sha2::Sha256;
-use tracing::{debug, warn};
+use tracing::warn;
 
-/// How long a session nobody used stays restorable.
+/// How long a kept session stays restorable after it was opened or last restored.
 const KEPT_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How many hex digits of the MAC an id carries (128 bits).
 const MAC_DIGITS: usize = 32;
@@ -76,21 +74,20 @@ impl SessionKey {
         let Some((random, mac)) = id.split_once('.') else {
             return false;
         };
-        random.len() == 32
-            && random.bytes().all(|b| b.is_ascii_hexdigit())
-            && mac.len() == MAC_DIGITS
-            && {
-                let mut expected = Hmac::<Sha256>::new_from_slice(self.0.as_slice())
-                    .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-                expected.update(random.as_bytes());
-                hex::decode(mac).is_ok_and(|m| {
-                    expected
-                        .finalize()
-                        .into_bytes()
-                        .get(..MAC_DIGITS / 2)
-                        .is_some_and(|want| constant_time_eq(want, &m))
-                })
-            }
+        // Lower-case hex only, as `sign` writes it: one token, one spelling, one file.
+        let hex = |t: &str| t.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        random.len() == 32 && hex(random) && mac.len() == MAC_DIGITS && hex(mac) && {
+            let mut expected = Hmac::<Sha256>::new_from_slice(self.0.as_slice())
+                .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+            expected.update(random.as_bytes());
+            hex::decode(mac).is_ok_and(|m| {
+                expected
+                    .finalize()
+                    .into_bytes()
+                    .get(..MAC_DIGITS / 2)
+                    .is_some_and(|want| constant_time_eq(want, &m))
+            })
+        }
     }
 }
 
@@ -217,7 +214,8 @@ pub struct SessionFiles {
 }
 
 impl SessionFiles {
-    /// Keeps sessions in `dir` (made when missing), forgetting those unused for a week.
+    /// Keeps sessions in `dir` (made when missing), forgetting those neither opened nor
+    /// restored for a week.
     pub fn open(dir: PathBuf, key: SessionKey) -> std::io::Result<SessionFiles> {
         std::fs::create_dir_all(&dir)?;
         let files = SessionFiles { dir, key };
@@ -253,24 +251,25 @@ impl SessionStore for SessionFiles {
         if !self.key.signed(id) {
             return Ok(None);
         }
-        let params = match std::fs::read(self.path(id)) {
-            Ok(bytes) => serde_json::from_slice::<InitializeRequestParams>(&bytes).ok(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        // Only a session whose file is there: an ended (DELETE) or forgotten session stays
+        // ended, whoever still holds its id.
+        let path = self.path(id);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Box::new(e)),
         };
-        // Signed but without its file (lost, pruned): the id alone vouches for it, and the
-        // session is rebuilt as a client of the newest revision with the handshake.
-        let params = params.unwrap_or_else(|| {
-            debug!(
+        let Ok(params) = serde_json::from_slice::<InitializeRequestParams>(&bytes) else {
+            warn!(
                 session = id,
-                "restoring a signed session without its parameters"
+                "a kept session's parameters cannot be read; it is not restored"
             );
-            InitializeRequestParams::new(
-                ClientCapabilities::default(),
-                Implementation::new("restored", "0"),
-            )
-            .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
-        });
+            return Ok(None);
+        };
+        // Restored now: kept a week from here.
+        if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         Ok(Some(SessionState::new(params)))
     }
 
@@ -298,6 +297,7 @@ impl SessionStore for SessionFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rmcp::model::{ClientCapabilities, Implementation, ProtocolVersion};
 
     #[test]
     fn an_id_is_signed_by_its_key_only() {
@@ -314,7 +314,14 @@ mod tests {
         let mut forged = mac.to_owned();
         forged.replace_range(0..1, if mac.starts_with('0') { "1" } else { "0" });
         assert!(!key.signed(&format!("{random}.{forged}")));
-        for bad in ["", ".", "../../etc/passwd", &format!("{random}/x.{mac}")] {
+        let upper = format!("{random}.{}", mac.to_uppercase());
+        for bad in [
+            "",
+            ".",
+            "../../etc/passwd",
+            &format!("{random}/x.{mac}"),
+            &upper,
+        ] {
             assert!(!key.signed(bad), "{bad}");
         }
     }
@@ -338,8 +345,10 @@ mod tests {
             ProtocolVersion::V_2025_06_18
         );
         files.delete(&id).await.unwrap();
-        let bare = files.load(&id).await.unwrap().unwrap();
-        assert_eq!(bare.initialize_params.client_info.name, "restored");
+        assert!(
+            files.load(&id).await.unwrap().is_none(),
+            "an ended session stays ended"
+        );
         assert!(files.load("0123.abcd").await.unwrap().is_none());
     }
 }

@@ -40,7 +40,7 @@ pub struct BackendView {
     pub state: String,
     pub health: Option<HealthState>,
     pub health_since: Option<Timestamp>,
-    /// The version of the instance the gateway has a session with.
+    /// The version running, as the fleet view says.
     pub version: Option<String>,
     pub instance_id: Option<String>,
     /// Where the gateway's session with it goes.

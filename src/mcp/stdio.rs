@@ -343,10 +343,8 @@ impl ServerHandler for Bridge {
         request: GetPromptRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let mut params = GetPromptRequestParams::new(request.name);
-        params.arguments = request.arguments;
         self.agent
-            .get_prompt_once(params)
+            .get_prompt_once(request)
             .await
             .map_err(|e| self.relay(e))
     }
@@ -379,7 +377,7 @@ impl ServerHandler for Bridge {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         self.agent
-            .read_resource_once(ReadResourceRequestParams::new(request.uri))
+            .read_resource_once(request)
             .await
             .map_err(|e| self.relay(e))
     }
@@ -389,11 +387,8 @@ impl ServerHandler for Bridge {
         request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let mut params = CallToolRequestParams::new(request.name);
-        if let Some(arguments) = request.arguments {
-            params = params.with_arguments(arguments);
-        }
-        match self.agent.call_tool_once(params).await {
+        // The whole request travels: a multi-round exchange's answers are in it.
+        match self.agent.call_tool_once(request).await {
             Ok(response) => Ok(response),
             // The agent's protocol error (e.g. an unknown tool) reaches the client unchanged.
             Err(ServiceError::McpError(e)) => Err(e),

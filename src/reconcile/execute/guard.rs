@@ -15,8 +15,9 @@ use crate::store::RolloutAction;
 impl Executor {
     /// The running version's tools, listed before the new version starts (a fixed port
     /// stops the old instance first). `None` when there is nothing to compare: no guard, a
-    /// restart (the same version), no running predecessor, or one that cannot list its
-    /// tools (recorded as `tools_unchecked`).
+    /// restart (the same version), no running predecessor, a return to an older version
+    /// (a rollback: the tools it lacks are the ones its successor added), or a predecessor
+    /// that cannot list its tools (recorded as `tools_unchecked`).
     pub(super) async fn tools_before(
         &self,
         desired: &Desired,
@@ -28,7 +29,20 @@ impl Executor {
         if action == RolloutAction::Restart || desired.transport != Transport::StreamableHttp {
             return None;
         }
-        let url = mcp_url(desired, previous?)?;
+        let previous = previous?;
+        if desired.spec.version < previous.version {
+            self.step(
+                id,
+                "tools_unchecked",
+                Some(format!(
+                    "{} is older than the running {}: a rollback is not held to its successor's tools",
+                    desired.spec.version, previous.version
+                )),
+            )
+            .await;
+            return None;
+        }
+        let url = mcp_url(desired, previous)?;
         match lister(url).await {
             Ok(tools) => Some(tools),
             Err(e) => {
@@ -62,10 +76,23 @@ impl Executor {
         let Some(url) = mcp_url(desired, new) else {
             return Ok(());
         };
-        // It passed its health gate, yet a client would see none of its tools.
-        let after = lister(url)
-            .await
-            .map_err(|e| format!("tools_unlisted: the new version did not list its tools: {e}"))?;
+        // It passed its health gate; a listing that fails now is more likely a passing
+        // fault than a broken version, and a failed version is remembered for good.
+        let after = match lister(url).await {
+            Ok(tools) => tools,
+            Err(e) => {
+                warn!(server = desired.server_id(), error = %e, "cannot list the new version's tools");
+                self.step(
+                    id,
+                    "tools_unchecked",
+                    Some(format!(
+                        "the new version's tools could not be listed, so they are not compared: {e}"
+                    )),
+                )
+                .await;
+                return Ok(());
+            }
+        };
         let diff = toolset::diff(&before, &after);
         if let Some(rid) = id {
             let recorded = diff.clone();
