@@ -179,13 +179,7 @@ mod tests {
     async fn calls_a_backend_cannot_have_run_are_told_apart() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let app = Router::new().nest_service("/mcp", mcp_service(stop.clone()));
-        let server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let (stop, server) = serve_empty(listener);
         let mut config =
             StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp"));
         // As the gateway's backend sessions (`backends::transport`).
@@ -208,14 +202,7 @@ mod tests {
 
         // A server on the same address that does not know the session (the backend
         // restarted in place): HTTP 404, which the gateway must see as such.
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let stop = CancellationToken::new();
-        let app = Router::new().nest_service("/mcp", mcp_service(stop.clone()));
-        let server = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let (stop, server) = serve_empty(tokio::net::TcpListener::bind(addr).await.unwrap());
         let e = session
             .peer()
             .call_tool_once(CallToolRequestParams::new("anything"))
@@ -227,16 +214,28 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
-    fn mcp_service(
-        stop: CancellationToken,
-    ) -> StreamableHttpService<
-        Empty,
-        rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
-    > {
-        StreamableHttpService::new(
+    /// An MCP server without tools at `/mcp` on `listener`, until the token is cancelled.
+    fn serve_empty(
+        listener: tokio::net::TcpListener,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let stop = CancellationToken::new();
+        let mcp: StreamableHttpService<
+            Empty,
+            rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+        > = StreamableHttpService::new(
             || Ok(Empty),
             Arc::new(Default::default()),
             StreamableHttpServerConfig::default().with_cancellation_token(stop.child_token()),
-        )
+        );
+        let app = Router::new().nest_service("/mcp", mcp);
+        let server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        (stop, server)
     }
 }
