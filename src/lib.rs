@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod clients;
 pub mod error_text;
 pub mod fleet;
 pub mod gateway;

@@ -932,7 +932,12 @@ impl Syncer {
             .applied
             .as_ref()
             .map_or(&[][..], |a| &a.checked.manifest.servers[..]);
+        let profiles = self
+            .applied
+            .as_ref()
+            .map_or(&[][..], |a| &a.checked.manifest.profiles[..]);
         deployment_view(&ViewInputs {
+            profiles,
             servers,
             applied_revision: self.applied.as_ref().map(|a| a.commit.clone()),
             head: self.last_head.clone(),

@@ -17,6 +17,8 @@ use crate::runtime::Instance;
 pub struct ViewInputs<'a> {
     /// The applied manifest's servers (none before a revision is in force).
     pub servers: &'a [Server],
+    /// The applied manifest's profiles.
+    pub profiles: &'a [crate::manifest::Profile],
     pub applied_revision: Option<String>,
     pub head: Option<String>,
     pub source_error: Option<String>,
@@ -128,6 +130,7 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
         runtime_error: None,
         store_error: None,
         servers,
+        profiles: inputs.profiles.to_vec(),
         observed: false,
     };
     (view, targets)
@@ -231,6 +234,7 @@ mod tests {
         };
         let now = Timestamp::from_second(2_000).unwrap();
         let (view, targets) = deployment_view(&ViewInputs {
+            profiles: &[],
             servers: &c.manifest.servers,
             applied_revision: Some("c0ffee".into()),
             head: Some("c0ffee".into()),
@@ -290,6 +294,7 @@ mod tests {
     fn before_a_revision_is_in_force_the_view_is_empty() {
         let selection = Selection::default();
         let (view, targets) = deployment_view(&ViewInputs {
+            profiles: &[],
             servers: &[],
             applied_revision: None,
             head: Some("abc".into()),

@@ -12,6 +12,8 @@ pub enum Missing {
     Server,
     Rollout,
     Revision,
+    /// A profile of the applied manifest (`default` always exists).
+    Profile,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,9 @@ fn not_found_message(what: Missing, id: &str) -> String {
         Missing::Revision => {
             format!("no run for a commit starting with `{id}` (give at least 4 hex characters)")
         }
+        Missing::Profile => format!(
+            "no profile `{id}` in the applied manifest (`default` is the whole fleet; the gateway's `GET /profiles` lists the others)"
+        ),
     }
 }
 
@@ -43,6 +48,13 @@ impl ControlError {
     pub fn server_not_found(id: &str) -> ControlError {
         ControlError::NotFound {
             what: Missing::Server,
+            id: id.to_owned(),
+        }
+    }
+
+    pub fn profile_not_found(id: &str) -> ControlError {
+        ControlError::NotFound {
+            what: Missing::Profile,
             id: id.to_owned(),
         }
     }
@@ -62,6 +74,10 @@ impl ControlError {
                 what: Missing::Revision,
                 ..
             } => "REVISION_NOT_FOUND",
+            ControlError::NotFound {
+                what: Missing::Profile,
+                ..
+            } => "PROFILE_NOT_FOUND",
             ControlError::Conflict(_) => "CONFLICT",
             ControlError::Invalid(_) => "VALIDATION_FAILED",
             ControlError::Internal(_) => "INTERNAL",
@@ -75,6 +91,10 @@ impl ControlError {
                 what: Missing::Server,
                 id,
             } => json!({ "server_id": id }),
+            ControlError::NotFound {
+                what: Missing::Profile,
+                id,
+            } => json!({ "profile": id }),
             _ => Value::Null,
         }
     }

@@ -67,6 +67,9 @@ pub struct FleetView {
     /// Set while the state database cannot record runs: a new commit waits for it.
     pub store_error: Option<String>,
     pub servers: Vec<ServerView>,
+    /// The applied manifest's profiles (schema 1.2), without the implied `default`.
+    #[serde(default)]
+    pub profiles: Vec<crate::manifest::Profile>,
     /// Whether the runtime has been listed since the agent started. Until then the view
     /// is empty for lack of knowledge, and nothing is published to gateways.
     #[serde(skip)]
@@ -116,6 +119,17 @@ impl Fleet {
             .iter()
             .map(|s| s.id.clone())
             .collect()
+    }
+
+    /// The applied manifest's profile `id` (copying only that profile); `default` is the
+    /// whole fleet and not one of them.
+    pub fn profile(&self, id: &str) -> Option<crate::manifest::Profile> {
+        self.tx
+            .borrow()
+            .profiles
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
     }
 
     /// Whether the view has a server `id` (without copying the view).

@@ -11,6 +11,8 @@
 //!   gateway's listener, with the counts `metrics` keeps;
 //! - `sessions`: signed client session ids and their parameters in the data dir, so a
 //!   client's session outlives the agent;
+//! - `profiles`: `/profiles/{id}/mcp`, each profile of the applied manifest as its own
+//!   endpoint showing only its servers and tools, and `GET /profiles`;
 //! - `naming`, `route`: the pure rules.
 //!
 //! The gateway reads the fleet view and decides nothing about deploying.
@@ -19,6 +21,7 @@ mod backends;
 mod client;
 mod metrics;
 pub mod naming;
+mod profiles;
 mod route;
 mod service;
 mod sessions;
@@ -53,6 +56,8 @@ pub struct Access {
 pub struct SessionPlace {
     key: sessions::SessionKey,
     files: sessions::SessionFiles,
+    /// Where the profiles' endpoints keep their sessions, one directory each.
+    profiles_dir: std::path::PathBuf,
 }
 
 impl SessionPlace {
@@ -60,8 +65,13 @@ impl SessionPlace {
     /// parameters under `gateway-sessions/`.
     pub fn in_data_dir(data_dir: &std::path::Path) -> std::io::Result<SessionPlace> {
         let key = sessions::SessionKey::load_or_create(&data_dir.join("gateway-session.key"))?;
-        let files = sessions::SessionFiles::open(data_dir.join("gateway-sessions"), key.clone())?;
-        Ok(SessionPlace { key, files })
+        let dir = data_dir.join("gateway-sessions");
+        let files = sessions::SessionFiles::open(dir.clone(), key.clone())?;
+        Ok(SessionPlace {
+            key,
+            files,
+            profiles_dir: dir.join("profiles"),
+        })
     }
 }
 
@@ -88,8 +98,18 @@ pub fn router(
     ));
     let metrics = Arc::new(metrics::GatewayMetrics::default());
     let store = Arc::new(sessions.files);
-    let sessions = Arc::new(service::Sessions::new(sessions.key));
+    let key = sessions.key;
+    let profiles_dir = sessions.profiles_dir;
+    let sessions = Arc::new(service::Sessions::new(key.clone()));
     let gateway = Gateway::new(control.clone(), backends.clone(), metrics.clone());
+    let endpoints = Arc::new(profiles::Endpoints::new(
+        gateway.clone(),
+        backends.clone(),
+        key,
+        profiles_dir,
+        access.keys_required,
+        shutdown.clone(),
+    ));
     let mcp = service::http_service(
         gateway,
         sessions.clone(),
@@ -102,15 +122,21 @@ pub fn router(
         backends,
         metrics,
         sessions,
+        profiles: endpoints.clone(),
         started: std::time::Instant::now(),
     };
-    use axum::routing::get;
+    use axum::routing::{any, get};
+    let profile_routes = Router::new()
+        .route("/profiles", get(profiles::list))
+        .route("/profiles/{id}/mcp", any(profiles::mcp))
+        .with_state(endpoints);
     Router::new()
         .nest_service("/mcp", mcp)
         .route("/backends", get(status::backends))
         .route("/backends/{id}/health", get(status::backend_health))
         .route("/metrics", get(status::metrics))
         .with_state(gauges.clone())
+        .merge(profile_routes)
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(access),
             require_key,

@@ -39,6 +39,34 @@ pub struct Gateway {
     control: Arc<Control>,
     backends: Backends,
     metrics: Arc<GatewayMetrics>,
+    /// The profile this endpoint shows; `None` is `default`, the whole fleet.
+    profile: Option<String>,
+}
+
+/// Which servers and tools one endpoint shows.
+enum Shown {
+    All,
+    Profile(crate::manifest::Profile),
+    /// The profile is no longer in the applied manifest: nothing.
+    Nothing,
+}
+
+impl Shown {
+    fn server(&self, server: &str) -> bool {
+        match self {
+            Shown::All => true,
+            Shown::Profile(p) => p.shows_server(server),
+            Shown::Nothing => false,
+        }
+    }
+
+    fn tool(&self, server: &str, tool: &str) -> bool {
+        match self {
+            Shown::All => true,
+            Shown::Profile(p) => p.shows_tool(server, tool),
+            Shown::Nothing => false,
+        }
+    }
 }
 
 impl Gateway {
@@ -47,40 +75,80 @@ impl Gateway {
             control,
             backends,
             metrics,
+            profile: None,
+        }
+    }
+
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// The same gateway showing only profile `id` of the applied manifest.
+    pub fn for_profile(&self, id: &str) -> Gateway {
+        Gateway {
+            profile: Some(id.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// What this endpoint shows now (a commit may change the profile).
+    fn shown(&self) -> Shown {
+        match &self.profile {
+            None => Shown::All,
+            Some(id) => self
+                .control
+                .view
+                .profile(id)
+                .map_or(Shown::Nothing, Shown::Profile),
         }
     }
 
     /// Every tool the gateway serves, under its gateway name: the tools of each server of
-    /// the fleet view whose backend has been listed (the last instance's while it is down).
+    /// the fleet view whose backend has been listed (the last instance's while it is down),
+    /// as far as the profile shows them.
     pub fn catalog(&self) -> Vec<Tool> {
         let in_view = self.control.view.server_ids();
+        let shown = self.shown();
         let mut tools = Vec::new();
         for (server, backend) in self.backends.all() {
-            if !in_view.contains(&server) {
+            if !in_view.contains(&server) || !shown.server(&server) {
                 continue;
             }
-            tools.extend(backend.served(&server).map(|(name, tool)| {
-                let mut tool = tool.clone();
-                tool.name = name.into();
-                tool
-            }));
+            tools.extend(
+                backend
+                    .served(&server)
+                    .filter(|(_, tool)| shown.tool(&server, &tool.name))
+                    .map(|(name, tool)| {
+                        let mut tool = tool.clone();
+                        tool.name = name.into();
+                        tool
+                    }),
+            );
         }
         tools
     }
 
-    /// The gateway names of the tools `server` contributes.
+    /// The gateway names of the tools `server` contributes to this endpoint.
     fn tools_of(&self, server: &str) -> Vec<String> {
+        let shown = self.shown();
         self.backends
             .get(server)
-            .map(|b| b.served(server).map(|(name, _)| name).collect())
+            .map(|b| {
+                b.served(server)
+                    .filter(|(_, tool)| shown.tool(server, &tool.name))
+                    .map(|(name, _)| name)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    /// The backends of the servers in the fleet view, by server id.
+    /// The backends of the servers in the fleet view that this endpoint shows, by server
+    /// id.
     fn in_view(&self) -> Vec<(String, super::backends::Backend)> {
         let in_view = self.control.view.server_ids();
+        let shown = self.shown();
         let mut all = self.backends.all();
-        all.retain(|(server, _)| in_view.contains(server));
+        all.retain(|(server, _)| in_view.contains(server) && shown.server(server));
         all
     }
 
@@ -146,6 +214,9 @@ impl Gateway {
         server: &str,
         unknown: impl Fn() -> ErrorData,
     ) -> Result<(super::backends::Backend, super::backends::InFlight), ErrorData> {
+        if !self.shown().server(server) {
+            return Err(unknown());
+        }
         let view = self.control.server_live(server).ok_or_else(&unknown)?;
         if let Route::Unhealthy(why) = route(&view) {
             let answer = why.answer(self.tools_of(server));
@@ -442,6 +513,10 @@ impl ServerHandler for Gateway {
             )
         };
         let server = server_of(&name).ok_or_else(unknown)?;
+        let shown = self.shown();
+        if !shown.server(server) {
+            return Err(unknown());
+        }
         let Some(view) = self.control.server_live(server) else {
             return Err(unknown());
         };
@@ -451,7 +526,11 @@ impl ServerHandler for Gateway {
         let backend_name = checked_out
             .as_ref()
             .and_then(|(b, _)| b.names.backend(&name).map(str::to_owned));
-        if checked_out.is_some() && backend_name.is_none() {
+        if checked_out.is_some()
+            && backend_name
+                .as_deref()
+                .is_none_or(|tool| !shown.tool(server, tool))
+        {
             return Err(unknown());
         }
         let warning = match route(&view) {

@@ -25,6 +25,8 @@ pub struct Gauges {
     pub backends: Backends,
     pub metrics: Arc<GatewayMetrics>,
     pub sessions: Arc<Sessions>,
+    /// The profiles' endpoints, whose sessions count too.
+    pub profiles: Arc<super::profiles::Endpoints>,
     pub started: std::time::Instant,
 }
 
@@ -180,7 +182,7 @@ pub async fn health(State(g): State<Gauges>) -> Json<GatewayHealth> {
         uptime_seconds: g.started.elapsed().as_secs_f64(),
         backends: fleet.servers.len(),
         routable,
-        sessions: open_sessions(&g.sessions).await,
+        sessions: open_sessions(&g.sessions).await + g.profiles.open_sessions().await,
     })
 }
 
@@ -191,7 +193,8 @@ pub async fn metrics(State(g): State<Gauges>) -> axum::response::Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        g.metrics.render(open_sessions(&g.sessions).await),
+        g.metrics
+            .render(open_sessions(&g.sessions).await + g.profiles.open_sessions().await),
     )
         .into_response()
 }
@@ -250,6 +253,11 @@ fn document() -> serde_json::Value {
     );
     metrics["get"]["responses"]["200"]["content"] =
         json!({ "text/plain": { "schema": { "type": "string" } } });
+    let profiles = get(
+        "default and every profile of the applied manifest: its path, servers, the tools it shows, and listed tools no server offers",
+        schemas.schema::<super::profiles::ProfilesView>(),
+        false,
+    );
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -268,6 +276,19 @@ fn document() -> serde_json::Value {
                     "summary": "MCP over streamable HTTP: every server's tools as {server}_{tool}",
                     "tags": ["gateway"],
                     "responses": { "200": { "description": "a JSON-RPC answer (JSON or an SSE stream)" } },
+                },
+            },
+            "/profiles": profiles,
+            "/profiles/{id}/mcp": {
+                "post": {
+                    "summary": "MCP over streamable HTTP, showing only profile {id}'s servers and tools (default: the whole fleet)",
+                    "tags": ["gateway"],
+                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "responses": {
+                        "200": { "description": "a JSON-RPC answer (JSON or an SSE stream)" },
+                        "404": { "description": "No such profile in the applied manifest",
+                                 "content": { "application/json": { "schema": error.clone() } } },
+                    },
                 },
             },
         },

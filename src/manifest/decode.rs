@@ -73,6 +73,11 @@ impl Decoder {
         }
     }
 
+    /// Whether a value was decoded at exactly `path`.
+    pub fn was_seen(&self, path: &str) -> bool {
+        self.locations.contains_key(path)
+    }
+
     pub fn error(&mut self, path: &str, message: impl Into<String>) {
         let at = self.at(path);
         self.diags.error(at, path, message);

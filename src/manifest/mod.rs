@@ -183,4 +183,111 @@ mod tests {
                 .all(|d| d.message.starts_with("not UTF-8 text"))
         );
     }
+    const TWO_SERVERS: &str = "servers:
+  - id: github
+    version: \"1.0.0\"
+    docker: { image: registry.local/github, port: 8080 }
+  - id: lightrag
+    version: \"1.0.0\"
+    docker: { image: registry.local/lightrag, port: 8080 }
+";
+
+    #[test]
+    fn profiles_name_servers_and_optionally_their_tools() {
+        let yaml = format!(
+            "version: \"1.2\"\n{TWO_SERVERS}profiles:
+  - id: dev
+    description: Just the code
+    servers: [github]
+  - id: research
+    servers:
+      - github
+      - id: lightrag
+        tools: [query]
+"
+        );
+        let checked = checked_for_tests(&yaml);
+        let profiles = &checked.manifest.profiles;
+        assert_eq!(profiles.len(), 2);
+        assert_eq!(profiles[0].description.as_deref(), Some("Just the code"));
+        let research = &profiles[1];
+        assert!(research.shows_tool("github", "anything"));
+        assert!(research.shows_tool("lightrag", "query"));
+        assert!(!research.shows_tool("lightrag", "insert"));
+        assert!(!profiles[0].shows_server("lightrag"));
+        let whole = types::Profile::whole_fleet(&checked.manifest);
+        assert_eq!(whole.id, DEFAULT_PROFILE);
+        assert!(whole.shows_tool("lightrag", "insert"));
+    }
+
+    #[test]
+    fn every_profile_mistake_is_located() {
+        let yaml = format!(
+            "version: \"1.2\"\n{TWO_SERVERS}profiles:
+  - id: default
+    servers: [github]
+  - id: dev
+    servers: [githbu, github, github]
+  - id: dev
+    servers:
+      - id: lightrag
+        tools: []
+  - id: Bad_Id
+    servers: []
+  - id: tools
+    servers:
+      - id: lightrag
+        tools: [query, query]
+        extra: 1
+"
+        );
+        let files = RepoFiles {
+            manifest: TextFile::new(MANIFEST_FILE, yaml),
+            policies: Vec::new(),
+            trust: None,
+        };
+        let mut trust = policy::TrustPolicy::shipped();
+        trust.allowed_images = vec!["registry.local/".into()];
+        let errors = check(&files, &trust).unwrap_err();
+        let got: Vec<(usize, String, String)> = errors
+            .iter()
+            .map(|d| (d.line, d.path.clone(), d.message.clone()))
+            .collect();
+        let has = |line: usize, path: &str, words: &str| {
+            assert!(
+                got.iter()
+                    .any(|(l, p, m)| *l == line && p == path && m.contains(words)),
+                "no error at line {line} `{path}` saying `{words}` in {got:#?}"
+            );
+        };
+        has(10, "profiles[0].id", "cannot be redefined");
+        has(13, "profiles[1].servers[0]", "did you mean `github`?");
+        has(13, "profiles[1].servers[2]", "listed twice");
+        has(14, "profiles[2].id", "duplicate profile id `dev`");
+        has(17, "profiles[2].servers[0].tools", "empty tool list");
+        has(18, "profiles[3].id", "invalid profile id `Bad_Id`");
+        has(19, "profiles[3].servers", "at least one server");
+        has(23, "profiles[4].servers[0].tools[1]", "listed twice");
+        has(24, "profiles[4].servers[0].extra", "unknown field");
+        assert_eq!(errors.len(), 9, "{got:#?}");
+    }
+
+    #[test]
+    fn profiles_need_schema_1_2() {
+        let yaml = format!("version: \"1.1\"\n{TWO_SERVERS}profiles: []\n");
+        let files = RepoFiles {
+            manifest: TextFile::new(MANIFEST_FILE, yaml),
+            policies: Vec::new(),
+            trust: None,
+        };
+        let mut trust = policy::TrustPolicy::shipped();
+        trust.allowed_images = vec!["registry.local/".into()];
+        let errors = check(&files, &trust).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].message.contains("needs schema version \"1.2\""),
+            "{}",
+            errors[0]
+        );
+    }
 }

@@ -8,9 +8,11 @@ use semver::{Version, VersionReq};
 
 use super::decode::{Decoder, Object, index, join};
 use super::types::*;
-use super::yaml::Node;
+use super::yaml::{Node, Value};
 
-pub const MANIFEST_FIELDS: &[&str] = &["version", "servers"];
+pub const MANIFEST_FIELDS: &[&str] = &["version", "servers", "profiles"];
+pub const PROFILE_FIELDS: &[&str] = &["id", "description", "servers"];
+pub const PROFILE_SERVER_FIELDS: &[&str] = &["id", "tools"];
 pub const SERVER_FIELDS: &[&str] = &[
     "id",
     "name",
@@ -70,18 +72,19 @@ pub fn manifest(d: &mut Decoder, root: &Node) -> Option<Manifest> {
         match text.as_str() {
             "1.0" => Some(SchemaVersion::V1_0),
             "1.1" => Some(SchemaVersion::V1_1),
+            "1.2" => Some(SchemaVersion::V1_2),
             other => {
                 d.error(
                     "version",
                     format!(
-                        "unsupported schema version `{other}`; this agent reads \"1.0\" and \"1.1\""
+                        "unsupported schema version `{other}`; this agent reads \"1.0\", \"1.1\" and \"1.2\""
                     ),
                 );
                 None
             }
         }
     });
-    let version = version.unwrap_or(SchemaVersion::V1_1);
+    let version = version.unwrap_or(SchemaVersion::V1_2);
     let mut servers = Vec::new();
     if let Some(list) = d
         .required(&obj, "servers")
@@ -93,7 +96,99 @@ pub fn manifest(d: &mut Decoder, root: &Node) -> Option<Manifest> {
             }
         }
     }
-    Some(Manifest { version, servers })
+    let mut profiles = Vec::new();
+    if let Some(node) = obj.get("profiles") {
+        if version < SchemaVersion::V1_2 {
+            d.error(
+                "profiles",
+                "`profiles` needs schema version \"1.2\"; set `version: \"1.2\"` at the top of the manifest",
+            );
+        } else if let Some(list) = d.list(node, "profiles") {
+            for (i, node) in list.iter().enumerate() {
+                if let Some(p) = profile(d, node, &index("profiles", i)) {
+                    profiles.push(p);
+                }
+            }
+        }
+    }
+    Some(Manifest {
+        version,
+        servers,
+        profiles,
+    })
+}
+
+/// One profile. Which servers exist is checked in `validate`, with the others.
+fn profile(d: &mut Decoder, node: &Node, path: &str) -> Option<Profile> {
+    let obj = d.object(node, path, PROFILE_FIELDS)?;
+    let id = d
+        .required(&obj, "id")
+        .and_then(|n| d.string(n, &join(path, "id")))?;
+    if id == DEFAULT_PROFILE {
+        d.error(
+            &join(path, "id"),
+            "`default` is the profile of the whole fleet and cannot be redefined; give this profile another id",
+        );
+    } else if let Err(why) = check_id(&id) {
+        d.error(&join(path, "id"), why.replace("server id", "profile id"));
+    }
+    let description = obj
+        .get("description")
+        .and_then(|n| d.string(n, &join(path, "description")));
+    let mut servers = Vec::new();
+    let list_path = join(path, "servers");
+    if let Some(list) = d
+        .required(&obj, "servers")
+        .and_then(|n| d.list(n, &list_path))
+    {
+        if list.is_empty() {
+            d.error(&list_path, "a profile needs at least one server");
+        }
+        for (i, node) in list.iter().enumerate() {
+            let at = index(&list_path, i);
+            // A bare id shows every tool of the server; a mapping can narrow them.
+            if let Value::Scalar { .. } = node.value {
+                if let Some(id) = d.string(node, &at) {
+                    servers.push(ProfileServer { id, tools: None });
+                }
+                continue;
+            }
+            let Some(obj) = d.object(node, &at, PROFILE_SERVER_FIELDS) else {
+                continue;
+            };
+            let Some(id) = d
+                .required(&obj, "id")
+                .and_then(|n| d.string(n, &join(&at, "id")))
+            else {
+                continue;
+            };
+            let tools = obj
+                .get("tools")
+                .and_then(|n| d.string_list(n, &join(&at, "tools")));
+            if let Some(tools) = &tools {
+                if tools.is_empty() {
+                    d.error(
+                        &join(&at, "tools"),
+                        "an empty tool list would show nothing of this server; leave `tools` out to show all of them, or remove the server from the profile",
+                    );
+                }
+                for (j, t) in tools.iter().enumerate() {
+                    if t.is_empty() || t.chars().any(char::is_whitespace) {
+                        d.error(
+                            &index(&join(&at, "tools"), j),
+                            format!("`{t}` is not a tool name: names have no spaces"),
+                        );
+                    }
+                }
+            }
+            servers.push(ProfileServer { id, tools });
+        }
+    }
+    Some(Profile {
+        id,
+        description,
+        servers,
+    })
 }
 
 fn server(d: &mut Decoder, node: &Node, path: &str, schema: SchemaVersion) -> Option<Server> {

@@ -35,15 +35,39 @@ pub fn json_schema() -> Value {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://github.com/liminalcommons/mcp-orchestration/ecosystem-manifest.schema.json",
         "title": "ecosystem-manifest.yaml",
-        "description": "The MCP servers an mcp-orchestration agent keeps running (schema 1.0 and 1.1).",
+        "description": "The MCP servers an mcp-orchestration agent keeps running (schema 1.0, 1.1 and 1.2).",
         "type": "object",
         "additionalProperties": false,
         "required": ["version", "servers"],
         "properties": {
-            "version": { "enum": ["1.0", "1.1", 1.0, 1.1], "description": "Schema version; 1.1 adds health_check, recovery, restart_policy and update_policy. Unquoted (a YAML number) reads the same." },
-            "servers": { "type": "array", "items": { "$ref": "#/$defs/server" } }
+            "version": { "enum": ["1.0", "1.1", "1.2", 1.0, 1.1, 1.2], "description": "Schema version; 1.1 adds health_check, recovery, restart_policy and update_policy; 1.2 adds profiles. Unquoted (a YAML number) reads the same." },
+            "servers": { "type": "array", "items": { "$ref": "#/$defs/server" } },
+            "profiles": { "type": "array", "items": { "$ref": "#/$defs/profile" },
+                "description": "Schema 1.2: views of the fleet that clients reach at the gateway's /profiles/{id}/mcp. `default`, the whole fleet, is implied." }
         },
         "$defs": {
+            "profile": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["id", "servers"],
+                "properties": {
+                    "id": { "type": "string", "pattern": ID_PATTERN, "not": { "const": "default" }, "description": "Unique; the gateway serves the profile at /profiles/{id}/mcp." },
+                    "description": { "type": "string" },
+                    "servers": { "type": "array", "minItems": 1, "items": { "oneOf": [
+                        { "type": "string", "pattern": ID_PATTERN, "description": "A server id: all of its tools." },
+                        { "$ref": "#/$defs/profile_server" }
+                    ] } }
+                }
+            },
+            "profile_server": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["id"],
+                "properties": {
+                    "id": { "type": "string", "pattern": ID_PATTERN },
+                    "tools": { "type": "array", "minItems": 1, "items": { "type": "string" }, "description": "The server's own tool names to show; default: all." }
+                }
+            },
             "server": {
                 "type": "object",
                 "additionalProperties": false,
@@ -173,6 +197,8 @@ mod tests {
         let s = json_schema();
         for (pointer, fields) in [
             ("/properties", MANIFEST_FIELDS),
+            ("/$defs/profile/properties", PROFILE_FIELDS),
+            ("/$defs/profile_server/properties", PROFILE_SERVER_FIELDS),
             ("/$defs/server/properties", SERVER_FIELDS),
             ("/$defs/docker/properties", DOCKER_FIELDS),
             (

@@ -7,24 +7,83 @@ use std::collections::BTreeMap;
 use semver::{Version, VersionReq};
 use serde::Serialize;
 
-/// Schema versions this agent reads. 1.1 adds health checks, restart and update policies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Schema versions this agent reads. 1.1 adds health checks, restart and update policies;
+/// 1.2 adds profiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum SchemaVersion {
     #[serde(rename = "1.0")]
     V1_0,
     #[serde(rename = "1.1")]
     V1_1,
+    #[serde(rename = "1.2")]
+    V1_2,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Manifest {
     pub version: SchemaVersion,
     pub servers: Vec<Server>,
+    /// Views of the fleet for clients (schema 1.2); `default`, the whole fleet, is implied.
+    pub profiles: Vec<Profile>,
 }
 
 impl Manifest {
     pub fn server(&self, id: &str) -> Option<&Server> {
         self.servers.iter().find(|s| s.id == id)
+    }
+}
+
+/// The profile every manifest has: the whole fleet. A manifest cannot redefine it.
+pub const DEFAULT_PROFILE: &str = "default";
+
+/// A view of the fleet that a client sees through the gateway (its own path,
+/// `/profiles/{id}/mcp`): some servers, and of each all tools or some.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Profile {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub servers: Vec<ProfileServer>,
+}
+
+/// One server of a profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct ProfileServer {
+    pub id: String,
+    /// The server's own tool names the profile shows; absent: all of them. Prompts and
+    /// resources of the server are always shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<String>>,
+}
+
+impl Profile {
+    /// The whole fleet of `manifest`, as the implied `default` profile.
+    pub fn whole_fleet(manifest: &Manifest) -> Profile {
+        Profile {
+            id: DEFAULT_PROFILE.to_owned(),
+            description: Some("Every server of the fleet".to_owned()),
+            servers: manifest
+                .servers
+                .iter()
+                .map(|s| ProfileServer {
+                    id: s.id.clone(),
+                    tools: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the profile shows `server` at all.
+    pub fn shows_server(&self, server: &str) -> bool {
+        self.servers.iter().any(|s| s.id == server)
+    }
+
+    /// Whether the profile shows the tool `tool` (the server's own name) of `server`.
+    pub fn shows_tool(&self, server: &str, tool: &str) -> bool {
+        self.servers
+            .iter()
+            .find(|s| s.id == server)
+            .is_some_and(|s| s.tools.as_ref().is_none_or(|t| t.iter().any(|t| t == tool)))
     }
 }
 

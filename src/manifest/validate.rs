@@ -349,6 +349,69 @@ fn cross_checks(
             }
         }
     }
+    profile_checks(d, m);
+}
+
+/// Profiles name servers of this manifest, each once, and are named once. Which tools a
+/// server has is known only once it runs, so the gateway reports a listed tool that a
+/// server does not offer (`GET /profiles`) rather than this check.
+fn profile_checks(d: &mut Decoder, m: &Manifest) {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in m.profiles.iter().enumerate() {
+        let path = index("profiles", i);
+        if let Some(first) = ids.insert(&p.id, i) {
+            ids.insert(&p.id, first);
+            d.error(
+                &join(&path, "id"),
+                format!(
+                    "duplicate profile id `{}` (first used by profiles[{first}])",
+                    p.id
+                ),
+            );
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (j, s) in p.servers.iter().enumerate() {
+            let at = index(&join(&path, "servers"), j);
+            // A bare id's position is the item itself; a mapping's is its `id`.
+            let id_path = if d.was_seen(&join(&at, "id")) {
+                join(&at, "id")
+            } else {
+                at.clone()
+            };
+            if m.server(&s.id).is_none() {
+                let mut message = format!("profile `{}` names unknown server `{}`", p.id, s.id);
+                match did_you_mean(&s.id, m.servers.iter().map(|s| s.id.as_str())) {
+                    Some(near) => message.push_str(&format!("; did you mean `{near}`?")),
+                    None => message.push_str(&format!(
+                        "; the manifest's servers are: {}",
+                        list_or_nothing(
+                            &m.servers.iter().map(|s| s.id.clone()).collect::<Vec<_>>()
+                        )
+                    )),
+                }
+                d.error(&id_path, message);
+            }
+            if let Some(first) = seen.insert(&s.id, j) {
+                seen.insert(&s.id, first);
+                d.error(
+                    &id_path,
+                    format!(
+                        "server `{}` is listed twice in profile `{}` (first at servers[{first}])",
+                        s.id, p.id
+                    ),
+                );
+            }
+            let mut tools: HashMap<&str, ()> = HashMap::new();
+            for (k, t) in s.tools.iter().flatten().enumerate() {
+                if tools.insert(t, ()).is_some() {
+                    d.error(
+                        &index(&join(&at, "tools"), k),
+                        format!("tool `{t}` is listed twice"),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn list_or_nothing(items: &[String]) -> String {
