@@ -118,6 +118,38 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX events_by_server ON events (server_id, id);",
     // 6: the tool-set guard's comparison of a rollout's versions (JSON `ToolDiff`).
     "ALTER TABLE rollouts ADD COLUMN tool_diff TEXT;",
+    // 7: client configurations: drafts being edited (one per client and profile), the
+    // signed artifacts published from them (immutable, content-addressed), and where each
+    // was deployed.
+    "CREATE TABLE config_drafts (
+        client TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        base_artifact TEXT,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (client, profile)
+    );
+    CREATE TABLE config_artifacts (
+        id TEXT PRIMARY KEY,
+        client TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX config_artifacts_by_target ON config_artifacts (client, profile, seq);
+    CREATE TABLE config_deployments (
+        id INTEGER PRIMARY KEY,
+        client TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        path TEXT NOT NULL,
+        artifact_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        backup TEXT,
+        changed INTEGER NOT NULL,
+        deployed_at TEXT NOT NULL
+    );
+    CREATE INDEX config_deployments_by_target ON config_deployments (client, profile, id);",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

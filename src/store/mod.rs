@@ -11,6 +11,7 @@
 //! (failed versions, pins, holds), `meta` and `events` (the event log); the typed rows are
 //! in `records` and the schema in `migrations`.
 
+mod configs;
 mod events;
 mod health_events;
 mod meta;
@@ -26,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 
+pub use configs::{ConfigDeployment, ConfigDraft, StoredArtifact};
 pub use events::Event;
 pub use records::*;
 
