@@ -165,8 +165,15 @@ fn is_reference(env_ref: EnvRef, text: &str) -> bool {
             .and_then(|rest| rest.strip_suffix('}'))
             .is_some_and(is_env_name)
     };
+    // Claude Code also reads `${NAME:-default}`.
+    let with_default = || {
+        text.strip_prefix("${")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .and_then(|inner| inner.split_once(":-"))
+            .is_some_and(|(name, _)| is_env_name(name))
+    };
     match env_ref {
-        EnvRef::Braces => braced("${"),
+        EnvRef::Braces => braced("${") || with_default(),
         EnvRef::DollarOrBraces => braced("${") || text.strip_prefix('$').is_some_and(is_env_name),
         EnvRef::EnvColon => braced("${env:"),
         EnvRef::Unsupported => false,

@@ -134,7 +134,7 @@ pub enum KeyError {
 
 /// A public key as the agent serves it for verification (and as the trust store receives
 /// it). `public_key` is 64 lowercase hex digits; `key_id` is derived from it (module doc).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PublicKeyInfo {
     pub key_id: String,
     pub algorithm: String,

@@ -12,4 +12,5 @@ pub mod edit;
 pub mod entry;
 pub mod keys;
 pub mod registry;
+pub mod service;
 pub mod trust;

@@ -14,6 +14,10 @@ pub enum Missing {
     Revision,
     /// A profile of the applied manifest (`default` always exists).
     Profile,
+    /// An MCP client the agent writes configurations for.
+    Client,
+    /// A published configuration artifact.
+    Artifact,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,15 @@ pub enum ControlError {
     /// The agent could not do its part; the message carries every cause.
     #[error("{0}")]
     Internal(String),
+    /// Well-formed, but what it names is refused for a reason a client can act on (a
+    /// configuration that does not validate, an artifact whose signature does not hold, a
+    /// user's file that is not valid JSON): a code of its own and structured details.
+    #[error("{message}")]
+    Refused {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
 }
 
 fn not_found_message(what: Missing, id: &str) -> String {
@@ -38,6 +51,10 @@ fn not_found_message(what: Missing, id: &str) -> String {
         Missing::Revision => {
             format!("no run for a commit starting with `{id}` (give at least 4 hex characters)")
         }
+        Missing::Client => {
+            format!("no MCP client `{id}` (`GET /v1/clients` lists the clients known)")
+        }
+        Missing::Artifact => format!("no published configuration artifact `{id}`"),
         Missing::Profile => format!(
             "no profile `{id}` in the applied manifest (`default` is the whole fleet; the gateway's `GET /profiles` lists the others)"
         ),
@@ -48,6 +65,13 @@ impl ControlError {
     pub fn server_not_found(id: &str) -> ControlError {
         ControlError::NotFound {
             what: Missing::Server,
+            id: id.to_owned(),
+        }
+    }
+
+    pub fn not_found(what: Missing, id: &str) -> ControlError {
+        ControlError::NotFound {
+            what,
             id: id.to_owned(),
         }
     }
@@ -78,6 +102,15 @@ impl ControlError {
                 what: Missing::Profile,
                 ..
             } => "PROFILE_NOT_FOUND",
+            ControlError::NotFound {
+                what: Missing::Client,
+                ..
+            } => "CLIENT_NOT_FOUND",
+            ControlError::NotFound {
+                what: Missing::Artifact,
+                ..
+            } => "ARTIFACT_NOT_FOUND",
+            ControlError::Refused { code, .. } => code,
             ControlError::Conflict(_) => "CONFLICT",
             ControlError::Invalid(_) => "VALIDATION_FAILED",
             ControlError::Internal(_) => "INTERNAL",
@@ -95,6 +128,15 @@ impl ControlError {
                 what: Missing::Profile,
                 id,
             } => json!({ "profile": id }),
+            ControlError::NotFound {
+                what: Missing::Client,
+                id,
+            } => json!({ "client": id }),
+            ControlError::NotFound {
+                what: Missing::Artifact,
+                id,
+            } => json!({ "artifact": id }),
+            ControlError::Refused { details, .. } => details.clone(),
             _ => Value::Null,
         }
     }

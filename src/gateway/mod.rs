@@ -128,7 +128,8 @@ pub fn router(
     use axum::routing::{any, get};
     let profile_routes = Router::new()
         .route("/profiles", get(profiles::list))
-        .route("/profiles/{id}/mcp", any(profiles::mcp))
+        .route("/profiles/{id}/mcp", any(profiles::profile_mcp))
+        .route("/servers/{id}/mcp", any(profiles::server_mcp))
         .with_state(endpoints);
     Router::new()
         .nest_service("/mcp", mcp)

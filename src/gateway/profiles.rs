@@ -1,6 +1,7 @@
 //! The profiles' endpoints: `/profiles/{id}/mcp` shows only what the applied manifest's
-//! profile `id` names (its servers; of each, every tool or the listed ones), and
-//! `GET /profiles` says what each profile shows and which listed tools no server offers.
+//! profile `id` names (its servers; of each, every tool or the listed ones),
+//! `/servers/{id}/mcp` one server, and `GET /profiles` says what each profile shows and
+//! which listed tools no server offers.
 //!
 //! Each profile gets its own MCP service, made at its first request, with its own client
 //! sessions kept under `gateway-sessions/profiles/{id}/`: a session opened on one profile's
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::backends::Backends;
-use super::service::{Gateway, HttpService, Sessions, http_service, open_sessions};
+use super::service::{Gateway, HttpService, Scope, Sessions, http_service, open_sessions};
 use super::sessions::{SessionFiles, SessionKey};
 use crate::api::ApiError;
 use crate::fleet::ControlError;
@@ -34,7 +35,7 @@ pub struct Endpoints {
     any_host: bool,
     shutdown: CancellationToken,
     /// Std lock: held only to look up or insert, never across an await.
-    services: Mutex<HashMap<String, (HttpService, Arc<Sessions>)>>,
+    services: Mutex<HashMap<Scope, (HttpService, Arc<Sessions>)>>,
 }
 
 impl Endpoints {
@@ -57,21 +58,21 @@ impl Endpoints {
         }
     }
 
-    /// Profile `id`'s service, made now if it is the first request for it.
-    fn service(&self, id: &str) -> std::io::Result<HttpService> {
+    /// The service of `scope`, made now if this is the first request for it. `default`
+    /// is the whole fleet.
+    fn service(&self, scope: &Scope) -> std::io::Result<HttpService> {
         let mut services = self
             .services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((service, _)) = services.get(id) {
+        if let Some((service, _)) = services.get(scope) {
             return Ok(service.clone());
         }
-        let files = SessionFiles::open(self.sessions_dir.join(id), self.key.clone())?;
+        let files = SessionFiles::open(self.sessions_dir(scope), self.key.clone())?;
         let sessions = Arc::new(Sessions::new(self.key.clone()));
-        let gateway = if id == DEFAULT_PROFILE {
-            self.gateway.clone()
-        } else {
-            self.gateway.for_profile(id)
+        let gateway = match scope {
+            Scope::Profile(id) if id == DEFAULT_PROFILE => self.gateway.clone(),
+            _ => self.gateway.scoped(scope.clone()),
         };
         let service = http_service(
             gateway,
@@ -80,8 +81,21 @@ impl Endpoints {
             self.any_host,
             self.shutdown.clone(),
         );
-        services.insert(id.to_owned(), (service.clone(), sessions));
+        services.insert(scope.clone(), (service.clone(), sessions));
         Ok(service)
+    }
+
+    fn sessions_dir(&self, scope: &Scope) -> PathBuf {
+        match scope {
+            Scope::Profile(id) => self.sessions_dir.join(id),
+            // Beside `profiles/`: `{data-dir}/gateway-sessions/servers/{id}`.
+            Scope::Server(id) => self
+                .sessions_dir
+                .parent()
+                .unwrap_or(&self.sessions_dir)
+                .join("servers")
+                .join(id),
+        }
     }
 
     /// Client sessions open on the profiles' paths.
@@ -103,31 +117,66 @@ impl Endpoints {
 
 /// Any method on `/profiles/{id}/mcp`: the profile's MCP endpoint (`default`'s is the
 /// whole fleet, as `/mcp`).
-pub async fn mcp(
+pub async fn profile_mcp(
     State(endpoints): State<Arc<Endpoints>>,
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
     let known = id == DEFAULT_PROFILE || endpoints.gateway.control().view.profile(&id).is_some();
-    // A profile that was removed keeps serving the sessions opened on it (with nothing
-    // in them), but opens no new ones.
+    serve(
+        &endpoints,
+        Scope::Profile(id.clone()),
+        known,
+        request,
+        || ControlError::profile_not_found(&id),
+    )
+    .await
+}
+
+/// Any method on `/servers/{id}/mcp`: one server's tools, prompts and resources, under
+/// the same names as on `/mcp`.
+pub async fn server_mcp(
+    State(endpoints): State<Arc<Endpoints>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let known = endpoints.gateway.control().view.has_server(&id);
+    serve(
+        &endpoints,
+        Scope::Server(id.clone()),
+        known,
+        request,
+        || ControlError::server_not_found(&id),
+    )
+    .await
+}
+
+/// A scope that went away (a commit removed the profile or the server) keeps serving the
+/// sessions opened on it, with nothing in them, but opens no new ones.
+async fn serve(
+    endpoints: &Endpoints,
+    scope: Scope,
+    known: bool,
+    request: Request,
+    missing: impl FnOnce() -> ControlError,
+) -> Response {
     let opened = endpoints
         .services
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains_key(&id);
+        .contains_key(&scope);
     if !known && !opened {
-        return ApiError::from(ControlError::profile_not_found(&id)).into_response();
+        return ApiError::from(missing()).into_response();
     }
-    match endpoints.service(&id) {
+    match endpoints.service(&scope) {
         Ok(service) => service
             .handle(request)
             .await
             .map(axum::body::Body::new)
             .into_response(),
         Err(e) => ApiError::from(ControlError::Internal(format!(
-            "cannot keep profile `{id}`'s sessions in {}: {e}",
-            endpoints.sessions_dir.join(&id).display()
+            "cannot keep the sessions of {scope:?} in {}: {e}",
+            endpoints.sessions_dir(&scope).display()
         )))
         .into_response(),
     }

@@ -39,8 +39,17 @@ pub struct Gateway {
     control: Arc<Control>,
     backends: Backends,
     metrics: Arc<GatewayMetrics>,
-    /// The profile this endpoint shows; `None` is `default`, the whole fleet.
-    profile: Option<String>,
+    /// What this endpoint shows; `None` is `default`, the whole fleet.
+    scope: Option<Scope>,
+}
+
+/// A part of the fleet one endpoint shows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// A profile of the applied manifest (`/profiles/{id}/mcp`).
+    Profile(String),
+    /// One server (`/servers/{id}/mcp`).
+    Server(String),
 }
 
 /// Which servers and tools one endpoint shows.
@@ -75,7 +84,7 @@ impl Gateway {
             control,
             backends,
             metrics,
-            profile: None,
+            scope: None,
         }
     }
 
@@ -83,23 +92,34 @@ impl Gateway {
         &self.control
     }
 
-    /// The same gateway showing only profile `id` of the applied manifest.
-    pub fn for_profile(&self, id: &str) -> Gateway {
+    /// The same gateway showing only `scope`.
+    pub fn scoped(&self, scope: Scope) -> Gateway {
         Gateway {
-            profile: Some(id.to_owned()),
+            scope: Some(scope),
             ..self.clone()
         }
     }
 
-    /// What this endpoint shows now (a commit may change the profile).
+    /// What this endpoint shows now (a commit may change a profile, or remove a server).
     fn shown(&self) -> Shown {
-        match &self.profile {
+        match &self.scope {
             None => Shown::All,
-            Some(id) => self
+            Some(Scope::Profile(id)) => self
                 .control
                 .view
                 .profile(id)
                 .map_or(Shown::Nothing, Shown::Profile),
+            Some(Scope::Server(id)) if self.control.view.has_server(id) => {
+                Shown::Profile(crate::manifest::Profile {
+                    id: id.clone(),
+                    description: None,
+                    servers: vec![crate::manifest::ProfileServer {
+                        id: id.clone(),
+                        tools: None,
+                    }],
+                })
+            }
+            Some(Scope::Server(_)) => Shown::Nothing,
         }
     }
 

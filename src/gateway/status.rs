@@ -279,6 +279,18 @@ fn document() -> serde_json::Value {
                 },
             },
             "/profiles": profiles,
+            "/servers/{id}/mcp": {
+                "post": {
+                    "summary": "MCP over streamable HTTP, showing only server {id}'s tools, prompts and resources (named as on /mcp)",
+                    "tags": ["gateway"],
+                    "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                    "responses": {
+                        "200": { "description": "a JSON-RPC answer (JSON or an SSE stream)" },
+                        "404": { "description": "No such server in the applied manifest",
+                                 "content": { "application/json": { "schema": error.clone() } } },
+                    },
+                },
+            },
             "/profiles/{id}/mcp": {
                 "post": {
                     "summary": "MCP over streamable HTTP, showing only profile {id}'s servers and tools (default: the whole fleet)",
