@@ -247,6 +247,9 @@ pub struct AgentSettings {
     /// loopback with `require_key_for_reads` (the gateway only reads and calls tools).
     pub gateway_keys: bool,
     pub data_dir: PathBuf,
+    /// The home directory whose MCP client files `deploy_config` writes on this host;
+    /// `None`: the agent's own (`HOME`). Tests point it at a temporary directory.
+    pub clients_home: Option<PathBuf>,
     pub webhook_secret: Option<String>,
     pub secrets_file: Option<PathBuf>,
     pub concurrency: usize,
@@ -512,6 +515,7 @@ impl Settings {
             gateway_listen,
             gateway_keys,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
+            clients_home: None,
             webhook_secret: a.webhook_secret.clone().filter(|s| !s.is_empty()),
             secrets_file: a.secrets_file.clone(),
             concurrency,

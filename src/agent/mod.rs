@@ -428,8 +428,30 @@ pub async fn run(
     startup.set(Some("opening the git mirror"));
     let sync_duration = Arc::new(crate::metrics::Histogram::default());
     let publish_counts = crate::publish::Counts::default();
+    // Client configurations point at the gateway's own address (loopback when it listens
+    // on every interface: the deploys the agent makes are for this host).
+    let gateway_address = gateway_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|mut addr| {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            crate::clients::service::GatewayAddress {
+                base_url: format!("http://{addr}"),
+                keys_required: settings.gateway_keys,
+            }
+        });
+    let configs = Arc::new(crate::clients::service::Configs::new(
+        store.clone(),
+        control.view.clone(),
+        settings.data_dir.join("keys"),
+        gateway_address,
+        crate::clients::service::Host::current(settings.clients_home.as_deref()),
+    ));
     let api_state = crate::api::ApiState {
         control: control.clone(),
+        configs: configs.clone(),
         runtime: runtime.kind(),
         branch: settings.git.branch.clone(),
         webhook_secret: settings.webhook_secret.clone(),
@@ -445,6 +467,7 @@ pub async fn run(
     // same keys and limits.
     let mcp = crate::mcp::http_service(
         control.clone(),
+        configs,
         crate::mcp::HttpConfig {
             body_limit: crate::api::BODY_LIMIT,
             any_host: settings.keys_for_reads,

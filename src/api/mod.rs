@@ -5,6 +5,7 @@
 //! ([`ApiState`]).
 
 mod auth;
+mod configs;
 mod error;
 mod events;
 pub mod openapi;
@@ -32,6 +33,8 @@ use crate::fleet::{self, Control};
 /// What the handlers read: the control layer, and the API's own configuration and counters.
 pub struct ApiState {
     pub control: Arc<Control>,
+    /// The client-configuration operations (`/v1/`).
+    pub configs: Arc<crate::clients::service::Configs>,
     pub runtime: crate::runtime::RuntimeKind,
     /// The tracked branch: a webhook for another one wakes nothing.
     pub branch: String,

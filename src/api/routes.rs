@@ -430,6 +430,7 @@ pub fn table() -> Vec<Route> {
             },
         ),
     ];
+    all.extend(config_routes());
     // MCP carries mutating tools on every method (a `GET` opens a session's stream), so
     // it always needs a key.
     for (method, summary, content, ok) in [
@@ -462,7 +463,12 @@ pub fn table() -> Vec<Route> {
                 summary,
                 description: "The tools: list_servers, server_status, deploy_server, stop_server, \
                               restart_server, health_check, health_events, rollout_history, \
-                              rollback_server, resume_server. Always needs a key, whatever the method.",
+                              rollback_server, resume_server; and for client configurations \
+                              list_clients, list_profiles, get_config, diff_config, \
+                              add_server_to_config, remove_server_from_config, view_draft_config, \
+                              clear_draft_config, validate_config, publish_config, deploy_config, \
+                              list_available_servers, describe_server, initialize_keys. Always \
+                              needs a key, whatever the method.",
                 tag: "mcp",
                 body: post.then_some(
                     (|_| json!({ "type": "object", "description": "a JSON-RPC 2.0 message" }))
@@ -519,6 +525,213 @@ pub fn at(path: &str) -> Option<Vec<(Method, Auth)>> {
         methods.push((Method::HEAD, auth));
     }
     Some(methods)
+}
+
+/// The seed's `/v1/` routes for client configurations (`clients::service`).
+fn config_routes() -> Vec<Route> {
+    use super::configs as c;
+    use crate::clients::service as cs;
+    use Auth::{Read, Write};
+    let doc = |summary: &'static str, answer: Schema| Doc {
+        summary,
+        tag: "client configurations",
+        answer,
+        ..Doc::default()
+    };
+    vec![
+        route(
+            Method::GET,
+            "/v1/clients",
+            get(c::clients),
+            Read,
+            doc(
+                "The MCP clients whose configuration files the agent writes, and where each keeps its file",
+                |s| s.schema::<cs::ClientList>(),
+            ),
+        ),
+        route(
+            Method::GET,
+            "/v1/clients/{client_id}/profiles",
+            get(c::profiles),
+            Read,
+            doc(
+                "The profiles a client can be configured with (`default` is the whole fleet)",
+                |s| s.schema::<cs::ProfileList>(),
+            ),
+        ),
+        route(
+            Method::GET,
+            "/v1/config/{client_id}/{profile}",
+            get(c::config),
+            Read,
+            doc(
+                "The configuration in force: the latest published, or the entry pointing at the profile on the gateway",
+                |s| s.schema::<cs::ConfigView>(),
+            ),
+        ),
+        route(
+            Method::GET,
+            "/v1/config/{client_id}/{profile}/artifact",
+            get(c::latest_artifact),
+            Read,
+            doc(
+                "The latest published artifact as signed (envelope, payload, signature, id)",
+                |_| json!({ "type": "object" }),
+            ),
+        ),
+        route(
+            Method::GET,
+            "/v1/artifacts/{artifact_id}",
+            get(c::artifact),
+            Read,
+            doc(
+                "One published artifact as signed",
+                |_| json!({ "type": "object" }),
+            ),
+        ),
+        route(
+            Method::POST,
+            "/v1/config/diff",
+            post(c::diff),
+            Read,
+            Doc {
+                body: Some(|s| s.schema::<cs::DiffRequest>()),
+                body_required: true,
+                ..doc(
+                    "Compare a configuration (a payload, or the client's file on the agent's host) with the latest published one, field by field",
+                    |s| s.schema::<cs::DiffReport>(),
+                )
+            },
+        ),
+        route(
+            Method::POST,
+            "/v1/config/{client_id}/{profile}/draft/add",
+            post(c::draft_add),
+            Write,
+            Doc {
+                body: Some(|s| s.schema::<cs::AddEntry>()),
+                body_required: true,
+                ..doc(
+                    "Add an entry to the draft: a fleet server, a profile, or an entry of the client's own shape",
+                    |s| s.schema::<cs::DraftView>(),
+                )
+            },
+        ),
+        route(
+            Method::POST,
+            "/v1/config/{client_id}/{profile}/draft/remove",
+            post(c::draft_remove),
+            Write,
+            Doc {
+                body: Some(|s| s.schema::<c::RemoveRequest>()),
+                body_required: true,
+                ..doc("Remove an entry from the draft, by name", |s| {
+                    s.schema::<cs::DraftView>()
+                })
+            },
+        ),
+        route(
+            Method::GET,
+            "/v1/config/{client_id}/{profile}/draft",
+            get(c::draft),
+            Read,
+            doc(
+                "The draft (`exists: false` and what it would start from when there is none)",
+                |s| s.schema::<cs::DraftView>(),
+            ),
+        ),
+        route(
+            Method::DELETE,
+            "/v1/config/{client_id}/{profile}/draft",
+            delete(c::clear_draft),
+            Write,
+            doc("Throw the draft away", |s| s.schema::<cs::DraftCleared>()),
+        ),
+        route(
+            Method::POST,
+            "/v1/config/{client_id}/{profile}/validate",
+            post(c::validate),
+            Read,
+            doc(
+                "Validate the draft (or the configuration in force): every problem with its code and place",
+                |s| s.schema::<cs::ValidationReport>(),
+            ),
+        ),
+        route(
+            Method::POST,
+            "/v1/config/{client_id}/{profile}/publish",
+            post(c::publish),
+            Write,
+            Doc {
+                ok: 201,
+                ..doc(
+                    "Sign the draft (or the configuration in force) into an immutable artifact (422 CONFIG_INVALID when it does not validate, 409 without a signing key)",
+                    |s| s.schema::<cs::Published>(),
+                )
+            },
+        ),
+        route(
+            Method::POST,
+            "/v1/config/{client_id}/{profile}/deploy",
+            post(c::deploy),
+            Write,
+            Doc {
+                body: Some(|s| s.schema::<cs::DeployRequest>()),
+                ..doc(
+                    "Write the latest (or a given) artifact into the client's file on the agent's host, changing only its entries (422 when the file cannot be changed; it is left as it was)",
+                    |s| s.schema::<cs::DeployReport>(),
+                )
+            },
+        ),
+        route(
+            Method::GET,
+            "/v1/servers",
+            get(c::servers),
+            Read,
+            doc(
+                "The fleet's servers a configuration can include, with their gateway URLs",
+                |s| s.schema::<cs::AvailableServers>(),
+            ),
+        ),
+        route(
+            Method::GET,
+            "/v1/servers/{server_id}",
+            get(c::server),
+            Read,
+            doc("One server as a configuration sees it", |s| {
+                s.schema::<cs::AvailableServer>()
+            }),
+        ),
+        route(
+            Method::GET,
+            "/v1/keys",
+            get(c::keys),
+            Read,
+            doc("The public keys artifacts are signed with", |s| {
+                s.schema::<cs::KeysView>()
+            }),
+        ),
+        route(
+            Method::POST,
+            "/v1/keys/initialize",
+            post(c::initialize_keys),
+            Write,
+            doc(
+                "Create the signing key if there is none (idempotent)",
+                |s| s.schema::<cs::KeysView>(),
+            ),
+        ),
+        route(
+            Method::POST,
+            "/v1/keys/rotate",
+            post(c::rotate_keys),
+            Write,
+            doc(
+                "A new signing key; artifacts signed by the old ones stay verifiable",
+                |s| s.schema::<cs::KeysView>(),
+            ),
+        ),
+    ]
 }
 
 #[cfg(test)]

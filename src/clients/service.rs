@@ -48,13 +48,18 @@ pub struct Host {
 }
 
 impl Host {
-    /// The host the agent runs on, read from its environment once.
-    pub fn current() -> Host {
+    /// The host the agent runs on, read from its environment once; `home` replaces the
+    /// home directory (and the variables that would move files out of it).
+    pub fn current(home: Option<&std::path::Path>) -> Host {
         let os = Os::current();
-        Host {
-            os,
-            env: registry::Env::from_vars(os, |name| std::env::var_os(name)).ok(),
-        }
+        let env = match home {
+            Some(home) => registry::Env::from_vars(os, |name| match name {
+                "HOME" | "USERPROFILE" => Some(home.as_os_str().to_owned()),
+                _ => None,
+            }),
+            None => registry::Env::from_vars(os, |name| std::env::var_os(name)),
+        };
+        Host { os, env: env.ok() }
     }
 }
 
@@ -716,7 +721,7 @@ impl Configs {
                 let Some(last) = s.last_config_deployment(&client_id, &p, &at)? else {
                     return Ok(None);
                 };
-                Ok(s.config_artifact(&last.artifact_id)?)
+                s.config_artifact(&last.artifact_id)
             })
             .await?;
         let previously = match previous {
@@ -1353,14 +1358,12 @@ pub fn validate_payload(
                     ));
                 }
             }
-            (_, Some(url_field)) => {
-                if !has(url_field) && !has("command") {
-                    errors.push(problem(
-                        "MISSING_URL",
-                        name,
-                        format!("{} reads an HTTP server's address from `{url_field}`; a stdio entry needs `command`", c.display_name),
-                    ));
-                }
+            (_, Some(url_field)) if !has(url_field) && !has("command") => {
+                errors.push(problem(
+                    "MISSING_URL",
+                    name,
+                    format!("{} reads an HTTP server's address from `{url_field}`; a stdio entry needs `command`", c.display_name),
+                ));
             }
             _ => {}
         }
@@ -1474,9 +1477,7 @@ fn unresolved(env_ref: EnvRef, text: &str) -> Option<String> {
         let brace = bytes[i] == b'{' && (i == 0 || bytes[i - 1] != b'$');
         if dollar || brace {
             let open = if dollar { i + 2 } else { i + 1 };
-            let Some(len) = text[open..].find('}') else {
-                return None;
-            };
+            let len = text[open..].find('}')?;
             let inner = &text[open..open + len];
             let whole = &text[i..open + len + 1];
             let word = |s: &str| {

@@ -52,6 +52,7 @@ pub struct HttpConfig {
 /// HTTP server's graceful shutdown is not held open by idle clients.
 pub fn http_service(
     control: Arc<Control>,
+    configs: Arc<crate::clients::service::Configs>,
     http: HttpConfig,
     shutdown: CancellationToken,
 ) -> HttpService {
@@ -64,7 +65,7 @@ pub fn http_service(
         // which a rebinding page does not have.
         config = config.disable_allowed_hosts();
     }
-    let tools = Tools::new(control);
+    let tools = Tools::new(control, configs);
     StreamableHttpService::new(
         move || Ok(tools.clone()),
         Arc::new(LocalSessionManager::default()),

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::clients::service::{AddEntry, Configs, DeployRequest, DiffRequest};
 use crate::fleet::{self, Control, ControlError};
 
 /// The tools of one agent. rmcp asks for one value per MCP session; clones share the
@@ -30,7 +31,73 @@ use crate::fleet::{self, Control, ControlError};
 #[derive(Clone)]
 pub struct Tools {
     control: Arc<Control>,
+    configs: Arc<Configs>,
     tool_router: ToolRouter<Tools>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientArgs {
+    /// An MCP client: claude-desktop, claude-code, cursor, vscode, windsurf, zed,
+    /// gemini-cli or codex (list_clients shows them).
+    pub client_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigArgs {
+    /// An MCP client (list_clients).
+    pub client_id: String,
+    /// A profile: `default` (the whole fleet) or one of the manifest's (list_profiles).
+    pub profile: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddArgs {
+    pub client_id: String,
+    /// The configuration's profile.
+    pub profile: String,
+    /// A server of the fleet to add, reached through the gateway.
+    #[serde(default)]
+    pub server_id: Option<String>,
+    /// A profile to add as one entry, reached through the gateway.
+    #[serde(default)]
+    pub target_profile: Option<String>,
+    /// An entry in the client's own shape (a custom server); needs `name`.
+    #[serde(default)]
+    pub entry: Option<serde_json::Value>,
+    /// The entry's name in the client's file.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveArgs {
+    pub client_id: String,
+    pub profile: String,
+    /// The entry's name.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployArgs {
+    pub client_id: String,
+    pub profile: String,
+    /// `user` (default) or `project`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The project directory, with scope `project`.
+    #[serde(default)]
+    pub project_dir: Option<String>,
+    /// The artifact to deploy; default: the latest published.
+    #[serde(default)]
+    pub artifact: Option<String>,
+    /// Replace entries of the same names that the agent did not write.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -113,9 +180,10 @@ fn error_result(code: &str, message: &str, details: serde_json::Value) -> CallTo
 
 #[tool_router]
 impl Tools {
-    pub fn new(control: Arc<Control>) -> Tools {
+    pub fn new(control: Arc<Control>, configs: Arc<Configs>) -> Tools {
         Tools {
             control,
+            configs,
             tool_router: Self::tool_router(),
         }
     }
@@ -286,6 +354,223 @@ impl Tools {
         Parameters(args): Parameters<ServerArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         reply(self.control.resume(&args.server_id).await)
+    }
+
+    #[tool(
+        description = "The MCP clients whose configuration files the agent writes: file \
+            format, where the file is on the agent's host, and the documentation each fact \
+            was checked against.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_clients(&self) -> Result<CallToolResult, ErrorData> {
+        reply(Ok(self.configs.clients()))
+    }
+
+    #[tool(
+        description = "The profiles a client can be configured with: `default` (the whole \
+            fleet) and the manifest's, each with its servers, gateway URL, latest published \
+            configuration and whether a draft exists.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_profiles(
+        &self,
+        Parameters(args): Parameters<ClientArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.profiles(&args.client_id).await)
+    }
+
+    #[tool(
+        description = "The configuration in force for a client and profile: the latest \
+            published (signed) one, or the entry pointing at the profile on the gateway.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn get_config(
+        &self,
+        Parameters(args): Parameters<ConfigArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.config(&args.client_id, &args.profile).await)
+    }
+
+    #[tool(
+        description = "Compare a configuration (given as `payload`, or the client's file on \
+            the agent's host) with the latest published one, field by field: up_to_date, \
+            outdated, diverged or not_deployed.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn diff_config(
+        &self,
+        Parameters(args): Parameters<DiffRequest>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.diff(args).await)
+    }
+
+    #[tool(
+        description = "Add an entry to the draft of a client's configuration: a fleet server \
+            (server_id), a profile (target_profile), or an entry of the client's own shape \
+            (entry, with name). The draft is kept by the agent until published or cleared.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn add_server_to_config(
+        &self,
+        Parameters(args): Parameters<AddArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let add = AddEntry {
+            server: args.server_id,
+            profile: args.target_profile,
+            entry: args.entry,
+            name: args.name,
+        };
+        reply(self.configs.add(&args.client_id, &args.profile, add).await)
+    }
+
+    #[tool(
+        description = "Remove an entry, by name, from the draft of a client's configuration.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn remove_server_from_config(
+        &self,
+        Parameters(args): Parameters<RemoveArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(
+            self.configs
+                .remove(&args.client_id, &args.profile, &args.name)
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "The draft of a client's configuration (`exists: false` and what a draft \
+            would start from when there is none).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn view_draft_config(
+        &self,
+        Parameters(args): Parameters<ConfigArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.draft(&args.client_id, &args.profile).await)
+    }
+
+    #[tool(
+        description = "Throw the draft of a client's configuration away.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn clear_draft_config(
+        &self,
+        Parameters(args): Parameters<ConfigArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(
+            self.configs
+                .clear_draft(&args.client_id, &args.profile)
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "Check the draft (or the configuration in force): errors such as \
+            EMPTY_CONFIG, MISSING_COMMAND, MISSING_URL, INVALID_TYPE, TOO_MANY_SERVERS, \
+            UNRESOLVED_PLACEHOLDER and SECRET_IN_CLEAR, each with where it is.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn validate_config(
+        &self,
+        Parameters(args): Parameters<ConfigArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.validate(&args.client_id, &args.profile).await)
+    }
+
+    #[tool(
+        description = "Publish the draft (or the configuration in force) as a signed, \
+            immutable artifact: refused unless it validates, or when no signing key exists \
+            (initialize_keys).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn publish_config(
+        &self,
+        Parameters(args): Parameters<ConfigArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.publish(&args.client_id, &args.profile).await)
+    }
+
+    #[tool(
+        description = "Write the latest published configuration (or a given artifact) into \
+            the client's file on the agent's host: only the managed entries change, a backup \
+            is kept, and the signature is checked first.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn deploy_config(
+        &self,
+        Parameters(args): Parameters<DeployArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let request = DeployRequest {
+            scope: args.scope,
+            project_dir: args.project_dir,
+            artifact: args.artifact,
+            force: args.force,
+        };
+        reply(
+            self.configs
+                .deploy(&args.client_id, &args.profile, request)
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "The fleet's servers a client configuration can include: version, \
+            health, tools, the profiles that show them and their gateway URL.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_available_servers(&self) -> Result<CallToolResult, ErrorData> {
+        reply(Ok(self.configs.servers()))
+    }
+
+    #[tool(
+        description = "One server of the fleet as a client configuration sees it.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn describe_server(
+        &self,
+        Parameters(args): Parameters<ServerArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.server(&args.server_id))
+    }
+
+    #[tool(
+        description = "Create the agent's signing key for configuration artifacts, if it has \
+            none; returns the public keys clients verify with.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    async fn initialize_keys(&self) -> Result<CallToolResult, ErrorData> {
+        reply(self.configs.initialize_keys().await)
     }
 }
 

@@ -177,17 +177,36 @@ fn assert_envelope(a: &Answer, what: &str, status: u16, code: Option<&str>) {
 
 /// A body the route accepts, so only the id can be wrong.
 fn valid_body(path: &str) -> Option<Vec<u8>> {
-    path.ends_with("/health/override")
-        .then(|| br#"{"state": "healthy", "duration_seconds": 1}"#.to_vec())
+    if path.ends_with("/health/override") {
+        Some(br#"{"state": "healthy", "duration_seconds": 1}"#.to_vec())
+    } else if path.ends_with("/draft/add") {
+        Some(br#"{"server": "api-a"}"#.to_vec())
+    } else if path.ends_with("/draft/remove") {
+        Some(br#"{"name": "api-a"}"#.to_vec())
+    } else {
+        None
+    }
 }
 
-fn concrete(path: &str, server: &str, rollout: i64, commit: &str) -> String {
+/// `path` with its parameters filled in: `server` names the server, the client and the
+/// profile (so one bad name makes each of them unknown), `artifact` the artifact.
+fn concrete(path: &str, server: &str, rollout: i64, commit: &str, artifact: &str) -> String {
     let id = if path.starts_with("/rollouts/") {
         rollout.to_string()
     } else {
         server.to_owned()
     };
-    path.replace("{id}", &id).replace("{commit}", commit)
+    let (client, profile) = if server == "api-a" {
+        ("cursor", "default")
+    } else {
+        (server, server)
+    };
+    path.replace("{id}", &id)
+        .replace("{commit}", commit)
+        .replace("{server_id}", server)
+        .replace("{client_id}", client)
+        .replace("{profile}", profile)
+        .replace("{artifact_id}", artifact)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -195,7 +214,12 @@ async fn every_documented_route_answers_with_and_without_a_key_and_refuses_bad_i
  {
     let repo = ManifestRepo::new();
     repo.push_manifest(&manifest(), "one server");
-    let agent = TestAgent::start(&repo.remote_url(), Options::default()).await;
+    // With the gateway, which client configurations point at.
+    let options = Options {
+        gateway: true,
+        ..Options::default()
+    };
+    let agent = TestAgent::start(&repo.remote_url(), options).await;
     agent
         .wait_running("api-a", "1.0.0", Duration::from_secs(20))
         .await;
@@ -217,9 +241,17 @@ async fn every_documented_route_answers_with_and_without_a_key_and_refuses_bad_i
         .as_str()
         .unwrap()
         .to_owned();
+    // A published configuration, so that the artifact routes have one to show.
+    let (status, _) = agent.call(Method::POST, "/v1/keys/initialize", None).await;
+    assert_eq!(status, 200);
+    let (status, published) = agent
+        .call(Method::POST, "/v1/config/cursor/default/publish", None)
+        .await;
+    assert_eq!(status, 201, "{published}");
+    let artifact = published["id"].as_str().unwrap().to_owned();
 
     for op in &ops {
-        let real = concrete(&op.path, "api-a", rollout, &commit);
+        let real = concrete(&op.path, "api-a", rollout, &commit, &artifact);
         let what = format!("{} {}", op.method, op.path);
         if op.write {
             // No key and a wrong key are refused before anything happens.
@@ -240,7 +272,7 @@ async fn every_documented_route_answers_with_and_without_a_key_and_refuses_bad_i
 
         // An unknown server, rollout or revision is a 404 of its own kind, not "no route".
         if op.path.contains('{') {
-            let missing = concrete(&op.path, "no-such-server", 999_999, "deadbeef");
+            let missing = concrete(&op.path, "no-such-server", 999_999, "deadbeef", "sha256:00");
             let a = call(
                 &agent,
                 op.method.clone(),
@@ -306,7 +338,7 @@ async fn every_documented_route_answers_with_and_without_a_key_and_refuses_bad_i
 
     // Reads with a key, on the real server, succeed.
     for op in ops.iter().filter(|o| o.method == Method::GET && !o.write) {
-        let real = concrete(&op.path, "api-a", rollout, &commit);
+        let real = concrete(&op.path, "api-a", rollout, &commit, &artifact);
         let a = call(&agent, Method::GET, &real, Some(TEST_API_KEY), None).await;
         assert_eq!(a.status, 200, "GET {real}: {}", a.body);
         assert!(a.request_id.is_some());
@@ -408,7 +440,7 @@ async fn with_keys_for_reads_every_route_but_the_open_ones_needs_a_key() {
             .as_array()
             .unwrap()
             .is_empty();
-        let path = concrete(&op.path, "api-a", 1, "abcd");
+        let path = concrete(&op.path, "api-a", 1, "abcd", "sha256:00");
         let a = call(&agent, op.method.clone(), &path, None, None).await;
         if open {
             assert_ne!(a.status, 401, "{} {} is open", op.method, op.path);

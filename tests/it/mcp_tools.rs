@@ -23,17 +23,31 @@ use crate::support::{BIN, eventually};
 /// polled, so a fast machine does not wait this long.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-const TOOLS: [&str; 10] = [
+const TOOLS: [&str; 24] = [
+    "add_server_to_config",
+    "clear_draft_config",
+    "deploy_config",
     "deploy_server",
+    "describe_server",
+    "diff_config",
+    "get_config",
     "health_check",
     "health_events",
+    "initialize_keys",
+    "list_available_servers",
+    "list_clients",
+    "list_profiles",
     "list_servers",
+    "publish_config",
+    "remove_server_from_config",
     "restart_server",
     "resume_server",
     "rollback_server",
     "rollout_history",
     "server_status",
     "stop_server",
+    "validate_config",
+    "view_draft_config",
 ];
 
 type Client = RunningService<RoleClient, ClientConfig>;

@@ -122,6 +122,8 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
             .then(|| "127.0.0.1:0".parse().expect("addr")),
         gateway_keys: options.require_key_for_reads,
         data_dir: data_dir.to_owned(),
+        // Client files a test deploys land here, never in the home of whoever runs them.
+        clients_home: Some(data_dir.join("clients-home")),
         webhook_secret: options.webhook_secret.clone(),
         secrets_file: options.secrets_file.clone(),
         concurrency: 4,
