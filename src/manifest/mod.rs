@@ -183,6 +183,18 @@ mod tests {
                 .all(|d| d.message.starts_with("not UTF-8 text"))
         );
     }
+    /// What `check` refuses `yaml` for, with `registry.local/` images trusted.
+    fn errors_of(yaml: String) -> Vec<Diagnostic> {
+        let files = RepoFiles {
+            manifest: TextFile::new(MANIFEST_FILE, yaml),
+            policies: Vec::new(),
+            trust: None,
+        };
+        let mut trust = policy::TrustPolicy::shipped();
+        trust.allowed_images = vec!["registry.local/".into()];
+        check(&files, &trust).unwrap_err()
+    }
+
     const TWO_SERVERS: &str = "servers:
   - id: github
     version: \"1.0.0\"
@@ -241,14 +253,7 @@ mod tests {
         extra: 1
 "
         );
-        let files = RepoFiles {
-            manifest: TextFile::new(MANIFEST_FILE, yaml),
-            policies: Vec::new(),
-            trust: None,
-        };
-        let mut trust = policy::TrustPolicy::shipped();
-        trust.allowed_images = vec!["registry.local/".into()];
-        let errors = check(&files, &trust).unwrap_err();
+        let errors = errors_of(yaml);
         let got: Vec<(usize, String, String)> = errors
             .iter()
             .map(|d| (d.line, d.path.clone(), d.message.clone()))
@@ -275,14 +280,7 @@ mod tests {
     #[test]
     fn profiles_need_schema_1_2() {
         let yaml = format!("version: \"1.1\"\n{TWO_SERVERS}profiles: []\n");
-        let files = RepoFiles {
-            manifest: TextFile::new(MANIFEST_FILE, yaml),
-            policies: Vec::new(),
-            trust: None,
-        };
-        let mut trust = policy::TrustPolicy::shipped();
-        trust.allowed_images = vec!["registry.local/".into()];
-        let errors = check(&files, &trust).unwrap_err();
+        let errors = errors_of(yaml);
         assert_eq!(errors.len(), 1);
         assert!(
             errors[0].message.contains("needs schema version \"1.2\""),
