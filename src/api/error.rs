@@ -189,7 +189,8 @@ impl From<crate::fleet::ControlError> for ApiError {
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ControlError::Refused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            // The request is well formed; what it names is in a state that refuses it.
+            ControlError::Refused { .. } => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.code(), e.to_string()).with_details(e.details())
     }

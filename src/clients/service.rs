@@ -156,18 +156,43 @@ pub struct DraftView {
 
 /// What `add_server_to_config` adds: a fleet server (through the gateway), a profile, or
 /// an entry of the client's own shape.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum AddEntry {
+    Server(AddServer),
+    Profile(AddProfile),
+    Entry(AddCustom),
+}
+
+/// A server of the fleet, reached through the gateway at `/servers/{id}/mcp`.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AddEntry {
-    /// A server of the fleet, reached through the gateway at `/servers/{id}/mcp`.
-    pub server: Option<String>,
-    /// A profile, reached at `/profiles/{id}/mcp`.
-    pub profile: Option<String>,
-    /// An entry as the client's file holds it (a custom server); needs `name`.
-    pub entry: Option<Value>,
-    /// The entry's name in the client's file. Default: the server id, or
-    /// `mcp-orchestration` (`mcp-orchestration-{profile}` for other profiles).
+pub struct AddServer {
+    pub server: String,
+    /// The entry's name in the client's file; default: the server id.
+    #[serde(default)]
+    #[schemars(length(min = 1), regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"))]
     pub name: Option<String>,
+}
+
+/// A profile, reached at `/profiles/{id}/mcp`.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddProfile {
+    pub profile: String,
+    /// The entry's name; default `mcp-orchestration`, or `mcp-orchestration-{profile}`.
+    #[serde(default)]
+    #[schemars(length(min = 1), regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"))]
+    pub name: Option<String>,
+}
+
+/// An entry as the client's file holds it (a custom server).
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddCustom {
+    pub entry: serde_json::Map<String, Value>,
+    #[schemars(length(min = 1), regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"))]
+    pub name: String,
 }
 
 /// A problem `validate_config` found.
@@ -203,11 +228,12 @@ pub struct Published {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
-    /// `user` (default) or `project`.
-    pub scope: Option<String>,
-    /// The project directory, with `scope: project`.
+    /// A project directory on the agent's host (absolute, existing): the client's project
+    /// file there. Default: the client's user file.
+    #[serde(default)]
     pub project_dir: Option<String>,
     /// The artifact to deploy; default: the latest published.
+    #[serde(default)]
     pub artifact: Option<String>,
     /// Replace entries of the same names that this agent did not write.
     #[serde(default)]
@@ -452,39 +478,26 @@ impl Configs {
         add: AddEntry,
     ) -> Result<DraftView, ControlError> {
         let c = known_client(client)?;
-        let (name, value) = match (&add.server, &add.profile, &add.entry) {
-            (Some(server), None, None) => {
-                if !self.fleet.has_server(server) {
-                    return Err(ControlError::server_not_found(server));
+        self.known_profile(profile)?;
+        let (name, value) = match add {
+            AddEntry::Server(AddServer { server, name }) => {
+                if !self.fleet.has_server(&server) {
+                    return Err(ControlError::server_not_found(&server));
                 }
-                let name = add.name.clone().unwrap_or_else(|| server.clone());
-                (
-                    name.clone(),
-                    self.gateway_entry(c, &name, &path_of_server(server), profile)?,
-                )
+                let name = name.unwrap_or_else(|| server.clone());
+                let value = self.gateway_entry(c, &name, &path_of_server(&server), profile)?;
+                (name, value)
             }
-            (None, Some(target), None) => {
-                self.known_profile(target)?;
-                let name = add.name.clone().unwrap_or_else(|| entry_name(target));
-                (
-                    name.clone(),
-                    self.gateway_entry(c, &name, &path_of_profile(target), target)?,
-                )
+            AddEntry::Profile(AddProfile {
+                profile: target,
+                name,
+            }) => {
+                self.known_profile(&target)?;
+                let name = name.unwrap_or_else(|| entry_name(&target));
+                let value = self.gateway_entry(c, &name, &path_of_profile(&target), &target)?;
+                (name, value)
             }
-            (None, None, Some(value)) => {
-                let Some(name) = add.name.clone() else {
-                    return Err(ControlError::Invalid(
-                        "an entry of the client's own shape needs a `name`".to_owned(),
-                    ));
-                };
-                (name, value.clone())
-            }
-            _ => {
-                return Err(ControlError::Invalid(
-                    "give exactly one of `server` (a fleet server), `profile` or `entry`"
-                        .to_owned(),
-                ));
-            }
+            AddEntry::Entry(AddCustom { entry, name }) => (name, Value::Object(entry)),
         };
         if name.is_empty() || name.chars().any(char::is_control) {
             return Err(ControlError::Invalid(format!(
@@ -506,22 +519,23 @@ impl Configs {
         name: &str,
     ) -> Result<DraftView, ControlError> {
         let c = known_client(client)?;
+        self.known_profile(profile)?;
         let name = name.to_owned();
         self.edit_draft(c, profile, move |payload| {
             if payload.remove(&name).is_none() {
-                let names: Vec<&String> = payload.keys().collect();
-                return Err(ControlError::Invalid(format!(
-                    "the configuration has no entry `{name}`; its entries are: {}",
-                    if names.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        names
-                            .iter()
-                            .map(|n| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
-                )));
+                let names: Vec<&str> = payload.keys().map(String::as_str).collect();
+                return Err(ControlError::Refused {
+                    code: "ENTRY_NOT_FOUND",
+                    message: format!(
+                        "the configuration has no entry `{name}`; its entries are: {}",
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                    details: json!({ "entries": names }),
+                });
             }
             Ok(())
         })
@@ -671,23 +685,23 @@ impl Configs {
     ) -> Result<DeployReport, ControlError> {
         let c = known_client(client)?;
         self.known_profile(profile)?;
-        let scope = match (request.scope.as_deref(), &request.project_dir) {
-            (None | Some("user"), None) => Scope::User,
-            (Some("project"), Some(dir)) => Scope::Project(PathBuf::from(dir)),
-            (Some("project"), None) => {
-                return Err(ControlError::Invalid(
-                    "`scope: project` needs `project_dir`".to_owned(),
-                ));
+        let scope = match &request.project_dir {
+            None => Scope::User,
+            // Only a directory that is there: a deploy never makes one up on this host.
+            Some(dir)
+                if std::path::Path::new(dir).is_absolute()
+                    && std::path::Path::new(dir).is_dir() =>
+            {
+                Scope::Project(PathBuf::from(dir))
             }
-            (None | Some("user"), Some(_)) => {
-                return Err(ControlError::Invalid(
-                    "`project_dir` goes with `scope: project`".to_owned(),
-                ));
-            }
-            (Some(other), _) => {
-                return Err(ControlError::Invalid(format!(
-                    "unknown scope `{other}`: use `user` or `project`"
-                )));
+            Some(dir) => {
+                return Err(ControlError::Refused {
+                    code: "PROJECT_DIR_NOT_FOUND",
+                    message: format!(
+                        "`{dir}` is not an existing directory (by absolute path) on the agent's host"
+                    ),
+                    details: json!({ "project_dir": dir }),
+                });
             }
         };
         let env = self.host.env.clone().ok_or_else(|| {
@@ -696,8 +710,13 @@ impl Configs {
                     .to_owned(),
             )
         })?;
-        let path = registry::config_path(c, self.host.os, &scope, &env)
-            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let path = registry::config_path(c, self.host.os, &scope, &env).map_err(|e| {
+            ControlError::Refused {
+                code: "NO_PROJECT_FILE",
+                message: e.to_string(),
+                details: json!({ "client": c.id }),
+            }
+        })?;
         let artifact = match &request.artifact {
             Some(id) => {
                 let wanted: Artifact = serde_json::from_value(self.artifact(id).await?)
@@ -1247,7 +1266,10 @@ fn deploy_error(e: super::deploy::DeployError) -> ControlError {
         }
         DeployError::Locked { .. } => "CLIENT_FILE_LOCKED",
         DeployError::SymlinkLoop { .. } => "CLIENT_FILE_INVALID",
-        DeployError::NoBackup { .. } | DeployError::Io { .. } => {
+        // The user's file system said no (a missing parent it cannot make, a full disk):
+        // theirs to fix, not the agent's failure.
+        DeployError::Io { .. } => "CLIENT_FILE_UNWRITABLE",
+        DeployError::NoBackup { .. } => {
             return ControlError::Internal(crate::error_text::chain(&e));
         }
     };

@@ -33,9 +33,10 @@ pub enum ControlError {
     /// The agent could not do its part; the message carries every cause.
     #[error("{0}")]
     Internal(String),
-    /// Well-formed, but what it names is refused for a reason a client can act on (a
-    /// configuration that does not validate, an artifact whose signature does not hold, a
-    /// user's file that is not valid JSON): a code of its own and structured details.
+    /// Well-formed, but what it names is in a state that refuses it, for a reason a client
+    /// can act on (a configuration that does not validate, an artifact whose signature does
+    /// not hold, a user's file that is not valid JSON): a conflict with a code of its own
+    /// and structured details.
     #[error("{message}")]
     Refused {
         code: &'static str,

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::clients::service::{AddEntry, Configs, DeployRequest, DiffRequest};
+use crate::clients::service::{
+    AddCustom, AddEntry, AddProfile, AddServer, Configs, DeployRequest, DiffRequest,
+};
 use crate::fleet::{self, Control, ControlError};
 
 /// The tools of one agent. rmcp asks for one value per MCP session; clones share the
@@ -86,10 +88,8 @@ pub struct RemoveArgs {
 pub struct DeployArgs {
     pub client_id: String,
     pub profile: String,
-    /// `user` (default) or `project`.
-    #[serde(default)]
-    pub scope: Option<String>,
-    /// The project directory, with scope `project`.
+    /// A project directory on the agent's host (the client's project file there);
+    /// default: the client's user file.
     #[serde(default)]
     pub project_dir: Option<String>,
     /// The artifact to deploy; default: the latest published.
@@ -419,11 +419,19 @@ impl Tools {
         &self,
         Parameters(args): Parameters<AddArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let add = AddEntry {
-            server: args.server_id,
-            profile: args.target_profile,
-            entry: args.entry,
-            name: args.name,
+        let add = match (args.server_id, args.target_profile, args.entry, args.name) {
+            (Some(server), None, None, name) => AddEntry::Server(AddServer { server, name }),
+            (None, Some(profile), None, name) => AddEntry::Profile(AddProfile { profile, name }),
+            (None, None, Some(serde_json::Value::Object(entry)), Some(name)) => {
+                AddEntry::Entry(AddCustom { entry, name })
+            }
+            _ => {
+                return reply::<()>(Err(ControlError::Invalid(
+                    "give exactly one of `server_id`, `target_profile` or `entry` (an object, \
+                     with `name`)"
+                        .to_owned(),
+                )));
+            }
         };
         reply(self.configs.add(&args.client_id, &args.profile, add).await)
     }
@@ -527,7 +535,6 @@ impl Tools {
         Parameters(args): Parameters<DeployArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let request = DeployRequest {
-            scope: args.scope,
             project_dir: args.project_dir,
             artifact: args.artifact,
             force: args.force,

@@ -212,7 +212,7 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
         .await;
     assert_eq!(
         (status, code(&answer)),
-        (400, "VALIDATION_FAILED"),
+        (409, "ENTRY_NOT_FOUND"),
         "{answer}"
     );
     assert!(
@@ -265,7 +265,7 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
     let (status, body) = agent
         .call(Method::POST, "/v1/config/cursor/dev/publish", None)
         .await;
-    assert_eq!((status, code(&body)), (422, "CONFIG_INVALID"), "{body}");
+    assert_eq!((status, code(&body)), (409, "CONFIG_INVALID"), "{body}");
     assert_eq!(
         body["error"]["details"]["errors"].as_array().unwrap().len(),
         2
@@ -402,6 +402,39 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
         .unwrap();
     assert_eq!(report["status"], "not_deployed");
 
+    // A project directory that is not there is refused; nothing is made up.
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/v1/config/cursor/dev/deploy",
+            Some(json!({ "project_dir": "/no/such/project" })),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (409, "PROJECT_DIR_NOT_FOUND"),
+        "{body}"
+    );
+    assert!(!std::path::Path::new("/no/such/project").exists());
+    // A project directory that is: the client's project file there.
+    let project = tempfile::tempdir().unwrap();
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/v1/config/cursor/dev/deploy",
+            Some(json!({ "project_dir": project.path() })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["path"],
+        project
+            .path()
+            .join(".cursor/mcp.json")
+            .display()
+            .to_string()
+    );
+
     // A file that is not valid JSON is refused and left as it was.
     std::fs::write(&file, "{ \"mcpServers\": { oops").unwrap();
     let (status, body) = agent
@@ -409,7 +442,7 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
         .await;
     assert_eq!(
         (status, code(&body)),
-        (422, "CLIENT_FILE_INVALID"),
+        (409, "CLIENT_FILE_INVALID"),
         "{body}"
     );
     assert!(
@@ -435,7 +468,7 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
     let (status, body) = agent
         .call(Method::POST, "/v1/config/cursor/default/deploy", None)
         .await;
-    assert_eq!((status, code(&body)), (422, "UNMANAGED_ENTRY"), "{body}");
+    assert_eq!((status, code(&body)), (409, "UNMANAGED_ENTRY"), "{body}");
     let (status, _) = agent
         .call(
             Method::POST,
