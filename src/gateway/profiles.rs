@@ -101,6 +101,9 @@ impl Endpoints {
     }
 }
 
+/// The header a streamable HTTP client names its session in.
+const SESSION_ID: &str = "mcp-session-id";
+
 /// Any method on `/profiles/{id}/mcp`: the profile's MCP endpoint (`default`'s is the
 /// whole fleet, as `/mcp`).
 pub async fn mcp(
@@ -110,13 +113,14 @@ pub async fn mcp(
 ) -> Response {
     let known = id == DEFAULT_PROFILE || endpoints.gateway.control().view.profile(&id).is_some();
     // A profile that was removed keeps serving the sessions opened on it (with nothing
-    // in them), but opens no new ones.
+    // in them), but opens no new ones: only a request on a session goes through.
     let opened = endpoints
         .services
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .contains_key(&id);
-    if !known && !opened {
+    let on_a_session = request.headers().contains_key(SESSION_ID);
+    if !known && !(opened && on_a_session) {
         return ApiError::from(ControlError::profile_not_found(&id)).into_response();
     }
     match endpoints.service(&id) {

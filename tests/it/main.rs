@@ -18,6 +18,7 @@ mod mcp_probe;
 mod mcp_tools;
 mod new_user;
 mod process_runtime;
+mod profiles;
 mod registry;
 mod rollback;
 mod schemathesis;
