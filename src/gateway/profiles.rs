@@ -120,7 +120,8 @@ pub async fn mcp(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .contains_key(&id);
     let on_a_session = request.headers().contains_key(SESSION_ID);
-    if !known && !(opened && on_a_session) {
+    let served = known || (opened && on_a_session);
+    if !served {
         return ApiError::from(ControlError::profile_not_found(&id)).into_response();
     }
     match endpoints.service(&id) {
