@@ -86,7 +86,8 @@ fn programs() -> Option<Programs> {
     Some(programs)
 }
 
-/// A throwaway home for one client: `HOME`, with a `work` directory to run in.
+/// A throwaway home for one client: `HOME`, with a `work` directory to run in and its
+/// own `TMPDIR`.
 struct Home {
     dir: tempfile::TempDir,
 }
@@ -95,6 +96,7 @@ impl Home {
     fn new() -> Home {
         let dir = tempfile::tempdir().expect("temp home");
         std::fs::create_dir(dir.path().join("work")).unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
         Home { dir }
     }
 
@@ -118,13 +120,18 @@ impl Home {
         registry::config_path(client, Os::Linux, &Scope::User, &env).unwrap()
     }
 
-    /// The environment a program gets, and nothing else: no proxy, no real home, no
-    /// telemetry; `key`, when given, in `KEY_ENV`.
+    /// The environment a program gets, and nothing else: no proxy, no real home or temp
+    /// dir, no telemetry; `key`, when given, in `KEY_ENV`.
     fn env(&self, programs: &Programs, key: Option<&str>) -> Vec<(String, String)> {
         let mut env = vec![
             ("PATH".into(), programs.path.clone()),
             ("HOME".into(), self.path().display().to_string()),
             ("LANG".into(), "C.UTF-8".into()),
+            // Claude Code keeps a directory per working directory in $TMPDIR/claude-<uid>.
+            (
+                "TMPDIR".into(),
+                self.path().join("tmp").display().to_string(),
+            ),
             ("CODEX_HOME".into(), self.codex_home().display().to_string()),
             (
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC".into(),
