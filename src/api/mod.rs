@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{check_headers as check_key, generate_key};
-pub use error::{ApiError, ErrorEnvelope, REQUEST_ID};
+pub use error::{ApiError, ErrorEnvelope, REQUEST_ID, request_id};
 pub use webhook::{sign as sign_webhook, verify as verify_webhook};
 
 use crate::fleet::{self, Control};

@@ -144,6 +144,9 @@ pub fn router(
         ))
         .route("/health", get(status::health).with_state(gauges))
         .route("/openapi.json", get(status::openapi))
+        // Request ids and the API's error envelope (a `PROFILE_NOT_FOUND`, a 401), as on
+        // the API's listener; without it an `ApiError` went out as an empty body.
+        .layer(axum::middleware::from_fn(crate::api::request_id))
 }
 
 /// Tells the control layer how many tools each server contributes (`status` shows it),

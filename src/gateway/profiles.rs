@@ -115,6 +115,9 @@ impl Endpoints {
     }
 }
 
+/// The header a streamable HTTP client names its session in.
+const SESSION_ID: &str = "mcp-session-id";
+
 /// Any method on `/profiles/{id}/mcp`: the profile's MCP endpoint (`default`'s is the
 /// whole fleet, as `/mcp`).
 pub async fn profile_mcp(
@@ -152,7 +155,8 @@ pub async fn server_mcp(
 }
 
 /// A scope that went away (a commit removed the profile or the server) keeps serving the
-/// sessions opened on it, with nothing in them, but opens no new ones.
+/// sessions opened on it, with nothing in them, but opens no new ones: a request without
+/// a session id (an `initialize`) is refused.
 async fn serve(
     endpoints: &Endpoints,
     scope: Scope,
@@ -165,7 +169,9 @@ async fn serve(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .contains_key(&scope);
-    if !known && !opened {
+    // Only a request on an open session goes through to a scope that went away.
+    let on_a_session = request.headers().contains_key(SESSION_ID);
+    if !known && !(opened && on_a_session) {
         return ApiError::from(missing()).into_response();
     }
     match endpoints.service(&scope) {

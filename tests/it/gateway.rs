@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig};
-use rmcp::model::{Implementation, Tool};
+use rmcp::model::{CallToolRequestParams, ClientConfig};
 use rmcp::service::RunningService;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceExt};
@@ -14,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::agent::{Options, TestAgent};
 use crate::support::git::ManifestRepo;
+use crate::support::mcp::{call, client, names, python_client, python_with_mcp, text};
 use crate::support::{admin, eventually, example_server_bin};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -47,44 +47,6 @@ async fn fleet(ids: &[&str], options: Options) -> (ManifestRepo, TestAgent, Stri
     }
     let gateway = agent.gateway.clone().expect("the gateway listens");
     (repo, agent, gateway)
-}
-
-async fn client(url: &str) -> RunningService<RoleClient, ClientConfig> {
-    ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("gateway-test", "0"),
-    )
-    .serve(StreamableHttpClientTransport::from_uri(url.to_owned()))
-    .await
-    .expect("the gateway accepts an MCP session")
-}
-
-async fn call(
-    client: &RunningService<RoleClient, ClientConfig>,
-    tool: &str,
-    arguments: Value,
-) -> CallToolResult {
-    let mut params = CallToolRequestParams::new(tool.to_owned());
-    if let Value::Object(map) = arguments {
-        params = params.with_arguments(map);
-    }
-    client
-        .call_tool(params)
-        .await
-        .expect("the call is answered")
-}
-
-fn text(result: &CallToolResult) -> String {
-    serde_json::to_value(&result.content).unwrap()[0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn names(tools: &[Tool]) -> Vec<String> {
-    let mut names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
-    names.sort();
-    names
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,20 +346,6 @@ async fn the_gateway_can_be_turned_off_and_needs_a_key_when_reads_do() {
     assert_eq!(health.status(), 200);
 }
 
-/// The official MCP Python SDK: `MCP_TEST_PYTHON_MCP` (a Python with `mcp` installed;
-/// `.ci/run` makes one). Elsewhere its absence skips the test, and under `CI=true` fails it.
-fn python_with_mcp() -> Option<String> {
-    if let Ok(python) = std::env::var("MCP_TEST_PYTHON_MCP") {
-        return Some(python);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the MCP Python SDK is not installed (.ci/run installs it and sets MCP_TEST_PYTHON_MCP)"
-    );
-    eprintln!("skipping: set MCP_TEST_PYTHON_MCP to a Python with `pip install mcp`");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_python_sdk_lists_and_calls_tools_through_the_gateway() {
     let Some(python) = python_with_mcp() else {
@@ -414,25 +362,14 @@ async fn the_official_python_sdk_lists_and_calls_tools_through_the_gateway() {
     .await;
     ours.cancel().await.ok();
 
-    let script =
-        std::path::Path::new(crate::support::REPO).join("tests/it/python/gateway_client.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(&gateway)
-        .arg("py-b_echo")
-        .arg(r#"{"text": "hello from Python"}"#)
-        .arg("py-a_greet")
-        .arg(r#"{"name": "Python"}"#)
-        .arg("mcp-orchestration://py-b/example://version")
-        .output()
-        .await
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "the SDK client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let v = python_client(
+        &python,
+        &gateway,
+        ("py-b_echo", json!({ "text": "hello from Python" })),
+        ("py-a_greet", json!({ "name": "Python" })),
+        "mcp-orchestration://py-b/example://version",
+    )
+    .await;
     assert_eq!(v["server"], "mcp-orchestration-gateway");
     assert_eq!(
         v["tools"],

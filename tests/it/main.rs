@@ -2,6 +2,7 @@
 
 mod api;
 mod client_configs;
+mod client_programs;
 mod crash;
 mod docker_runtime;
 mod events;
@@ -19,6 +20,7 @@ mod mcp_probe;
 mod mcp_tools;
 mod new_user;
 mod process_runtime;
+mod profiles;
 mod registry;
 mod rollback;
 mod schemathesis;

@@ -1,6 +1,6 @@
 //! Helpers only the integration tests use: running the binary, the example server's admin
-//! routes, a gateway receiver, image publishing, schema checks. What the benchmarks need
-//! too is in the shared kit (`tests/kit`), re-exported here.
+//! routes, a gateway receiver, image publishing, schema checks, MCP clients. What the
+//! benchmarks need too is in the shared kit (`tests/kit`), re-exported here.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -28,6 +28,7 @@ pub fn stderr(o: &Output) -> String {
 }
 
 pub mod images;
+pub mod mcp;
 pub mod receiver;
 pub mod schema;
 
