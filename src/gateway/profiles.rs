@@ -171,7 +171,8 @@ async fn serve(
         .contains_key(&scope);
     // Only a request on an open session goes through to a scope that went away.
     let on_a_session = request.headers().contains_key(SESSION_ID);
-    if !known && !(opened && on_a_session) {
+    let served = known || (opened && on_a_session);
+    if !served {
         return ApiError::from(missing()).into_response();
     }
     match endpoints.service(&scope) {
