@@ -414,7 +414,9 @@ fn print_draft(view: &DraftView) {
             "draft for {}/{} (from {}, updated {})",
             view.client,
             view.profile,
-            or_dash(view.base_artifact.as_deref().map(short)),
+            view.base_artifact
+                .as_deref()
+                .map_or_else(|| "the initial configuration".to_owned(), short),
             or_dash(view.updated_at)
         );
     } else {

@@ -1,6 +1,7 @@
 //! All integration tests, built as one binary so they share one build and one link.
 
 mod api;
+mod config_cli;
 mod crash;
 mod docker_runtime;
 mod events;
