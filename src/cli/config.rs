@@ -850,7 +850,12 @@ fn deploy_here(client: &Client, out: OutputFormat, args: DeployArgs) -> anyhow::
             deployed_at: Timestamp::now(),
         },
     );
-    state.save()?;
+    state.save().with_context(|| {
+        format!(
+            "{} was written, but the record of it was not (the next deploy will not know its entries are ours)",
+            installed.deployed.path.display()
+        )
+    })?;
     let report = DeployReport {
         client: c.id.to_owned(),
         profile: t.profile.clone(),

@@ -589,6 +589,25 @@ async fn diff_validate_remote_deploy_errors_and_the_profile_bridge() {
     let (status, report) = op.json(&with(&["diff"], &CURSOR)).await;
     assert_eq!((status, report["status"].clone()), (0, json!("up_to_date")));
 
+    // A project's file, relative to the current directory; a user file has no project.
+    let (status, report) = op
+        .json(&with(
+            &["deploy"],
+            &with(&CURSOR, &["--project-dir", "proj"]),
+        ))
+        .await;
+    assert_eq!(status, 0, "{report}");
+    let project_file = op.home().join("proj/.cursor/mcp.json");
+    assert_eq!(report["path"], project_file.display().to_string());
+    assert!(read_json(&project_file)["mcpServers"]["mcp-orchestration"].is_object());
+    let o = op
+        .config(&with(
+            &["deploy"],
+            &with(&CURSOR, &["--scope", "user", "--project-dir", "proj"]),
+        ))
+        .await;
+    assert_eq!(code(&o), 2, "{}", text(&o.stderr));
+
     // Errors: the agent's code and message; an unknown name is a usage error (2).
     for args in [
         vec!["show", "--client", "nope"],
