@@ -279,6 +279,33 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from(".mcp-orchestration")
 }
 
+/// The directory of this user's own CLI files of kind `xdg_var` (`XDG_CONFIG_HOME`,
+/// `XDG_STATE_HOME`): `$XDG_…/mcp-orchestration`, else `~/{fallback}/mcp-orchestration`;
+/// `None` without either. A relative XDG value is ignored, as the XDG spec says.
+fn user_dir(xdg_var: &str, fallback: &str) -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os(xdg_var)
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+    {
+        return Some(d.join("mcp-orchestration"));
+    }
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(|h| PathBuf::from(h).join(fallback).join("mcp-orchestration"))
+}
+
+/// Where the CLI keeps what the operator configured on this machine (the agent keys it
+/// trusts): `$XDG_CONFIG_HOME/mcp-orchestration`, else `~/.config/mcp-orchestration`.
+pub fn user_config_dir() -> Option<PathBuf> {
+    user_dir("XDG_CONFIG_HOME", ".config")
+}
+
+/// Where the CLI keeps what it did on this machine (the client files it deployed):
+/// `$XDG_STATE_HOME/mcp-orchestration`, else `~/.local/state/mcp-orchestration`.
+pub fn user_state_dir() -> Option<PathBuf> {
+    user_dir("XDG_STATE_HOME", ".local/state")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error(transparent)]

@@ -8,6 +8,20 @@ use serde_json::Value;
 use super::output::errln;
 use crate::settings::Settings;
 
+/// The agent refused a request: its error envelope (`{"error": {"code", "message",
+/// "details"}}`) and the HTTP status. Shown as the message and the status (a 401 also says
+/// which key was sent); commands that want the code downcast to it.
+#[derive(Debug, thiserror::Error)]
+#[error("{shown}")]
+pub struct Refusal {
+    pub status: u16,
+    /// `CLIENT_NOT_FOUND`, `CONFIG_INVALID`, …; `ERROR` when the answer had no envelope.
+    pub code: String,
+    pub message: String,
+    pub details: Value,
+    shown: String,
+}
+
 pub struct Client {
     base: String,
     key: Option<String>,
@@ -144,6 +158,11 @@ impl Client {
         })
     }
 
+    /// The agent URL requests go to, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The error message of a refused request; a 401 also says which key was sent or where
     /// none was found.
     fn refusal(&self, status: reqwest::StatusCode, message: &str) -> String {
@@ -151,6 +170,22 @@ impl Client {
             format!("{message} (HTTP 401: {})", self.key_hint)
         } else {
             format!("{message} (HTTP {})", status.as_u16())
+        }
+    }
+
+    /// A refused request's error envelope as an error.
+    fn refused(&self, status: reqwest::StatusCode, body: &Value) -> Refusal {
+        let error = &body["error"];
+        let message = error["message"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_owned();
+        Refusal {
+            status: status.as_u16(),
+            code: error["code"].as_str().unwrap_or("ERROR").to_owned(),
+            shown: self.refusal(status, &message),
+            message,
+            details: error["details"].clone(),
         }
     }
 
@@ -182,11 +217,7 @@ impl Client {
                 .await
                 .with_context(|| format!("the agent's answer to {url} is not JSON"))?;
             if !status.is_success() {
-                let message = body
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("request failed");
-                bail!("{}", self.refusal(status, message));
+                return Err(self.refused(status, &body).into());
             }
             serde_json::from_value(body).with_context(|| format!("unexpected answer from {url}"))
         })

@@ -3,6 +3,8 @@
 
 mod agent;
 mod client;
+mod config;
+mod deployments;
 mod events;
 mod mcp;
 mod output;
@@ -91,9 +93,13 @@ enum Command {
     Events(events::Args),
     /// Serve the agent's MCP tools on stdio (for desktop clients), forwarded to its `/mcp`.
     Mcp,
-    /// Serve the gateway's tools (every server's) on stdio, for desktop clients that speak
-    /// only stdio, such as Claude Desktop; forwarded to the gateway's `/mcp`.
+    /// Serve the gateway's tools (every server's, or a profile's with `--profile`) on stdio,
+    /// for desktop clients that speak only stdio, such as Claude Desktop; forwarded to the
+    /// gateway's `/mcp` (or `/profiles/PROFILE/mcp`).
     Gateway(mcp::GatewayArgs),
+    /// MCP clients' configurations: drafts, validation, signed artifacts, and deploying
+    /// them into the clients' files on this machine (or the agent's).
+    Config(config::Args),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -141,8 +147,11 @@ pub fn main() -> ExitCode {
         Command::Rollout(args) => rollouts::rollout(&settings, args),
         Command::Rollback(args) => rollouts::rollback(&settings, args),
         Command::Events(args) => events::run(&settings, args),
-        Command::Mcp => mcp::run(&settings, &settings.agent_url),
-        Command::Gateway(args) => mcp::run(&settings, &args.url),
+        Command::Mcp => mcp::run(&settings, &crate::mcp::Endpoint::agent(&settings.agent_url)),
+        Command::Gateway(args) => args
+            .endpoint()
+            .and_then(|endpoint| mcp::run(&settings, &endpoint)),
+        Command::Config(args) => config::run(&settings, args),
     };
     match result {
         // Output lost to a failing stdout (not one its reader closed) is a failed command.

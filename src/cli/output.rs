@@ -126,7 +126,7 @@ pub fn print_json<T: Serialize + ?Sized>(value: &T) {
 /// Colours a result word: green for good, red for bad.
 pub fn severity_word(word: &str) -> String {
     let code = match word {
-        "applied" | "succeeded" | "running" | "healthy" => "32",
+        "applied" | "succeeded" | "running" | "healthy" | "in sync" => "32",
         "rejected" | "failed" | "unhealthy" | "rolled_back" => "1;31",
         _ => "33",
     };
@@ -180,6 +180,8 @@ mod tests {
         let sources = [
             ("agent.rs", include_str!("agent.rs")),
             ("client.rs", include_str!("client.rs")),
+            ("config.rs", include_str!("config.rs")),
+            ("deployments.rs", include_str!("deployments.rs")),
             ("events.rs", include_str!("events.rs")),
             ("mcp.rs", include_str!("mcp.rs")),
             ("mod.rs", include_str!("mod.rs")),

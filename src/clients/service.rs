@@ -1010,7 +1010,31 @@ impl Configs {
                 })
             })
             .transpose()?;
+        // What is shown, drafted from or deployed must be what was signed: a row changed
+        // in the database would otherwise be signed again into a valid artifact.
+        let latest = match latest {
+            Some(a) => Some(self.verified(a, client, profile).await?),
+            None => None,
+        };
         Ok((latest, draft))
+    }
+
+    /// `artifact`, checked against the agent's keyring and its target.
+    async fn verified(
+        &self,
+        artifact: Artifact,
+        client: &str,
+        profile: &str,
+    ) -> Result<Artifact, ControlError> {
+        let keys_dir = self.keys_dir.clone();
+        let (c, p) = (client.to_owned(), profile.to_owned());
+        blocking(move || {
+            let keyring = Keyring::open(&keys_dir).map_err(keys_error)?;
+            artifact::verify_for(&artifact, &c, &p, |id| keyring.verifying_key(id))
+                .map_err(untrusted)?;
+            Ok(artifact)
+        })
+        .await
     }
 
     /// Applies `change` to the draft's entries (starting one if needed) and stores it.

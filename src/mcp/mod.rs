@@ -16,7 +16,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-pub use stdio::{BridgeError, serve_stdio};
+pub use stdio::{BridgeError, Endpoint, EndpointError, serve_stdio};
 pub use tools::Tools;
 
 use crate::fleet::Control;

@@ -1,7 +1,8 @@
 //! `mcp-orchestration mcp` and `mcp-orchestration gateway`: an MCP server on stdio, for
 //! desktop clients that speak only stdio, whose tools are those of an MCP endpoint of a
-//! running agent: its operator tools (`/mcp` on the API's listener) or its gateway (`/mcp`
-//! on the gateway's). It forwards `tools/list` and `tools/call` over streamable HTTP, says
+//! running agent: its operator tools (`/mcp` on the API's listener) or its gateway's (`/mcp`
+//! on the gateway's listener for the whole fleet, `/profiles/{id}/mcp` for a profile,
+//! `Endpoint::gateway`). It forwards `tools/list` and `tools/call` over streamable HTTP, says
 //! what the endpoint says it is, passes the endpoint's `tools/list_changed` on, and
 //! implements no tool itself, so the two can never disagree.
 //!
@@ -152,18 +153,120 @@ fn without_type_names(text: &str) -> String {
     out
 }
 
-/// Serves the tools of `{base_url}/mcp` on stdin/stdout until the client closes stdin.
+/// An MCP endpoint of a running agent: the URL its sessions go to, and the base of its
+/// listener, whose `/health` says whether anything answers there at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `http://127.0.0.1:7071/profiles/dev/mcp`.
+    pub url: String,
+    /// `http://127.0.0.1:7071`.
+    pub base: String,
+}
+
+/// Why a gateway URL and a profile do not name one endpoint.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EndpointError {
+    #[error("`{url}` is not an http:// or https:// URL")]
+    NotHttp { url: String },
+    #[error(
+        "`{url}` is the endpoint of {serves}, not of profile `{profile}`: give the gateway's \
+         address (`--url http://HOST:PORT`) with `--profile {profile}`, or the profile's own \
+         endpoint"
+    )]
+    OtherProfile {
+        url: String,
+        serves: String,
+        profile: String,
+    },
+    #[error("`{profile}` is not a profile name")]
+    BadProfile { profile: String },
+}
+
+impl Endpoint {
+    /// The agent's operator tools: `{base}/mcp` on its API listener.
+    pub fn agent(base_url: &str) -> Endpoint {
+        let base = base_url.trim_end_matches('/').to_owned();
+        Endpoint {
+            url: format!("{base}/mcp"),
+            base,
+        }
+    }
+
+    /// A gateway endpoint from `url` and `profile`. `url` is either the gateway's address
+    /// (`http://127.0.0.1:7071`: the endpoint is then `/mcp`, or `/profiles/{profile}/mcp`)
+    /// or a whole endpoint ending in `/mcp` (used as it is; a `profile` given with it must
+    /// be the one it serves).
+    pub fn gateway(url: &str, profile: Option<&str>) -> Result<Endpoint, EndpointError> {
+        let url = url.trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(EndpointError::NotHttp {
+                url: url.to_owned(),
+            });
+        }
+        if let Some(p) = profile
+            && (p.is_empty() || p.contains(['/', '?', '#']) || p.chars().any(char::is_control))
+        {
+            return Err(EndpointError::BadProfile {
+                profile: p.to_owned(),
+            });
+        }
+        let path_of = crate::clients::service::path_of_profile;
+        let Some(before) = url.strip_suffix("/mcp").filter(|b| b.contains("://")) else {
+            let profile = profile.unwrap_or(crate::manifest::DEFAULT_PROFILE);
+            return Ok(Endpoint {
+                url: format!("{url}{}", path_of(profile)),
+                base: url.to_owned(),
+            });
+        };
+        // What the endpoint serves: a profile, one server, or the whole fleet.
+        let inner = |kind: &str| {
+            let (base, rest) = before.rsplit_once(kind)?;
+            (!rest.is_empty() && !rest.contains('/')).then_some((base, rest))
+        };
+        let (base, serves) = if let Some((base, p)) = inner("/profiles/") {
+            (base, Served::Profile(p))
+        } else if let Some((base, s)) = inner("/servers/") {
+            (base, Served::Server(s))
+        } else {
+            (before, Served::Profile(crate::manifest::DEFAULT_PROFILE))
+        };
+        if let Some(p) = profile
+            && serves != Served::Profile(p)
+        {
+            return Err(EndpointError::OtherProfile {
+                url: url.to_owned(),
+                serves: match serves {
+                    Served::Profile(q) => format!("profile `{q}`"),
+                    Served::Server(s) => format!("server `{s}` alone"),
+                },
+                profile: p.to_owned(),
+            });
+        }
+        Ok(Endpoint {
+            url: url.to_owned(),
+            base: base.to_owned(),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Served<'a> {
+    Profile(&'a str),
+    Server(&'a str),
+}
+
+/// Serves the tools of `endpoint` on stdin/stdout until the client closes stdin.
 /// `key_hint` says which key is sent or where none was found, for when the agent refuses it.
 pub async fn serve_stdio(
-    base_url: &str,
+    endpoint: &Endpoint,
     api_key: Option<String>,
     key_hint: String,
 ) -> Result<(), BridgeError> {
-    let base = base_url.trim_end_matches('/').to_owned();
+    let base = endpoint.base.clone();
     reachable(&base).await?;
     // A restarted agent has forgotten our session; a new one is opened transparently, so
     // the desktop client never needs restarting with the agent.
-    let mut config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"))
+    let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.url.clone())
         .reinit_on_expired_session(true);
     if let Some(key) = api_key {
         config = config.auth_header(key);
@@ -176,11 +279,11 @@ pub async fn serve_stdio(
         .serve(StreamableHttpClientTransport::from_config(config))
         .await
         .map_err(|e| BridgeError::Refused {
-            url: base.clone(),
+            url: endpoint.url.clone(),
             hint: key_hint,
             source: Cause(plain(&e)),
         })?;
-    info!(agent = %base, "serving the agent's MCP tools on stdio");
+    info!(endpoint = %endpoint.url, "serving the endpoint's MCP tools on stdio");
 
     let info = match client.peer_info() {
         Some(peer) => {
@@ -403,6 +506,75 @@ impl ServerHandler for Bridge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gateway_url_and_a_profile_name_one_endpoint() {
+        let gw = |url: &str, profile: Option<&str>| Endpoint::gateway(url, profile);
+        let at = |url: &str, base: &str| {
+            Ok(Endpoint {
+                url: url.to_owned(),
+                base: base.to_owned(),
+            })
+        };
+        let base = "http://127.0.0.1:7071";
+        // The gateway's address: its whole fleet, or a profile.
+        assert_eq!(gw(base, None), at("http://127.0.0.1:7071/mcp", base));
+        assert_eq!(
+            gw("http://127.0.0.1:7071/", None),
+            at("http://127.0.0.1:7071/mcp", base)
+        );
+        assert_eq!(
+            gw(base, Some("default")),
+            at("http://127.0.0.1:7071/mcp", base)
+        );
+        assert_eq!(
+            gw(base, Some("dev")),
+            at("http://127.0.0.1:7071/profiles/dev/mcp", base)
+        );
+        // A whole endpoint is used as it is (what a client entry holds).
+        let dev = "http://127.0.0.1:7071/profiles/dev/mcp";
+        assert_eq!(gw(dev, Some("dev")), at(dev, base));
+        assert_eq!(gw(dev, None), at(dev, base));
+        assert_eq!(
+            gw("https://gw.example/prefix/mcp", None),
+            at("https://gw.example/prefix/mcp", "https://gw.example/prefix")
+        );
+        let one = "http://127.0.0.1:7071/servers/gh/mcp";
+        assert_eq!(gw(one, None), at(one, base));
+        assert_eq!(
+            gw("http://127.0.0.1:7071/mcp", Some("default")),
+            at("http://127.0.0.1:7071/mcp", base)
+        );
+        // A profile that is not the endpoint's is refused, not silently ignored.
+        for (url, profile) in [
+            (dev, "ops"),
+            ("http://127.0.0.1:7071/mcp", "dev"),
+            (one, "default"),
+        ] {
+            assert!(
+                matches!(
+                    gw(url, Some(profile)),
+                    Err(EndpointError::OtherProfile { .. })
+                ),
+                "{url} {profile}"
+            );
+        }
+        assert!(matches!(
+            gw("127.0.0.1:7071", None),
+            Err(EndpointError::NotHttp { .. })
+        ));
+        assert!(matches!(
+            gw(base, Some("a/b")),
+            Err(EndpointError::BadProfile { .. })
+        ));
+        assert_eq!(
+            Endpoint::agent("http://127.0.0.1:7070/"),
+            Endpoint {
+                url: "http://127.0.0.1:7070/mcp".into(),
+                base: "http://127.0.0.1:7070".into()
+            }
+        );
+    }
 
     #[test]
     fn rust_type_names_are_not_part_of_what_the_user_reads() {

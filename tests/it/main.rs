@@ -3,6 +3,7 @@
 mod api;
 mod client_configs;
 mod client_programs;
+mod config_cli;
 mod crash;
 mod docker_runtime;
 mod events;
