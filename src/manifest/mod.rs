@@ -119,6 +119,12 @@ impl TextFile {
 /// under `registry.local/` and programs under `/opt/mcp` are trusted.
 #[cfg(test)]
 pub(crate) fn checked_for_tests(yaml: &str) -> Checked {
+    check_for_tests(yaml).expect("a valid manifest")
+}
+
+/// [`check`] of `yaml` alone, trusting what [`checked_for_tests`] trusts.
+#[cfg(test)]
+pub(crate) fn check_for_tests(yaml: &str) -> Result<Checked, Vec<Diagnostic>> {
     let files = RepoFiles {
         manifest: TextFile::new(MANIFEST_FILE, yaml),
         policies: Vec::new(),
@@ -127,7 +133,7 @@ pub(crate) fn checked_for_tests(yaml: &str) -> Checked {
     let mut trust = policy::TrustPolicy::shipped();
     trust.allowed_images = vec!["registry.local/".into()];
     trust.allowed_commands = vec!["/opt/mcp".into()];
-    check(&files, &trust).expect("a valid manifest")
+    check(&files, &trust)
 }
 
 #[cfg(test)]
@@ -183,16 +189,9 @@ mod tests {
                 .all(|d| d.message.starts_with("not UTF-8 text"))
         );
     }
-    /// What `check` refuses `yaml` for, with `registry.local/` images trusted.
+    /// What `check` refuses `yaml` for.
     fn errors_of(yaml: String) -> Vec<Diagnostic> {
-        let files = RepoFiles {
-            manifest: TextFile::new(MANIFEST_FILE, yaml),
-            policies: Vec::new(),
-            trust: None,
-        };
-        let mut trust = policy::TrustPolicy::shipped();
-        trust.allowed_images = vec!["registry.local/".into()];
-        check(&files, &trust).unwrap_err()
+        check_for_tests(&yaml).unwrap_err()
     }
 
     const TWO_SERVERS: &str = "servers:
