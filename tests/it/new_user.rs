@@ -649,6 +649,8 @@ async fn every_json_answer_matches_the_schema_the_api_documents() {
         repo.remote().to_str().unwrap(),
         Options {
             trust: Some(trust),
+            // Client configurations point at the gateway.
+            gateway: true,
             ..Options::default()
         },
     )
@@ -656,6 +658,20 @@ async fn every_json_answer_matches_the_schema_the_api_documents() {
     agent
         .wait_running("watched", "1.0.0", Duration::from_secs(20))
         .await;
+    // A published configuration, for the artifact routes.
+    let (status, _) = agent
+        .call(reqwest::Method::POST, "/v1/keys/initialize", None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, published) = agent
+        .call(
+            reqwest::Method::POST,
+            "/v1/config/cursor/default/publish",
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{published}");
+    let artifact = published["id"].as_str().unwrap().to_owned();
     eventually(Duration::from_secs(20), "watched to be healthy", || async {
         let (_, h) = agent.get("/servers/watched/health").await;
         (h["state"] == "healthy").then_some(())
@@ -685,7 +701,11 @@ async fn every_json_answer_matches_the_schema_the_api_documents() {
             let real = path
                 .replace("{commit}", &commit)
                 .replace("/rollouts/{id}", &format!("/rollouts/{rollout}"))
-                .replace("{id}", id);
+                .replace("{id}", id)
+                .replace("{server_id}", "watched")
+                .replace("{client_id}", "cursor")
+                .replace("{profile}", "default")
+                .replace("{artifact_id}", &artifact);
             let (status, body) = agent.get(&real).await;
             assert_eq!(status, 200, "GET {real}: {body}");
             let wrong = crate::support::schema::violations(&doc, schema, &body);
