@@ -589,11 +589,12 @@ fn config_routes() -> Vec<Route> {
                 |_| json!({ "type": "object" }),
             ),
         ),
+        // Always keyed: without a payload it reads a client file on the agent's host.
         route(
             Method::POST,
             "/v1/config/diff",
             post(c::diff),
-            Read,
+            Write,
             Doc {
                 body: Some(|s| s.schema::<cs::DiffRequest>()),
                 body_required: true,
@@ -665,7 +666,7 @@ fn config_routes() -> Vec<Route> {
             Doc {
                 ok: 201,
                 ..doc(
-                    "Sign the draft (or the configuration in force) into an immutable artifact (422 CONFIG_INVALID when it does not validate, 409 without a signing key)",
+                    "Sign the draft (or the configuration in force) into an immutable artifact (409 CONFIG_INVALID when it does not validate, 409 CONFLICT without a signing key)",
                     |s| s.schema::<cs::Published>(),
                 )
             },
@@ -678,7 +679,7 @@ fn config_routes() -> Vec<Route> {
             Doc {
                 body: Some(|s| s.schema::<cs::DeployRequest>()),
                 ..doc(
-                    "Write the latest (or a given) artifact into the client's file on the agent's host, changing only its entries (422 when the file cannot be changed; it is left as it was)",
+                    "Write the latest (or a given) artifact into the client's file on the agent's host (below its home), changing only its entries (409 with a CLIENT_FILE_* or PROJECT_DIR_* code when the file cannot be changed; it is left as it was)",
                     |s| s.schema::<cs::DeployReport>(),
                 )
             },

@@ -656,10 +656,16 @@ fn local_client(id: &str) -> anyhow::Result<&'static registry::Client> {
 
 fn deploy_remote(client: &Client, out: OutputFormat, args: DeployArgs) -> anyhow::Result<u8> {
     let t = &args.target;
-    if matches!(args.scope, Some(ScopeArg::Project)) && args.project_dir.is_none() {
-        return Err(anyhow!(
-            "--scope project needs --project-dir (a directory on the agent's host)"
-        ));
+    match (&args.scope, &args.project_dir) {
+        (Some(ScopeArg::Project), None) => {
+            return Err(anyhow!(
+                "--scope project needs --project-dir (a directory on the agent's host)"
+            ));
+        }
+        (Some(ScopeArg::User), Some(_)) => {
+            return Err(anyhow!("--project-dir goes with --scope project, not user"));
+        }
+        _ => {}
     }
     let request = DeployRequest {
         project_dir: args.project_dir.map(|d| d.display().to_string()),
@@ -885,19 +891,18 @@ fn deploy_here(client: &Client, out: OutputFormat, args: DeployArgs) -> anyhow::
     Ok(exit::OK)
 }
 
-/// A file that cannot take the entries (not valid, read-only, locked, holding an entry of
-/// the same name that is not ours) is refused with the file left as it was (exit 1); an
-/// I/O failure is the environment (exit 2).
+/// A file that cannot take the entries (not valid, read-only, locked, not writable,
+/// holding an entry of the same name that is not ours) is refused with the file left as it
+/// was (exit 1, as the agent's `CLIENT_FILE_*` refusals); a missing backup is the
+/// environment (exit 2).
 fn install_failure(e: InstallError, path: &Path) -> anyhow::Error {
     let text = crate::error_text::chain(&e);
     let refused = match &e {
-        InstallError::Unmanaged { .. } => {
+        InstallError::Deploy(DeployError::Unmanaged { .. }) => {
             return bad(format!("{text} (--force replaces them)"));
         }
         InstallError::NotEntries => true,
-        InstallError::Deploy(d) => {
-            !matches!(d, DeployError::Io { .. } | DeployError::NoBackup { .. })
-        }
+        InstallError::Deploy(d) => !matches!(d, DeployError::NoBackup { .. }),
     };
     let text = if text.contains("untouched") {
         text

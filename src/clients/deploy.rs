@@ -25,6 +25,8 @@ use crate::clients::registry::Client;
 pub const BACKUP_SUFFIX: &str = ".mcp-orchestration.bak";
 /// Appended to the file's name for the lock file beside it.
 pub const LOCK_SUFFIX: &str = ".mcp-orchestration.lock";
+/// The file as it was before the first deploy changed it, kept for good.
+pub const ORIGINAL_SUFFIX: &str = ".mcp-orchestration.orig";
 const TEMP_SUFFIX: &str = ".mcp-orchestration.tmp";
 
 /// A new file may come to hold credentials (users paste tokens into these files, and
@@ -64,6 +66,14 @@ pub enum DeployError {
     SymlinkLoop { path: PathBuf },
     #[error("there is no backup of {path} to restore ({backup} does not exist)")]
     NoBackup { path: PathBuf, backup: PathBuf },
+    #[error(
+        "{path} already has {} {} that this tool did not write; rename ours or replace them (force)",
+        if names.len() == 1 { "an entry" } else { "entries" },
+        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    )]
+    Unmanaged { path: PathBuf, names: Vec<String> },
+    #[error("the lock file {path} is not a regular file; it was left untouched")]
+    LockNotAFile { path: PathBuf },
 }
 
 /// What `deploy` did.
@@ -101,6 +111,19 @@ pub fn deploy(
     managed: &BTreeMap<String, Value>,
     previously_managed: &BTreeSet<String>,
 ) -> Result<Deployed, DeployError> {
+    deploy_guarded(path, client, managed, previously_managed, false)
+}
+
+/// [`deploy`]; with `protect`, an entry of a name in `managed` that `previously_managed`
+/// does not know and that differs from ours (someone else's) is refused, checked under
+/// the lock, so a writer between a check and the write cannot be overwritten.
+pub fn deploy_guarded(
+    path: &Path,
+    client: &Client,
+    managed: &BTreeMap<String, Value>,
+    previously_managed: &BTreeSet<String>,
+    protect: bool,
+) -> Result<Deployed, DeployError> {
     let target = resolve(path)?;
     let unchanged = |target: PathBuf| Deployed {
         path: target,
@@ -127,6 +150,24 @@ pub fn deploy(
     if current_text.is_none() && managed.is_empty() {
         return Ok(unchanged(target));
     }
+    if protect && let Some(text) = current_text {
+        let new_names: BTreeSet<String> = managed
+            .keys()
+            .filter(|n| !previously_managed.contains(*n))
+            .cloned()
+            .collect();
+        let theirs: Vec<String> = edit::read_managed(client, &target, text, &new_names)?
+            .into_iter()
+            .filter(|(name, value)| managed.get(name) != Some(value))
+            .map(|(name, _)| name)
+            .collect();
+        if !theirs.is_empty() {
+            return Err(DeployError::Unmanaged {
+                path: target,
+                names: theirs,
+            });
+        }
+    }
     let new_text = edit::apply(client, &target, current_text, managed, previously_managed)?;
     if current_text == Some(new_text.as_str()) {
         return Ok(unchanged(target));
@@ -134,6 +175,13 @@ pub fn deploy(
     check_writable(&target)?;
     let backup = match &current {
         Some(current) => {
+            // The file as it was before this tool ever wrote it is kept once, apart from
+            // the rolling backup of the latest write: later deploys would otherwise
+            // overwrite the user's original with our own earlier output.
+            let original = sibling(&target, ORIGINAL_SUFFIX);
+            if read_bytes(&original)?.is_none() {
+                replace(&original, current.text.as_bytes(), &current.mode)?;
+            }
             let backup = sibling(&target, BACKUP_SUFFIX);
             replace(&backup, current.text.as_bytes(), &current.mode)?;
             Some(backup)
@@ -154,14 +202,15 @@ pub fn deploy(
 pub fn restore_backup(path: &Path) -> Result<PathBuf, DeployError> {
     let target = resolve(path)?;
     let backup = sibling(&target, BACKUP_SUFFIX);
+    check_writable(&target)?;
+    // Read under the lock, so a deploy in between cannot leave an older backup restored.
+    let _lock = Lock::acquire(&target)?;
     let Some(saved) = read_bytes(&backup)? else {
         return Err(DeployError::NoBackup {
             path: target,
             backup,
         });
     };
-    check_writable(&target)?;
-    let _lock = Lock::acquire(&target)?;
     let mode = if target.exists() {
         Mode::of(&target)?
     } else {
@@ -306,18 +355,24 @@ struct Lock {
 impl Lock {
     fn acquire(target: &Path) -> Result<Lock, DeployError> {
         let lock = sibling(target, LOCK_SUFFIX);
+        // Never through a symlink: one planted at the lock's name would have us create or
+        // open a file wherever it points.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(NEW_FILE_MODE)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock)
             .map_err(|source| DeployError::Io {
                 action: "open the lock file",
                 path: lock.clone(),
                 source,
             })?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(DeployError::LockNotAFile { path: lock });
+        }
         let started = Instant::now();
         loop {
             // SAFETY: flock on a descriptor we own; it only reads the descriptor.

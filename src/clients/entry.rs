@@ -233,6 +233,15 @@ pub fn secrets_in_clear(client: &Client, entry: &Value) -> Vec<String> {
             found.push(format!("env.{name}"));
         }
     }
+    for field in ["url", "serverUrl", "httpUrl"] {
+        if entry
+            .get(field)
+            .and_then(Value::as_str)
+            .is_some_and(|url| url_has_secret(client.env_ref, url))
+        {
+            found.push(field.to_owned());
+        }
+    }
     found.extend(secret_args(entry.get("args")));
     if entry
         .get("bearer_token")
@@ -241,6 +250,28 @@ pub fn secrets_in_clear(client: &Client, entry: &Value) -> Vec<String> {
         found.push("bearer_token".to_owned());
     }
     found
+}
+
+/// A password in the URL's user info, or a query parameter with a credential's name,
+/// unless it is a reference.
+fn url_has_secret(env_ref: EnvRef, url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && let Some((_, password)) = userinfo.split_once(':')
+        && !password.is_empty()
+        && !is_reference(env_ref, password)
+    {
+        return true;
+    }
+    let query = rest
+        .split_once('?')
+        .map_or("", |(_, q)| q.split('#').next().unwrap_or(""));
+    query.split('&').any(|pair| {
+        pair.split_once('=').is_some_and(|(name, value)| {
+            is_sensitive_name(name) && !value.is_empty() && !is_reference(env_ref, value)
+        })
+    })
 }
 
 fn strings(object: Option<&Value>) -> impl Iterator<Item = (&String, &str)> {
@@ -279,6 +310,22 @@ fn secret_args(args: Option<&Value>) -> Vec<String> {
         }
     }
     found
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_found_unless_they_are_references() {
+        let cursor = crate::clients::registry::client("cursor").unwrap();
+        let found = |url: &str| secrets_in_clear(cursor, &serde_json::json!({ "url": url }));
+        assert_eq!(found("https://u:pw@mcp.example/mcp"), ["url"]);
+        assert_eq!(found("https://mcp.example/mcp?api_key=sk-1&x=1"), ["url"]);
+        assert!(found("https://mcp.example/mcp?api_key=${env:KEY}").is_empty());
+        assert!(found("https://user@mcp.example/mcp?page=2").is_empty());
+        assert!(found("http://127.0.0.1:7071/profiles/dev/mcp").is_empty());
+    }
 }
 
 #[cfg(test)]

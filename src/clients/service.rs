@@ -497,7 +497,28 @@ impl Configs {
                 let value = self.gateway_entry(c, &name, &path_of_profile(&target), &target)?;
                 (name, value)
             }
-            AddEntry::Entry(AddCustom { entry, name }) => (name, Value::Object(entry)),
+            AddEntry::Entry(AddCustom { entry, name }) => {
+                let entry = Value::Object(entry);
+                // A credential in clear is never kept, not even in a draft.
+                let secrets = entry::secrets_in_clear(c, &entry);
+                if !secrets.is_empty() {
+                    return Err(ControlError::Refused {
+                        code: "SECRET_IN_CLEAR",
+                        message: format!(
+                            "the entry holds a credential in clear at {}; name an environment variable instead ({})",
+                            secrets.join(", "),
+                            match c.env_ref {
+                                EnvRef::Braces | EnvRef::DollarOrBraces => "${NAME}",
+                                EnvRef::EnvColon => "${env:NAME}",
+                                EnvRef::Unsupported =>
+                                    "this client expands none: leave the credential out",
+                            }
+                        ),
+                        details: json!({ "paths": secrets }),
+                    });
+                }
+                (name, entry)
+            }
         };
         if name.is_empty() || name.chars().any(char::is_control) {
             return Err(ControlError::Invalid(format!(
@@ -608,11 +629,18 @@ impl Configs {
                 details: json!({ "errors": report.errors }),
             });
         }
-        let (latest, _) = self.latest_and_draft(c.id, profile).await?;
+        let (latest, stored_draft) = self.latest_and_draft(c.id, profile).await?;
         let parent = latest.map(|a| a.id().to_owned());
+        // The draft is forgotten only if it still is what was signed.
+        let from_draft = if draft.exists {
+            stored_draft.map(|d| d.payload)
+        } else {
+            None
+        };
         let keys_dir = self.keys_dir.clone();
         let (client_id, p) = (c.id.to_owned(), profile.to_owned());
         let payload = draft.payload;
+        let expected_parent = parent.clone();
         let signed = tokio::task::spawn_blocking(move || {
             let keyring = Keyring::open(&keys_dir).map_err(keys_error)?;
             if keyring.active().is_none() {
@@ -639,9 +667,22 @@ impl Configs {
             created_at: signed.envelope().created_at,
             body: body.to_string(),
         };
-        self.store
-            .call(move |s| s.publish_config_artifact(&stored))
+        let stored_it = self
+            .store
+            .call(move |s| {
+                s.publish_config_artifact(
+                    &stored,
+                    expected_parent.as_deref(),
+                    from_draft.as_deref(),
+                )
+            })
             .await?;
+        if !stored_it {
+            return Err(ControlError::Conflict(format!(
+                "another configuration for {}/{profile} was published meanwhile; look at it (get_config) and publish again",
+                c.id
+            )));
+        }
         Ok(Published {
             id: signed.id().to_owned(),
             artifact: body,
@@ -685,24 +726,10 @@ impl Configs {
     ) -> Result<DeployReport, ControlError> {
         let c = known_client(client)?;
         self.known_profile(profile)?;
+        // Checked on the file system with the target, in the blocking task below.
         let scope = match &request.project_dir {
             None => Scope::User,
-            // Only a directory that is there: a deploy never makes one up on this host.
-            Some(dir)
-                if std::path::Path::new(dir).is_absolute()
-                    && std::path::Path::new(dir).is_dir() =>
-            {
-                Scope::Project(PathBuf::from(dir))
-            }
-            Some(dir) => {
-                return Err(ControlError::Refused {
-                    code: "PROJECT_DIR_NOT_FOUND",
-                    message: format!(
-                        "`{dir}` is not an existing directory (by absolute path) on the agent's host"
-                    ),
-                    details: json!({ "project_dir": dir }),
-                });
-            }
+            Some(dir) => Scope::Project(PathBuf::from(dir)),
         };
         let env = self.host.env.clone().ok_or_else(|| {
             ControlError::Conflict(
@@ -743,18 +770,24 @@ impl Configs {
                 s.config_artifact(&last.artifact_id)
             })
             .await?;
-        let previously = match previous {
-            Some(stored) => payload_names(&stored.body),
-            None => BTreeSet::new(),
-        };
         let keys_dir = self.keys_dir.clone();
         let (client_id, p) = (c.id, profile.to_owned());
         let force = request.force;
         let write_path = path.clone();
+        let home = env.home.clone();
         let (installed, artifact) = tokio::task::spawn_blocking(move || {
+            confine(&scope, &write_path, &home)?;
             let keyring = Keyring::open(&keys_dir).map_err(keys_error)?;
             artifact::verify_for(&artifact, client_id, &p, |id| keyring.verifying_key(id))
                 .map_err(untrusted)?;
+            // Only what the agent itself signed decides which entries it may remove.
+            let previously = previous
+                .and_then(|stored| serde_json::from_str::<Artifact>(&stored.body).ok())
+                .filter(|a| {
+                    artifact::verify_for(a, client_id, &p, |id| keyring.verifying_key(id)).is_ok()
+                })
+                .map(|a| object_names(a.payload()))
+                .unwrap_or_default();
             let client = known_client(client_id)?;
             let installed = install(&write_path, client, artifact.payload(), &previously, force)
                 .map_err(install_error)?;
@@ -838,10 +871,13 @@ impl Configs {
                         .map_err(|e| {
                             ControlError::Internal(format!("the read task failed: {e}"))
                         })??;
-                (
-                    path.display().to_string(),
-                    Value::Object(found.into_iter().collect()),
-                )
+                // The user's own entries may hold credentials in clear: the answer never
+                // carries them.
+                let found = found
+                    .into_iter()
+                    .map(|(name, entry)| (name, redact_secrets(c, entry)))
+                    .collect();
+                (path.display().to_string(), Value::Object(found))
             }
         };
         let older: Vec<(String, Value)> = history
@@ -1037,28 +1073,43 @@ impl Configs {
         .await
     }
 
-    /// Applies `change` to the draft's entries (starting one if needed) and stores it.
+    /// Applies `change` to the draft's entries (starting one, from the configuration in
+    /// force, if there is none) and stores it, in one store call: two edits at once from
+    /// different surfaces both land.
     async fn edit_draft(
         &self,
         c: &Client,
         profile: &str,
-        change: impl FnOnce(&mut serde_json::Map<String, Value>) -> Result<(), ControlError>,
+        change: impl FnOnce(&mut serde_json::Map<String, Value>) -> Result<(), ControlError>
+        + Send
+        + 'static,
     ) -> Result<DraftView, ControlError> {
-        let current = self.draft(c.id, profile).await?;
-        let Value::Object(mut payload) = current.payload else {
-            return Err(ControlError::Internal(
-                "the draft is not a JSON object".to_owned(),
-            ));
-        };
-        change(&mut payload)?;
-        let draft = ConfigDraft {
-            client: c.id.to_owned(),
-            profile: profile.to_owned(),
-            payload: Value::Object(payload).to_string(),
-            base_artifact: current.base_artifact,
-            updated_at: Timestamp::now(),
-        };
-        self.store.call(move |s| s.put_config_draft(&draft)).await?;
+        // What a new draft starts from, decided before the store call (it may sign-check).
+        let start = self.draft(c.id, profile).await?;
+        let (client_id, p) = (c.id.to_owned(), profile.to_owned());
+        self.store
+            .call(move |s| {
+                s.update_config_draft(&client_id, &p, |current| {
+                    let (payload, base_artifact) = match current {
+                        Some(d) => (parse_payload(&d.payload)?, d.base_artifact),
+                        None => (start.payload, start.base_artifact),
+                    };
+                    let Value::Object(mut payload) = payload else {
+                        return Err(ControlError::Internal(
+                            "the draft is not a JSON object".to_owned(),
+                        ));
+                    };
+                    change(&mut payload)?;
+                    Ok(ConfigDraft {
+                        client: client_id.clone(),
+                        profile: p.clone(),
+                        payload: Value::Object(payload).to_string(),
+                        base_artifact,
+                        updated_at: Timestamp::now(),
+                    })
+                })
+            })
+            .await??;
         self.draft(c.id, profile).await
     }
 }
@@ -1110,12 +1161,71 @@ fn object_names(v: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// The entry names of a stored artifact's payload.
-fn payload_names(body: &str) -> BTreeSet<String> {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .map(|v| object_names(&v["payload"]))
-        .unwrap_or_default()
+/// A deploy the agent makes writes only below the home directory whose client files it
+/// manages: a project directory outside it, or a file whose symlinks lead out of it (or
+/// nowhere), is refused. An API or MCP caller cannot make it write elsewhere on its host.
+fn confine(
+    scope: &Scope,
+    target: &std::path::Path,
+    home: &std::path::Path,
+) -> Result<(), ControlError> {
+    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
+    let refused = |code: &'static str, message: String| ControlError::Refused {
+        code,
+        message,
+        details: json!({ "home": home.display().to_string() }),
+    };
+    if let Scope::Project(dir) = scope {
+        let real = match std::fs::canonicalize(dir) {
+            Ok(real) if dir.is_absolute() && real.is_dir() => real,
+            _ => {
+                return Err(refused(
+                    "PROJECT_DIR_NOT_FOUND",
+                    format!(
+                        "`{}` is not an existing directory (by absolute path) on the agent's host",
+                        dir.display()
+                    ),
+                ));
+            }
+        };
+        if !real.starts_with(&home) {
+            return Err(refused(
+                "PROJECT_DIR_OUTSIDE_HOME",
+                format!(
+                    "`{}` is outside {}, the home whose client files the agent manages",
+                    dir.display(),
+                    home.display()
+                ),
+            ));
+        }
+    }
+    if target.symlink_metadata().is_ok() && !target.exists() {
+        return Err(refused(
+            "CLIENT_FILE_INVALID",
+            format!(
+                "{} is a symlink that leads nowhere; it was left untouched",
+                target.display()
+            ),
+        ));
+    }
+    // The nearest part of the path that exists, with its symlinks resolved, must lie in
+    // the home (or above it, when the home itself is still to be made).
+    let existing = target.ancestors().find(|a| a.exists());
+    if let Some(existing) = existing {
+        let real = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_owned());
+        if !real.starts_with(&home) && !home.starts_with(&real) {
+            return Err(refused(
+                "CLIENT_FILE_OUTSIDE_HOME",
+                format!(
+                    "{} leads to {}, outside {}, the home whose client files the agent manages",
+                    target.display(),
+                    real.display(),
+                    home.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn nothing_published(client: &str, profile: &str) -> ControlError {
@@ -1167,12 +1277,6 @@ pub struct Installed {
 pub enum InstallError {
     #[error("the artifact's payload is not an object of entries")]
     NotEntries,
-    #[error(
-        "{path} already has {} {} that this agent did not write; rename ours (`name`) or replace them (`force`)",
-        if names.len() == 1 { "an entry" } else { "entries" },
-        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-    )]
-    Unmanaged { path: PathBuf, names: Vec<String> },
     #[error(transparent)]
     Deploy(#[from] super::deploy::DeployError),
 }
@@ -1180,7 +1284,8 @@ pub enum InstallError {
 /// Writes `payload`'s entries into the client's file at `path`, removing the entries of
 /// `previously` (what an earlier deploy of the same configuration wrote) that are no longer
 /// in it. An entry of the same name that was not ours is refused unless `force`, or unless
-/// it already is exactly ours. Shared by the agent's deploy and the CLI's.
+/// it already is exactly ours (checked under the file's lock). Shared by the agent's
+/// deploy and the CLI's.
 pub fn install(
     path: &std::path::Path,
     client: &Client,
@@ -1194,28 +1299,7 @@ pub fn install(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let new_names: BTreeSet<String> = managed
-        .keys()
-        .filter(|n| !previously.contains(*n))
-        .cloned()
-        .collect();
-    if !force && !new_names.is_empty() {
-        let on_disk = read_entries(path, client, &new_names).map_err(|e| match e {
-            ReadError::Deploy(e) => InstallError::Deploy(e),
-        })?;
-        let clashes: Vec<String> = on_disk
-            .iter()
-            .filter(|(name, value)| managed.get(*name) != Some(value))
-            .map(|(name, _)| name.clone())
-            .collect();
-        if !clashes.is_empty() {
-            return Err(InstallError::Unmanaged {
-                path: path.to_owned(),
-                names: clashes,
-            });
-        }
-    }
-    let deployed = super::deploy::deploy(path, client, &managed, previously)?;
+    let deployed = super::deploy::deploy_guarded(path, client, &managed, previously, !force)?;
     Ok(Installed {
         deployed,
         entries: managed.keys().cloned().collect(),
@@ -1270,11 +1354,6 @@ impl From<ReadError> for ControlError {
 fn install_error(e: InstallError) -> ControlError {
     match e {
         InstallError::Deploy(e) => deploy_error(e),
-        InstallError::Unmanaged { ref names, .. } => ControlError::Refused {
-            code: "UNMANAGED_ENTRY",
-            message: e.to_string(),
-            details: json!({ "entries": names }),
-        },
         InstallError::NotEntries => ControlError::Internal(e.to_string()),
     }
 }
@@ -1283,8 +1362,16 @@ fn install_error(e: InstallError) -> ControlError {
 /// file left as it was.
 fn deploy_error(e: super::deploy::DeployError) -> ControlError {
     use super::deploy::DeployError;
+    if let DeployError::Unmanaged { names, .. } = &e {
+        return ControlError::Refused {
+            code: "UNMANAGED_ENTRY",
+            message: e.to_string(),
+            details: json!({ "entries": names }),
+        };
+    }
     let code = match &e {
         DeployError::Edit(_) | DeployError::NotUtf8 { .. } => "CLIENT_FILE_INVALID",
+        DeployError::Unmanaged { .. } | DeployError::LockNotAFile { .. } => "CLIENT_FILE_INVALID",
         DeployError::ReadOnlyFile { .. } | DeployError::ReadOnlyDir { .. } => {
             "CLIENT_FILE_READ_ONLY"
         }
@@ -1302,6 +1389,22 @@ fn deploy_error(e: super::deploy::DeployError) -> ControlError {
         message: crate::error_text::chain(&e),
         details: Value::Null,
     }
+}
+
+/// `entry` with every credential in clear `secrets_in_clear` finds replaced.
+fn redact_secrets(c: &Client, mut entry: Value) -> Value {
+    for path in entry::secrets_in_clear(c, &entry) {
+        // `headers.Authorization`, `args[3]` → a JSON pointer.
+        let pointer: String = path
+            .replace(']', "")
+            .split(['.', '['])
+            .map(|part| format!("/{}", part.replace('~', "~0").replace('/', "~1")))
+            .collect();
+        if let Some(at) = entry.pointer_mut(&pointer) {
+            *at = json!("[redacted]");
+        }
+    }
+    entry
 }
 
 /// Whether a gateway path names something the applied manifest serves.
@@ -1785,7 +1888,11 @@ mod tests {
         let ours = json!({ "fleet": { "url": "http://127.0.0.1:7071/mcp" } });
         let e = install(&path, client("cursor"), &ours, &BTreeSet::new(), false).unwrap_err();
         assert!(
-            matches!(e, InstallError::Unmanaged { ref names, .. } if names == &["fleet"]),
+            matches!(
+                e,
+                InstallError::Deploy(super::super::deploy::DeployError::Unmanaged { ref names, .. })
+                    if names == &["fleet"]
+            ),
             "{e}"
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), original);

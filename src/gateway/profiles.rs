@@ -60,15 +60,16 @@ impl Endpoints {
 
     /// The service of `scope`, made now if this is the first request for it. `default`
     /// is the whole fleet.
-    fn service(&self, scope: &Scope) -> std::io::Result<HttpService> {
-        let mut services = self
-            .services
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((service, _)) = services.get(scope) {
+    async fn service(&self, scope: &Scope) -> std::io::Result<HttpService> {
+        if let Some((service, _)) = self.services().get(scope) {
             return Ok(service.clone());
         }
-        let files = SessionFiles::open(self.sessions_dir(scope), self.key.clone())?;
+        // The sessions' directory is made and pruned on the blocking pool, outside the
+        // lock; if two first requests race, the first service stored wins.
+        let (dir, key) = (self.sessions_dir(scope), self.key.clone());
+        let files = tokio::task::spawn_blocking(move || SessionFiles::open(dir, key))
+            .await
+            .map_err(std::io::Error::other)??;
         let sessions = Arc::new(Sessions::new(self.key.clone()));
         let gateway = match scope {
             Scope::Profile(id) if id == DEFAULT_PROFILE => self.gateway.clone(),
@@ -81,8 +82,15 @@ impl Endpoints {
             self.any_host,
             self.shutdown.clone(),
         );
-        services.insert(scope.clone(), (service.clone(), sessions));
-        Ok(service)
+        let mut services = self.services();
+        let (service, _) = services.entry(scope.clone()).or_insert((service, sessions));
+        Ok(service.clone())
+    }
+
+    fn services(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, (HttpService, Arc<Sessions>)>> {
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn sessions_dir(&self, scope: &Scope) -> PathBuf {
@@ -175,7 +183,7 @@ async fn serve(
     if !served {
         return ApiError::from(missing()).into_response();
     }
-    match endpoints.service(&scope) {
+    match endpoints.service(&scope).await {
         Ok(service) => service
             .handle(request)
             .await

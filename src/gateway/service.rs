@@ -276,16 +276,20 @@ impl Gateway {
         F: std::future::Future<Output = bool>,
     {
         let mut generation = self.backends.watch();
+        // A commit can change what a profile shows without any backend changing.
+        let mut fleet = self.control.view.subscribe();
         let mut seen = self.seen();
         tokio::pin!(ended);
         loop {
             tokio::select! {
                 _ = &mut ended => return,
                 changed = generation.changed() => if changed.is_err() { return },
+                changed = fleet.changed() => if changed.is_err() { return },
             }
             // Changes come in bursts (a switch relists a server): debounce.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             generation.borrow_and_update();
+            fleet.borrow_and_update();
             let now = self.seen();
             for (kind, changed) in [
                 (Kind::Tools, now.tools != seen.tools),
@@ -594,7 +598,8 @@ impl ServerHandler for Gateway {
                     .await
                     .and_then(|(next, guard)| {
                         let name = next.names.backend(&name)?.to_owned();
-                        Some((next, guard, name))
+                        // The successor's mapping is held to the same profile.
+                        shown.tool(server, &name).then_some((next, guard, name))
                     });
                 let Some((next, _in_flight, next_name)) = next else {
                     self.metrics.call(server, Outcome::Unreachable, None);

@@ -47,24 +47,6 @@ pub struct ConfigDeployment {
 }
 
 impl Store {
-    pub fn put_config_draft(&self, d: &ConfigDraft) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO config_drafts (client, profile, payload, base_artifact, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (client, profile) DO UPDATE
-                 SET payload = ?3, base_artifact = ?4, updated_at = ?5",
-            )?
-            .execute(params![
-                d.client,
-                d.profile,
-                d.payload,
-                d.base_artifact,
-                ts(d.updated_at)
-            ])?;
-        Ok(())
-    }
-
     pub fn config_draft(
         &self,
         client: &str,
@@ -96,6 +78,60 @@ impl Store {
         .transpose()
     }
 
+    /// Reads the draft of (client, profile) and writes what `change` makes of it, with the
+    /// connection held throughout, so two edits from different surfaces never lose one
+    /// another. `change` may refuse (its error), and then nothing is written.
+    pub fn update_config_draft<E>(
+        &self,
+        client: &str,
+        profile: &str,
+        change: impl FnOnce(Option<ConfigDraft>) -> Result<ConfigDraft, E>,
+    ) -> Result<Result<ConfigDraft, E>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .prepare_cached(
+                "SELECT payload, base_artifact, updated_at FROM config_drafts
+                 WHERE client = ?1 AND profile = ?2",
+            )?
+            .query_row(params![client, profile], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .optional()?;
+        let current = row
+            .map(|(payload, base_artifact, at)| {
+                Ok::<_, StoreError>(ConfigDraft {
+                    client: client.to_owned(),
+                    profile: profile.to_owned(),
+                    payload,
+                    base_artifact,
+                    updated_at: req_ts(at)?,
+                })
+            })
+            .transpose()?;
+        let d = match change(current) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        conn.prepare_cached(
+            "INSERT INTO config_drafts (client, profile, payload, base_artifact, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (client, profile) DO UPDATE
+             SET payload = ?3, base_artifact = ?4, updated_at = ?5",
+        )?
+        .execute(params![
+            d.client,
+            d.profile,
+            d.payload,
+            d.base_artifact,
+            ts(d.updated_at)
+        ])?;
+        Ok(Ok(d))
+    }
+
     /// Forgets the draft; whether there was one.
     pub fn clear_config_draft(&self, client: &str, profile: &str) -> Result<bool, StoreError> {
         Ok(self
@@ -106,10 +142,28 @@ impl Store {
     }
 
     /// Stores a newly published artifact and forgets the draft it came from, in one
-    /// transaction. An artifact is immutable: storing the same id again changes nothing.
-    pub fn publish_config_artifact(&self, a: &StoredArtifact) -> Result<(), StoreError> {
+    /// transaction: only if the latest artifact of its target is still `parent` (false
+    /// otherwise: another publish came first, and nothing is stored), and forgetting the
+    /// draft only if it still holds `from_draft` (an edit made while signing is kept). An
+    /// artifact is immutable: storing the same id again changes nothing.
+    pub fn publish_config_artifact(
+        &self,
+        a: &StoredArtifact,
+        parent: Option<&str>,
+        from_draft: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let latest: Option<String> = tx
+            .prepare_cached(
+                "SELECT id FROM config_artifacts WHERE client = ?1 AND profile = ?2
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![a.client, a.profile], |r| r.get(0))
+            .optional()?;
+        if latest.as_deref() != parent {
+            return Ok(false);
+        }
         tx.prepare_cached(
             "INSERT INTO config_artifacts (id, client, profile, created_at, seq, body)
              VALUES (?1, ?2, ?3, ?4,
@@ -117,10 +171,14 @@ impl Store {
              ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![a.id, a.client, a.profile, ts(a.created_at), a.body])?;
-        tx.prepare_cached("DELETE FROM config_drafts WHERE client = ?1 AND profile = ?2")?
-            .execute(params![a.client, a.profile])?;
+        if let Some(payload) = from_draft {
+            tx.prepare_cached(
+                "DELETE FROM config_drafts WHERE client = ?1 AND profile = ?2 AND payload = ?3",
+            )?
+            .execute(params![a.client, a.profile, payload])?;
+        }
         tx.commit()?;
-        Ok(())
+        Ok(true)
     }
 
     pub fn config_artifact(&self, id: &str) -> Result<Option<StoredArtifact>, StoreError> {

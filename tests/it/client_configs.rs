@@ -222,14 +222,27 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
             .contains("cfg-b")
     );
 
-    // A custom entry with a key in clear does not validate, so it cannot be published.
+    // A custom entry with a key in clear is not even kept in the draft...
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/v1/config/cursor/dev/draft/add",
+            Some(json!({ "name": "custom", "entry": {
+                "command": "/opt/tool", "env": { "API_KEY": "sk-live-123" } } })),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (409, "SECRET_IN_CLEAR"), "{body}");
+    assert!(!body.to_string().contains("sk-live-123"), "{body}");
+    let (_, draft) = agent.get("/v1/config/cursor/dev/draft").await;
+    assert!(draft["payload"].get("custom").is_none(), "{draft}");
+    // ...and one that does not validate cannot be published.
     let (status, _) = agent
         .call(
             Method::POST,
             "/v1/config/cursor/dev/draft/add",
             Some(json!({ "name": "custom", "entry": {
                 "command": "/opt/tool", "args": ["--port", "{port}"],
-                "env": { "API_KEY": "sk-live-123" } } })),
+                "env": { "LEVEL": 3 } } })),
         )
         .await;
     assert_eq!(status, 200);
@@ -249,18 +262,13 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
             )
         })
         .collect();
+    let expected = [
+        ("INVALID_TYPE", "custom.env"),
+        ("UNRESOLVED_PLACEHOLDER", "custom.args[1]"),
+    ];
     assert_eq!(
         problems,
-        [
-            (
-                "UNRESOLVED_PLACEHOLDER".to_owned(),
-                "custom.args[1]".to_owned()
-            ),
-            (
-                "SECRET_IN_CLEAR".to_owned(),
-                "custom.env.API_KEY".to_owned()
-            ),
-        ]
+        expected.map(|(c, p)| (c.to_owned(), p.to_owned()))
     );
     let (status, body) = agent
         .call(Method::POST, "/v1/config/cursor/dev/publish", None)
@@ -349,6 +357,7 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
         async move {
             let r = reqwest::Client::new()
                 .post(format!("{agent_url}/v1/config/diff"))
+                .bearer_auth(TEST_API_KEY)
                 .json(&json!({ "client_id": "cursor", "profile": "dev" }))
                 .send()
                 .await
@@ -391,8 +400,17 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
         .replace("/profiles/dev/mcp", "/profiles/dev/mcp?edited");
     std::fs::write(&file, &text).unwrap();
     assert_eq!(diff(&agent).await["status"], "diverged");
+    // A user's own entry under one of our names keeps its token out of the answer.
+    let mut theirs: Value = serde_json::from_str(&text).unwrap();
+    theirs["mcpServers"]["cfg-b"] = json!({ "url": "https://elsewhere/mcp", "headers": { "Authorization": "Bearer ghp_secret" } });
+    std::fs::write(&file, theirs.to_string()).unwrap();
+    let report = diff(&agent).await;
+    assert!(!report.to_string().contains("ghp_secret"), "{report}");
+    assert!(report.to_string().contains("[redacted]"), "{report}");
+    std::fs::write(&file, &text).unwrap();
     let report = reqwest::Client::new()
         .post(format!("{}/v1/config/diff", agent.url))
+        .bearer_auth(TEST_API_KEY)
         .json(&json!({ "client_id": "cursor", "profile": "dev", "payload": {} }))
         .send()
         .await
@@ -416,23 +434,53 @@ async fn the_v1_routes_draft_validate_publish_and_deploy_a_signed_configuration(
         "{body}"
     );
     assert!(!std::path::Path::new("/no/such/project").exists());
-    // A project directory that is: the client's project file there.
-    let project = tempfile::tempdir().unwrap();
+    // The agent writes only below the home whose client files it manages: a directory
+    // elsewhere is refused, and so is a file whose symlink leads out of the home.
+    let elsewhere = tempfile::tempdir().unwrap();
     let (status, body) = agent
         .call(
             Method::POST,
             "/v1/config/cursor/dev/deploy",
-            Some(json!({ "project_dir": project.path() })),
+            Some(json!({ "project_dir": elsewhere.path() })),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (409, "PROJECT_DIR_OUTSIDE_HOME"),
+        "{body}"
+    );
+    assert!(!elsewhere.path().join(".cursor").exists());
+    let project = home.join("work/project");
+    std::fs::create_dir_all(project.join(".cursor")).unwrap();
+    let outside = elsewhere.path().join("victim.json");
+    std::fs::write(&outside, "{}").unwrap();
+    std::os::unix::fs::symlink(&outside, project.join(".cursor/mcp.json")).unwrap();
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/v1/config/cursor/dev/deploy",
+            Some(json!({ "project_dir": project })),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (409, "CLIENT_FILE_OUTSIDE_HOME"),
+        "{body}"
+    );
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "{}");
+    // A project directory in the home: the client's project file there.
+    std::fs::remove_file(project.join(".cursor/mcp.json")).unwrap();
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            "/v1/config/cursor/dev/deploy",
+            Some(json!({ "project_dir": project })),
         )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["path"],
-        project
-            .path()
-            .join(".cursor/mcp.json")
-            .display()
-            .to_string()
+        project.join(".cursor/mcp.json").display().to_string()
     );
 
     // A file that is not valid JSON is refused and left as it was.
