@@ -572,18 +572,32 @@ fn draft(client: &Client, out: OutputFormat, command: DraftCommand) -> anyhow::R
     Ok(exit::OK)
 }
 
+/// How far back `diff --file` follows a configuration's history (the agent compares with
+/// as many).
+const MAX_HISTORY: usize = 100;
+
 fn diff(client: &Client, out: OutputFormat, args: DiffArgs) -> anyhow::Result<u8> {
     let t = &args.target;
     let payload = match &args.file {
         Some(path) => {
-            // The entries of the published configuration's names, read here.
+            // The entries of every name the published configurations used, read here: a
+            // file still holding an older one is `outdated`, not `up_to_date` or
+            // `diverged`. The history is followed through each artifact's parent.
             let view: ConfigView = client.get(&t.path(""))?;
             let c = local_client(&t.client)?;
-            let names: BTreeSet<String> = view
-                .payload
-                .as_object()
-                .map(|o| o.keys().cloned().collect())
-                .unwrap_or_default();
+            let keys = |v: &Value| -> Vec<String> {
+                v.as_object()
+                    .map(|o| o.keys().cloned().collect())
+                    .unwrap_or_default()
+            };
+            let mut names: BTreeSet<String> = keys(&view.payload).into_iter().collect();
+            let mut next = view.artifact.and_then(|a| a.parent);
+            for _ in 0..MAX_HISTORY {
+                let Some(id) = next else { break };
+                let older: Value = client.get(&format!("/v1/artifacts/{id}"))?;
+                names.extend(keys(&older["payload"]));
+                next = older["envelope"]["parent"].as_str().map(str::to_owned);
+            }
             let found = service::read_entries(path, c, &names)
                 .map_err(|e| bad(crate::error_text::chain(&e)))?;
             Some(Value::Object(found.into_iter().collect()))

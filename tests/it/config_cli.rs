@@ -551,6 +551,30 @@ async fn diff_validate_remote_deploy_errors_and_the_profile_bridge() {
     assert_eq!(report["status"], "up_to_date");
     assert_eq!(report["compared"], file.display().to_string());
     assert_eq!(report["changes"], json!([]));
+    // A file holding an older configuration, with an entry the latest one dropped, is
+    // outdated (its names come from the whole history), not up to date.
+    op.ok(&with(
+        &["draft", "add"],
+        &with(&CURSOR, &["--server", "cfg-a"]),
+    ))
+    .await;
+    op.ok(&with(&["publish"], &CURSOR)).await;
+    op.ok(&with(&["deploy"], &CURSOR)).await;
+    op.ok(&with(&["draft", "remove"], &with(&CURSOR, &["cfg-a"])))
+        .await;
+    op.ok(&with(&["publish"], &CURSOR)).await;
+    let (status, report) = op
+        .json(&with(
+            &["diff"],
+            &with(&CURSOR, &["--file", file.to_str().unwrap()]),
+        ))
+        .await;
+    assert_eq!(
+        (status, report["status"].clone()),
+        (1, json!("outdated")),
+        "{report}"
+    );
+    op.ok(&with(&["deploy"], &CURSOR)).await;
     let edited = std::fs::read_to_string(&file)
         .unwrap()
         .replace("/mcp\"", "/elsewhere\"");
