@@ -1169,7 +1169,7 @@ fn confine(
     target: &std::path::Path,
     home: &std::path::Path,
 ) -> Result<(), ControlError> {
-    let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_owned());
+    let home = real_path(home);
     let refused = |code: &'static str, message: String| ControlError::Refused {
         code,
         message,
@@ -1212,7 +1212,7 @@ fn confine(
     // the home (or above it, when the home itself is still to be made).
     let existing = target.ancestors().find(|a| a.exists());
     if let Some(existing) = existing {
-        let real = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_owned());
+        let real = real_path(existing);
         if !real.starts_with(&home) && !home.starts_with(&real) {
             return Err(refused(
                 "CLIENT_FILE_OUTSIDE_HOME",
@@ -1226,6 +1226,20 @@ fn confine(
         }
     }
     Ok(())
+}
+
+/// `path` with the symlinks of its longest existing part resolved (the rest, still to be
+/// made, cannot hold any).
+fn real_path(path: &std::path::Path) -> PathBuf {
+    for existing in path.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let rest = path
+                .strip_prefix(existing)
+                .unwrap_or(std::path::Path::new(""));
+            return real.join(rest);
+        }
+    }
+    path.to_owned()
 }
 
 fn nothing_published(client: &str, profile: &str) -> ControlError {
