@@ -395,3 +395,19 @@ async fn the_official_python_sdk_sees_only_a_profiles_tools() {
     );
     assert_eq!(v["read"]["contents"][0]["text"], "1.0.0", "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_server_s_path_shows_only_that_server_under_the_same_names() {
+    let (_repo, _agent, base) = fleet(&["a", "b"], "").await;
+    let client = client_seeing(&format!("{base}/servers/b/mcp"), &tools_of(&["b"])).await;
+    let answer = call(&client, "b_echo", json!({ "text": "hi" })).await;
+    assert_eq!(text(&answer), "hi", "{answer:?}");
+    assert!(
+        refused(&client, "a_echo").await.contains("unknown tool"),
+        "a's tools are not on b's path"
+    );
+    let (status, body) = initialize(&format!("{base}/servers/nope/mcp")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "SERVER_NOT_FOUND", "{body}");
+    client.cancel().await.ok();
+}
