@@ -93,6 +93,11 @@ impl Operator {
                 self.home().join("no-agent-here"),
             )
             .env("NO_COLOR", "1");
+        // An instrumented build writes its profile where this says: without it the CLI's
+        // runs would not count in the coverage measurement (COVERAGE.md).
+        if let Some(profile) = std::env::var_os("LLVM_PROFILE_FILE") {
+            command.env("LLVM_PROFILE_FILE", profile);
+        }
         command
     }
 
