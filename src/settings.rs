@@ -43,6 +43,8 @@ pub mod env {
     pub const LISTEN: &str = "MCP_ORCHESTRATION_LISTEN";
     /// Address of the MCP gateway (`/mcp` there), or `off`.
     pub const GATEWAY_LISTEN: &str = "MCP_ORCHESTRATION_GATEWAY_LISTEN";
+    /// The gateway's address as clients elsewhere reach it (client configurations).
+    pub const GATEWAY_PUBLIC_URL: &str = "MCP_ORCHESTRATION_GATEWAY_PUBLIC_URL";
     pub const DATA_DIR: &str = "MCP_ORCHESTRATION_DATA_DIR";
     /// HMAC secret of `POST /webhooks/git` (`X-Hub-Signature-256`).
     pub const WEBHOOK_SECRET: &str = "MCP_ORCHESTRATION_WEBHOOK_SECRET";
@@ -139,6 +141,7 @@ pub struct AgentOptions {
     pub runtime: Option<RuntimeChoice>,
     pub listen: Option<String>,
     pub gateway_listen: Option<String>,
+    pub gateway_public_url: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub webhook_secret: Option<String>,
     pub git_token: Option<String>,
@@ -170,6 +173,7 @@ impl AgentOptions {
             runtime: self.runtime.or(other.runtime),
             listen: self.listen.or(other.listen),
             gateway_listen: self.gateway_listen.or(other.gateway_listen),
+            gateway_public_url: self.gateway_public_url.or(other.gateway_public_url),
             data_dir: self.data_dir.or(other.data_dir),
             webhook_secret: self.webhook_secret.or(other.webhook_secret),
             git_token: self.git_token.or(other.git_token),
@@ -243,6 +247,10 @@ pub struct AgentSettings {
     pub listen: std::net::SocketAddr,
     /// Where the MCP gateway listens; `None`: it is off.
     pub gateway_listen: Option<std::net::SocketAddr>,
+    /// The gateway's base URL as clients reach it (`https://mcp.example.com`), written
+    /// into client configurations; `None`: its own address (loopback when it listens on
+    /// every interface).
+    pub gateway_public_url: Option<String>,
     /// Whether the gateway needs a key for every request: beyond loopback always, and on
     /// loopback with `require_key_for_reads` (the gateway only reads and calls tools).
     pub gateway_keys: bool,
@@ -491,6 +499,11 @@ impl Settings {
                 ),
             })?),
         };
+        let gateway_public_url = a
+            .gateway_public_url
+            .as_deref()
+            .map(public_url)
+            .transpose()?;
         let gateway_keys: bool = a.require_key_for_reads.unwrap_or(false)
             || gateway_listen.is_some_and(|g: std::net::SocketAddr| !g.ip().is_loopback());
         let git_timeout = duration(
@@ -540,6 +553,7 @@ impl Settings {
             runtime: a.runtime.unwrap_or_default(),
             listen,
             gateway_listen,
+            gateway_public_url,
             gateway_keys,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
             clients_home: None,
@@ -593,6 +607,28 @@ pub fn local_repo_path(repo: &str) -> Option<&Path> {
 }
 
 /// A duration setting: `given` parsed (`30s`, `500ms`, `2m`, plain seconds), or `default`.
+/// A base URL clients can reach: http(s), a host, no query; a trailing `/` is dropped and
+/// a path is kept (a gateway behind a proxy under `/mcp-gateway`).
+fn public_url(text: &str) -> Result<String, SettingsError> {
+    let text = text.trim().trim_end_matches('/');
+    let invalid = |why: &str| SettingsError::Invalid {
+        name: "gateway-public-url",
+        message: format!("`{text}` {why}; give a base URL such as https://mcp.example.com"),
+    };
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or_else(|| invalid("is not an http:// or https:// URL"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || host.contains('@') {
+        return Err(invalid("names no host (or carries user info)"));
+    }
+    if rest.contains(['?', '#']) || rest.chars().any(char::is_whitespace) {
+        return Err(invalid("has a query, a fragment or spaces"));
+    }
+    Ok(text.to_owned())
+}
+
 fn duration(
     given: &Option<String>,
     name: &'static str,
@@ -617,6 +653,28 @@ fn load_config(path: &Path) -> Result<ConfigFile, SettingsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_gateway_url_is_a_base_url() {
+        assert_eq!(
+            public_url("https://mcp.example.com/").unwrap(),
+            "https://mcp.example.com"
+        );
+        assert_eq!(
+            public_url("http://10.0.0.5:7071/gw").unwrap(),
+            "http://10.0.0.5:7071/gw"
+        );
+        for bad in [
+            "mcp.example.com",
+            "ftp://x",
+            "https://",
+            "https://u:p@x",
+            "https://x?a=1",
+        ] {
+            let e = public_url(bad).unwrap_err().to_string();
+            assert!(e.contains("gateway-public-url"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn flags_beat_the_config_file() {

@@ -428,8 +428,8 @@ pub async fn run(
     startup.set(Some("opening the git mirror"));
     let sync_duration = Arc::new(crate::metrics::Histogram::default());
     let publish_counts = crate::publish::Counts::default();
-    // Client configurations point at the gateway's own address (loopback when it listens
-    // on every interface: the deploys the agent makes are for this host).
+    // Client configurations point at the gateway's public URL when one is set, else at its
+    // own address (loopback when it listens on every interface: for this host only).
     let gateway_address = gateway_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
@@ -438,7 +438,10 @@ pub async fn run(
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
             crate::clients::service::GatewayAddress {
-                base_url: format!("http://{addr}"),
+                base_url: settings
+                    .gateway_public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}")),
                 keys_required: settings.gateway_keys,
             }
         });

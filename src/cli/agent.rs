@@ -49,6 +49,10 @@ pub struct Args {
     /// disables it [default: 127.0.0.1:7071]
     #[arg(long, env = env::GATEWAY_LISTEN, value_name = "ADDR|off")]
     gateway_listen: Option<String>,
+    /// The gateway's base URL as MCP clients reach it, written into client configurations
+    /// [default: its own address; loopback when it listens on every interface]
+    #[arg(long, env = env::GATEWAY_PUBLIC_URL, value_name = "URL")]
+    gateway_public_url: Option<String>,
     /// HMAC secret that `POST /webhooks/git` signatures must match. A flag's value is
     /// visible to every user in `ps`: prefer the environment variable or the config file
     #[arg(long, env = env::WEBHOOK_SECRET, value_name = "SECRET", hide_env_values = true)]
@@ -113,6 +117,7 @@ impl Args {
             }),
             listen: self.listen.clone(),
             gateway_listen: self.gateway_listen.clone(),
+            gateway_public_url: self.gateway_public_url.clone(),
             data_dir: None,
             webhook_secret: self.webhook_secret.clone(),
             git_token: self.git_token.clone(),

@@ -701,3 +701,29 @@ async fn the_mcp_tools_edit_the_same_drafts_as_the_routes() {
     assert!(removed["payload"].get("cfg-a").is_none());
     client.cancel().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_public_gateway_url_is_what_client_configurations_point_at() {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest(), "two servers and a profile");
+    let agent = TestAgent::start(
+        &repo.remote_url(),
+        Options {
+            gateway: true,
+            gateway_public_url: Some("https://mcp.example.test/gw".to_owned()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (status, config) = agent.get("/v1/config/cursor/dev").await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(
+        config["payload"],
+        json!({ "mcp-orchestration-dev": { "url": "https://mcp.example.test/gw/profiles/dev/mcp" } })
+    );
+    let (_, profiles) = agent.get("/v1/clients/vscode/profiles").await;
+    assert_eq!(
+        profiles["profiles"][0]["url"],
+        "https://mcp.example.test/gw/mcp"
+    );
+}

@@ -74,6 +74,8 @@ pub struct Options {
     pub git_timeout: Duration,
     /// Serve the MCP gateway (on a free port); off by default.
     pub gateway: bool,
+    /// The gateway's public URL (`--gateway-public-url`).
+    pub gateway_public_url: Option<String>,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             max_connections: None,
             git_timeout: Duration::from_secs(30),
             gateway: false,
+            gateway_public_url: None,
         }
     }
 }
@@ -120,6 +123,7 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
         gateway_listen: options
             .gateway
             .then(|| "127.0.0.1:0".parse().expect("addr")),
+        gateway_public_url: options.gateway_public_url.clone(),
         gateway_keys: options.require_key_for_reads,
         data_dir: data_dir.to_owned(),
         // Client files a test deploys land here, never in the home of whoever runs them.
