@@ -715,6 +715,9 @@ async fn a_public_gateway_url_is_what_client_configurations_point_at() {
         },
     )
     .await;
+    // The profile is in the fleet view once the first commit is applied and its servers
+    // published.
+    agent.wait_running("cfg-a", "1.0.0", DEADLINE).await;
     let (status, config) = agent.get("/v1/config/cursor/dev").await;
     assert_eq!(status, 200, "{config}");
     assert_eq!(
