@@ -8,9 +8,12 @@
 
 pub mod artifact;
 pub mod deploy;
+pub mod diff;
 pub mod edit;
 pub mod entry;
+pub mod install;
 pub mod keys;
 pub mod registry;
 pub mod service;
 pub mod trust;
+pub mod validate;
