@@ -70,18 +70,26 @@ async fn one_of_five_goes_unhealthy_after_exactly_the_threshold_is_recovered_and
         "five servers",
     );
     let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    // The monitor knows each instance as soon as its rollout publishes it; the fleet view
+    // lists the servers once the sync that started them has finished. Both, then.
     for id in ids {
         wait_health(&agent, id, "healthy", Duration::from_secs(15)).await;
+        agent
+            .wait_running(id, "1.0.0", Duration::from_secs(15))
+            .await;
     }
     // The fleet view carries each server's live health for the gateway and `status`.
     let (_, fleet) = agent.get("/servers").await;
+    assert_eq!(
+        fleet["servers"].as_array().unwrap().len(),
+        ids.len(),
+        "{fleet}"
+    );
     for s in fleet["servers"].as_array().unwrap() {
         assert_eq!(s["health"], "healthy", "{s}");
         assert!(s["health_since"].is_string(), "{s}");
     }
     let sick = "h-c";
-    // From the fleet just read: one request fewer (a second one was once not answered 200
-    // on a loaded CI machine, for a reason its panic did not show).
     let view = fleet["servers"]
         .as_array()
         .unwrap()
