@@ -421,6 +421,18 @@ impl Configs {
         let c = known_client(client)?;
         self.known_profile(profile)?;
         let (latest, draft) = self.latest_and_draft(c.id, profile).await?;
+        self.draft_view(c, profile, latest.as_ref(), draft)
+    }
+
+    /// The draft, or what one would start from: `latest` (the verified latest artifact),
+    /// else the initial configuration.
+    fn draft_view(
+        &self,
+        c: &Client,
+        profile: &str,
+        latest: Option<&Artifact>,
+        draft: Option<ConfigDraft>,
+    ) -> Result<DraftView, ControlError> {
         Ok(match draft {
             Some(d) => DraftView {
                 client: c.id.to_owned(),
@@ -434,7 +446,7 @@ impl Configs {
                 client: c.id.to_owned(),
                 profile: profile.to_owned(),
                 exists: false,
-                payload: match &latest {
+                payload: match latest {
                     Some(a) => a.payload().clone(),
                     None => self.initial(c, profile)?,
                 },
@@ -586,7 +598,14 @@ impl Configs {
     /// artifact, whose parent is the latest before it, and forgets the draft.
     pub async fn publish(&self, client: &str, profile: &str) -> Result<Published, ControlError> {
         let c = known_client(client)?;
-        let draft = self.draft(client, profile).await?;
+        self.known_profile(profile)?;
+        // One read (and one signature check of the latest artifact) serves the payload, the
+        // parent and the draft to forget.
+        let (latest, stored_draft) = self.latest_and_draft(c.id, profile).await?;
+        let parent = latest.as_ref().map(|a| a.id().to_owned());
+        // The draft is forgotten only if it still is what was signed.
+        let from_draft = stored_draft.as_ref().map(|d| d.payload.clone());
+        let draft = self.draft_view(c, profile, latest.as_ref(), stored_draft)?;
         let report = self.report(c, profile, &draft.payload);
         if !report.valid {
             return Err(ControlError::Refused {
@@ -604,14 +623,6 @@ impl Configs {
                 details: json!({ "errors": report.errors }),
             });
         }
-        let (latest, stored_draft) = self.latest_and_draft(c.id, profile).await?;
-        let parent = latest.map(|a| a.id().to_owned());
-        // The draft is forgotten only if it still is what was signed.
-        let from_draft = if draft.exists {
-            stored_draft.map(|d| d.payload)
-        } else {
-            None
-        };
         let keys_dir = self.keys_dir.clone();
         let (client_id, p) = (c.id.to_owned(), profile.to_owned());
         let payload = draft.payload;

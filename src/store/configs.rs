@@ -52,30 +52,7 @@ impl Store {
         client: &str,
         profile: &str,
     ) -> Result<Option<ConfigDraft>, StoreError> {
-        let row = self
-            .conn()
-            .prepare_cached(
-                "SELECT payload, base_artifact, updated_at FROM config_drafts
-                 WHERE client = ?1 AND profile = ?2",
-            )?
-            .query_row(params![client, profile], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .optional()?;
-        row.map(|(payload, base_artifact, at)| {
-            Ok(ConfigDraft {
-                client: client.to_owned(),
-                profile: profile.to_owned(),
-                payload,
-                base_artifact,
-                updated_at: req_ts(at)?,
-            })
-        })
-        .transpose()
+        draft_row(&self.conn(), client, profile)
     }
 
     /// Reads the draft of (client, profile) and writes what `change` makes of it, with the
@@ -88,30 +65,7 @@ impl Store {
         change: impl FnOnce(Option<ConfigDraft>) -> Result<ConfigDraft, E>,
     ) -> Result<Result<ConfigDraft, E>, StoreError> {
         let conn = self.conn();
-        let row = conn
-            .prepare_cached(
-                "SELECT payload, base_artifact, updated_at FROM config_drafts
-                 WHERE client = ?1 AND profile = ?2",
-            )?
-            .query_row(params![client, profile], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })
-            .optional()?;
-        let current = row
-            .map(|(payload, base_artifact, at)| {
-                Ok::<_, StoreError>(ConfigDraft {
-                    client: client.to_owned(),
-                    profile: profile.to_owned(),
-                    payload,
-                    base_artifact,
-                    updated_at: req_ts(at)?,
-                })
-            })
-            .transpose()?;
+        let current = draft_row(&conn, client, profile)?;
         let d = match change(current) {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
@@ -291,4 +245,35 @@ fn artifact((id, client, profile, at, body): ArtifactRow) -> Result<StoredArtifa
         created_at: req_ts(at)?,
         body,
     })
+}
+
+/// The draft of (client, profile), on a connection the caller holds.
+fn draft_row(
+    conn: &rusqlite::Connection,
+    client: &str,
+    profile: &str,
+) -> Result<Option<ConfigDraft>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT payload, base_artifact, updated_at FROM config_drafts
+             WHERE client = ?1 AND profile = ?2",
+        )?
+        .query_row(params![client, profile], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(payload, base_artifact, at)| {
+        Ok(ConfigDraft {
+            client: client.to_owned(),
+            profile: profile.to_owned(),
+            payload,
+            base_artifact,
+            updated_at: req_ts(at)?,
+        })
+    })
+    .transpose()
 }
