@@ -28,7 +28,7 @@ fn manifest(runtime: RuntimeChoice, bin: &Path, version: &str) -> String {
             "    process:\n      command: {}\n      args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"]\n",
             bin.display()
         ),
-        RuntimeChoice::Docker => {
+        RuntimeChoice::Docker | RuntimeChoice::Swarm => {
             "    docker: { image: mcp-orch-test/example-server, port: 8080 }\n".to_owned()
         }
     };

@@ -68,7 +68,7 @@ async fn scale(n: usize, seconds: u64, port: u16) -> (f64, u64) {
         .map(|i| Target {
             server_id: format!("s{i}"),
             instance_id: format!("i{i}"),
-            port,
+            addr: ([127, 0, 0, 1], port).into(),
             version: "1.0.0".into(),
             check: HealthCheck {
                 endpoint: format!("/health/{i}"),

@@ -86,6 +86,8 @@ pub enum RuntimeChoice {
     #[default]
     Process,
     Docker,
+    /// Docker Swarm services, through a manager (`DOCKER_HOST`).
+    Swarm,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h` or plain (fractional) seconds.

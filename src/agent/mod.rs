@@ -357,6 +357,15 @@ pub async fn run(
                     .with_registry_auth(registry_auths.clone()),
             )
         }
+        RuntimeChoice::Swarm => {
+            let owner = agent_id(&settings.data_dir)?;
+            Arc::new(
+                crate::runtime::swarm::SwarmRuntime::connect()
+                    .await?
+                    .with_owner(owner)
+                    .with_registry_auth(registry_auths.clone()),
+            )
+        }
         RuntimeChoice::Process => Arc::new(
             crate::runtime::process::ProcessRuntime::new(&settings.data_dir)?
                 .with_trust(trust.clone()),

@@ -38,6 +38,15 @@ pub async fn watch_exits(
             e = events.recv() => e,
         };
         match event {
+            Ok(RuntimeEvent {
+                kind: RuntimeEventKind::Rescheduled { detail },
+                server_id,
+                ..
+            }) => {
+                // Still serving, perhaps elsewhere: publish where, at once.
+                info!(server = %server_id, %detail, "the runtime moved tasks");
+                let _ = wake.try_send(crate::fleet::Trigger::Runtime);
+            }
             Ok(e) => {
                 let cause = match e.kind {
                     RuntimeEventKind::Exited { code: Some(c) } => {
@@ -47,6 +56,7 @@ pub async fn watch_exits(
                     RuntimeEventKind::OomKilled => {
                         "the instance was killed for running out of memory".to_owned()
                     }
+                    RuntimeEventKind::Rescheduled { .. } => continue,
                 };
                 monitor.instance_exited(&e.instance_id, &cause);
                 // Docker restarts within a second or so; refresh after it had the chance. A
@@ -64,6 +74,17 @@ pub async fn watch_exits(
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
+}
+
+/// How long recovery waits for a replacement the runtime is starting itself before it
+/// acts: longer than Swarm takes to start a task from a local image, short enough that a
+/// replacement stuck on a node does not keep the server down for long.
+const REPLACEMENT_WINDOW: Duration = Duration::from_secs(30);
+
+/// What the runtime says it is doing to bring the server's instance back, if anything.
+async fn runtime_replacing(state: &Control, server: &str) -> Option<String> {
+    let instance = state.view.server(server)?.instance_id?;
+    state.executor.runtime().replacing(&instance).await
 }
 
 /// What a recovery attempt does, by how many came before it in this episode.
@@ -221,6 +242,23 @@ async fn recover(
                 }
                 Watch::Unhealthy => continue,
                 Watch::Gone => return,
+            }
+        }
+        // Never fight the runtime: while it brings a replacement up itself (Swarm
+        // rescheduling a task from a dead node), wait for that instead of starting another
+        // instance; a replacement that does not come within the window gets the attempt.
+        if let Some(how) = runtime_replacing(&state, &server).await {
+            event(&state, &server, format!("{how}: waiting for it")).await;
+            let window = tokio::time::Instant::now() + REPLACEMENT_WINDOW;
+            while tokio::time::Instant::now() < window
+                && !shutdown.is_cancelled()
+                && !is_healthy(&state, &server)
+                && runtime_replacing(&state, &server).await.is_some()
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if is_healthy(&state, &server) {
+                continue;
             }
         }
         // Never fight an operator's stop or act on a server that left the manifest. Stops

@@ -486,7 +486,10 @@ impl Syncer {
         let checked = manifest::check_with(
             &files,
             &self.trust,
-            Some(&manifest::host_command_check(&self.trust)),
+            manifest::Host {
+                command: Some(&manifest::host_command_check(&self.trust)),
+                runtime: Some(self.executor.runtime().kind().target()),
+            },
         );
         let checked = match checked {
             Ok(c) => c,

@@ -94,9 +94,22 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum RuntimeArg {
+pub(super) enum RuntimeArg {
     Process,
     Docker,
+    /// Docker Swarm services through a manager (`DOCKER_HOST`); servers may run on any node
+    Swarm,
+}
+
+impl RuntimeArg {
+    pub(super) fn kind(self) -> crate::runtime::RuntimeKind {
+        use crate::runtime::RuntimeKind;
+        match self {
+            RuntimeArg::Process => RuntimeKind::Process,
+            RuntimeArg::Docker => RuntimeKind::Docker,
+            RuntimeArg::Swarm => RuntimeKind::Swarm,
+        }
+    }
 }
 
 impl Args {
@@ -114,6 +127,7 @@ impl Args {
             runtime: self.runtime.map(|r| match r {
                 RuntimeArg::Process => RuntimeChoice::Process,
                 RuntimeArg::Docker => RuntimeChoice::Docker,
+                RuntimeArg::Swarm => RuntimeChoice::Swarm,
             }),
             listen: self.listen.clone(),
             gateway_listen: self.gateway_listen.clone(),

@@ -19,6 +19,10 @@ pub struct Args {
     /// The operator's trust policy (allowed images and commands); default: the shipped one.
     #[arg(long, env = env::TRUST_POLICY, value_name = "FILE")]
     pub trust_policy: Option<PathBuf>,
+    /// Check also what this runtime cannot honour (e.g. `replicas` outside Swarm)
+    /// [default: not checked]
+    #[arg(long, env = env::RUNTIME, value_enum)]
+    runtime: Option<super::agent::RuntimeArg>,
     #[arg(long, short, value_enum, default_value_t)]
     output: OutputFormat,
 }
@@ -35,7 +39,14 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let files = read_repo_files(&dir, &file)
         .with_context(|| format!("cannot validate {}", args.path.display()))?;
     let on_host = manifest::host_command_check(&trust);
-    let (diagnostics, summary, code) = match manifest::check_with(&files, &trust, Some(&on_host)) {
+    let (diagnostics, summary, code) = match manifest::check_with(
+        &files,
+        &trust,
+        manifest::Host {
+            command: Some(&on_host),
+            runtime: args.runtime.map(|r| r.kind().target()),
+        },
+    ) {
         Ok(checked) => {
             let ids: Vec<&str> = checked
                 .manifest

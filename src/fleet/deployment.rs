@@ -77,15 +77,15 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
                 .filter(|i| i.server_id == server.id)
                 .max_by_key(|i| i.started_at)
         });
-        if let (Some(i), Some(port), false) = (
+        if let (Some(i), Some(addr), false) = (
             watched,
-            watched.and_then(|i| i.host_port),
+            watched.and_then(|i| i.addr()),
             held.contains(&server.id),
         ) {
             targets.push(crate::health::Target {
                 server_id: server.id.clone(),
                 instance_id: i.id.clone(),
-                port,
+                addr,
                 version: i.version.to_string(),
                 check: server.health_check.clone(),
                 mcp_path: server.mcp_path.clone(),
@@ -158,6 +158,8 @@ mod tests {
             revision: "c0ffee".into(),
             spec_hash: hash.into(),
             host_port: Some(port),
+            host: None,
+            tasks: Vec::new(),
             state,
             started_at: Some(Timestamp::from_second(port.into()).unwrap()),
             image_digest: None,

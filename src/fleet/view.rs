@@ -180,11 +180,11 @@ pub fn on_rollout_phase(fleet: &Fleet, monitor: &Monitor, server: &str, phase: R
         RolloutPhase::Started => monitor.rollout_started(server),
         RolloutPhase::Switched(instance, desired) => {
             fleet.switch_to(instance);
-            if let Some(port) = instance.host_port {
+            if let Some(addr) = instance.addr() {
                 monitor.rollout_switched(Target {
                     server_id: server.to_owned(),
                     instance_id: instance.id.clone(),
-                    port,
+                    addr,
                     version: instance.version.to_string(),
                     check: desired.health.clone(),
                     mcp_path: desired.mcp_path.clone(),

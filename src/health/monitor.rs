@@ -37,7 +37,8 @@ use crate::store::{NewHealthEvent, Store};
 pub struct Target {
     pub server_id: String,
     pub instance_id: String,
-    pub port: u16,
+    /// Where the instance serves (127.0.0.1 and a port, or a swarm task's node and port).
+    pub addr: std::net::SocketAddr,
     /// The version deployed, compared with the version the server reports.
     pub version: String,
     pub check: HealthCheck,
@@ -645,7 +646,7 @@ async fn probe_loop(
             let _permit = monitor.inner.permits.acquire().await;
             tokio::select! {
                 _ = stop.cancelled() => return,
-                r = monitor.inner.prober.probe(target.check.probe, target.port, &endpoint, timeout) => r,
+                r = monitor.inner.prober.probe(target.check.probe, target.addr, &endpoint, timeout) => r,
             }
         };
         if stop.is_cancelled() {

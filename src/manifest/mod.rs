@@ -16,7 +16,8 @@ pub mod yaml;
 pub use diagnostic::{Diagnostic, Severity};
 pub use types::*;
 pub use validate::{
-    Checked, CommandCheck, MAX_FILE_BYTES, RepoFiles, check, check_with, host_command_check,
+    Checked, CommandCheck, Host, MAX_FILE_BYTES, RepoFiles, TargetRuntime, check, check_with,
+    host_command_check,
 };
 
 /// The manifest's file name inside a manifest repository.

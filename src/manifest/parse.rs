@@ -37,7 +37,20 @@ pub const V1_1_SERVER_FIELDS: &[&str] = &[
     "restart_policy",
     "update_policy",
 ];
-pub const DOCKER_FIELDS: &[&str] = &["image", "port", "host_port", "env", "resources"];
+pub const DOCKER_FIELDS: &[&str] = &[
+    "image",
+    "port",
+    "host_port",
+    "env",
+    "resources",
+    "replicas",
+    "placement",
+];
+/// Docker fields a manifest before 1.2 may not use: only a scheduling runtime honours them.
+pub const V1_2_DOCKER_FIELDS: &[&str] = &["replicas", "placement"];
+pub const PLACEMENT_FIELDS: &[&str] = &["constraints"];
+/// The most replicas of one server a manifest may ask for.
+pub const MAX_REPLICAS: u32 = 64;
 pub const RESOURCES_FIELDS: &[&str] = &["memory_mb", "cpus"];
 pub const PROCESS_FIELDS: &[&str] = &["command", "args", "env"];
 pub const REQUIREMENT_FIELDS: &[&str] = &["name", "required", "secret", "description", "value"];
@@ -220,7 +233,7 @@ fn server(d: &mut Decoder, node: &Node, path: &str, schema: SchemaVersion) -> Op
 
     let docker = obj
         .get("docker")
-        .and_then(|n| docker(d, n, &join(path, "docker")));
+        .and_then(|n| docker(d, n, &join(path, "docker"), schema));
     let process = obj
         .get("process")
         .and_then(|n| process(d, n, &join(path, "process")));
@@ -377,8 +390,36 @@ fn env(d: &mut Decoder, node: &Node, path: &str) -> BTreeMap<String, String> {
     env
 }
 
-fn docker(d: &mut Decoder, node: &Node, path: &str) -> Option<DockerSpec> {
+fn docker(d: &mut Decoder, node: &Node, path: &str, version: SchemaVersion) -> Option<DockerSpec> {
     let obj = d.object(node, path, DOCKER_FIELDS)?;
+    if version < SchemaVersion::V1_2 {
+        for field in V1_2_DOCKER_FIELDS {
+            if obj.get(field).is_some() {
+                d.error(
+                    &join(path, field),
+                    format!("`{field}` needs schema version \"1.2\"; set `version: \"1.2\"` at the top of the manifest"),
+                );
+            }
+        }
+    }
+    let replicas = match obj.get("replicas") {
+        Some(n) => {
+            let at = join(path, "replicas");
+            match d.integer::<u32>(n, &at, "a number of replicas (1-64)") {
+                Some(r) if (1..=MAX_REPLICAS).contains(&r) => r,
+                Some(r) => {
+                    d.error(&at, format!("{r} replicas: ask for 1 to {MAX_REPLICAS}"));
+                    1
+                }
+                None => 1,
+            }
+        }
+        None => 1,
+    };
+    let constraints = match obj.get("placement") {
+        Some(n) => placement(d, n, &join(path, "placement")),
+        None => Vec::new(),
+    };
     let image = d
         .required(&obj, "image")
         .and_then(|n| d.string(n, &join(path, "image")));
@@ -407,7 +448,59 @@ fn docker(d: &mut Decoder, node: &Node, path: &str) -> Option<DockerSpec> {
         host_port,
         env,
         resources,
+        replicas,
+        constraints,
     })
+}
+
+/// `placement: { constraints: [...] }`: Swarm's own constraint expressions
+/// (`node.labels.zone==a`, `node.role!=manager`), checked for their shape here so a typo is
+/// a located error rather than a service Swarm never places.
+fn placement(d: &mut Decoder, node: &Node, path: &str) -> Vec<String> {
+    let Some(obj) = d.object(node, path, PLACEMENT_FIELDS) else {
+        return Vec::new();
+    };
+    let at = join(path, "constraints");
+    let Some(list) = obj.get("constraints").and_then(|n| d.string_list(n, &at)) else {
+        return Vec::new();
+    };
+    for (i, c) in list.iter().enumerate() {
+        if let Err(why) = check_placement(c) {
+            d.error(&index(&at, i), why);
+        }
+    }
+    list
+}
+
+/// A constraint is `ATTRIBUTE==VALUE` or `ATTRIBUTE!=VALUE` (Swarm's grammar).
+pub fn check_placement(c: &str) -> Result<(), String> {
+    let (attr, value) = c
+        .split_once("==")
+        .or_else(|| c.split_once("!="))
+        .ok_or_else(|| {
+            format!("`{c}` is not a placement constraint; write `ATTRIBUTE==VALUE` or `ATTRIBUTE!=VALUE`, e.g. `node.labels.zone==a`")
+        })?;
+    let attr = attr.trim();
+    let known = [
+        "node.id",
+        "node.hostname",
+        "node.role",
+        "node.platform.os",
+        "node.platform.arch",
+    ];
+    let labelled = ["node.labels.", "engine.labels."]
+        .iter()
+        .any(|p| attr.strip_prefix(p).is_some_and(|l| !l.is_empty()));
+    if !known.contains(&attr) && !labelled {
+        return Err(format!(
+            "`{attr}` is not an attribute Swarm places by; use one of {}, `node.labels.NAME` or `engine.labels.NAME`",
+            known.map(|k| format!("`{k}`")).join(", ")
+        ));
+    }
+    if value.trim().is_empty() {
+        return Err(format!("`{c}` compares `{attr}` with nothing"));
+    }
+    Ok(())
 }
 
 /// The image names a repository; its tag is always the server's version, so a tag or digest

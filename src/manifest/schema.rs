@@ -113,6 +113,19 @@ pub fn json_schema() -> Value {
                             "memory_mb": { "type": "integer", "minimum": 4 },
                             "cpus": { "type": "number", "exclusiveMinimum": 0 }
                         }
+                    },
+                    "replicas": { "type": "integer", "minimum": 1, "maximum": 64, "description": "Schema 1.2. Tasks to run; more than one needs the swarm runtime." },
+                    "placement": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "description": "Schema 1.2. Where Swarm may run the server's tasks; needs the swarm runtime.",
+                        "properties": {
+                            "constraints": {
+                                "type": "array",
+                                "items": { "type": "string", "pattern": "^[^=!]+(==|!=).+$" },
+                                "description": "Swarm constraint expressions, e.g. node.labels.zone==a"
+                            }
+                        }
                     }
                 }
             },

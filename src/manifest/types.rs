@@ -147,6 +147,10 @@ pub struct DockerSpec {
     pub host_port: Option<u16>,
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
+    /// Tasks to run (schema 1.2); more than one needs a runtime that schedules (Swarm).
+    pub replicas: u32,
+    /// Swarm placement constraints (schema 1.2), e.g. `node.labels.zone==a`.
+    pub constraints: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

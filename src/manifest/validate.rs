@@ -49,18 +49,36 @@ pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 /// is not allowed. Given by the caller, so `check` itself never touches the file system.
 pub type CommandCheck<'a> = &'a dyn Fn(&str) -> Result<(), String>;
 
+/// What the caller knows of where the manifest will run, for the checks that depend on it.
+/// Given by the caller, so `check` itself never looks at the host.
+#[derive(Clone, Copy, Default)]
+pub struct Host<'a> {
+    /// Run on every local command (with `{version}` filled in from the manifest): the agent
+    /// and `validate` pass [`host_command_check`].
+    pub command: Option<CommandCheck<'a>>,
+    /// The runtime that will start the servers, when known.
+    pub runtime: Option<TargetRuntime>,
+}
+
+/// A runtime as the checks see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetRuntime {
+    pub name: &'static str,
+    /// Whether it runs several replicas of a server and honours placement (Swarm).
+    pub schedules: bool,
+}
+
 /// Decodes and validates a manifest repository's files. On failure, returns every problem
 /// (errors and warnings) sorted by file and position.
 pub fn check(files: &RepoFiles, agent_trust: &TrustPolicy) -> Result<Checked, Vec<Diagnostic>> {
-    check_with(files, agent_trust, None)
+    check_with(files, agent_trust, Host::default())
 }
 
-/// [`check`], plus `on_host` for every local command (with `{version}` filled in from the
-/// manifest): the agent and `validate` pass [`host_command_check`].
+/// [`check`], plus the checks that need to know the host (see [`Host`]).
 pub fn check_with(
     files: &RepoFiles,
     agent_trust: &TrustPolicy,
-    on_host: Option<CommandCheck<'_>>,
+    host: Host<'_>,
 ) -> Result<Checked, Vec<Diagnostic>> {
     // A manifest is a few kilobytes; anything near this size is a mistake or an attack,
     // and is refused before a parser spends memory on it.
@@ -137,7 +155,10 @@ pub fn check_with(
     };
     if let Some(m) = &manifest {
         cross_checks(&mut d, m, &policies, agent_trust, repo_trust.as_ref());
-        if let Some(on_host) = on_host {
+        if let Some(runtime) = host.runtime {
+            unscheduled(&mut d, m, runtime);
+        }
+        if let Some(on_host) = host.command {
             for (i, s) in m.servers.iter().enumerate() {
                 let Some(p) = &s.process else { continue };
                 let command = p.command.replace("{version}", &s.version.to_string());
@@ -160,6 +181,36 @@ pub fn check_with(
             warnings: all,
         }),
         _ => Err(all),
+    }
+}
+
+/// Replicas and placement under a runtime that runs one instance per server on this host
+/// would be silently ignored; they are refused where they are written.
+fn unscheduled(d: &mut Decoder, m: &Manifest, runtime: TargetRuntime) {
+    if runtime.schedules {
+        return;
+    }
+    for (i, s) in m.servers.iter().enumerate() {
+        let Some(docker) = &s.docker else { continue };
+        let path = join(&index("servers", i), "docker");
+        if docker.replicas > 1 {
+            d.error(
+                &join(&path, "replicas"),
+                format!(
+                    "`replicas: {}` needs a runtime that schedules (`--runtime swarm`); the {} runtime runs one instance of each server",
+                    docker.replicas, runtime.name
+                ),
+            );
+        }
+        if !docker.constraints.is_empty() {
+            d.error(
+                &join(&path, "placement"),
+                format!(
+                    "`placement` needs a runtime that schedules (`--runtime swarm`); the {} runtime runs every server on this host",
+                    runtime.name
+                ),
+            );
+        }
     }
 }
 

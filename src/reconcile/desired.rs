@@ -111,15 +111,17 @@ fn one(
         ));
     }
     let (docker, process, host_port) = match runtime {
-        RuntimeKind::Docker => {
+        RuntimeKind::Docker | RuntimeKind::Swarm => {
             let d = server.docker.as_ref().ok_or_else(|| {
-                "the manifest gives this server no `docker` section, so the docker runtime cannot start it".to_owned()
+                format!("the manifest gives this server no `docker` section, so the {} runtime cannot start it", runtime.as_str())
             })?;
             env.extend(d.env.clone());
             let docker = DockerInstance {
                 image: format!("{}:{}", d.image, version),
                 container_port: d.port,
                 resources: d.resources.clone(),
+                replicas: d.replicas,
+                constraints: d.constraints.clone(),
             };
             (Some(docker), None, d.host_port)
         }
@@ -178,6 +180,14 @@ pub fn spec_hash(spec: &InstanceSpec) -> String {
         field("port", &d.container_port.to_string());
         field("memory", &format!("{:?}", d.resources.memory_mb));
         field("cpus", &format!("{:?}", d.resources.cpus));
+        // Only when set, so fingerprints of specs from before these fields stay the same
+        // and an agent upgrade restarts nothing.
+        if d.replicas != 1 {
+            field("replicas", &d.replicas.to_string());
+        }
+        for c in &d.constraints {
+            field("constraint", c);
+        }
     }
     if let Some(p) = &spec.process {
         field("command", &p.command);

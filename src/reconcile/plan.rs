@@ -183,6 +183,8 @@ mod tests {
             revision: d.spec.revision.clone(),
             spec_hash: d.spec.spec_hash.clone(),
             host_port: Some(10_000),
+            host: None,
+            tasks: Vec::new(),
             state,
             started_at: Timestamp::from_second(started).ok(),
             image_digest: None,

@@ -151,6 +151,8 @@ mod tests {
             spec_hash: String::new(),
             state: InstanceState::Running,
             host_port: Some(1),
+            host: None,
+            tasks: Vec::new(),
             started_at: Some(jiff::Timestamp::UNIX_EPOCH),
             image_digest: None,
         }

@@ -207,6 +207,20 @@ impl DockerRuntime {
         self
     }
 
+    /// The Engine API client, for the Swarm runtime, which talks to the same daemon.
+    pub(super) fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The endpoint connected to (`DOCKER_HOST` or the default socket), for messages.
+    pub(super) fn endpoint(&self) -> &str {
+        &self.host
+    }
+
+    pub(super) fn owner(&self) -> &str {
+        &self.owner
+    }
+
     fn owns(&self, container_labels: &HashMap<String, String>) -> bool {
         owned_by(container_labels, &self.owner)
     }
@@ -284,7 +298,7 @@ impl DockerRuntime {
     }
 
     /// Credentials for the registry `image` comes from, when configured.
-    fn credentials_for(&self, image: &str) -> Option<DockerCredentials> {
+    pub(super) fn credentials_for(&self, image: &str) -> Option<DockerCredentials> {
         let host = registry_host(image);
         self.auths
             .iter()
@@ -434,6 +448,8 @@ impl DockerRuntime {
             revision: spec.revision.clone(),
             spec_hash: spec.spec_hash.clone(),
             host_port,
+            host: None,
+            tasks: Vec::new(),
             state,
             started_at: container
                 .state
@@ -501,6 +517,8 @@ impl DockerRuntime {
             revision: owned.revision,
             spec_hash: owned.spec_hash,
             host_port,
+            host: None,
+            tasks: Vec::new(),
             state,
             started_at,
             image_digest: None,
@@ -890,19 +908,19 @@ fn unix_nanos_now() -> i64 {
 }
 
 /// What our labels say about a container.
-struct OwnedLabels {
-    server_id: String,
-    version: Version,
-    revision: String,
-    spec_hash: String,
+pub(super) struct OwnedLabels {
+    pub(super) server_id: String,
+    pub(super) version: Version,
+    pub(super) revision: String,
+    pub(super) spec_hash: String,
 }
 
-fn is_managed(container_labels: &HashMap<String, String>) -> bool {
+pub(super) fn is_managed(container_labels: &HashMap<String, String>) -> bool {
     container_labels.get(labels::MANAGED).map(String::as_str) == Some("true")
 }
 
 /// Managed, and `owner`'s: containers without an owner label belong to `default`.
-fn owned_by(container_labels: &HashMap<String, String>, owner: &str) -> bool {
+pub(super) fn owned_by(container_labels: &HashMap<String, String>, owner: &str) -> bool {
     is_managed(container_labels)
         && container_labels
             .get(labels::OWNER)
@@ -910,7 +928,9 @@ fn owned_by(container_labels: &HashMap<String, String>, owner: &str) -> bool {
             == owner
 }
 
-fn owned_labels(container_labels: &HashMap<String, String>) -> Result<OwnedLabels, String> {
+pub(super) fn owned_labels(
+    container_labels: &HashMap<String, String>,
+) -> Result<OwnedLabels, String> {
     let get = |key: &str| {
         container_labels
             .get(key)
@@ -979,7 +999,7 @@ fn summary_host_port(container: &ContainerSummary) -> Option<u16> {
         .find_map(|p| p.public_port)
 }
 
-fn parse_time(value: Option<&str>) -> Option<Timestamp> {
+pub(super) fn parse_time(value: Option<&str>) -> Option<Timestamp> {
     let value = value?;
     if value.is_empty() || value.starts_with(ZERO_TIME_PREFIX) {
         return None;
@@ -1006,7 +1026,7 @@ fn grace_seconds(grace: Duration) -> i32 {
     }
 }
 
-fn start_failure(spec: &InstanceSpec, message: String) -> RuntimeError {
+pub(super) fn start_failure(spec: &InstanceSpec, message: String) -> RuntimeError {
     RuntimeError::Start {
         server: spec.server_id.clone(),
         version: spec.version.clone(),
@@ -1016,7 +1036,7 @@ fn start_failure(spec: &InstanceSpec, message: String) -> RuntimeError {
 
 /// `mcp-{server}-{version}-{8 hex}`: readable in `docker ps`, unique across restarts and
 /// across two instances of one version (a recreate starts the new one beside the old).
-fn container_name(server_id: &str, version: &Version) -> String {
+pub(super) fn container_name(server_id: &str, version: &Version) -> String {
     let version = version.to_string().replace(['.', '+'], "-");
     format!("mcp-{server_id}-{version}-{}", random_suffix())
 }
@@ -1048,7 +1068,7 @@ fn split_image(image: &str) -> (&str, &str) {
     }
 }
 
-fn status_code(err: &BollardError) -> Option<u16> {
+pub(super) fn status_code(err: &BollardError) -> Option<u16> {
     match err {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -1056,7 +1076,7 @@ fn status_code(err: &BollardError) -> Option<u16> {
 }
 
 /// Failures to talk to the daemon at all, as opposed to the daemon saying no.
-fn is_connection_error(err: &BollardError) -> bool {
+pub(super) fn is_connection_error(err: &BollardError) -> bool {
     matches!(
         err,
         BollardError::SocketNotFoundError(_)
@@ -1069,7 +1089,7 @@ fn is_connection_error(err: &BollardError) -> bool {
 }
 
 /// The daemon's own words when it answered, the error chain otherwise.
-fn daemon_message(err: &BollardError) -> String {
+pub(super) fn daemon_message(err: &BollardError) -> String {
     match err {
         BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
         BollardError::DockerStreamError { error } => error.trim().to_string(),

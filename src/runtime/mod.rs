@@ -1,5 +1,6 @@
-//! Running server instances: the `Runtime` trait and its two implementations, Docker
-//! (bollard) and local child processes (tokio::process).
+//! Running server instances: the `Runtime` trait and its three implementations, Docker
+//! (bollard), Docker Swarm services (bollard, against a manager) and local child processes
+//! (tokio::process).
 //!
 //! A runtime starts, lists, stops and removes *instances* (one container or process each)
 //! and labels them so a restarted agent can adopt what it started. It never decides what
@@ -7,8 +8,10 @@
 
 pub mod docker;
 pub mod process;
+pub mod swarm;
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +40,8 @@ pub mod labels {
 pub enum RuntimeKind {
     Docker,
     Process,
+    /// Docker Swarm services: a server's tasks run on the swarm's nodes.
+    Swarm,
 }
 
 impl RuntimeKind {
@@ -44,6 +49,20 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Docker => "docker",
             RuntimeKind::Process => "process",
+            RuntimeKind::Swarm => "swarm",
+        }
+    }
+
+    /// Whether it places several replicas of a server and honours placement constraints.
+    pub fn schedules(self) -> bool {
+        self == RuntimeKind::Swarm
+    }
+
+    /// This runtime as the manifest checks see it.
+    pub fn target(self) -> crate::manifest::TargetRuntime {
+        crate::manifest::TargetRuntime {
+            name: self.as_str(),
+            schedules: self.schedules(),
         }
     }
 }
@@ -73,6 +92,10 @@ pub struct DockerInstance {
     pub image: String,
     pub container_port: u16,
     pub resources: Resources,
+    /// Tasks to run; more than one only where the runtime schedules (Swarm).
+    pub replicas: u32,
+    /// Swarm placement constraints.
+    pub constraints: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -99,8 +122,16 @@ pub struct Instance {
     pub version: Version,
     pub revision: String,
     pub spec_hash: String,
-    /// Port on 127.0.0.1 where it serves, when known.
+    /// Port where it serves, when known: on 127.0.0.1, or on [`Instance::host`].
     pub host_port: Option<u16>,
+    /// The address serving on `host_port` when it is not this host's loopback: a swarm
+    /// node's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+    /// The orchestrator's tasks behind this instance (Swarm); empty where the instance is
+    /// one container or process.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<Task>,
     pub state: InstanceState,
     pub started_at: Option<Timestamp>,
     /// The image's content digest (`sha256:…`), when the runtime knows it (Docker, at start).
@@ -112,10 +143,35 @@ impl Instance {
         self.state == InstanceState::Running
     }
 
-    /// `http://127.0.0.1:PORT`
-    pub fn base_url(&self) -> Option<String> {
-        self.host_port.map(|p| format!("http://127.0.0.1:{p}"))
+    /// Where it serves: `host_port` on [`Instance::host`], or on 127.0.0.1.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        let host = self.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        self.host_port.map(|p| SocketAddr::new(host, p))
     }
+
+    /// `http://ADDR:PORT`
+    pub fn base_url(&self) -> Option<String> {
+        self.addr().map(|a| format!("http://{a}"))
+    }
+}
+
+/// One task of a Swarm service: where the orchestrator placed a replica, and whether it
+/// runs there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Task {
+    pub id: String,
+    /// The swarm node's id.
+    pub node: String,
+    /// The node's address and the port the task publishes there (host mode), once known.
+    #[schemars(with = "Option<String>")]
+    pub endpoint: Option<SocketAddr>,
+    /// Swarm's state of the task: `running`, `starting`, `failed`, `orphaned`, ...
+    pub state: String,
+    /// Swarm's desired state: `running`, or `shutdown` for a task it is replacing.
+    pub desired_state: String,
+    /// Swarm's message or error for the task's last state change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -163,6 +219,9 @@ pub enum RuntimeEventKind {
     Exited { code: Option<i64> },
     /// The kernel killed it for exceeding its memory limit.
     OomKilled,
+    /// The orchestrator moved or replaced some of its tasks (Swarm); it still serves, but
+    /// perhaps somewhere else.
+    Rescheduled { detail: String },
 }
 
 impl RuntimeError {
@@ -198,4 +257,10 @@ pub trait Runtime: Send + Sync {
     /// stopped through [`Runtime::stop`] or [`Runtime::remove`] also produce an exit event;
     /// subscribers tell those apart themselves.
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<RuntimeEvent>;
+
+    /// Whether the runtime is itself bringing instance `id` back (Swarm starting a
+    /// replacement task), and how: recovery waits for it rather than starting another.
+    async fn replacing(&self, _id: &str) -> Option<String> {
+        None
+    }
 }

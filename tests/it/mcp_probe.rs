@@ -66,7 +66,12 @@ async fn the_example_server_answers_ping() {
     // the next.
     for _ in 0..3 {
         let r = prober
-            .probe(ProbeKind::Mcp, server.port, "/mcp", PROBE_TIMEOUT)
+            .probe(
+                ProbeKind::Mcp,
+                ([127, 0, 0, 1], server.port).into(),
+                "/mcp",
+                PROBE_TIMEOUT,
+            )
             .await;
         assert_eq!(r.outcome, ProbeOutcome::Healthy, "{}", r.detail);
         assert_eq!(r.detail, "MCP ping answered (protocol 2025-06-18)");
@@ -78,7 +83,12 @@ async fn the_example_server_answers_ping() {
 async fn the_wrong_mcp_path_is_unhealthy() {
     let server = example_server("1.0.0").await;
     let r = Prober::new()
-        .probe(ProbeKind::Mcp, server.port, "/not-mcp", PROBE_TIMEOUT)
+        .probe(
+            ProbeKind::Mcp,
+            ([127, 0, 0, 1], server.port).into(),
+            "/not-mcp",
+            PROBE_TIMEOUT,
+        )
         .await;
     assert_eq!(r.outcome, ProbeOutcome::Unhealthy, "{}", r.detail);
     assert_eq!(r.detail, "MCP initialize failed: HTTP 404");
@@ -126,7 +136,12 @@ async fn modern_only_server() -> (u16, tokio_util::sync::DropGuard) {
 async fn a_server_on_2026_07_28_answers_server_discover() {
     let (port, _server) = modern_only_server().await;
     let r = Prober::new()
-        .probe(ProbeKind::Mcp, port, "/mcp", PROBE_TIMEOUT)
+        .probe(
+            ProbeKind::Mcp,
+            ([127, 0, 0, 1], port).into(),
+            "/mcp",
+            PROBE_TIMEOUT,
+        )
         .await;
     assert_eq!(r.outcome, ProbeOutcome::Healthy, "{}", r.detail);
     assert_eq!(

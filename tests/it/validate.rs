@@ -327,3 +327,51 @@ fn the_schema_command_prints_a_json_schema() {
     assert_eq!(v["$schema"], "https://json-schema.org/draft/2020-12/schema");
     assert_eq!(v["required"], serde_json::json!(["version", "servers"]));
 }
+
+/// A server asking Swarm for two tasks on labelled nodes (schema 1.2).
+const SCHEDULED: &str = "version: \"1.2\"\nservers:\n  - id: alpha\n    version: \"1.0.0\"\n    docker:\n      image: ghcr.io/liminalcommons/alpha\n      port: 8080\n      replicas: 2\n      placement: { constraints: [\"node.labels.zone==a\"] }\n";
+
+#[test]
+fn replicas_and_placement_need_schema_1_2_and_a_constraint_swarm_understands() {
+    let older = SCHEDULED.replace("\"1.2\"", "\"1.1\"");
+    let o = validate_text(&older, &[], &[]);
+    assert_eq!(o.code, 1, "{}", o.out);
+    let errors: Vec<&str> = o.out.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(
+        errors,
+        [
+            "ecosystem-manifest.yaml:8:17: error: `replicas` needs schema version \"1.2\"; set `version: \"1.2\"` at the top of the manifest (at servers[0].docker.replicas)",
+            "ecosystem-manifest.yaml:9:18: error: `placement` needs schema version \"1.2\"; set `version: \"1.2\"` at the top of the manifest (at servers[0].docker.placement)",
+        ],
+        "{}",
+        o.out
+    );
+    assert_one_error(
+        &SCHEDULED.replace("node.labels.zone==a", "zone=a"),
+        "ecosystem-manifest.yaml:9:34: error: `zone=a` is not a placement constraint; write `ATTRIBUTE==VALUE` or `ATTRIBUTE!=VALUE`, e.g. `node.labels.zone==a` (at servers[0].docker.placement.constraints[0])",
+    );
+    assert_one_error(
+        &SCHEDULED.replace("replicas: 2", "replicas: 0"),
+        "ecosystem-manifest.yaml:8:17: error: 0 replicas: ask for 1 to 64 (at servers[0].docker.replicas)",
+    );
+}
+
+#[test]
+fn replicas_and_placement_are_refused_for_a_runtime_that_cannot_honour_them() {
+    let o = validate_text(SCHEDULED, &[], &["--runtime", "docker"]);
+    assert_eq!(o.code, 1, "{}", o.out);
+    let errors: Vec<&str> = o.out.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(
+        errors,
+        [
+            "ecosystem-manifest.yaml:8:17: error: `replicas: 2` needs a runtime that schedules (`--runtime swarm`); the docker runtime runs one instance of each server (at servers[0].docker.replicas)",
+            "ecosystem-manifest.yaml:9:18: error: `placement` needs a runtime that schedules (`--runtime swarm`); the docker runtime runs every server on this host (at servers[0].docker.placement)",
+        ],
+        "{}",
+        o.out
+    );
+    for args in [&["--runtime", "swarm"][..], &[]] {
+        let o = validate_text(SCHEDULED, &[], args);
+        assert_eq!(o.code, 0, "{args:?}: {}", o.out);
+    }
+}

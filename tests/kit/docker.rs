@@ -238,6 +238,8 @@ pub fn example_spec(server_id: &str, version: &str, image: &str) -> InstanceSpec
             image: image.to_string(),
             container_port: CONTAINER_PORT,
             resources: Resources::default(),
+            replicas: 1,
+            constraints: Vec::new(),
         }),
         process: None,
     }

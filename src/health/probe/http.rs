@@ -28,11 +28,11 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 impl Prober {
     pub(super) async fn http_probe(
         &self,
-        port: u16,
+        addr: std::net::SocketAddr,
         endpoint: &str,
         timeout: Duration,
     ) -> (ProbeOutcome, String, Option<String>, Option<f64>) {
-        let (status, body) = match tokio::time::timeout(timeout, get(port, endpoint)).await {
+        let (status, body) = match tokio::time::timeout(timeout, get(addr, endpoint)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(why)) => return (ProbeOutcome::Unreachable, why, None, None),
             Err(_) => {
@@ -84,7 +84,7 @@ impl Prober {
     }
 }
 
-/// `GET http://127.0.0.1:{port}{endpoint}` on a connection of its own, driven in the
+/// `GET http://{addr}{endpoint}` on a connection of its own, driven in the
 /// calling task. A pooled client (reqwest) spawns a task per connection and hands every
 /// request across tasks; at a thousand servers those wake-ups were most of the monitor's
 /// CPU. One connection per probe costs a loopback handshake, and is the same whether or
@@ -92,8 +92,11 @@ impl Prober {
 /// first, so the closed sockets wait out TIME_WAIT on its side, not ours.
 ///
 /// An error says why there is no answer to judge.
-async fn get(port: u16, endpoint: &str) -> Result<(hyper::StatusCode, Bytes), String> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+async fn get(
+    addr: std::net::SocketAddr,
+    endpoint: &str,
+) -> Result<(hyper::StatusCode, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| describe(&e))?;
     let _ = stream.set_nodelay(true);
@@ -101,7 +104,7 @@ async fn get(port: u16, endpoint: &str) -> Result<(hyper::StatusCode, Bytes), St
         .await
         .map_err(|e| describe(&e))?;
     let request = hyper::Request::get(endpoint)
-        .header(HOST, format!("127.0.0.1:{port}"))
+        .header(HOST, addr.to_string())
         .header(ACCEPT, "application/json")
         .header(CONNECTION, "close")
         .body(Empty::<Bytes>::new())
@@ -162,7 +165,12 @@ mod tests {
     async fn http(status: &str, body: &str) -> ProbeResult {
         let port = serve_once(status, body).await;
         Prober::new()
-            .probe(ProbeKind::Http, port, "/health", Duration::from_secs(2))
+            .probe(
+                ProbeKind::Http,
+                ([127, 0, 0, 1], port).into(),
+                "/health",
+                Duration::from_secs(2),
+            )
             .await
     }
 
@@ -215,7 +223,12 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let r = Prober::new()
-            .probe(ProbeKind::Http, port, "/health", Duration::from_secs(1))
+            .probe(
+                ProbeKind::Http,
+                ([127, 0, 0, 1], port).into(),
+                "/health",
+                Duration::from_secs(1),
+            )
             .await;
         assert_eq!(r.outcome, ProbeOutcome::Unreachable);
         assert!(r.detail.to_lowercase().contains("refused"), "{}", r.detail);
@@ -232,7 +245,12 @@ mod tests {
             drop(s);
         });
         let r = Prober::new()
-            .probe(ProbeKind::Http, port, "/health", Duration::from_millis(200))
+            .probe(
+                ProbeKind::Http,
+                ([127, 0, 0, 1], port).into(),
+                "/health",
+                Duration::from_millis(200),
+            )
             .await;
         assert_eq!(r.outcome, ProbeOutcome::Unreachable);
         assert!(r.detail.contains("no answer within 0.2s"), "{}", r.detail);

@@ -38,11 +38,11 @@ const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 impl Prober {
     pub(super) async fn mcp_probe(
         &self,
-        port: u16,
+        addr: std::net::SocketAddr,
         endpoint: &str,
         timeout: Duration,
     ) -> (ProbeOutcome, String, Option<String>, Option<f64>) {
-        let url = format!("http://127.0.0.1:{port}{endpoint}");
+        let url = format!("http://{addr}{endpoint}");
         let budget = Budget::new(timeout);
         // Filled as soon as `initialize` hands out a session, so the session is ended
         // whether or not the rest of the exchange succeeds.
@@ -671,7 +671,12 @@ mod tests {
 
     async fn mcp(port: u16, timeout: Duration) -> ProbeResult {
         Prober::new()
-            .probe(ProbeKind::Mcp, port, "/mcp", timeout)
+            .probe(
+                ProbeKind::Mcp,
+                ([127, 0, 0, 1], port).into(),
+                "/mcp",
+                timeout,
+            )
             .await
     }
 

@@ -62,19 +62,20 @@ impl Prober {
         self
     }
 
-    /// Probes `127.0.0.1:port` once with the given kind, endpoint and timeout.
+    /// Probes `addr` (127.0.0.1 and a port, or a swarm node's) once with the given kind,
+    /// endpoint and timeout.
     pub async fn probe(
         &self,
         kind: ProbeKind,
-        port: u16,
+        addr: std::net::SocketAddr,
         endpoint: &str,
         timeout: Duration,
     ) -> ProbeResult {
         let start = Instant::now();
         let (outcome, detail, version, uptime) = match kind {
-            ProbeKind::Http => self.http_probe(port, endpoint, timeout).await,
-            ProbeKind::Mcp => self.mcp_probe(port, endpoint, timeout).await,
-            ProbeKind::Tcp => tcp::tcp_probe(port, timeout).await,
+            ProbeKind::Http => self.http_probe(addr, endpoint, timeout).await,
+            ProbeKind::Mcp => self.mcp_probe(addr, endpoint, timeout).await,
+            ProbeKind::Tcp => tcp::tcp_probe(addr, timeout).await,
         };
         ProbeResult {
             outcome,

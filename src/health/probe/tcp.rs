@@ -6,10 +6,10 @@ use std::time::Duration;
 use super::ProbeOutcome;
 
 pub(super) async fn tcp_probe(
-    port: u16,
+    addr: std::net::SocketAddr,
     timeout: Duration,
 ) -> (ProbeOutcome, String, Option<String>, Option<f64>) {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(("127.0.0.1", port))).await {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => (
             ProbeOutcome::Healthy,
             "port accepts connections".to_owned(),

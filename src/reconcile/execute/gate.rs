@@ -23,7 +23,7 @@ impl Executor {
         instance: &Instance,
         id: Option<i64>,
     ) -> Result<(), String> {
-        let Some(port) = instance.host_port else {
+        let Some(addr) = instance.addr() else {
             return Err("the runtime reported no host port".to_owned());
         };
         let h = &desired.health;
@@ -37,7 +37,7 @@ impl Executor {
         let mut checks = 0u32;
         let mut last_recorded: Option<String> = None;
         loop {
-            let r = self.prober.probe(h.probe, port, &h.endpoint, timeout).await;
+            let r = self.prober.probe(h.probe, addr, &h.endpoint, timeout).await;
             let last = format!("{:?}: {}", r.outcome, r.detail);
             // Refusals while starting are recorded once, not every 100 ms.
             if let Some(id) = id

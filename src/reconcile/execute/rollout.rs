@@ -365,13 +365,13 @@ impl Executor {
         let version = old.version.to_string();
         if strategy == Strategy::Beside {
             // The old instance never stopped serving; make sure it still does.
-            let port = old.host_port.ok_or("the old instance has no port")?;
+            let addr = old.addr().ok_or("the old instance has no port")?;
             let h = &desired.health;
             let r = self
                 .prober
                 .probe(
                     h.probe,
-                    port,
+                    addr,
                     &h.endpoint,
                     Duration::from_secs_f64(h.timeout_seconds),
                 )

@@ -103,6 +103,8 @@ impl PidFile {
             revision: self.revision.clone(),
             spec_hash: self.spec_hash.clone(),
             host_port: Some(self.host_port),
+            host: None,
+            tasks: Vec::new(),
             state,
             started_at: Some(self.started_at),
             image_digest: None,
