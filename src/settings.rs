@@ -141,6 +141,7 @@ pub struct AgentOptions {
     pub gateway_url: Option<Vec<String>>,
     pub gateway_resend_interval: Option<String>,
     pub runtime: Option<RuntimeChoice>,
+    pub docker_host: Option<String>,
     pub listen: Option<String>,
     pub gateway_listen: Option<String>,
     pub gateway_public_url: Option<String>,
@@ -176,6 +177,7 @@ impl AgentOptions {
             listen: self.listen.or(other.listen),
             gateway_listen: self.gateway_listen.or(other.gateway_listen),
             gateway_public_url: self.gateway_public_url.or(other.gateway_public_url),
+            docker_host: self.docker_host.or(other.docker_host),
             data_dir: self.data_dir.or(other.data_dir),
             webhook_secret: self.webhook_secret.or(other.webhook_secret),
             git_token: self.git_token.or(other.git_token),
@@ -246,6 +248,9 @@ pub struct AgentSettings {
     /// restarted (and lost its table) learns it; its sequence makes it a no-op otherwise.
     pub gateway_resend_interval: std::time::Duration,
     pub runtime: RuntimeChoice,
+    /// The Docker Engine (or Swarm manager) the docker and swarm runtimes talk to
+    /// (`unix://…`, `tcp://…`); `None`: `DOCKER_HOST`, then the local socket.
+    pub docker_host: Option<String>,
     pub listen: std::net::SocketAddr,
     /// Where the MCP gateway listens; `None`: it is off.
     pub gateway_listen: Option<std::net::SocketAddr>,
@@ -556,6 +561,7 @@ impl Settings {
             listen,
             gateway_listen,
             gateway_public_url,
+            docker_host: a.docker_host.clone().filter(|h| !h.trim().is_empty()),
             gateway_keys,
             data_dir: a.data_dir.clone().unwrap_or_else(default_data_dir),
             clients_home: None,

@@ -351,19 +351,27 @@ pub async fn run(
         RuntimeChoice::Docker => {
             let owner = agent_id(&settings.data_dir)?;
             Arc::new(
-                crate::runtime::docker::DockerRuntime::connect()
-                    .await?
-                    .with_owner(owner)
-                    .with_registry_auth(registry_auths.clone()),
+                match &settings.docker_host {
+                    Some(host) => {
+                        crate::runtime::docker::DockerRuntime::connect_to(host.clone()).await?
+                    }
+                    None => crate::runtime::docker::DockerRuntime::connect().await?,
+                }
+                .with_owner(owner)
+                .with_registry_auth(registry_auths.clone()),
             )
         }
         RuntimeChoice::Swarm => {
             let owner = agent_id(&settings.data_dir)?;
             Arc::new(
-                crate::runtime::swarm::SwarmRuntime::connect()
-                    .await?
-                    .with_owner(owner)
-                    .with_registry_auth(registry_auths.clone()),
+                match &settings.docker_host {
+                    Some(host) => {
+                        crate::runtime::swarm::SwarmRuntime::connect_to(host.clone()).await?
+                    }
+                    None => crate::runtime::swarm::SwarmRuntime::connect().await?,
+                }
+                .with_owner(owner)
+                .with_registry_auth(registry_auths.clone()),
             )
         }
         RuntimeChoice::Process => Arc::new(

@@ -87,6 +87,61 @@ async fn runtime_replacing(state: &Control, server: &str) -> Option<String> {
     state.executor.runtime().replacing(&instance).await
 }
 
+/// Waits while the runtime heals the server itself: for its grace at the first attempt of
+/// an episode (it may not have noticed yet: Swarm declares a node down only after a few
+/// missed heartbeats), and as long as it reports a replacement on its way, up to
+/// [`REPLACEMENT_WINDOW`]. Records what it waits for; true when the server is healthy again.
+async fn wait_for_runtime(
+    state: &Control,
+    server: &str,
+    first: bool,
+    shutdown: &CancellationToken,
+) -> bool {
+    let started = tokio::time::Instant::now();
+    let grace = if first {
+        state.executor.runtime().heals_itself()
+    } else {
+        None
+    };
+    let mut until = started + grace.unwrap_or_default();
+    if let Some(grace) = grace {
+        let runtime = state.executor.runtime().kind().as_str();
+        let detail = format!(
+            "the {runtime} runtime replaces what fails by itself; giving it {:.1}s first",
+            grace.as_secs_f64()
+        );
+        event(state, server, detail).await;
+    }
+    let mut told = false;
+    loop {
+        if is_healthy(state, server) {
+            if grace.is_some() || told {
+                event(
+                    state,
+                    server,
+                    "healthy again: the runtime brought it back".into(),
+                )
+                .await;
+            }
+            return true;
+        }
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        if let Some(how) = runtime_replacing(state, server).await {
+            until = until.max(started + REPLACEMENT_WINDOW);
+            if !told {
+                event(state, server, format!("{how}: waiting for it")).await;
+                told = true;
+            }
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// What a recovery attempt does, by how many came before it in this episode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecoveryAction {
@@ -244,22 +299,11 @@ async fn recover(
                 Watch::Gone => return,
             }
         }
-        // Never fight the runtime: while it brings a replacement up itself (Swarm
-        // rescheduling a task from a dead node), wait for that instead of starting another
-        // instance; a replacement that does not come within the window gets the attempt.
-        if let Some(how) = runtime_replacing(&state, &server).await {
-            event(&state, &server, format!("{how}: waiting for it")).await;
-            let window = tokio::time::Instant::now() + REPLACEMENT_WINDOW;
-            while tokio::time::Instant::now() < window
-                && !shutdown.is_cancelled()
-                && !is_healthy(&state, &server)
-                && runtime_replacing(&state, &server).await.is_some()
-            {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            if is_healthy(&state, &server) {
-                continue;
-            }
+        // Never fight the runtime: one that replaces failed instances itself (Swarm, when
+        // a node dies) gets its time first, and while it brings a replacement up, recovery
+        // waits for that instead of starting another instance.
+        if wait_for_runtime(&state, &server, attempt == 0, &shutdown).await {
+            continue;
         }
         // Never fight an operator's stop or act on a server that left the manifest. Stops
         // that cannot be read are not taken for none: no action until they can be.

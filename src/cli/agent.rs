@@ -42,6 +42,10 @@ pub struct Args {
     /// Where servers run [default: process]
     #[arg(long, env = env::RUNTIME, value_enum)]
     runtime: Option<RuntimeArg>,
+    /// The Docker Engine, or for `--runtime swarm` a swarm manager, as `unix://PATH` or
+    /// `tcp://HOST:PORT` [default: the local socket]
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    docker_host: Option<String>,
     /// Address of the HTTP API [default: 127.0.0.1:7070]
     #[arg(long, env = env::LISTEN, value_name = "ADDR")]
     listen: Option<String>,
@@ -132,6 +136,7 @@ impl Args {
             listen: self.listen.clone(),
             gateway_listen: self.gateway_listen.clone(),
             gateway_public_url: self.gateway_public_url.clone(),
+            docker_host: self.docker_host.clone(),
             data_dir: None,
             webhook_secret: self.webhook_secret.clone(),
             git_token: self.git_token.clone(),

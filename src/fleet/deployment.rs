@@ -119,6 +119,7 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
             health_since: None,
             health_reason: None,
             gateway_tools: None,
+            tasks: current.map(|i| i.tasks.clone()).unwrap_or_default(),
         });
     }
 
@@ -231,6 +232,7 @@ mod tests {
                 health_since: None,
                 health_reason: None,
                 gateway_tools: None,
+                tasks: Vec::new(),
             }],
             ..FleetView::default()
         };

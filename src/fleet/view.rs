@@ -49,6 +49,9 @@ pub struct ServerView {
     /// is off or has not listed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_tools: Option<usize>,
+    /// Where Swarm runs its tasks: node, endpoint, state. Empty on the other runtimes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<crate::runtime::Task>,
 }
 
 /// The fleet after the last sync.
@@ -167,6 +170,7 @@ impl Fleet {
                 view.endpoint = instance.base_url().map(|b| format!("{b}{path}"));
                 view.running_version = Some(instance.version.to_string());
                 view.instance_id = Some(instance.id.clone());
+                view.tasks = instance.tasks.clone();
                 view.revision = Some(instance.revision.clone());
             }
         });

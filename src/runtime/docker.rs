@@ -154,7 +154,7 @@ impl DockerRuntime {
     }
 
     /// [`DockerRuntime::connect`] to an explicit endpoint (`unix://`, `tcp://`, `https://`).
-    async fn connect_to(host: String) -> Result<Self, RuntimeError> {
+    pub async fn connect_to(host: String) -> Result<Self, RuntimeError> {
         let unavailable = |message: String| RuntimeError::Unavailable {
             runtime: RUNTIME,
             message: format!("cannot reach the Docker daemon at {host}: {message}"),

@@ -157,7 +157,7 @@ impl Instance {
 
 /// One task of a Swarm service: where the orchestrator placed a replica, and whether it
 /// runs there.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Task {
     pub id: String,
     /// The swarm node's id.
@@ -261,6 +261,13 @@ pub trait Runtime: Send + Sync {
     /// Whether the runtime is itself bringing instance `id` back (Swarm starting a
     /// replacement task), and how: recovery waits for it rather than starting another.
     async fn replacing(&self, _id: &str) -> Option<String> {
+        None
+    }
+
+    /// How long this runtime may take to notice a failure and replace the instance on its
+    /// own (Swarm: a dead node), when it does that at all. Recovery gives it that long
+    /// before it acts.
+    fn heals_itself(&self) -> Option<Duration> {
         None
     }
 }

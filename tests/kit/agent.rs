@@ -76,6 +76,8 @@ pub struct Options {
     pub gateway: bool,
     /// The gateway's public URL (`--gateway-public-url`).
     pub gateway_public_url: Option<String>,
+    /// The engine or swarm manager (`--docker-host`); `None`: `DOCKER_HOST` or the socket.
+    pub docker_host: Option<String>,
 }
 
 impl Default for Options {
@@ -97,6 +99,7 @@ impl Default for Options {
             git_timeout: Duration::from_secs(30),
             gateway: false,
             gateway_public_url: None,
+            docker_host: None,
         }
     }
 }
@@ -124,6 +127,7 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
             .gateway
             .then(|| "127.0.0.1:0".parse().expect("addr")),
         gateway_public_url: options.gateway_public_url.clone(),
+        docker_host: options.docker_host.clone(),
         gateway_keys: options.require_key_for_reads,
         data_dir: data_dir.to_owned(),
         // Client files a test deploys land here, never in the home of whoever runs them.

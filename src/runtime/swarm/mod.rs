@@ -56,6 +56,10 @@ const START_DEADLINE: Duration = Duration::from_secs(120);
 /// How often `start` and the task watch read the tasks (API 1.41 has no task events).
 const TASK_POLL: Duration = Duration::from_millis(250);
 const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// Swarm's default dispatcher heartbeat, when the swarm's own cannot be read.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// What a replacement task takes to run once placed, with a local image.
+const TASK_START: Duration = Duration::from_secs(5);
 
 /// Runs instances as Swarm services. Cheap to clone; clones share the task watch.
 #[derive(Clone, Debug)]
@@ -66,6 +70,8 @@ pub struct SwarmRuntime {
     owner: String,
     engine: DockerRuntime,
     events: Arc<Hub>,
+    /// How long Swarm takes to declare a silent node down and start its tasks elsewhere.
+    heals_within: Duration,
 }
 
 #[derive(Debug)]
@@ -95,7 +101,15 @@ impl SwarmRuntime {
     /// Connects to the engine named by `DOCKER_HOST` (default: the local socket) and checks
     /// that it is a swarm manager: only a manager creates services and sees every node.
     pub async fn connect() -> Result<SwarmRuntime, RuntimeError> {
-        let engine = DockerRuntime::connect().await?;
+        SwarmRuntime::on(DockerRuntime::connect().await?).await
+    }
+
+    /// [`SwarmRuntime::connect`] to an explicit manager (`unix://`, `tcp://`, `https://`).
+    pub async fn connect_to(host: String) -> Result<SwarmRuntime, RuntimeError> {
+        SwarmRuntime::on(DockerRuntime::connect_to(host).await?).await
+    }
+
+    async fn on(engine: DockerRuntime) -> Result<SwarmRuntime, RuntimeError> {
         let docker = engine.client().clone();
         let host = engine.endpoint().to_owned();
         let info = docker.info().await.map_err(|e| RuntimeError::Unavailable {
@@ -117,8 +131,19 @@ impl SwarmRuntime {
                 ),
             });
         }
+        // The dispatcher declares a node down after a few missed heartbeats (swarmkit's
+        // grace is three periods, plus jitter); then the task restarts after our delay.
+        let heartbeat = docker
+            .inspect_swarm()
+            .await
+            .ok()
+            .and_then(|s| s.spec?.dispatcher?.heartbeat_period)
+            .and_then(|ns| u64::try_from(ns).ok())
+            .map_or(DEFAULT_HEARTBEAT, Duration::from_nanos);
+        let heals_within = heartbeat * 4 + spec::RESTART_DELAY + TASK_START;
         info!(
             docker_host = %host,
+            heartbeat = ?heartbeat,
             nodes = swarm.nodes.unwrap_or_default(),
             managers = swarm.managers.unwrap_or_default(),
             "connected to a swarm manager"
@@ -129,6 +154,7 @@ impl SwarmRuntime {
             owner: engine.owner().to_owned(),
             engine,
             events: Arc::new(Hub::new()),
+            heals_within,
         })
     }
 
@@ -527,6 +553,10 @@ impl Runtime for SwarmRuntime {
         let receiver = self.events.tx.subscribe();
         self.start_watching();
         receiver
+    }
+
+    fn heals_itself(&self) -> Option<Duration> {
+        Some(self.heals_within)
     }
 
     /// Swarm is bringing a task back when it wants more tasks running than serve and one

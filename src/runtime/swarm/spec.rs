@@ -26,7 +26,7 @@ pub const TASK_SERVER: &str = "io.mcp-orchestration.swarm.server";
 
 /// How long Swarm waits before it restarts a task that exited. Its default (5 s) is longer
 /// than a probe interval; a crashed server should come back sooner.
-const RESTART_DELAY: Duration = Duration::from_secs(1);
+pub const RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// The labels a service of `owner` carries: the same keys as the Docker runtime's
 /// containers, so a restarted agent adopts its services the same way.

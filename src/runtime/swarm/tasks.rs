@@ -3,9 +3,9 @@
 //!
 //! Swarm keeps a history of tasks per slot (the ones it replaced, with desired state
 //! `shutdown`). Only tasks Swarm still wants running count; of those, a task serves when it
-//! runs and publishes its port. The endpoint is the serving task of the lowest slot, then
-//! the oldest: the same task on every read while it lives, so the gateway does not move a
-//! session for nothing.
+//! runs and publishes its port on a node that is up. The endpoint is the oldest serving
+//! task: the same task on every read while it lives, and a replacement Swarm starts later
+//! does not take over from it, so the gateway does not move a session for nothing.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -63,8 +63,8 @@ pub fn live_tasks(
     live.sort_by(|a, b| {
         serving_rank(a, nodes)
             .cmp(&serving_rank(b, nodes))
-            .then(a.slot.cmp(&b.slot))
             .then(a.created_at.cmp(&b.created_at))
+            .then(a.slot.cmp(&b.slot))
             .then(a.id.cmp(&b.id))
     });
     live.into_iter().map(|t| task_view(t, nodes)).collect()
