@@ -41,10 +41,12 @@ pub async fn watch_exits(
             Ok(RuntimeEvent {
                 kind: RuntimeEventKind::Rescheduled { detail },
                 server_id,
+                instance_id,
                 ..
             }) => {
                 // Still serving, perhaps elsewhere: publish where, at once.
                 info!(server = %server_id, %detail, "the runtime moved tasks");
+                monitor.rescheduled(&server_id, &instance_id, &detail);
                 let _ = wake.try_send(crate::fleet::Trigger::Runtime);
             }
             Ok(e) => {

@@ -314,6 +314,21 @@ impl Monitor {
         }
     }
 
+    /// The runtime moved or replaced some of an instance's tasks (Swarm): recorded as a
+    /// `rescheduled` health event, so the move shows in the server's history and the event
+    /// stream. The health state is the probes' to change.
+    pub fn rescheduled(&self, server: &str, instance_id: &str, detail: &str) {
+        self.record(NewHealthEvent {
+            server_id: server.to_owned(),
+            at: Timestamp::now(),
+            kind: "rescheduled".into(),
+            from_state: None,
+            to_state: None,
+            detail: detail.to_owned(),
+            instance_id: Some(instance_id.to_owned()),
+        });
+    }
+
     /// Recovery gave up on `server`.
     pub fn give_up(&self, server: &str, cause: &str) {
         let t = self.update(server, None, |e| e.tracker.give_up(cause));

@@ -27,6 +27,8 @@ mod rollback;
 mod schemathesis;
 mod store_faults;
 mod support;
+mod swarm;
+mod swarm_kit;
 mod tidy;
 mod tool_guard;
 mod upgrades;

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod docker;
 pub mod git;
 pub mod registry;
+pub mod swarm;
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -1,13 +1,14 @@
 //! The health gate a new instance must pass before it serves: probes until enough succeed
 //! in a row, within the policy's progress deadline.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use tracing::warn;
 
 use super::Executor;
-use crate::health::ProbeOutcome;
+use crate::health::{ProbeOutcome, ProbeResult};
 use crate::reconcile::Desired;
 use crate::runtime::Instance;
 
@@ -26,6 +27,17 @@ impl Executor {
         let Some(addr) = instance.addr() else {
             return Err("the runtime reported no host port".to_owned());
         };
+        // Every task of a scheduled instance (Swarm) must pass, not only the one the
+        // endpoint names: the gateway may route to any of them.
+        let mut addrs: Vec<SocketAddr> = instance
+            .tasks
+            .iter()
+            .filter(|t| t.state == "running")
+            .filter_map(|t| t.endpoint)
+            .collect();
+        if addrs.is_empty() {
+            addrs.push(addr);
+        }
         let h = &desired.health;
         let deadline = tokio::time::Instant::now()
             + Duration::from_secs_f64(desired.policy.progress_deadline_seconds);
@@ -37,7 +49,15 @@ impl Executor {
         let mut checks = 0u32;
         let mut last_recorded: Option<String> = None;
         loop {
-            let r = self.prober.probe(h.probe, addr, &h.endpoint, timeout).await;
+            let r = worst(
+                futures::future::join_all(addrs.iter().map(|a| async move {
+                    (
+                        *a,
+                        self.prober.probe(h.probe, *a, &h.endpoint, timeout).await,
+                    )
+                }))
+                .await,
+            );
             let last = format!("{:?}: {}", r.outcome, r.detail);
             // Refusals while starting are recorded once, not every 100 ms.
             if let Some(id) = id
@@ -97,6 +117,38 @@ impl Executor {
             Err(_) => true,
         }
     }
+}
+
+/// One round of probes of several tasks, as one result: the worst of them (an answer saying
+/// unhealthy, then silence, then degraded), its detail naming the task's address. One probe
+/// is returned as it is.
+fn worst(mut results: Vec<(SocketAddr, ProbeResult)>) -> ProbeResult {
+    let rank = |o: ProbeOutcome| match o {
+        ProbeOutcome::Healthy => 0,
+        ProbeOutcome::Degraded => 1,
+        ProbeOutcome::Unreachable => 2,
+        ProbeOutcome::Unhealthy => 3,
+    };
+    let several = results.len() > 1;
+    let slowest = results
+        .iter()
+        .map(|(_, r)| r.latency_ms)
+        .fold(0.0, f64::max);
+    results.sort_by_key(|(_, r)| std::cmp::Reverse(rank(r.outcome)));
+    let Some((addr, mut r)) = results.into_iter().next() else {
+        return ProbeResult {
+            outcome: ProbeOutcome::Unreachable,
+            detail: "no task to probe".to_owned(),
+            version: None,
+            uptime_seconds: None,
+            latency_ms: 0.0,
+        };
+    };
+    if several {
+        r.detail = format!("{addr}: {}", r.detail);
+        r.latency_ms = slowest;
+    }
+    r
 }
 
 /// What the gate makes of one more probe.
@@ -174,6 +226,37 @@ impl GateCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn result(outcome: ProbeOutcome, latency_ms: f64) -> ProbeResult {
+        ProbeResult {
+            outcome,
+            detail: format!("{outcome:?}"),
+            version: None,
+            uptime_seconds: None,
+            latency_ms,
+        }
+    }
+
+    #[test]
+    fn a_round_over_several_tasks_is_as_bad_as_its_worst_and_names_that_task() {
+        let a: SocketAddr = "10.0.0.2:30001".parse().unwrap();
+        let b: SocketAddr = "10.0.0.3:30002".parse().unwrap();
+        let r = worst(vec![
+            (a, result(ProbeOutcome::Healthy, 3.0)),
+            (b, result(ProbeOutcome::Unreachable, 1.0)),
+        ]);
+        assert_eq!(r.outcome, ProbeOutcome::Unreachable);
+        assert_eq!(r.detail, "10.0.0.3:30002: Unreachable");
+        assert_eq!(r.latency_ms, 3.0);
+        let r = worst(vec![
+            (a, result(ProbeOutcome::Unreachable, 1.0)),
+            (b, result(ProbeOutcome::Unhealthy, 1.0)),
+        ]);
+        assert_eq!(r.outcome, ProbeOutcome::Unhealthy);
+        let one = worst(vec![(a, result(ProbeOutcome::Degraded, 2.0))]);
+        assert_eq!(one.detail, "Degraded", "one task: the probe as it is");
+        assert_eq!(worst(Vec::new()).outcome, ProbeOutcome::Unreachable);
+    }
     use ProbeOutcome::*;
 
     fn run(count: &mut GateCount, outcomes: &[ProbeOutcome]) -> Vec<GateStep> {

@@ -34,7 +34,7 @@ pub mod schema;
 
 // The helpers the benchmarks use too live in the shared kit; reached through `support`, so a
 // test need not know which of its helpers are shared.
-pub use crate::kit::{REPO, agent, docker, eventually, example_server_bin, git, registry};
+pub use crate::kit::{REPO, agent, docker, eventually, example_server_bin, git, registry, swarm};
 
 /// Calls the example server's `/admin` route `path` (e.g. `/admin/health/unhealthy`) beside
 /// its MCP `endpoint`.
