@@ -69,6 +69,7 @@ async fn scale(n: usize, seconds: u64, port: u16) -> (f64, u64) {
             server_id: format!("s{i}"),
             instance_id: format!("i{i}"),
             addr: ([127, 0, 0, 1], port).into(),
+            alternates: Vec::new(),
             version: "1.0.0".into(),
             check: HealthCheck {
                 endpoint: format!("/health/{i}"),

@@ -628,6 +628,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(recovery::run(control.clone(), shutdown.clone()));
+    tasks.spawn(crate::fleet::follow_failovers(
+        control.view.clone(),
+        control.monitor.failovers(),
+        shutdown.clone(),
+    ));
     let registry = crate::registry::RegistryClient::new(registry_auths, 4);
     let watched = Arc::new(registry_poll::Watched::default());
     tasks.spawn(registry_poll::run(

@@ -124,6 +124,27 @@ fn print_server(s: &ServerView) {
     for (key, value) in rows {
         outln!("{key:>16}: {value}");
     }
+    // Swarm's tasks, one line each: where each replica runs and whether it serves.
+    for (i, t) in s.tasks.iter().enumerate() {
+        let key = if i == 0 { "tasks" } else { "" };
+        outln!("{key:>16}: {}", task_line(t));
+    }
+}
+
+/// `node 4c1f0e9a2b3d  10.0.0.3:30001  running` (plus Swarm's message when there is one).
+fn task_line(t: &crate::runtime::Task) -> String {
+    let short = |id: &str| id.get(..12).unwrap_or(id).to_owned();
+    let mut line = format!(
+        "task {}  node {}  {}  {}",
+        short(&t.id),
+        short(&t.node),
+        t.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string()),
+        t.state
+    );
+    if let Some(m) = &t.message {
+        line.push_str(&format!(" ({m})"));
+    }
+    line
 }
 
 fn print_fleet(client: &Client, fleet: &FleetView) {
@@ -337,6 +358,24 @@ mod tests {
             v[k] = f.clone();
         }
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_swarm_task_line_names_task_node_endpoint_state_and_swarms_message() {
+        let s = view(json!({ "id": "a", "state": "running", "tasks": [
+            { "id": "abcdefghijklmnopqrstuvwxy", "node": "n0123456789abcdef", "endpoint": "10.0.0.3:30001",
+              "state": "running", "desired_state": "running" },
+            { "id": "t2", "node": "n2", "endpoint": null, "state": "pending",
+              "desired_state": "running", "message": "no suitable node" },
+        ]}));
+        assert_eq!(
+            task_line(&s.tasks[0]),
+            "task abcdefghijkl  node n0123456789a  10.0.0.3:30001  running"
+        );
+        assert_eq!(
+            task_line(&s.tasks[1]),
+            "task t2  node n2  -  pending (no suitable node)"
+        );
     }
 
     #[test]

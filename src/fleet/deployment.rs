@@ -49,14 +49,21 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
     let mut servers = Vec::new();
     for server in inputs.servers {
         let d = desired.iter().find(|d| d.server_id() == server.id);
-        let mine: Vec<&Instance> = observed
+        // Where the view routes this server now: kept while that task still serves.
+        let routed = previous
+            .servers
+            .iter()
+            .find(|s| s.id == server.id)
+            .and_then(|s| s.endpoint.as_deref())
+            .and_then(crate::runtime::endpoint_addr);
+        let mine: Vec<Instance> = observed
             .iter()
             .filter(|i| i.server_id == server.id && i.is_running())
+            .map(|i| i.preferring(routed))
             .collect();
         let current = d
             .and_then(|d| mine.iter().find(|i| i.spec_hash == d.spec.spec_hash))
-            .or_else(|| mine.iter().max_by_key(|i| i.started_at))
-            .copied();
+            .or_else(|| mine.iter().max_by_key(|i| i.started_at));
         let matches = matches!((d, current), (Some(d), Some(i)) if i.spec_hash == d.spec.spec_hash);
         let (state, reason) = if held.contains(&server.id) {
             ("stopped", Some("stopped by an operator".to_owned()))
@@ -86,6 +93,7 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
                 server_id: server.id.clone(),
                 instance_id: i.id.clone(),
                 addr,
+                alternates: i.alternates(),
                 version: i.version.to_string(),
                 check: server.health_check.clone(),
                 mcp_path: server.mcp_path.clone(),

@@ -22,4 +22,4 @@ pub use reads::{
     EVENTS_LIMIT, EventPage, HealthEventPage, HealthReport, HealthStatus, MonitoredHealth,
     ROLLOUTS_LIMIT, RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth, after, limit,
 };
-pub use view::{Fleet, FleetView, ServerView, on_rollout_phase};
+pub use view::{Fleet, FleetView, ServerView, follow_failovers, on_rollout_phase};

@@ -159,14 +159,7 @@ impl Fleet {
                 .iter_mut()
                 .find(|s| s.id == instance.server_id)
             {
-                let path = view
-                    .endpoint
-                    .as_deref()
-                    .and_then(|e| {
-                        e.find("://")
-                            .and_then(|i| e[i + 3..].find('/').map(|j| e[i + 3 + j..].to_owned()))
-                    })
-                    .unwrap_or_else(|| "/mcp".to_owned());
+                let path = mcp_path(view.endpoint.as_deref());
                 view.endpoint = instance.base_url().map(|b| format!("{b}{path}"));
                 view.running_version = Some(instance.version.to_string());
                 view.instance_id = Some(instance.id.clone());
@@ -174,6 +167,53 @@ impl Fleet {
                 view.revision = Some(instance.revision.clone());
             }
         });
+    }
+}
+
+impl Fleet {
+    /// Routes `server` to another task of the same instance (the monitor's failover): only
+    /// the endpoint changes, and only while `instance_id` still serves it.
+    pub fn move_to(&self, server: &str, instance_id: &str, addr: std::net::SocketAddr) {
+        self.tx.send_modify(|fleet| {
+            if let Some(view) = fleet
+                .servers
+                .iter_mut()
+                .find(|s| s.id == server && s.instance_id.as_deref() == Some(instance_id))
+            {
+                let path = mcp_path(view.endpoint.as_deref());
+                view.endpoint = Some(format!("http://{addr}{path}"));
+            }
+        });
+    }
+}
+
+/// The path part of an endpoint URL (`/mcp` when there is none).
+fn mcp_path(endpoint: Option<&str>) -> String {
+    endpoint
+        .and_then(|e| {
+            e.find("://")
+                .and_then(|i| e[i + 3..].find('/').map(|j| e[i + 3 + j..].to_owned()))
+        })
+        .unwrap_or_else(|| "/mcp".to_owned())
+}
+
+/// Follows the monitor's failovers into the view until `shutdown`, so the gateway routes
+/// to the task that answers as soon as the monitor found it.
+pub async fn follow_failovers(
+    fleet: Fleet,
+    mut failovers: tokio::sync::broadcast::Receiver<crate::health::Failover>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let f = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            f = failovers.recv() => f,
+        };
+        match f {
+            Ok(f) => fleet.move_to(&f.server_id, &f.instance_id, f.to),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 
@@ -189,6 +229,7 @@ pub fn on_rollout_phase(fleet: &Fleet, monitor: &Monitor, server: &str, phase: R
                     server_id: server.to_owned(),
                     instance_id: instance.id.clone(),
                     addr,
+                    alternates: instance.alternates(),
                     version: instance.version.to_string(),
                     check: desired.health.clone(),
                     mcp_path: desired.mcp_path.clone(),

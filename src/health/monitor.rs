@@ -39,6 +39,10 @@ pub struct Target {
     pub instance_id: String,
     /// Where the instance serves (127.0.0.1 and a port, or a swarm task's node and port).
     pub addr: std::net::SocketAddr,
+    /// The instance's other serving tasks (Swarm replicas): when `addr` stops answering
+    /// and one of these answers healthy, the monitor moves to it (a failover) instead of
+    /// counting a failure.
+    pub alternates: Vec<std::net::SocketAddr>,
     /// The version deployed, compared with the version the server reports.
     pub version: String,
     pub check: HealthCheck,
@@ -62,6 +66,16 @@ pub struct ServerHealth {
     pub override_until: Option<Timestamp>,
     #[serde(skip)]
     override_state: Option<HealthState>,
+}
+
+/// The monitor moved a server to another of its instance's tasks, which answered while
+/// the one it probed did not. Broadcast so the fleet view (and the gateway) follow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failover {
+    pub server_id: String,
+    pub instance_id: String,
+    pub from: std::net::SocketAddr,
+    pub to: std::net::SocketAddr,
 }
 
 /// A transition, as broadcast to subscribers.
@@ -108,6 +122,7 @@ struct Inner {
     entries: Mutex<HashMap<String, Entry>>,
     permits: Semaphore,
     tx: broadcast::Sender<TransitionEvent>,
+    failovers: broadcast::Sender<Failover>,
     latency: crate::metrics::Histogram,
 }
 
@@ -176,6 +191,7 @@ impl Monitor {
                 entries: Mutex::new(HashMap::new()),
                 permits: Semaphore::new(max_in_flight.max(1)),
                 tx,
+                failovers: broadcast::channel(64).0,
                 latency: crate::metrics::Histogram::default(),
             }),
         }
@@ -198,6 +214,59 @@ impl Monitor {
 
     pub fn subscribe(&self) -> broadcast::Receiver<TransitionEvent> {
         self.inner.tx.subscribe()
+    }
+
+    /// Failovers between an instance's tasks, as they happen.
+    pub fn failovers(&self) -> broadcast::Receiver<Failover> {
+        self.inner.failovers.subscribe()
+    }
+
+    /// `target`'s probe failed at its address and `to`, another of its instance's tasks,
+    /// answered healthy: probing moves there (the health state stays), the move is
+    /// recorded, and subscribers are told. False when the server moved on meanwhile.
+    fn fail_over(&self, target: &Target, to: std::net::SocketAddr, why: &str) -> bool {
+        {
+            let mut entries = self.entries();
+            let Some(e) = entries.get_mut(&target.server_id) else {
+                return false;
+            };
+            if e.target != *target {
+                return false;
+            }
+            let mut moved = target.clone();
+            moved.addr = to;
+            moved.alternates = target
+                .alternates
+                .iter()
+                .copied()
+                .filter(|a| *a != to)
+                .chain(std::iter::once(target.addr))
+                .collect();
+            e.stop.cancel();
+            e.stop = self.spawn(&moved);
+            e.target = moved;
+        }
+        let detail = format!(
+            "{} did not answer ({why}); {to} did: serving from there",
+            target.addr
+        );
+        info!(server = %target.server_id, %detail, "failover");
+        self.record(NewHealthEvent {
+            server_id: target.server_id.clone(),
+            at: Timestamp::now(),
+            kind: "failover".into(),
+            from_state: None,
+            to_state: None,
+            detail,
+            instance_id: Some(target.instance_id.clone()),
+        });
+        let _ = self.inner.failovers.send(Failover {
+            server_id: target.server_id.clone(),
+            instance_id: target.instance_id.clone(),
+            from: target.addr,
+            to,
+        });
+        true
     }
 
     /// Sets what is monitored: new servers start probing, servers gone stop, a server whose
@@ -668,6 +737,20 @@ async fn probe_loop(
             return;
         }
         monitor.inner.latency.observe(result.latency_ms / 1000.0);
+        // Another task of the instance may still serve: move there rather than count a
+        // failure (the next probes, from the new task, are the server's health).
+        if result.outcome.is_failure() {
+            for alt in &target.alternates {
+                let r = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = monitor.inner.prober.probe(target.check.probe, *alt, &endpoint, timeout) => r,
+                };
+                if r.outcome.is_success() && monitor.fail_over(&target, *alt, &result.detail) {
+                    monitor.observe(&target, r);
+                    return;
+                }
+            }
+        }
         monitor.observe(&target, result);
     }
 }

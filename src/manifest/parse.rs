@@ -48,7 +48,7 @@ pub const DOCKER_FIELDS: &[&str] = &[
 ];
 /// Docker fields a manifest before 1.2 may not use: only a scheduling runtime honours them.
 pub const V1_2_DOCKER_FIELDS: &[&str] = &["replicas", "placement"];
-pub const PLACEMENT_FIELDS: &[&str] = &["constraints"];
+pub const PLACEMENT_FIELDS: &[&str] = &["constraints", "max_replicas_per_node"];
 /// The most replicas of one server a manifest may ask for.
 pub const MAX_REPLICAS: u32 = 64;
 pub const RESOURCES_FIELDS: &[&str] = &["memory_mb", "cpus"];
@@ -416,9 +416,9 @@ fn docker(d: &mut Decoder, node: &Node, path: &str, version: SchemaVersion) -> O
         }
         None => 1,
     };
-    let constraints = match obj.get("placement") {
+    let (constraints, max_per_node) = match obj.get("placement") {
         Some(n) => placement(d, n, &join(path, "placement")),
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     let image = d
         .required(&obj, "image")
@@ -450,26 +450,39 @@ fn docker(d: &mut Decoder, node: &Node, path: &str, version: SchemaVersion) -> O
         resources,
         replicas,
         constraints,
+        max_per_node,
     })
 }
 
-/// `placement: { constraints: [...] }`: Swarm's own constraint expressions
-/// (`node.labels.zone==a`, `node.role!=manager`), checked for their shape here so a typo is
-/// a located error rather than a service Swarm never places.
-fn placement(d: &mut Decoder, node: &Node, path: &str) -> Vec<String> {
+/// `placement: { constraints: [...], max_replicas_per_node: N }`: Swarm's own constraint
+/// expressions (`node.labels.zone==a`, `node.role!=manager`), checked for their shape here
+/// so a typo is a located error rather than a service Swarm never places, and at most N of
+/// the server's tasks on one node.
+fn placement(d: &mut Decoder, node: &Node, path: &str) -> (Vec<String>, Option<u32>) {
     let Some(obj) = d.object(node, path, PLACEMENT_FIELDS) else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
+    let max_per_node = obj.get("max_replicas_per_node").and_then(|n| {
+        let at = join(path, "max_replicas_per_node");
+        match d.integer::<u32>(n, &at, "a number of tasks (at least 1)") {
+            Some(0) => {
+                d.error(&at, "0 tasks per node places nothing; omit it for no limit");
+                None
+            }
+            other => other,
+        }
+    });
     let at = join(path, "constraints");
-    let Some(list) = obj.get("constraints").and_then(|n| d.string_list(n, &at)) else {
-        return Vec::new();
-    };
+    let list = obj
+        .get("constraints")
+        .and_then(|n| d.string_list(n, &at))
+        .unwrap_or_default();
     for (i, c) in list.iter().enumerate() {
         if let Err(why) = check_placement(c) {
             d.error(&index(&at, i), why);
         }
     }
-    list
+    (list, max_per_node)
 }
 
 /// A constraint is `ATTRIBUTE==VALUE` or `ATTRIBUTE!=VALUE` (Swarm's grammar).

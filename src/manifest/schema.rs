@@ -124,7 +124,8 @@ pub fn json_schema() -> Value {
                                 "type": "array",
                                 "items": { "type": "string", "pattern": "^[^=!]+(==|!=).+$" },
                                 "description": "Swarm constraint expressions, e.g. node.labels.zone==a"
-                            }
+                            },
+                            "max_replicas_per_node": { "type": "integer", "minimum": 1, "description": "At most this many of the server's tasks on one node." }
                         }
                     }
                 }

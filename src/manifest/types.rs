@@ -151,6 +151,8 @@ pub struct DockerSpec {
     pub replicas: u32,
     /// Swarm placement constraints (schema 1.2), e.g. `node.labels.zone==a`.
     pub constraints: Vec<String>,
+    /// At most this many of the server's tasks on one node (schema 1.2, Swarm).
+    pub max_per_node: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

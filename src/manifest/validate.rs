@@ -202,7 +202,7 @@ fn unscheduled(d: &mut Decoder, m: &Manifest, runtime: TargetRuntime) {
                 ),
             );
         }
-        if !docker.constraints.is_empty() {
+        if !docker.constraints.is_empty() || docker.max_per_node.is_some() {
             d.error(
                 &join(&path, "placement"),
                 format!(

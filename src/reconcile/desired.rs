@@ -122,6 +122,7 @@ fn one(
                 resources: d.resources.clone(),
                 replicas: d.replicas,
                 constraints: d.constraints.clone(),
+                max_per_node: d.max_per_node,
             };
             (Some(docker), None, d.host_port)
         }
@@ -187,6 +188,9 @@ pub fn spec_hash(spec: &InstanceSpec) -> String {
         }
         for c in &d.constraints {
             field("constraint", c);
+        }
+        if let Some(n) = d.max_per_node {
+            field("max_per_node", &n.to_string());
         }
     }
     if let Some(p) = &spec.process {

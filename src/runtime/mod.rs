@@ -96,6 +96,8 @@ pub struct DockerInstance {
     pub replicas: u32,
     /// Swarm placement constraints.
     pub constraints: Vec<String>,
+    /// At most this many tasks on one node (Swarm).
+    pub max_per_node: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -153,6 +155,42 @@ impl Instance {
     pub fn base_url(&self) -> Option<String> {
         self.addr().map(|a| format!("http://{a}"))
     }
+
+    /// Where its tasks serve (running, port published), Swarm's only; empty elsewhere.
+    pub fn serving(&self) -> Vec<SocketAddr> {
+        self.tasks
+            .iter()
+            .filter(|t| t.state == "running")
+            .filter_map(|t| t.endpoint)
+            .collect()
+    }
+
+    /// The same instance, serving at `preferred` when that is one of its serving tasks:
+    /// where the agent already routes stays put while it serves (a failover's target, a
+    /// task older replacements must not take over from).
+    pub fn preferring(&self, preferred: Option<SocketAddr>) -> Instance {
+        let mut i = self.clone();
+        if let Some(p) = preferred.filter(|p| self.serving().contains(p)) {
+            i.host = Some(p.ip());
+            i.host_port = Some(p.port());
+        }
+        i
+    }
+
+    /// The other serving tasks' addresses, for a failover.
+    pub fn alternates(&self) -> Vec<SocketAddr> {
+        let here = self.addr();
+        self.serving()
+            .into_iter()
+            .filter(|a| Some(*a) != here)
+            .collect()
+    }
+}
+
+/// `ADDR:PORT` out of an endpoint URL (`http://10.0.0.3:30001/mcp`).
+pub fn endpoint_addr(endpoint: &str) -> Option<SocketAddr> {
+    let rest = endpoint.split_once("://")?.1;
+    rest.split('/').next()?.parse().ok()
 }
 
 /// One task of a Swarm service: where the orchestrator placed a replica, and whether it

@@ -54,7 +54,7 @@ async fn schemathesis_finds_no_failure_in_the_documented_api() {
         .wait_running("fuzzed", "1.0.0", Duration::from_secs(20))
         .await;
     let work = tempfile::tempdir().unwrap();
-    let run = || {
+    let run = |seed: u32| {
         let st = st.clone();
         let url = format!("{}/openapi.json", agent.url);
         let cwd = work.path().to_owned();
@@ -69,10 +69,13 @@ async fn schemathesis_finds_no_failure_in_the_documented_api() {
                     "60",
                     "--request-timeout",
                     "5",
+                    // One worker: with two, Hypothesis' lambda-source cache is shared between
+                    // threads and once crashed the tool (a `KeyError` raised as a
+                    // `FlakyFailure`) in both runs of one CI job.
                     "--workers",
-                    "2",
+                    "1",
                     "--seed",
-                    "2",
+                    &seed.to_string(),
                     "--exclude-path",
                     "/events",
                     "--exclude-path",
@@ -89,7 +92,7 @@ async fn schemathesis_finds_no_failure_in_the_documented_api() {
                 .expect("schemathesis runs")
         }
     };
-    let mut out = tokio::time::timeout(Duration::from_secs(240), run())
+    let mut out = tokio::time::timeout(Duration::from_secs(240), run(2))
         .await
         .expect("schemathesis finishes within 240 s");
     let text = |o: &std::process::Output| {
@@ -99,14 +102,16 @@ async fn schemathesis_finds_no_failure_in_the_documented_api() {
             String::from_utf8_lossy(&o.stderr)
         )
     };
-    // A crash inside the tool itself (not a finding about the API) gets one more run.
+    // A crash inside the tool itself (not a finding about the API) gets one more run, with
+    // another seed: such a crash (a Hypothesis `FlakyFailure` while drawing a case) follows
+    // the seed, so the same one would only crash again.
     let tool_crashed = |t: &str| t.contains("Runtime Error") && !t.contains("Failures:");
     if !out.status.success() && tool_crashed(&text(&out)) {
         eprintln!(
             "schemathesis crashed on its own; running it once more:\n{}",
             text(&out)
         );
-        out = tokio::time::timeout(Duration::from_secs(240), run())
+        out = tokio::time::timeout(Duration::from_secs(240), run(3))
             .await
             .expect("schemathesis finishes within 240 s");
     }

@@ -285,8 +285,8 @@ async fn swarm_places_by_constraint_upgrades_and_rolls_back_under_load_and_follo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_server_with_two_replicas_is_reachable_through_the_gateway_when_either_node_is_down() {
-    let name = "a_server_with_two_replicas_is_reachable";
+async fn a_server_with_two_replicas_answers_every_call_through_the_gateway_when_either_node_dies() {
+    let name = "a_server_with_two_replicas_answers_every_call";
     if !swarm_or_skip(name) {
         return;
     }
@@ -296,36 +296,71 @@ async fn a_server_with_two_replicas_is_reachable_through_the_gateway_when_either
         &manifest(&[server(
             "gamma",
             "1.0.0",
-            "      replicas: 2\n      placement: { constraints: [\"node.role==worker\"] }\n",
+            "      replicas: 2\n      placement: { constraints: [\"node.role==worker\"], max_replicas_per_node: 1 }\n",
         )]),
-        "two replicas",
+        "two replicas, one per worker",
     );
     let agent = agent(&repo, &swarm).await;
     agent.wait_running("gamma", "1.0.0", DEADLINE).await;
-    // Swarm spreads a service's replicas over the nodes it may use: one on each worker.
-    let mut nodes = nodes_of(&agent, &swarm, "gamma").await;
-    nodes.sort();
-    assert_eq!(nodes, [2, 3]);
+    let both = || async {
+        let mut nodes = nodes_of(&agent, &swarm, "gamma").await;
+        nodes.sort();
+        (nodes == [2, 3]).then_some(())
+    };
+    eventually(DEADLINE, "a task on each worker", both).await;
     let client = gateway_client(&agent, 3).await;
 
-    for (down, up) in [(3, 2), (2, 3)] {
+    // Each round kills the node the gateway routes to: first one worker, then the other.
+    for round in 0..2 {
+        let view = agent.server("gamma").await.unwrap();
+        let routed = view["endpoint"].as_str().unwrap().to_owned();
+        let down = (2..=3)
+            .find(|n| routed.starts_with(&format!("http://{}:", swarm.node_addr(*n))))
+            .unwrap_or_else(|| panic!("round {round}: {routed} is on no worker"));
+        let up = 5 - down;
         let s = swarm.clone();
         blocking(move || s.stop_node(down)).await;
-        eventually(
-            DEADLINE,
-            &format!("gamma answering through the gateway with node {down} down"),
-            || async {
-                let r = call(&client, "gamma_echo", json!({ "text": "hi" })).await;
-                let view = agent.server("gamma").await?;
-                let endpoint = view["endpoint"].as_str()?.to_owned();
-                (r.is_error != Some(true)
-                    && endpoint.starts_with(&format!("http://{}:", swarm.node_addr(up))))
-                .then_some(())
-            },
-        )
-        .await;
+        // Every call from the moment the node is gone is answered: the monitor moves to
+        // the other task at its next probe, long before Swarm declares the node down, and
+        // the gateway sends a call that found the dead task there.
+        let since = Instant::now();
+        let mut failures = Vec::new();
+        let mut calls = 0;
+        while since.elapsed() < Duration::from_secs(2) {
+            let params = CallToolRequestParams::new("gamma_echo")
+                .with_arguments(json!({ "text": "hi" }).as_object().unwrap().clone());
+            match tokio::time::timeout(Duration::from_secs(10), client.call_tool(params)).await {
+                Ok(Ok(r)) if r.is_error != Some(true) => {}
+                other => failures.push(format!("{other:?}")),
+            }
+            calls += 1;
+        }
+        assert!(
+            failures.is_empty(),
+            "round {round}, node {down} down: {failures:#?}"
+        );
+        assert!(calls >= 5, "only {calls} calls");
+        let now = agent.server("gamma").await.unwrap();
+        assert!(
+            now["endpoint"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("http://{}:", swarm.node_addr(up))),
+            "{now}"
+        );
+        let (_, h) = agent.get("/servers/gamma/health/events").await;
+        let failovers = h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "failover")
+            .count();
+        assert_eq!(failovers, round + 1, "{h:#}");
+        // Back up, the node gets its task again (one per node), and the next round can
+        // fail over to it.
         let s = swarm.clone();
         blocking(move || s.start_node(down)).await;
+        eventually(DEADLINE, "a task on each worker again", both).await;
     }
     Arc::try_unwrap(client).ok().unwrap().cancel().await.ok();
     agent.stop().await;

@@ -240,6 +240,7 @@ pub fn example_spec(server_id: &str, version: &str, image: &str) -> InstanceSpec
             resources: Resources::default(),
             replicas: 1,
             constraints: Vec::new(),
+            max_per_node: None,
         }),
         process: None,
     }

@@ -448,7 +448,7 @@ impl Runtime for SwarmRuntime {
                 "the server has no `docker` section, so the Swarm runtime cannot start it".into(),
             ));
         };
-        let name = container_name(&spec.server_id, &spec.version);
+        let name = spec::service_name(&container_name(&spec.server_id, &spec.version));
         let service = spec::service_spec(spec, docker, &name, &self.owner);
         let created = self
             .docker

@@ -28,6 +28,19 @@ pub const TASK_SERVER: &str = "io.mcp-orchestration.swarm.server";
 /// than a probe interval; a crashed server should come back sooner.
 pub const RESTART_DELAY: Duration = Duration::from_secs(1);
 
+/// Swarm refuses service names longer than a DNS label.
+const MAX_NAME: usize = 63;
+
+/// The Docker runtime's container name (`mcp-{server}-{version}-{8 hex}`), with the server
+/// and version part cut so the whole is a valid service name; the random suffix stays.
+pub fn service_name(container_name: &str) -> String {
+    if container_name.len() <= MAX_NAME {
+        return container_name.to_owned();
+    }
+    let (head, suffix) = container_name.split_at(container_name.len() - 9);
+    format!("{}{suffix}", head[..MAX_NAME - 9].trim_end_matches('-'))
+}
+
 /// The labels a service of `owner` carries: the same keys as the Docker runtime's
 /// containers, so a restarted agent adopts its services the same way.
 pub fn service_labels(spec: &InstanceSpec, owner: &str) -> HashMap<String, String> {
@@ -78,10 +91,13 @@ pub fn service_spec(
                 delay: Some(RESTART_DELAY.as_nanos() as i64),
                 ..Default::default()
             }),
-            placement: (!docker.constraints.is_empty()).then(|| TaskSpecPlacement {
-                constraints: Some(docker.constraints.clone()),
-                ..Default::default()
-            }),
+            placement: (!docker.constraints.is_empty() || docker.max_per_node.is_some()).then(
+                || TaskSpecPlacement {
+                    constraints: Some(docker.constraints.clone()),
+                    max_replicas: docker.max_per_node.map(i64::from),
+                    ..Default::default()
+                },
+            ),
             ..Default::default()
         }),
         mode: Some(ServiceSpecMode {
@@ -141,6 +157,7 @@ mod tests {
                 },
                 replicas,
                 constraints: constraints.iter().map(|c| c.to_string()).collect(),
+                max_per_node: (!constraints.is_empty()).then_some(1),
             }),
             process: None,
         }
@@ -177,6 +194,7 @@ mod tests {
             task.placement.as_ref().unwrap().constraints.as_deref(),
             Some(&["node.labels.zone==a".to_owned()][..])
         );
+        assert_eq!(task.placement.as_ref().unwrap().max_replicas, Some(1));
         let container = task.container_spec.as_ref().unwrap();
         assert_eq!(
             container.env.as_deref(),
@@ -193,6 +211,16 @@ mod tests {
         let limits = task.resources.as_ref().unwrap().limits.as_ref().unwrap();
         assert_eq!(limits.memory_bytes, Some(64 * 1024 * 1024));
         assert_eq!(limits.nano_cpus, Some(500_000_000));
+    }
+
+    #[test]
+    fn a_long_name_is_cut_to_a_dns_label_keeping_its_random_suffix() {
+        assert_eq!(service_name("mcp-a-1-0-0-0123abcd"), "mcp-a-1-0-0-0123abcd");
+        let long = format!("mcp-{}-1-0-0-0123abcd", "s".repeat(63));
+        let name = service_name(&long);
+        assert_eq!(name.len(), 63);
+        assert!(name.starts_with("mcp-sss"), "{name}");
+        assert!(name.ends_with("-0123abcd"), "{name}");
     }
 
     #[test]
