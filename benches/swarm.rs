@@ -166,8 +166,8 @@ async fn node_losses(swarm: Arc<Swarm>, rounds: usize) -> Vec<Loss> {
         let service = view["instance_id"].as_str().unwrap().to_owned();
 
         let s = swarm.clone();
-        blocking(move || s.stop_node(lost)).await;
         let stopped = Instant::now();
+        blocking(move || s.stop_node(lost)).await;
         let ms = move || stopped.elapsed().as_secs_f64() * 1000.0;
         // Swarm's side, watched through the manager in the blocking pool meanwhile.
         let s = swarm.clone();
@@ -225,6 +225,105 @@ async fn node_losses(swarm: Arc<Swarm>, rounds: usize) -> Vec<Loss> {
     losses
 }
 
+/// Two replicas, one per worker; each round stops the node the gateway routes to while a
+/// client calls in a loop. Per round: ms until the view routes to the other task (the
+/// monitor's failover), and the calls made and failed in the 3 s after the stop.
+async fn replica_failovers(swarm: Arc<Swarm>, rounds: usize) -> Vec<(f64, usize, usize)> {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &manifest(
+            "1.0.0",
+            "      replicas: 2\n      placement: { constraints: [\"node.role==worker\"], max_replicas_per_node: 1 }\n",
+        ),
+        "two replicas",
+    );
+    let agent = start_agent(
+        repo.remote().to_str().unwrap(),
+        options(RuntimeChoice::Swarm, Some(swarm.docker_host().to_owned())),
+    )
+    .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let both = || async {
+        let v = healthy(&http, &agent.url, "1.0.0").await?;
+        let serving = v["tasks"]
+            .as_array()?
+            .iter()
+            .filter(|t| t["state"] == "running" && t["endpoint"].is_string())
+            .count();
+        (serving == 2).then_some(v)
+    };
+    let until = Instant::now() + DEADLINE;
+    while both().await.is_none() {
+        assert!(Instant::now() < until, "two serving tasks never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("swarm-bench", "0"),
+    )
+    .serve(StreamableHttpClientTransport::from_uri(
+        agent.gateway.clone().unwrap(),
+    ))
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let view = both().await.unwrap();
+        let endpoint = view["endpoint"].as_str().unwrap().to_owned();
+        let lost = (2..=3)
+            .find(|n| endpoint.contains(&format!("//{}:", swarm.node_addr(*n))))
+            .unwrap();
+        let other = format!("//{}:", swarm.node_addr(5 - lost));
+        // The stop runs beside the calls: from its first signal the node's containers go.
+        let s = swarm.clone();
+        let stopped = Instant::now();
+        let stopping = tokio::task::spawn_blocking(move || s.stop_node(lost));
+        let (mut moved, mut calls, mut failed) = (None, 0, 0);
+        while stopped.elapsed() < Duration::from_secs(3) {
+            let r = client
+                .call_tool(CallToolRequestParams::new("bench_server_version"))
+                .await;
+            calls += 1;
+            match r {
+                Ok(r) if r.is_error != Some(true) => {}
+                other => {
+                    failed += 1;
+                    eprintln!("round {round}: a failed call: {other:?}");
+                }
+            }
+            if moved.is_none() {
+                let v: Value = http
+                    .get(format!("{}/servers/bench", agent.url))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if v["endpoint"].as_str().is_some_and(|e| e.contains(&other)) {
+                    moved = Some(stopped.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+        }
+        stopping.await.unwrap();
+        let moved = moved.unwrap_or_else(|| panic!("round {round}: the view never moved"));
+        eprintln!(
+            "round {round}: node {lost} lost: routed elsewhere after {moved:.0} ms; {failed} of {calls} calls failed"
+        );
+        out.push((moved, calls, failed));
+        let s = swarm.clone();
+        blocking(move || s.start_node(lost)).await;
+        let until = Instant::now() + DEADLINE;
+        while both().await.is_none() {
+            assert!(Instant::now() < until, "the task did not come back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = client.cancel().await;
+    drop(agent);
+    out
+}
+
 fn row(name: &str, samples: &mut [f64]) {
     samples.sort_by(f64::total_cmp);
     println!(
@@ -264,7 +363,9 @@ async fn main() {
     ]);
 
     let losses = node_losses(swarm.clone(), rounds).await;
-    println!("Node lost (dispatcher heartbeat {heartbeat} ns), ms after its engine stopped:\n");
+    println!(
+        "Node lost (dispatcher heartbeat {heartbeat}), ms after its engine was told to stop:\n"
+    );
     println!("| step | rounds | median | p95 | max |");
     println!("|---|---|---|---|---|");
     let column = |f: fn(&Loss) -> f64| losses.iter().map(f).collect::<Vec<f64>>();
@@ -284,6 +385,21 @@ async fn main() {
         "a call through the gateway answered",
         &mut column(|l| l.routed),
     );
+
+    let failovers = replica_failovers(swarm.clone(), rounds).await;
+    let (calls, failed) = failovers
+        .iter()
+        .fold((0, 0), |(c, f), r| (c + r.1, f + r.2));
+    println!(
+        "\nTwo replicas, the routed task's node lost, ms after its engine was told to stop:\n"
+    );
+    println!("| step | rounds | median | p95 | max |");
+    println!("|---|---|---|---|---|");
+    row(
+        "the view (and the gateway) route to the other task (monitor failover)",
+        &mut failovers.iter().map(|r| r.0).collect::<Vec<f64>>(),
+    );
+    println!("\nCalls in the 3 s after each stop: {calls} made, {failed} failed.");
 
     let mut docker = commit_to_healthy(RuntimeChoice::Docker, None, pushes).await;
     let mut on_swarm = commit_to_healthy(RuntimeChoice::Swarm, Some(&swarm), pushes).await;
