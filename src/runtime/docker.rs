@@ -723,19 +723,8 @@ impl Runtime for DockerRuntime {
 
     #[instrument(name = "docker_logs", skip_all, fields(container = %id, lines))]
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .follow(false)
-            .tail(&lines.to_string())
-            .build();
-        let mut stream = self.docker.logs(id, Some(options));
-        let mut text = String::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.operation_error("logs", id, &e))?;
-            text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-        }
-        Ok(text)
+        let stream = self.docker.logs(id, Some(tail_options(lines)));
+        read_logs(stream, |e| self.operation_error("logs", id, e)).await
     }
 
     /// The receiver is subscribed before the follower task starts, so it misses nothing the
@@ -1013,6 +1002,30 @@ fn restart_policy_name(policy: RestartPolicy) -> RestartPolicyNameEnum {
         RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
     }
+}
+
+/// The last `lines` lines of stdout and stderr, without following.
+pub(super) fn tail_options(lines: usize) -> bollard::query_parameters::LogsOptions {
+    LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .follow(false)
+        .tail(&lines.to_string())
+        .build()
+}
+
+/// A log stream (a container's or a service's) read to its end as text.
+pub(super) async fn read_logs(
+    stream: impl futures::Stream<Item = Result<bollard::container::LogOutput, BollardError>>,
+    error: impl Fn(&BollardError) -> RuntimeError,
+) -> Result<String, RuntimeError> {
+    let mut stream = std::pin::pin!(stream);
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error(&e))?;
+        text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+    }
+    Ok(text)
 }
 
 /// Docker's stop timeout is whole seconds; round up so the grace is never shortened, and

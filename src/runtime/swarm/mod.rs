@@ -29,18 +29,17 @@ use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::Service;
 use bollard::query_parameters::{
-    ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
+    ListNodesOptions, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
     UpdateServiceOptionsBuilder,
 };
-use futures::StreamExt;
 use jiff::Timestamp;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::docker::{
-    DockerRuntime, container_name, daemon_message, is_connection_error, owned_by, start_failure,
-    status_code,
+    DockerRuntime, container_name, daemon_message, is_connection_error, owned_by, read_logs,
+    start_failure, status_code, tail_options,
 };
 use super::{
     Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, labels,
@@ -534,19 +533,8 @@ impl Runtime for SwarmRuntime {
     }
 
     async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .follow(false)
-            .tail(&lines.to_string())
-            .build();
-        let mut stream = self.docker.service_logs(id, Some(options));
-        let mut text = String::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.operation_error("logs", id, &e))?;
-            text.push_str(&String::from_utf8_lossy(chunk.as_ref()));
-        }
-        Ok(text)
+        let stream = self.docker.service_logs(id, Some(tail_options(lines)));
+        read_logs(stream, |e| self.operation_error("logs", id, e)).await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<RuntimeEvent> {
