@@ -187,6 +187,24 @@ async fn swarm_places_by_constraint_upgrades_and_rolls_back_under_load_and_follo
     .await;
     let upgraded = agent.server("alpha").await.unwrap();
     assert_ne!(upgraded["instance_id"], alpha_service.as_str());
+    // The record says which strategy ran, and why.
+    let (_, rollouts) = agent.get("/servers/alpha/rollouts?limit=1").await;
+    let (_, detail) = agent
+        .get(&format!("/rollouts/{}", rollouts["rollouts"][0]["id"]))
+        .await;
+    let started = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "started")
+        .unwrap_or_else(|| panic!("no started step: {detail}"))["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        started.starts_with("1.0.0 → 1.1.0 (beside, trigger commit): a Swarm service for the new version beside the old one's, not Swarm's rolling update"),
+        "{started}"
+    );
     assert_eq!(nodes_of(&agent, &swarm, "alpha").await, [2]);
     eventually(DEADLINE, "1.0.0's service to be removed", || async {
         let services = swarm.manager(&["service", "ls", "--quiet"]);
@@ -278,6 +296,37 @@ async fn swarm_places_by_constraint_upgrades_and_rolls_back_under_load_and_follo
     }
     assert!(answered >= 6, "only {answered} calls were answered");
     assert!(!client.is_closed(), "one client session throughout");
+
+    // A placement no node satisfies fails its start with Swarm's reason, in seconds rather
+    // than at the start deadline, and leaves no service behind.
+    let delta = server(
+        "delta",
+        "1.0.0",
+        "      placement: { constraints: [\"node.labels.name==nowhere\"] }\n",
+    );
+    repo.push_manifest(
+        &manifest(&[alpha("1.1.0", ""), beta.clone(), delta]),
+        "delta, placed nowhere",
+    );
+    let asked = Instant::now();
+    let failed = eventually(DEADLINE, "delta to fail with Swarm's reason", || async {
+        let d = agent.server("delta").await?;
+        (d["state"] == "failed").then_some(d)
+    })
+    .await;
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("Swarm cannot place its tasks: no suitable node"),
+        "{failed}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        asked.elapsed()
+    );
+    let services = swarm.manager(&["service", "ls", "--format", "{{.Name}}"]);
+    assert!(!services.contains("mcp-delta-"), "{services}");
+
     Arc::try_unwrap(client).ok().unwrap().cancel().await.ok();
     agent.stop().await;
     // The teardown blocks too.

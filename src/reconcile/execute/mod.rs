@@ -128,6 +128,21 @@ impl Strategy {
             Strategy::StopThenStart => "stop_then_start",
         }
     }
+
+    /// Why, in words for the rollout's timeline, on `runtime`.
+    pub fn why(self, runtime: crate::runtime::RuntimeKind) -> &'static str {
+        match (self, runtime) {
+            (Strategy::StopThenStart, _) => {
+                "the fixed host_port is held by the running instance, so it stops first"
+            }
+            (Strategy::Beside, crate::runtime::RuntimeKind::Swarm) => {
+                "a Swarm service for the new version beside the old one's, not Swarm's rolling update: our health gate on every task and the tool-set guard decide before traffic moves"
+            }
+            (Strategy::Beside, _) => {
+                "the new instance starts beside the old one, which serves until the new one passed its gate"
+            }
+        }
+    }
 }
 
 /// A rollout's phases, as [`Executor::on_phase`] reports them.

@@ -64,10 +64,11 @@ impl Executor {
             id,
             "started",
             Some(format!(
-                "{from_text} → {} ({}, trigger {})",
+                "{from_text} → {} ({}, trigger {}): {}",
                 desired.spec.version,
                 strategy.as_str(),
-                ctx.trigger.as_str()
+                ctx.trigger.as_str(),
+                strategy.why(self.runtime.kind())
             )),
         )
         .await;

@@ -52,6 +52,8 @@ const RUNTIME: &str = "swarm";
 /// How long `start` waits for the new service's tasks to run. Nodes may have to pull the
 /// image first.
 const START_DEADLINE: Duration = Duration::from_secs(120);
+/// How long `start` lets Swarm try to place a task it has no suitable node for.
+const PLACEMENT_GRACE: Duration = Duration::from_secs(5);
 /// How often `start` and the task watch read the tasks (API 1.41 has no task events).
 const TASK_POLL: Duration = Duration::from_millis(250);
 const EVENT_CHANNEL_CAPACITY: usize = 256;
@@ -274,6 +276,7 @@ impl SwarmRuntime {
     ) -> Result<Instance, RuntimeError> {
         let deadline = tokio::time::Instant::now() + START_DEADLINE;
         let mut last = String::from("no task scheduled");
+        let mut unplaceable_since: Option<tokio::time::Instant> = None;
         loop {
             let tasks = self
                 .docker
@@ -303,6 +306,21 @@ impl SwarmRuntime {
                 })
             }) {
                 return Err(start_failure(spec, failed));
+            }
+            // Swarm retries a placement forever; a start gives it a few seconds (a node
+            // may just be joining), then says why rather than waiting out the deadline.
+            match (tasks::unplaceable(&tasks), unplaceable_since) {
+                (Some(why), Some(since)) if since.elapsed() >= PLACEMENT_GRACE => {
+                    return Err(start_failure(
+                        spec,
+                        format!(
+                            "Swarm cannot place its tasks: {why}; check `placement.constraints` against the nodes' labels (`docker node ls`, `docker node inspect`)"
+                        ),
+                    ));
+                }
+                (Some(_), None) => unplaceable_since = Some(tokio::time::Instant::now()),
+                (Some(_), Some(_)) => {}
+                (None, _) => unplaceable_since = None,
             }
             if let Some(instance) = self.instance("start", id).await? {
                 let serving = instance.tasks.iter().filter(|t| tasks::serves(t)).count();

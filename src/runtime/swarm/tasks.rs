@@ -124,6 +124,23 @@ fn task_view(task: &SwarmTask, nodes: &HashMap<String, NodeInfo>) -> Task {
     }
 }
 
+/// Swarm's reason when it cannot place a task of the service anywhere (it keeps the task
+/// `pending` with "no suitable node (...)" and tries again whenever the nodes change).
+pub fn unplaceable(tasks: &[SwarmTask]) -> Option<String> {
+    tasks
+        .iter()
+        .filter(|t| t.desired_state == Some(TaskState::RUNNING))
+        .filter_map(|t| t.status.as_ref())
+        .filter(|s| s.state == Some(TaskState::PENDING))
+        .find_map(|s| {
+            [s.err.as_deref(), s.message.as_deref()]
+                .into_iter()
+                .flatten()
+                .find(|m| m.contains("no suitable node"))
+                .map(str::to_owned)
+        })
+}
+
 /// A service of ours and its tasks as an instance; `Err` when our labels on it are broken.
 pub fn instance(
     service: &Service,
@@ -349,6 +366,25 @@ mod tests {
         assert_eq!(i.addr(), None);
         let i = instance(&service(0), &[], &nodes()).unwrap();
         assert_eq!(i.state, InstanceState::Exited { code: None });
+    }
+
+    #[test]
+    fn a_task_swarm_cannot_place_is_told_apart_from_one_on_its_way() {
+        let mut stuck = task("p", "", 1, TaskState::PENDING, TaskState::RUNNING, None);
+        stuck.status.as_mut().unwrap().err =
+            Some("no suitable node (scheduling constraints not satisfied on 3 nodes)".into());
+        assert_eq!(
+            unplaceable(&[stuck.clone()]).as_deref(),
+            Some("no suitable node (scheduling constraints not satisfied on 3 nodes)")
+        );
+        let coming = task("c", "n1", 1, TaskState::PENDING, TaskState::RUNNING, None);
+        assert_eq!(unplaceable(&[coming]), None);
+        stuck.desired_state = Some(TaskState::SHUTDOWN);
+        assert_eq!(
+            unplaceable(&[stuck]),
+            None,
+            "a task Swarm gave up is not the service's"
+        );
     }
 
     #[test]
