@@ -84,9 +84,24 @@ pub async fn watch_exits(
 const REPLACEMENT_WINDOW: Duration = Duration::from_secs(30);
 
 /// What the runtime says it is doing to bring the server's instance back, if anything.
+/// The instance is the one the view routes to, or else (nothing serves while a task is
+/// replaced, so the view has none) the server's newest one the runtime lists.
 async fn runtime_replacing(state: &Control, server: &str) -> Option<String> {
-    let instance = state.view.server(server)?.instance_id?;
-    state.executor.runtime().replacing(&instance).await
+    let runtime = state.executor.runtime();
+    let instance = match state.view.server(server).and_then(|s| s.instance_id) {
+        Some(id) => id,
+        None => {
+            runtime
+                .list()
+                .await
+                .ok()?
+                .into_iter()
+                .filter(|i| i.server_id == server)
+                .max_by_key(|i| i.started_at)?
+                .id
+        }
+    };
+    runtime.replacing(&instance).await
 }
 
 /// Waits while the runtime heals the server itself: for its grace at the first attempt of
@@ -305,7 +320,14 @@ async fn recover(
         // a node dies) gets its time first, and while it brings a replacement up, recovery
         // waits for that instead of starting another instance.
         if wait_for_runtime(&state, &server, attempt == 0, &shutdown).await {
-            continue;
+            match watch(&state, &server, span, &shutdown).await {
+                Watch::StayedHealthy => {
+                    forget(&used);
+                    return;
+                }
+                Watch::Unhealthy => continue,
+                Watch::Gone => return,
+            }
         }
         // Never fight an operator's stop or act on a server that left the manifest. Stops
         // that cannot be read are not taken for none: no action until they can be.

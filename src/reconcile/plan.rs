@@ -102,9 +102,12 @@ pub fn plan(
             Action::Deploy { desired: d.clone() }
         } else {
             // The newest running instance of the desired spec wins; everything else goes.
+            // One the orchestrator is bringing back (Swarm) is not replaced meanwhile.
             let keep = instances
                 .iter()
-                .filter(|i| i.is_running() && i.spec_hash == d.spec.spec_hash)
+                .filter(|i| {
+                    (i.is_running() || i.being_replaced()) && i.spec_hash == d.spec.spec_hash
+                })
                 .max_by_key(|i| (i.started_at, i.id.clone()))
                 .copied();
             match keep {

@@ -156,6 +156,31 @@ impl Instance {
         self.addr().map(|a| format!("http://{a}"))
     }
 
+    /// The orchestrator is bringing one of its tasks up (Swarm replacing a crashed task
+    /// or one from a lost node): nothing serves now, but the instance is not to be
+    /// replaced by the agent.
+    pub fn being_replaced(&self) -> bool {
+        matches!(self.state, InstanceState::Other { .. })
+            && self.tasks.iter().any(|t| {
+                t.desired_state == "running"
+                    && matches!(
+                        t.state.as_str(),
+                        "new"
+                            | "allocated"
+                            | "pending"
+                            | "assigned"
+                            | "accepted"
+                            | "preparing"
+                            | "ready"
+                            | "starting"
+                    )
+                    && !t
+                        .message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("no suitable node"))
+            })
+    }
+
     /// Where its tasks serve (running, port published), Swarm's only; empty elsewhere.
     pub fn serving(&self) -> Vec<SocketAddr> {
         self.tasks

@@ -223,14 +223,20 @@ impl SwarmRuntime {
         }
         let ids: Vec<String> = services.iter().filter_map(|s| s.id.clone()).collect();
         let task_filters = HashMap::from([("service", ids)]);
-        let all_tasks = self
+        // The engine answers 404 for the whole call when one of the services went away
+        // since the listing (a rollout retired it): then every task, filtered here.
+        let all_tasks = match self
             .docker
             .list_tasks(Some(
                 ListTasksOptionsBuilder::new()
                     .filters(&task_filters)
                     .build(),
             ))
-            .await?;
+            .await
+        {
+            Err(e) if status_code(&e) == Some(404) => self.docker.list_tasks(None).await?,
+            other => other?,
+        };
         let nodes = self.docker.list_nodes(None::<ListNodesOptions>).await?;
         let nodes = tasks::node_addresses(&nodes);
         Ok(services
@@ -409,7 +415,7 @@ async fn follow_tasks(
                     info!("following Swarm tasks again");
                     failing = false;
                 }
-                let now = watch::seen(&instances);
+                let now = watch::seen(&instances, before.as_ref());
                 if let Some(before) = &before {
                     for event in watch::changes(before, &now, Timestamp::now()) {
                         debug!(?event, "swarm task change");
@@ -570,8 +576,12 @@ impl Runtime for SwarmRuntime {
     async fn replacing(&self, id: &str) -> Option<String> {
         let instance = self.instance("inspect", id).await.ok()??;
         let serving = instance.tasks.iter().filter(|t| tasks::serves(t)).count();
+        if !instance.being_replaced() && serving > 0 {
+            return None;
+        }
         let coming = instance.tasks.iter().find(|t| {
             !tasks::serves(t)
+                && !t.message.as_deref().is_some_and(tasks::no_node_for_it)
                 && matches!(
                     t.state.as_str(),
                     "new"

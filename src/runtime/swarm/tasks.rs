@@ -37,7 +37,12 @@ pub fn node_addresses(nodes: &[Node]) -> HashMap<String, NodeInfo> {
                         .ok()
                         .map(|s| s.ip())
                 });
-            let ready = status.and_then(|s| s.state) == Some(NodeState::READY);
+            // Only a node Swarm has given up on is out: after a change of leader every node
+            // reads `unknown` until its next heartbeat, and its tasks still serve.
+            let ready = !matches!(
+                status.and_then(|s| s.state),
+                Some(NodeState::DOWN | NodeState::DISCONNECTED)
+            );
             Some((id, NodeInfo { addr, ready }))
         })
         .collect()
@@ -63,7 +68,7 @@ pub fn live_tasks(
     live.sort_by(|a, b| {
         serving_rank(a, nodes)
             .cmp(&serving_rank(b, nodes))
-            .then(a.created_at.cmp(&b.created_at))
+            .then(parse_time(a.created_at.as_deref()).cmp(&parse_time(b.created_at.as_deref())))
             .then(a.slot.cmp(&b.slot))
             .then(a.id.cmp(&b.id))
     });
@@ -136,9 +141,15 @@ pub fn unplaceable(tasks: &[SwarmTask]) -> Option<String> {
             [s.err.as_deref(), s.message.as_deref()]
                 .into_iter()
                 .flatten()
-                .find(|m| m.contains("no suitable node"))
+                .find(|m| no_node_for_it(m))
                 .map(str::to_owned)
         })
+}
+
+/// Swarm's words for a task no node can take. A host port still held by a stopping task
+/// of ours is not that: it frees once the old task is gone.
+pub fn no_node_for_it(message: &str) -> bool {
+    message.contains("no suitable node") && !message.contains("port already in use")
 }
 
 /// A service of ours and its tasks as an instance; `Err` when our labels on it are broken.
@@ -385,6 +396,45 @@ mod tests {
             None,
             "a task Swarm gave up is not the service's"
         );
+    }
+
+    #[test]
+    fn a_task_on_its_way_marks_the_instance_as_being_replaced_unless_no_node_can_take_it() {
+        let coming = task("c", "n1", 1, TaskState::STARTING, TaskState::RUNNING, None);
+        let i = instance(&service(1), &[coming], &nodes()).unwrap();
+        assert!(i.being_replaced(), "{i:?}");
+        let mut stuck = task("p", "", 1, TaskState::PENDING, TaskState::RUNNING, None);
+        stuck.status.as_mut().unwrap().err = Some("no suitable node (constraints)".into());
+        let i = instance(&service(1), &[stuck], &nodes()).unwrap();
+        assert!(!i.being_replaced(), "{i:?}");
+        let serving = task(
+            "s",
+            "n1",
+            1,
+            TaskState::RUNNING,
+            TaskState::RUNNING,
+            Some(30001),
+        );
+        let i = instance(&service(1), &[serving], &nodes()).unwrap();
+        assert!(
+            !i.being_replaced(),
+            "a serving instance is running, not replaced"
+        );
+    }
+
+    #[test]
+    fn a_node_of_unknown_state_still_serves_and_a_held_port_is_not_unplaceable() {
+        let n = node_addresses(&[node("u", "10.0.0.5", NodeState::UNKNOWN)]);
+        assert!(
+            n["u"].ready,
+            "every node reads unknown after a leader change"
+        );
+        assert!(!no_node_for_it(
+            "no suitable node (host-mode port already in use on 1 node)"
+        ));
+        assert!(no_node_for_it(
+            "no suitable node (scheduling constraints not satisfied on 3 nodes)"
+        ));
     }
 
     #[test]

@@ -18,24 +18,33 @@ pub struct Seen {
     pub server_id: String,
     /// Serving tasks: id, node and endpoint.
     pub serving: BTreeSet<(String, String, SocketAddr)>,
+    /// Whether any task of it has served since the watch first saw it: until then it is
+    /// starting (the agent's rollout), and its tasks appearing is no move.
+    pub served: bool,
 }
 
-/// Services by id, as the watch saw them.
-pub fn seen(instances: &[Instance]) -> HashMap<String, Seen> {
+/// Services by id, as the watch saw them; `before` is the previous read.
+pub fn seen(
+    instances: &[Instance],
+    before: Option<&HashMap<String, Seen>>,
+) -> HashMap<String, Seen> {
     instances
         .iter()
         .map(|i| {
-            let serving = i
+            let serving: BTreeSet<(String, String, SocketAddr)> = i
                 .tasks
                 .iter()
                 .filter(|t| serves(t))
                 .filter_map(|t| Some((t.id.clone(), t.node.clone(), t.endpoint?)))
                 .collect();
+            let served =
+                !serving.is_empty() || before.and_then(|b| b.get(&i.id)).is_some_and(|s| s.served);
             (
                 i.id.clone(),
                 Seen {
                     server_id: i.server_id.clone(),
                     serving,
+                    served,
                 },
             )
         })
@@ -51,7 +60,8 @@ pub fn changes(
 ) -> Vec<RuntimeEvent> {
     let mut events = Vec::new();
     for (id, now) in after {
-        let Some(then) = before.get(id) else {
+        // A service that never served is starting (the agent's rollout), not moving.
+        let Some(then) = before.get(id).filter(|t| t.served) else {
             continue;
         };
         let gone: Vec<_> = then.serving.difference(&now.serving).collect();
@@ -103,6 +113,7 @@ mod tests {
 
     fn seen_with(tasks: &[(&str, &str, &str)]) -> Seen {
         Seen {
+            served: true,
             server_id: "echo".into(),
             serving: tasks
                 .iter()
@@ -149,5 +160,16 @@ mod tests {
         assert!(changes(&a, &a, at).is_empty());
         assert!(changes(&HashMap::new(), &a, at).is_empty());
         assert!(changes(&a, &HashMap::new(), at).is_empty());
+        let starting = one(
+            "svc",
+            Seen {
+                served: false,
+                ..seen_with(&[])
+            },
+        );
+        assert!(
+            changes(&starting, &a, at).is_empty(),
+            "a new service's first task is a start, not a move"
+        );
     }
 }
