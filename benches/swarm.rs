@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::kit::agent::Options;
 use common::kit::docker::example_image;
+use common::kit::eventually;
 use common::kit::git::ManifestRepo;
 use common::kit::swarm::{Swarm, swarm_or_skip};
 use common::{percentile, start_agent};
@@ -92,11 +93,10 @@ async fn commit_to_healthy(
     )
     .await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let until = Instant::now() + DEADLINE;
-    while healthy(&http, &agent.url, "1.0.0").await.is_none() {
-        assert!(Instant::now() < until, "1.0.0 never became healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(DEADLINE, "1.0.0 healthy", || {
+        healthy(&http, &agent.url, "1.0.0")
+    })
+    .await;
     let mut samples = Vec::new();
     for i in 0..pushes {
         let version = if i % 2 == 0 { "1.1.0" } else { "1.0.0" };
@@ -143,11 +143,10 @@ async fn node_losses(swarm: Arc<Swarm>, rounds: usize) -> Vec<Loss> {
     )
     .await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let until = Instant::now() + DEADLINE;
-    while healthy(&http, &agent.url, "1.0.0").await.is_none() {
-        assert!(Instant::now() < until, "the server never became healthy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(DEADLINE, "the server healthy", || {
+        healthy(&http, &agent.url, "1.0.0")
+    })
+    .await;
     let gateway = agent.gateway.clone().unwrap();
     let client = ClientConfig::new(
         ClientCapabilities::default(),
@@ -252,11 +251,7 @@ async fn replica_failovers(swarm: Arc<Swarm>, rounds: usize) -> Vec<(f64, usize,
             .count();
         (serving == 2).then_some(v)
     };
-    let until = Instant::now() + DEADLINE;
-    while both().await.is_none() {
-        assert!(Instant::now() < until, "two serving tasks never came");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(DEADLINE, "two serving tasks", both).await;
     let client = ClientConfig::new(
         ClientCapabilities::default(),
         Implementation::new("swarm-bench", "0"),
@@ -313,11 +308,7 @@ async fn replica_failovers(swarm: Arc<Swarm>, rounds: usize) -> Vec<(f64, usize,
         out.push((moved, calls, failed));
         let s = swarm.clone();
         blocking(move || s.start_node(lost)).await;
-        let until = Instant::now() + DEADLINE;
-        while both().await.is_none() {
-            assert!(Instant::now() < until, "the task did not come back");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(DEADLINE, "the lost task back", both).await;
     }
     let _ = client.cancel().await;
     drop(agent);

@@ -252,38 +252,16 @@ impl DockerRuntime {
     }
 
     fn unavailable(&self, err: &BollardError) -> RuntimeError {
-        RuntimeError::Unavailable {
-            runtime: RUNTIME,
-            message: format!(
-                "cannot reach the Docker daemon at {}: {}",
-                self.host,
-                chain(err)
-            ),
-        }
+        engine_unreachable(RUNTIME, "the Docker daemon", &self.host, err)
     }
 
-    /// The error for a call on an existing container: unreachable daemon, 404, or the
-    /// daemon's message.
+    /// The error for a call on an existing container.
     fn operation_error(&self, action: &'static str, id: &str, err: &BollardError) -> RuntimeError {
-        if is_connection_error(err) {
-            self.unavailable(err)
-        } else if status_code(err) == Some(404) {
-            RuntimeError::NotFound(id.to_string())
-        } else {
-            RuntimeError::Operation {
-                action,
-                id: id.to_string(),
-                message: daemon_message(err),
-            }
-        }
+        engine_call_error(err, action, id, || self.unavailable(err))
     }
 
     fn start_error(&self, spec: &InstanceSpec, err: &BollardError) -> RuntimeError {
-        if is_connection_error(err) {
-            self.unavailable(err)
-        } else {
-            start_failure(spec, daemon_message(err))
-        }
+        engine_start_error(err, spec, || self.unavailable(err))
     }
 
     fn pull_error(&self, image: &str, err: &BollardError) -> RuntimeError {
@@ -1001,6 +979,53 @@ fn restart_policy_name(policy: RestartPolicy) -> RestartPolicyNameEnum {
         RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
         RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+    }
+}
+
+/// An engine (`what`, at `host`) that cannot be reached: retryable.
+pub(super) fn engine_unreachable(
+    runtime: &'static str,
+    what: &str,
+    host: &str,
+    err: &BollardError,
+) -> RuntimeError {
+    RuntimeError::Unavailable {
+        runtime,
+        message: format!("cannot reach {what} at {host}: {}", chain(err)),
+    }
+}
+
+/// The error for a call on an existing object (container, service): the engine away
+/// (`unavailable`), 404, or the daemon's message.
+pub(super) fn engine_call_error(
+    err: &BollardError,
+    action: &'static str,
+    id: &str,
+    unavailable: impl FnOnce() -> RuntimeError,
+) -> RuntimeError {
+    if is_connection_error(err) {
+        unavailable()
+    } else if status_code(err) == Some(404) {
+        RuntimeError::NotFound(id.to_owned())
+    } else {
+        RuntimeError::Operation {
+            action,
+            id: id.to_owned(),
+            message: daemon_message(err),
+        }
+    }
+}
+
+/// The error for a start: the engine away (`unavailable`), or the daemon's message.
+pub(super) fn engine_start_error(
+    err: &BollardError,
+    spec: &InstanceSpec,
+    unavailable: impl FnOnce() -> RuntimeError,
+) -> RuntimeError {
+    if is_connection_error(err) {
+        unavailable()
+    } else {
+        start_failure(spec, daemon_message(err))
     }
 }
 

@@ -160,25 +160,7 @@ impl Instance {
     /// or one from a lost node): nothing serves now, but the instance is not to be
     /// replaced by the agent.
     pub fn being_replaced(&self) -> bool {
-        matches!(self.state, InstanceState::Other { .. })
-            && self.tasks.iter().any(|t| {
-                t.desired_state == "running"
-                    && matches!(
-                        t.state.as_str(),
-                        "new"
-                            | "allocated"
-                            | "pending"
-                            | "assigned"
-                            | "accepted"
-                            | "preparing"
-                            | "ready"
-                            | "starting"
-                    )
-                    && !t
-                        .message
-                        .as_deref()
-                        .is_some_and(|m| m.contains("no suitable node"))
-            })
+        matches!(self.state, InstanceState::Other { .. }) && self.tasks.iter().any(Task::on_its_way)
     }
 
     /// Where its tasks serve (running, port published), Swarm's only; empty elsewhere.
@@ -210,6 +192,32 @@ impl Instance {
             .filter(|a| Some(*a) != here)
             .collect()
     }
+}
+
+impl Task {
+    /// Swarm wants it running and is getting it there: scheduled or starting, not yet
+    /// serving, and not a task no node can take.
+    pub fn on_its_way(&self) -> bool {
+        self.desired_state == "running"
+            && matches!(
+                self.state.as_str(),
+                "new"
+                    | "allocated"
+                    | "pending"
+                    | "assigned"
+                    | "accepted"
+                    | "preparing"
+                    | "ready"
+                    | "starting"
+            )
+            && !self.message.as_deref().is_some_and(no_node_for_it)
+    }
+}
+
+/// Swarm's words for a task no node can take. A host port still held by a stopping task
+/// of ours is not that: it frees once the old task is gone.
+pub fn no_node_for_it(message: &str) -> bool {
+    message.contains("no suitable node") && !message.contains("port already in use")
 }
 
 /// `ADDR:PORT` out of an endpoint URL (`http://10.0.0.3:30001/mcp`).

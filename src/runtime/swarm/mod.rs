@@ -38,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::docker::{
-    DockerRuntime, container_name, daemon_message, is_connection_error, owned_by, read_logs,
-    start_failure, status_code, tail_options,
+    DockerRuntime, container_name, daemon_message, engine_call_error, engine_start_error,
+    engine_unreachable, is_connection_error, owned_by, read_logs, start_failure, status_code,
+    tail_options,
 };
 use super::{
     Instance, InstanceSpec, InstanceState, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, labels,
@@ -176,28 +177,11 @@ impl SwarmRuntime {
     }
 
     fn unavailable(&self, err: &BollardError) -> RuntimeError {
-        RuntimeError::Unavailable {
-            runtime: RUNTIME,
-            message: format!(
-                "cannot reach the swarm manager at {}: {}",
-                self.host,
-                chain(err)
-            ),
-        }
+        engine_unreachable(RUNTIME, "the swarm manager", &self.host, err)
     }
 
     fn operation_error(&self, action: &'static str, id: &str, err: &BollardError) -> RuntimeError {
-        if is_connection_error(err) {
-            self.unavailable(err)
-        } else if status_code(err) == Some(404) {
-            RuntimeError::NotFound(id.to_owned())
-        } else {
-            RuntimeError::Operation {
-                action,
-                id: id.to_owned(),
-                message: daemon_message(err),
-            }
-        }
+        engine_call_error(err, action, id, || self.unavailable(err))
     }
 
     /// Our services, their tasks and the nodes, read in three calls.
@@ -350,11 +334,7 @@ impl SwarmRuntime {
     }
 
     fn start_error(&self, spec: &InstanceSpec, err: &BollardError) -> RuntimeError {
-        if is_connection_error(err) {
-            self.unavailable(err)
-        } else {
-            start_failure(spec, daemon_message(err))
-        }
+        engine_start_error(err, spec, || self.unavailable(err))
     }
 
     /// Removes a service that failed to start, so a failed start leaves nothing behind.
@@ -579,21 +559,7 @@ impl Runtime for SwarmRuntime {
         if !instance.being_replaced() && serving > 0 {
             return None;
         }
-        let coming = instance.tasks.iter().find(|t| {
-            !tasks::serves(t)
-                && !t.message.as_deref().is_some_and(tasks::no_node_for_it)
-                && matches!(
-                    t.state.as_str(),
-                    "new"
-                        | "allocated"
-                        | "pending"
-                        | "assigned"
-                        | "accepted"
-                        | "preparing"
-                        | "ready"
-                        | "starting"
-                )
-        })?;
+        let coming = instance.tasks.iter().find(|t| t.on_its_way())?;
         Some(format!(
             "Swarm is starting task {} on node {} ({}; {serving} serving)",
             coming.id.get(..12).unwrap_or(&coming.id),

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use bollard::models::{Node, NodeState, Service, Task as SwarmTask, TaskState};
 
 use super::super::docker::{OwnedLabels, owned_labels, parse_time};
-use super::super::{Instance, InstanceState, Task};
+use super::super::{Instance, InstanceState, Task, no_node_for_it};
 
 /// A node's address by its id, for the nodes Swarm has an address for.
 pub fn node_addresses(nodes: &[Node]) -> HashMap<String, NodeInfo> {
@@ -144,12 +144,6 @@ pub fn unplaceable(tasks: &[SwarmTask]) -> Option<String> {
                 .find(|m| no_node_for_it(m))
                 .map(str::to_owned)
         })
-}
-
-/// Swarm's words for a task no node can take. A host port still held by a stopping task
-/// of ours is not that: it frees once the old task is gone.
-pub fn no_node_for_it(message: &str) -> bool {
-    message.contains("no suitable node") && !message.contains("port already in use")
 }
 
 /// A service of ours and its tasks as an instance; `Err` when our labels on it are broken.
