@@ -23,3 +23,4 @@ pub mod settings;
 pub mod source;
 pub mod sse;
 pub mod store;
+pub mod ui;

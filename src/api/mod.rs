@@ -9,6 +9,7 @@ mod configs;
 mod error;
 mod events;
 pub mod openapi;
+mod page;
 mod routes;
 pub mod serve;
 mod webhook;

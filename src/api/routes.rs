@@ -100,7 +100,38 @@ pub fn table() -> Vec<Route> {
         answer: |s| s.schema::<fleet::ServerView>(),
         ..Doc::default()
     };
+    let page = |summary: &'static str, content: &'static str| Doc {
+        summary,
+        tag: "status page",
+        answer: |_| json!({ "type": "string" }),
+        content,
+        ..Doc::default()
+    };
     let mut all = vec![
+        route(
+            Method::GET,
+            "/",
+            get(super::page::asset),
+            Open,
+            page(
+                "The status page (it reads the API with the operator's key)",
+                "text/html",
+            ),
+        ),
+        route(
+            Method::GET,
+            "/ui/app.js",
+            get(super::page::asset),
+            Open,
+            page("The status page's script", "text/javascript"),
+        ),
+        route(
+            Method::GET,
+            "/ui/app.css",
+            get(super::page::asset),
+            Open,
+            page("The status page's style sheet", "text/css"),
+        ),
         route(
             Method::GET,
             "/health",

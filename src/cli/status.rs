@@ -131,17 +131,23 @@ fn print_server(s: &ServerView) {
     }
 }
 
-/// `node 4c1f0e9a2b3d  10.0.0.3:30001  running` (plus Swarm's message when there is one).
-fn task_line(t: &crate::runtime::Task) -> String {
+/// `task 4c1f0e9a2b3d  node 7d2e1f0a9b8c  10.0.0.3:30001  running  healthy` (plus Swarm's
+/// message when there is one).
+fn task_line(t: &crate::fleet::TaskView) -> String {
     let short = |id: &str| id.get(..12).unwrap_or(id).to_owned();
+    let task = &t.task;
     let mut line = format!(
         "task {}  node {}  {}  {}",
-        short(&t.id),
-        short(&t.node),
-        t.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string()),
-        t.state
+        short(&task.id),
+        short(&task.node),
+        task.endpoint
+            .map_or_else(|| "-".to_owned(), |e| e.to_string()),
+        task.state
     );
-    if let Some(m) = &t.message {
+    if let Some(h) = t.health {
+        line.push_str(&format!("  {h}"));
+    }
+    if let Some(m) = &task.message {
         line.push_str(&format!(" ({m})"));
     }
     line
@@ -361,16 +367,16 @@ mod tests {
     }
 
     #[test]
-    fn a_swarm_task_line_names_task_node_endpoint_state_and_swarms_message() {
+    fn a_swarm_task_line_names_task_node_endpoint_state_health_and_swarms_message() {
         let s = view(json!({ "id": "a", "state": "running", "tasks": [
             { "id": "abcdefghijklmnopqrstuvwxy", "node": "n0123456789abcdef", "endpoint": "10.0.0.3:30001",
-              "state": "running", "desired_state": "running" },
+              "state": "running", "desired_state": "running", "health": "healthy" },
             { "id": "t2", "node": "n2", "endpoint": null, "state": "pending",
               "desired_state": "running", "message": "no suitable node" },
         ]}));
         assert_eq!(
             task_line(&s.tasks[0]),
-            "task abcdefghijkl  node n0123456789a  10.0.0.3:30001  running"
+            "task abcdefghijkl  node n0123456789a  10.0.0.3:30001  running  healthy"
         );
         assert_eq!(
             task_line(&s.tasks[1]),

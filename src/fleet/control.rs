@@ -62,7 +62,13 @@ pub struct Control {
     /// How many tools each server contributes through the gateway, as the gateway last
     /// listed them (empty while it is off).
     gateway_tools: std::sync::RwLock<BTreeMap<String, usize>>,
+    /// Reads the gateway's call counts per server (none while it is off).
+    gateway_calls: std::sync::RwLock<Option<CallCounts>>,
 }
+
+/// The gateway's calls per server since the agent started.
+pub type CallCounts =
+    std::sync::Arc<dyn Fn() -> BTreeMap<String, super::view::GatewayCalls> + Send + Sync>;
 
 impl Control {
     pub fn new(
@@ -82,6 +88,7 @@ impl Control {
             desired: RwLock::default(),
             triggers,
             gateway_tools: Default::default(),
+            gateway_calls: Default::default(),
         }
     }
 
@@ -119,13 +126,20 @@ impl Control {
     pub fn fleet_live(&self) -> FleetView {
         let mut fleet = self.fleet();
         let tools = self.gateway_tools.read().unwrap_or_else(|p| p.into_inner());
+        let calls = self
+            .gateway_calls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|count| count());
         for s in &mut fleet.servers {
             if let Some(h) = self.monitor.get(&s.id) {
-                s.health = Some(h.state);
-                s.health_since = Some(h.since);
-                s.health_reason = h.cause;
+                with_health(s, h);
             }
             s.gateway_tools = tools.get(&s.id).copied();
+            s.gateway_calls = calls
+                .as_ref()
+                .map(|c| c.get(&s.id).copied().unwrap_or_default());
         }
         fleet
     }
@@ -135,9 +149,7 @@ impl Control {
     pub fn server_live(&self, id: &str) -> Option<ServerView> {
         let mut s = self.view.server(id)?;
         if let Some(h) = self.monitor.get(id) {
-            s.health = Some(h.state);
-            s.health_since = Some(h.since);
-            s.health_reason = h.cause;
+            with_health(&mut s, h);
         }
         s.gateway_tools = self
             .gateway_tools
@@ -146,6 +158,14 @@ impl Control {
             .get(id)
             .copied();
         Some(s)
+    }
+
+    /// Where [`Control::fleet_live`] reads the gateway's call counts.
+    pub fn set_gateway_calls(&self, counts: CallCounts) {
+        *self
+            .gateway_calls
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(counts);
     }
 
     /// What the gateway serves now: the number of tools per server.
@@ -168,4 +188,29 @@ impl Control {
             Err(ControlError::server_not_found(server))
         }
     }
+}
+
+/// `s` as the monitor sees it now: the server's health, and each serving task's (the
+/// routed one has the server's; the others, their last probe's).
+fn with_health(s: &mut ServerView, h: crate::health::ServerHealth) {
+    use crate::health::HealthState;
+    for t in &mut s.tasks {
+        let Some(at) = t.task.serving_at() else {
+            continue;
+        };
+        t.health = if at == h.addr {
+            Some(h.state)
+        } else {
+            h.alternates.iter().find(|a| a.addr == at).map(|a| {
+                if a.healthy {
+                    HealthState::Healthy
+                } else {
+                    HealthState::Unhealthy
+                }
+            })
+        };
+    }
+    s.health = Some(h.state);
+    s.health_since = Some(h.since);
+    s.health_reason = h.cause;
 }

@@ -127,7 +127,8 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
             health_since: None,
             health_reason: None,
             gateway_tools: None,
-            tasks: current.map(|i| i.tasks.clone()).unwrap_or_default(),
+            gateway_calls: None,
+            tasks: current.map(super::view::TaskView::of).unwrap_or_default(),
         });
     }
 
@@ -240,6 +241,7 @@ mod tests {
                 health_since: None,
                 health_reason: None,
                 gateway_tools: None,
+                gateway_calls: None,
                 tasks: Vec::new(),
             }],
             ..FleetView::default()

@@ -15,11 +15,13 @@ pub use actions::{
     DeployRequested, FORCEABLE, MAX_OVERRIDE_SECONDS, Overridden, RestartRequested, Resumed,
     RolledBack, Stopped,
 };
-pub use control::{Control, Trigger};
+pub use control::{CallCounts, Control, Trigger};
 pub use deployment::{ViewInputs, deployment_view};
 pub use error::{ControlError, Missing};
 pub use reads::{
     EVENTS_LIMIT, EventPage, HealthEventPage, HealthReport, HealthStatus, MonitoredHealth,
     ROLLOUTS_LIMIT, RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth, after, limit,
 };
-pub use view::{Fleet, FleetView, ServerView, follow_failovers, on_rollout_phase};
+pub use view::{
+    Fleet, FleetView, GatewayCalls, ServerView, TaskView, follow_failovers, on_rollout_phase,
+};

@@ -49,9 +49,48 @@ pub struct ServerView {
     /// is off or has not listed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_tools: Option<usize>,
-    /// Where Swarm runs its tasks: node, endpoint, state. Empty on the other runtimes.
+    /// The calls clients made to its tools through the gateway since the agent started;
+    /// absent while the gateway is off. The status page shows them per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_calls: Option<GatewayCalls>,
+    /// Where Swarm runs its tasks: node, endpoint, state, health. Empty on the other
+    /// runtimes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tasks: Vec<crate::runtime::Task>,
+    pub tasks: Vec<TaskView>,
+}
+
+/// Calls through the gateway, and how many of them did not end well (a tool error, a
+/// refused request, `BACKEND_UNHEALTHY`, `BACKEND_UNAVAILABLE`, `BACKEND_UNREACHABLE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct GatewayCalls {
+    pub calls: u64,
+    pub errors: u64,
+}
+
+/// One of a server's Swarm tasks, with its health.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TaskView {
+    #[serde(flatten)]
+    pub task: crate::runtime::Task,
+    /// The server's health for the task calls are routed to; `healthy` or `unhealthy` by
+    /// its last probe for another serving task; absent for a task that does not serve, and
+    /// in the view a sync publishes (live reads fill it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthState>,
+}
+
+impl TaskView {
+    /// The tasks of `instance`, health not yet known.
+    pub fn of(instance: &crate::runtime::Instance) -> Vec<TaskView> {
+        instance
+            .tasks
+            .iter()
+            .map(|task| TaskView {
+                task: task.clone(),
+                health: None,
+            })
+            .collect()
+    }
 }
 
 /// The fleet after the last sync.
@@ -163,7 +202,7 @@ impl Fleet {
                 view.endpoint = instance.base_url().map(|b| format!("{b}{path}"));
                 view.running_version = Some(instance.version.to_string());
                 view.instance_id = Some(instance.id.clone());
-                view.tasks = instance.tasks.clone();
+                view.tasks = TaskView::of(instance);
                 view.revision = Some(instance.revision.clone());
             }
         });

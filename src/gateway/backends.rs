@@ -8,6 +8,11 @@
 //! from the view is dropped with its session. A backend's `list_changed` (of any kind)
 //! lists everything again. Every change of what is offered bumps the catalog's generation,
 //! which the client sessions watch to send their own `list_changed`.
+//!
+//! An instance with several serving tasks (Swarm replicas) gets a session with each of
+//! them: the one the view routes to is the server's backend (its tools are the catalog);
+//! the others are its replicas, which [`Backends::checkout_for`] spreads calls over (see
+//! `spread`). A failover to a replica promotes its open session instead of opening one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +50,10 @@ pub struct Backend {
     pub session: u64,
     pub instance_id: String,
     pub endpoint: String,
+    /// A session with another of the instance's tasks than the one the view routes to.
+    pub replica: bool,
+    /// Calls sent on this session since it opened.
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
     pub peer: Peer<RoleClient>,
     /// The MCP revision the backend agreed on with the gateway.
     pub protocol_version: Option<String>,
@@ -142,6 +151,8 @@ pub struct Backends {
 #[derive(Default)]
 struct State {
     current: HashMap<String, Backend>,
+    /// Sessions with the other serving tasks of each server's instance, by server.
+    replicas: HashMap<String, Vec<Backend>>,
     /// Calls in flight per instance id; one lock with `current`, so a drain that sees the
     /// new instance installed also sees every call the old one was handed before.
     in_flight: HashMap<String, usize>,
@@ -226,8 +237,39 @@ impl Backends {
     /// The backend serving `server` now, with the call counted in flight on its instance
     /// until the returned guard is dropped.
     pub fn checkout(&self, server: &str) -> Option<(Backend, InFlight)> {
+        self.checkout_for(server, 0, |_| false)
+    }
+
+    /// Like [`checkout`], but the call may go to one of the instance's replicas that
+    /// `usable` accepts (by endpoint): the one `affinity` (a client's key) ranks first
+    /// among them and the routed task, so a client stays on one task while it serves.
+    /// What is offered and under which names is always the routed task's.
+    ///
+    /// [`checkout`]: Backends::checkout
+    pub fn checkout_for(
+        &self,
+        server: &str,
+        affinity: u64,
+        usable: impl Fn(&str) -> bool,
+    ) -> Option<(Backend, InFlight)> {
         let mut state = self.state();
-        let backend = state.current.get(server)?.clone();
+        let mut backend = state.current.get(server)?.clone();
+        let replicas = state.replicas.get(server).map(Vec::as_slice).unwrap_or(&[]);
+        let candidates = replicas
+            .iter()
+            .filter(|r| r.instance_id == backend.instance_id && usable(&r.endpoint));
+        if let Some(r) = super::spread::pick(affinity, &backend, candidates) {
+            backend.replica = true;
+            backend.session = r.session;
+            backend.endpoint = r.endpoint.clone();
+            backend.peer = r.peer.clone();
+            backend.protocol_version = r.protocol_version.clone();
+            backend.sent = r.sent.clone();
+            backend._session = r._session.clone();
+        }
+        backend
+            .sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *state
             .in_flight
             .entry(backend.instance_id.clone())
@@ -237,6 +279,15 @@ impl Backends {
             instance: backend.instance_id.clone(),
         };
         Some((backend, guard))
+    }
+
+    /// The sessions with `server`'s instance's other serving tasks.
+    pub fn replicas(&self, server: &str) -> Vec<Backend> {
+        self.state()
+            .replicas
+            .get(server)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// How many calls are in flight on `instance`.
@@ -279,18 +330,24 @@ impl Backends {
     /// the gateway's `session` (HTTP 404: it restarted in place). The current one keeps
     /// serving its tools until the new one is open.
     pub fn expired(&self, server: &str, session: u64) {
-        let current = self
-            .state()
-            .current
-            .get(server)
-            .is_some_and(|b| b.session == session);
+        let current = {
+            let mut state = self.state();
+            // A replica that forgot the session is dropped; `follow` opens it anew.
+            if let Some(replicas) = state.replicas.get_mut(server) {
+                replicas.retain(|r| r.session != session);
+            }
+            state
+                .current
+                .get(server)
+                .is_some_and(|b| b.session == session)
+        };
         if current {
             self.expired
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(server.to_owned());
-            self.reconnect.notify_one();
         }
+        self.reconnect.notify_one();
     }
 
     /// Waits until `server` is served by `new_instance` and none of `old_instances` has a
@@ -360,12 +417,65 @@ impl Backends {
         self.changed();
     }
 
-    /// Keeps the backends of the servers `wanted` names.
-    fn retain(&self, wanted: impl Fn(&str) -> bool) {
+    fn install_replica(&self, server: &str, mut backend: Backend) {
+        backend.replica = true;
+        let mut state = self.state();
+        let replicas = state.replicas.entry(server.to_owned()).or_default();
+        replicas.retain(|r| r.endpoint != backend.endpoint);
+        replicas.push(backend);
+    }
+
+    /// Makes the open replica session with `instance` at `endpoint` `server`'s backend (a
+    /// failover to a task the gateway already has a session with), keeping what the
+    /// routed session lists; false when there is none.
+    fn promote(&self, server: &str, instance: &str, endpoint: &str) -> bool {
+        let mut state = self.state();
+        let Some(replicas) = state.replicas.get_mut(server) else {
+            return false;
+        };
+        let Some(at) = replicas
+            .iter()
+            .position(|r| r.instance_id == instance && r.endpoint == endpoint)
+        else {
+            return false;
+        };
+        let mut promoted = replicas.remove(at);
+        promoted.replica = false;
+        if let Some(routed) = state
+            .current
+            .get(server)
+            .filter(|b| b.instance_id == instance)
+        {
+            promoted.tools = routed.tools.clone();
+            promoted.names = routed.names.clone();
+            promoted.prompts = routed.prompts.clone();
+            promoted.prompt_names = routed.prompt_names.clone();
+            promoted.resources = routed.resources.clone();
+            promoted.templates = routed.templates.clone();
+        }
+        state.current.insert(server.to_owned(), promoted);
+        drop(state);
+        info!(%server, %instance, %endpoint, "gateway backend moved to a replica's session");
+        self.moved.notify_waiters();
+        self.changed();
+        true
+    }
+
+    /// Keeps the backends of the servers `wanted` names, and the replica sessions
+    /// `replica_wanted` accepts (server, instance, endpoint).
+    fn retain(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        replica_wanted: impl Fn(&str, &Backend) -> bool,
+    ) {
         let mut state = self.state();
         let before = state.current.len();
         state.current.retain(|id, _| wanted(id));
         let removed = state.current.len() != before;
+        state.replicas.retain(|id, replicas| {
+            replicas.retain(|r| replica_wanted(id, r));
+            !replicas.is_empty()
+        });
         drop(state);
         if removed {
             self.changed();
@@ -379,6 +489,9 @@ impl Backends {
         // The instance (id and endpoint) a connection task is working on, so a view that
         // changes again does not start a second one.
         let mut connecting: HashMap<String, ((String, String), CancellationToken)> = HashMap::new();
+        // The same for replica sessions, by (server, endpoint), with the instance.
+        let mut connecting_replicas: HashMap<(String, String), (String, CancellationToken)> =
+            HashMap::new();
         loop {
             let view = fleet.borrow_and_update().clone();
             let wanted: HashMap<String, (String, String)> = view
@@ -386,14 +499,36 @@ impl Backends {
                 .iter()
                 .filter_map(|s| Some((s.id.clone(), (s.instance_id.clone()?, s.endpoint.clone()?))))
                 .collect();
+            let replicas_wanted: HashMap<(String, String), String> = view
+                .servers
+                .iter()
+                .flat_map(|s| {
+                    super::spread::replica_endpoints(s)
+                        .into_iter()
+                        .map(move |(instance, endpoint)| ((s.id.clone(), endpoint), instance))
+                })
+                .collect();
             let in_view: std::collections::HashSet<&str> =
                 view.servers.iter().map(|s| s.id.as_str()).collect();
             // A server that left the manifest takes its backend with it. One that is still
             // listed keeps its last session (and tools) until a new instance replaces it,
             // so its tools stay listed and its calls get a clear answer.
-            self.retain(|id| in_view.contains(id));
+            self.retain(
+                |id| in_view.contains(id),
+                |id, r| {
+                    replicas_wanted.get(&(id.to_owned(), r.endpoint.clone()))
+                        == Some(&r.instance_id)
+                },
+            );
             connecting.retain(|server, (instance, stop)| {
                 let keep = wanted.get(server) == Some(&*instance);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            connecting_replicas.retain(|key, (instance, stop)| {
+                let keep = replicas_wanted.get(key) == Some(&*instance);
                 if !keep {
                     stop.cancel();
                 }
@@ -411,6 +546,11 @@ impl Backends {
                 if (current && !expired.remove(server)) || connecting.contains_key(server) {
                     continue;
                 }
+                // A failover to a task the gateway has a replica session with: that
+                // session serves at once.
+                if !current && self.promote(server, instance, endpoint) {
+                    continue;
+                }
                 let stop = shutdown.child_token();
                 connecting.insert(
                     server.clone(),
@@ -420,6 +560,28 @@ impl Backends {
                     server.clone(),
                     instance.clone(),
                     endpoint.clone(),
+                    false,
+                    refresh_tx.clone(),
+                    stop,
+                ));
+            }
+            let open: std::collections::HashSet<(String, String)> = self
+                .state()
+                .replicas
+                .iter()
+                .flat_map(|(id, rs)| rs.iter().map(|r| (id.clone(), r.endpoint.clone())))
+                .collect();
+            for (key, instance) in &replicas_wanted {
+                if open.contains(key) || connecting_replicas.contains_key(key) {
+                    continue;
+                }
+                let stop = shutdown.child_token();
+                connecting_replicas.insert(key.clone(), (instance.clone(), stop.clone()));
+                tokio::spawn(self.clone().connect(
+                    key.0.clone(),
+                    instance.clone(),
+                    key.1.clone(),
+                    true,
                     refresh_tx.clone(),
                     stop,
                 ));
@@ -429,7 +591,13 @@ impl Backends {
                 changed = fleet.changed() => if changed.is_err() { return },
                 _ = self.reconnect.notified() => {}
                 Some(r) = refresh.recv() => match r {
-                    Refresh::Connected { server, instance, endpoint } => {
+                    Refresh::Connected { server, instance, endpoint, replica: true } => {
+                        let key = (server, endpoint);
+                        if connecting_replicas.get(&key).is_some_and(|(i, _)| *i == instance) {
+                            connecting_replicas.remove(&key);
+                        }
+                    }
+                    Refresh::Connected { server, instance, endpoint, replica: false } => {
                         if connecting
                             .get(&server)
                             .is_some_and(|(wanted, _)| *wanted == (instance.clone(), endpoint.clone()))
@@ -454,6 +622,7 @@ impl Backends {
         server: String,
         instance: String,
         endpoint: String,
+        replica: bool,
         refresh: mpsc::UnboundedSender<Refresh>,
         stop: CancellationToken,
     ) {
@@ -479,12 +648,18 @@ impl Backends {
                     if stop.is_cancelled() {
                         return;
                     }
-                    info!(%server, %instance, tools = backend.tools.len(), "gateway backend ready");
-                    self.install(&server, backend);
+                    if replica {
+                        info!(%server, %instance, %endpoint, "gateway replica session ready");
+                        self.install_replica(&server, backend);
+                    } else {
+                        info!(%server, %instance, tools = backend.tools.len(), "gateway backend ready");
+                        self.install(&server, backend);
+                    }
                     let _ = refresh.send(Refresh::Connected {
                         server,
                         instance,
                         endpoint,
+                        replica,
                     });
                     return;
                 }
@@ -537,6 +712,7 @@ enum Refresh {
         server: String,
         instance: String,
         endpoint: String,
+        replica: bool,
     },
     ListChanged {
         server: String,
@@ -702,6 +878,8 @@ async fn open(
         session: SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         instance_id: instance.to_owned(),
         endpoint: endpoint.to_owned(),
+        replica: false,
+        sent: Arc::default(),
         protocol_version: peer.peer_info().map(|i| i.protocol_version.to_string()),
         peer,
         tools: offer.tools,

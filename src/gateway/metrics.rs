@@ -73,6 +73,19 @@ impl GatewayMetrics {
         self.rerouted.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Calls per server since the agent started, and how many of them did not end `ok`.
+    pub fn totals(&self) -> BTreeMap<String, crate::fleet::GatewayCalls> {
+        let mut totals: BTreeMap<String, crate::fleet::GatewayCalls> = BTreeMap::new();
+        for ((server, outcome), n) in self.calls.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let t = totals.entry(server.clone()).or_default();
+            t.calls += n;
+            if *outcome != Outcome::Ok {
+                t.errors += n;
+            }
+        }
+        totals
+    }
+
     /// Calls to `server` by outcome.
     pub fn calls_of(&self, server: &str) -> BTreeMap<&'static str, u64> {
         self.calls

@@ -25,6 +25,7 @@ mod profiles;
 mod route;
 mod service;
 mod sessions;
+mod spread;
 mod status;
 
 use std::sync::Arc;
@@ -97,6 +98,8 @@ pub fn router(
         shutdown.clone(),
     ));
     let metrics = Arc::new(metrics::GatewayMetrics::default());
+    let counted = metrics.clone();
+    control.set_gateway_calls(Arc::new(move || counted.totals()));
     let store = Arc::new(sessions.files);
     let key = sessions.key;
     let profiles_dir = sessions.profiles_dir;
@@ -147,6 +150,18 @@ pub fn router(
         // Request ids and the API's error envelope (a `PROFILE_NOT_FOUND`, a 401), as on
         // the API's listener; without it an `ApiError` went out as an empty body.
         .layer(axum::middleware::from_fn(crate::api::request_id))
+}
+
+/// The client's session id on a request the router handed to rmcp, when it has one
+/// (revisions before 2026-07-28).
+fn client_session(context: &rmcp::service::RequestContext<rmcp::RoleServer>) -> Option<&str> {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()?
+        .headers
+        .get("mcp-session-id")?
+        .to_str()
+        .ok()
 }
 
 /// Tells the control layer how many tools each server contributes (`status` shows it),

@@ -161,6 +161,7 @@ mod tests {
             health_since: Some(Timestamp::UNIX_EPOCH),
             health_reason: Some("HTTP 503\nmore".into()),
             gateway_tools: None,
+            gateway_calls: None,
             tasks: Vec::new(),
         }
     }

@@ -14,6 +14,7 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceError};
 use serde_json::json;
+use tracing::debug;
 
 use super::backends::Backends;
 use super::metrics::{GatewayMetrics, Outcome};
@@ -527,7 +528,7 @@ impl ServerHandler for Gateway {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let unknown = || {
@@ -545,8 +546,15 @@ impl ServerHandler for Gateway {
             return Err(unknown());
         };
         // Counted in flight from here, so a drain waits for this call before the instance
-        // stops.
-        let checked_out = self.backends.checkout(server);
+        // stops. With several tasks (Swarm replicas), the client's own among the healthy.
+        let healthy = super::spread::healthy_endpoints(&view);
+        let checked_out = self.backends.checkout_for(
+            server,
+            super::spread::affinity(super::client_session(&context)),
+            |endpoint| {
+                crate::runtime::endpoint_addr(endpoint).is_some_and(|a| healthy.contains(&a))
+            },
+        );
         let backend_name = checked_out
             .as_ref()
             .and_then(|(b, _)| b.names.backend(&name).map(str::to_owned));
@@ -564,7 +572,8 @@ impl ServerHandler for Gateway {
             }
             Route::Call { warning, .. } => warning,
         };
-        let (Some((backend, in_flight)), Some(backend_name)) = (checked_out, backend_name) else {
+        let (Some((mut backend, mut in_flight)), Some(backend_name)) = (checked_out, backend_name)
+        else {
             // Running, but its session is not open yet (it just started).
             self.metrics.call(server, Outcome::BackendUnavailable, None);
             return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
@@ -577,7 +586,23 @@ impl ServerHandler for Gateway {
         let mut params = request;
         params.name = backend_name.into();
         let started = std::time::Instant::now();
-        let answer = match backend.peer.call_tool_once(params.clone()).await {
+        let mut first = backend.peer.call_tool_once(params.clone()).await;
+        // A replica that did not take the call (its node went away before its next probe,
+        // or it forgot the session): once to the routed task, which then stands for it.
+        if backend.replica
+            && let Err(e) = &first
+            && (never_delivered(e) || session_expired(e))
+            && let Some((routed, guard)) = self.backends.checkout(server)
+        {
+            if session_expired(e) {
+                self.backends.expired(server, backend.session);
+            }
+            debug!(%server, replica = %backend.endpoint, error = %crate::error_text::chain(e), "the call goes to the routed task");
+            self.metrics.rerouted();
+            (backend, in_flight) = (routed, guard);
+            first = backend.peer.call_tool_once(params.clone()).await;
+        }
+        let answer = match first {
             Err(e) if never_delivered(&e) || session_expired(&e) => {
                 // The call cannot have run: the instance's port is closed (it stopped, a
                 // drain that ran out, or died), or it no longer knows the gateway's

@@ -55,6 +55,20 @@ pub struct BackendView {
     /// Calls since the agent started, by outcome (`ok`, `tool_error`, `protocol_error`,
     /// `backend_unhealthy`, `backend_unavailable`, `unreachable`).
     pub calls: BTreeMap<String, u64>,
+    /// The gateway's sessions with the instance's tasks: the routed one first, then one
+    /// per other serving task (Swarm replicas), which calls are spread over.
+    #[serde(default)]
+    pub sessions: Vec<BackendSession>,
+}
+
+/// One of the gateway's sessions with a backend's tasks.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BackendSession {
+    pub endpoint: String,
+    /// The task the fleet view routes to (its tools are the catalog's).
+    pub routed: bool,
+    /// Calls sent on this session since it opened.
+    pub calls_sent: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
@@ -117,6 +131,21 @@ impl Gauges {
                 .calls_of(&s.id)
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            sessions: backend
+                .iter()
+                .cloned()
+                .chain(
+                    self.backends
+                        .replicas(&s.id)
+                        .into_iter()
+                        .filter(|r| Some(&r.instance_id) == s.instance_id.as_ref()),
+                )
+                .map(|b| BackendSession {
+                    routed: !b.replica,
+                    calls_sent: b.sent.load(std::sync::atomic::Ordering::Relaxed),
+                    endpoint: b.endpoint,
+                })
                 .collect(),
         }
     }

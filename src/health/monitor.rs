@@ -66,6 +66,27 @@ pub struct ServerHealth {
     pub override_until: Option<Timestamp>,
     #[serde(skip)]
     override_state: Option<HealthState>,
+    /// Where the probes that make this health go (the task calls are routed to).
+    #[schemars(with = "String")]
+    pub addr: std::net::SocketAddr,
+    /// The instance's other serving tasks (Swarm replicas), each as its last probe found
+    /// it. Probed in the same round as `addr`; the gateway spreads calls over the healthy
+    /// ones. Empty on the other runtimes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternates: Vec<AlternateHealth>,
+}
+
+/// What the last probe of one of an instance's other serving tasks found. No thresholds:
+/// the server's health is its routed task's; an alternate is spare capacity, left out at
+/// its first failed probe and taken back at its first good one.
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct AlternateHealth {
+    #[schemars(with = "String")]
+    pub addr: std::net::SocketAddr,
+    pub healthy: bool,
+    /// The probe's own words (status, latency, or why it failed).
+    pub detail: String,
+    pub at: Timestamp,
 }
 
 /// The monitor moved a server to another of its instance's tasks, which answered while
@@ -99,6 +120,9 @@ struct Entry {
     stop: CancellationToken,
     last_uptime: Option<f64>,
     mismatch_reported: bool,
+    /// The last probe of each task the server could be routed to, by address; kept across
+    /// a failover so the task it left shows as failed.
+    alternates: HashMap<std::net::SocketAddr, AlternateHealth>,
 }
 
 /// What the journal task is handed.
@@ -245,6 +269,15 @@ impl Monitor {
             e.stop.cancel();
             e.stop = self.spawn(&moved);
             e.target = moved;
+            e.alternates.insert(
+                target.addr,
+                AlternateHealth {
+                    addr: target.addr,
+                    healthy: false,
+                    detail: why.to_owned(),
+                    at: Timestamp::now(),
+                },
+            );
         }
         let detail = format!(
             "{} did not answer ({why}); {to} did: serving from there",
@@ -512,6 +545,32 @@ impl Monitor {
         stop
     }
 
+    /// Records what a round found at `target`'s other tasks (ignored when the server was
+    /// re-targeted meanwhile).
+    fn alternates_probed(&self, target: &Target, results: &[(std::net::SocketAddr, ProbeResult)]) {
+        let mut entries = self.entries();
+        let Some(e) = entries.get_mut(&target.server_id) else {
+            return;
+        };
+        if e.target != *target {
+            return;
+        }
+        let at = Timestamp::now();
+        for (addr, r) in results {
+            e.alternates.insert(
+                *addr,
+                AlternateHealth {
+                    addr: *addr,
+                    healthy: r.outcome.is_success(),
+                    detail: r.detail.clone(),
+                    at,
+                },
+            );
+        }
+        let current: Vec<std::net::SocketAddr> = e.target.alternates.clone();
+        e.alternates.retain(|a, _| current.contains(a));
+    }
+
     /// Records one probe result for `target` (ignored when the server moved to another
     /// instance meanwhile).
     fn observe(&self, target: &Target, r: ProbeResult) {
@@ -587,6 +646,8 @@ impl Entry {
                 last_probe_at: None,
                 override_until: None,
                 override_state: None,
+                addr: target.addr,
+                alternates: Vec::new(),
             },
             target,
             tracker: Tracker::default(),
@@ -594,6 +655,7 @@ impl Entry {
             stop,
             last_uptime: None,
             mismatch_reported: false,
+            alternates: HashMap::new(),
         }
     }
 
@@ -611,6 +673,13 @@ impl Entry {
     /// The view, with an override in force applied.
     fn shown(&self) -> ServerHealth {
         let mut v = self.view.clone();
+        v.addr = self.target.addr;
+        v.alternates = self
+            .target
+            .alternates
+            .iter()
+            .filter_map(|a| self.alternates.get(a).cloned())
+            .collect();
         match (v.override_until, v.override_state) {
             (Some(until), Some(state)) if until > Timestamp::now() => v.state = state,
             _ => {
@@ -726,26 +795,37 @@ async fn probe_loop(
             return;
         };
         let monitor = Monitor { inner: strong };
-        let result = {
+        // The routed task and the instance's other serving tasks, in one round: the
+        // gateway spreads calls over the healthy ones.
+        let (result, alternates) = {
             let _permit = monitor.inner.permits.acquire().await;
+            let probe = |addr| {
+                monitor
+                    .inner
+                    .prober
+                    .probe(target.check.probe, addr, &endpoint, timeout)
+            };
+            let round = futures::future::join(
+                probe(target.addr),
+                futures::future::join_all(target.alternates.iter().map(|a| probe(*a))),
+            );
             tokio::select! {
                 _ = stop.cancelled() => return,
-                r = monitor.inner.prober.probe(target.check.probe, target.addr, &endpoint, timeout) => r,
+                r = round => r,
             }
         };
         if stop.is_cancelled() {
             return;
         }
         monitor.inner.latency.observe(result.latency_ms / 1000.0);
+        let alternates: Vec<(std::net::SocketAddr, ProbeResult)> =
+            target.alternates.iter().copied().zip(alternates).collect();
+        monitor.alternates_probed(&target, &alternates);
         // Another task of the instance may still serve: move there rather than count a
         // failure (the next probes, from the new task, are the server's health).
         if result.outcome.is_failure() {
-            for alt in &target.alternates {
-                let r = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = monitor.inner.prober.probe(target.check.probe, *alt, &endpoint, timeout) => r,
-                };
-                if r.outcome.is_success() && monitor.fail_over(&target, *alt, &result.detail) {
+            for (alt, r) in alternates {
+                if r.outcome.is_success() && monitor.fail_over(&target, alt, &result.detail) {
                     monitor.observe(&target, r);
                     return;
                 }

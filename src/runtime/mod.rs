@@ -165,11 +165,7 @@ impl Instance {
 
     /// Where its tasks serve (running, port published), Swarm's only; empty elsewhere.
     pub fn serving(&self) -> Vec<SocketAddr> {
-        self.tasks
-            .iter()
-            .filter(|t| t.state == "running")
-            .filter_map(|t| t.endpoint)
-            .collect()
+        self.tasks.iter().filter_map(Task::serving_at).collect()
     }
 
     /// The same instance, serving at `preferred` when that is one of its serving tasks:
@@ -195,6 +191,11 @@ impl Instance {
 }
 
 impl Task {
+    /// Where it serves: its endpoint while Swarm says it runs.
+    pub fn serving_at(&self) -> Option<SocketAddr> {
+        self.endpoint.filter(|_| self.state == "running")
+    }
+
     /// Swarm wants it running and is getting it there: scheduled or starting, not yet
     /// serving, and not a task no node can take.
     pub fn on_its_way(&self) -> bool {

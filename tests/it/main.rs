@@ -25,6 +25,7 @@ mod profiles;
 mod registry;
 mod rollback;
 mod schemathesis;
+mod status_page;
 mod store_faults;
 mod support;
 mod swarm;

@@ -333,6 +333,136 @@ async fn swarm_places_by_constraint_upgrades_and_rolls_back_under_load_and_follo
     blocking(move || drop(swarm)).await;
 }
 
+/// The calls the gateway sent on its session with each of gamma's tasks, by endpoint.
+async fn sent_by_task(agent: &TestAgent) -> std::collections::BTreeMap<String, u64> {
+    let base = agent.gateway.clone().unwrap();
+    let url = format!("{}/backends", base.trim_end_matches("/mcp"));
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+    let gamma = body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == "gamma")
+        .unwrap_or_else(|| panic!("no gamma in {body:#}"));
+    gamma["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let endpoint = s["endpoint"].as_str().unwrap();
+            let addr = endpoint
+                .trim_start_matches("http://")
+                .trim_end_matches("/mcp");
+            (addr.to_owned(), s["calls_sent"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Each of `clients` calls gamma_echo once: all answered, and on which task each landed.
+async fn round(agent: &TestAgent, clients: &[Client], what: &str) -> Vec<String> {
+    let mut landed = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let before = sent_by_task(agent).await;
+        let r = call(c, "gamma_echo", json!({ "text": "hi" })).await;
+        assert_ne!(r.is_error, Some(true), "{what}, client {i}: {}", text(&r));
+        let after = sent_by_task(agent).await;
+        let moved: Vec<&String> = after
+            .iter()
+            .filter(|(task, n)| before.get(*task).copied().unwrap_or(0) < **n)
+            .map(|(task, _)| task)
+            .collect();
+        assert_eq!(moved.len(), 1, "{what}, client {i}: {before:?} → {after:?}");
+        landed.push(moved[0].clone());
+    }
+    landed
+}
+
+/// With both tasks healthy, each client's calls stay on one task and the clients spread
+/// over both; a task that fails its probes gets no calls (its clients go to the other, all
+/// answered) until it passes again, when its clients come back.
+async fn spreads_clients_over_healthy_replicas(agent: &TestAgent) {
+    let healthy_tasks = || async {
+        let view = agent.server("gamma").await?;
+        let tasks: Vec<String> = view["tasks"]
+            .as_array()?
+            .iter()
+            .filter(|t| t["health"] == "healthy")
+            .filter_map(|t| t["endpoint"].as_str().map(str::to_owned))
+            .collect();
+        let sessions = sent_by_task(agent).await;
+        (tasks.len() == 2 && sessions.len() == 2).then_some(tasks)
+    };
+    let tasks = eventually(
+        DEADLINE,
+        "both tasks healthy, a session with each",
+        healthy_tasks,
+    )
+    .await;
+    let gateway = agent.gateway.clone().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(crate::support::mcp::client(&gateway).await);
+    }
+    let first = round(agent, &clients, "both healthy").await;
+    assert_eq!(
+        round(agent, &clients, "both healthy, again").await,
+        first,
+        "a client changed task"
+    );
+    for task in &tasks {
+        assert!(first.contains(task), "no client on {task}: {first:?}");
+    }
+
+    // The task the view does not route to fails its probes.
+    let routed = agent.server("gamma").await.unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let replica = tasks.iter().find(|t| **t != routed).unwrap().clone();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let set = |mode: &'static str| {
+        let request = http.post(format!("http://{replica}/admin/health/{mode}"));
+        async move { assert!(request.send().await.unwrap().status().is_success()) }
+    };
+    let task_health = |want: &'static str| {
+        let replica = replica.clone();
+        move || {
+            let replica = replica.clone();
+            async move {
+                let view = agent.server("gamma").await?;
+                view["tasks"]
+                    .as_array()?
+                    .iter()
+                    .any(|t| t["endpoint"] == replica.as_str() && t["health"] == want)
+                    .then_some(())
+            }
+        }
+    };
+    set("unhealthy").await;
+    eventually(
+        DEADLINE,
+        "the replica shown unhealthy",
+        task_health("unhealthy"),
+    )
+    .await;
+    let shunned = round(agent, &clients, "replica unhealthy").await;
+    assert!(shunned.iter().all(|t| *t == routed), "{shunned:?}");
+    set("healthy").await;
+    eventually(
+        DEADLINE,
+        "the replica shown healthy",
+        task_health("healthy"),
+    )
+    .await;
+    assert_eq!(round(agent, &clients, "replica healthy again").await, first);
+    for c in clients {
+        c.cancel().await.ok();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_with_two_replicas_answers_every_call_through_the_gateway_when_either_node_dies() {
     let name = "a_server_with_two_replicas_answers_every_call";
@@ -358,6 +488,7 @@ async fn a_server_with_two_replicas_answers_every_call_through_the_gateway_when_
     };
     eventually(DEADLINE, "a task on each worker", both).await;
     let client = gateway_client(&agent, 3).await;
+    spreads_clients_over_healthy_replicas(&agent).await;
 
     // Each round kills the node the gateway routes to: first one worker, then the other.
     for round in 0..2 {

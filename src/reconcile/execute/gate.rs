@@ -29,12 +29,7 @@ impl Executor {
         };
         // Every task of a scheduled instance (Swarm) must pass, not only the one the
         // endpoint names: the gateway may route to any of them.
-        let mut addrs: Vec<SocketAddr> = instance
-            .tasks
-            .iter()
-            .filter(|t| t.state == "running")
-            .filter_map(|t| t.endpoint)
-            .collect();
+        let mut addrs: Vec<SocketAddr> = instance.serving();
         if addrs.is_empty() {
             addrs.push(addr);
         }

@@ -313,7 +313,11 @@ impl SwarmRuntime {
                 (None, _) => unplaceable_since = None,
             }
             if let Some(instance) = self.instance("start", id).await? {
-                let serving = instance.tasks.iter().filter(|t| tasks::serves(t)).count();
+                let serving = instance
+                    .tasks
+                    .iter()
+                    .filter(|t| t.serving_at().is_some())
+                    .count();
                 if serving >= replicas as usize {
                     return Ok(instance);
                 }
@@ -555,7 +559,11 @@ impl Runtime for SwarmRuntime {
     /// of them is on its way (assigned, preparing, starting) on a node that is up.
     async fn replacing(&self, id: &str) -> Option<String> {
         let instance = self.instance("inspect", id).await.ok()??;
-        let serving = instance.tasks.iter().filter(|t| tasks::serves(t)).count();
+        let serving = instance
+            .tasks
+            .iter()
+            .filter(|t| t.serving_at().is_some())
+            .count();
         if !instance.being_replaced() && serving > 0 {
             return None;
         }

@@ -77,12 +77,7 @@ pub fn live_tasks(
 
 /// 0 for a task that serves, 1 otherwise: serving tasks sort first.
 fn serving_rank(task: &SwarmTask, nodes: &HashMap<String, NodeInfo>) -> u8 {
-    u8::from(!serves(&task_view(task, nodes)))
-}
-
-/// Whether a task answers at its endpoint: running, its port published, on a node that is up.
-pub fn serves(task: &Task) -> bool {
-    task.state == "running" && task.endpoint.is_some()
+    u8::from(task_view(task, nodes).serving_at().is_none())
 }
 
 fn task_view(task: &SwarmTask, nodes: &HashMap<String, NodeInfo>) -> Task {
@@ -167,7 +162,7 @@ pub fn instance(
         .and_then(|r| r.replicas)
         .unwrap_or(1);
     let live = live_tasks(tasks, &id, nodes);
-    let serving = live.iter().find(|t| serves(t));
+    let serving = live.iter().find(|t| t.serving_at().is_some());
     let state = if replicas == 0 {
         InstanceState::Exited { code: None }
     } else if serving.is_some() {

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use jiff::Timestamp;
 
 use super::super::{Instance, RuntimeEvent, RuntimeEventKind};
-use super::tasks::serves;
 
 /// What the watch remembers of one service between two reads.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,8 +33,7 @@ pub fn seen(
             let serving: BTreeSet<(String, String, SocketAddr)> = i
                 .tasks
                 .iter()
-                .filter(|t| serves(t))
-                .filter_map(|t| Some((t.id.clone(), t.node.clone(), t.endpoint?)))
+                .filter_map(|t| Some((t.id.clone(), t.node.clone(), t.serving_at()?)))
                 .collect();
             let served =
                 !serving.is_empty() || before.and_then(|b| b.get(&i.id)).is_some_and(|s| s.served);

@@ -27,6 +27,7 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+pub mod browser;
 pub mod images;
 pub mod mcp;
 pub mod receiver;
