@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::ApiError;
 use super::ApiState;
-use crate::store::Event;
+use crate::store::{Event, EventFilter};
 
 /// Events re-read from the log per query while catching a client up.
 const PAGE: usize = 500;
@@ -118,7 +118,9 @@ pub async fn stream(
             let newest = state
                 .control
                 .store
-                .call(move |s| s.latest_events(server.as_deref(), None, backlog))
+                .call(move |s| {
+                    s.latest_events(EventFilter::server(server.as_deref()), None, backlog)
+                })
                 .await
                 .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?;
             match newest.last() {
@@ -155,7 +157,7 @@ async fn latest_id(state: &ApiState) -> Result<i64, ApiError> {
     Ok(state
         .control
         .store
-        .call(|s| s.latest_events(None, None, 1))
+        .call(|s| s.latest_events(EventFilter::default(), None, 1))
         .await
         .map_err(|e| ApiError::internal(crate::error_text::chain(&e)))?
         .first()
@@ -196,7 +198,7 @@ async fn feed(
             let page = match state
                 .control
                 .store
-                .call(move |s| s.events_after(Some(after), None, PAGE))
+                .call(move |s| s.events_after(Some(after), EventFilter::default(), PAGE))
                 .await
             {
                 Ok(page) => page,
@@ -252,6 +254,8 @@ async fn feed(
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     server: Option<String>,
+    /// Only events whose kind starts with this (`health`, `rollout`, `run.finished`).
+    kind: Option<String>,
     /// Events after this id, oldest first; without it, the newest `limit`.
     #[schemars(range(min = 0))]
     after: Option<i64>,
@@ -260,7 +264,7 @@ pub struct HistoryQuery {
     limit: Option<usize>,
 }
 
-/// `GET /events/history?server=&after=&limit=`: the retained log as JSON, oldest first.
+/// `GET /events/history?server=&kind=&after=&limit=`: the retained log as JSON, oldest first.
 pub async fn history(
     State(state): State<Arc<ApiState>>,
     Query(q): Query<HistoryQuery>,
@@ -270,12 +274,18 @@ pub async fn history(
     let events = state
         .control
         .store
-        .call(move |s| match after {
-            Some(after) => s.events_after(Some(after), q.server.as_deref(), limit),
-            None => {
-                let mut newest = s.latest_events(q.server.as_deref(), None, limit)?;
-                newest.reverse();
-                Ok(newest)
+        .call(move |s| {
+            let filter = EventFilter {
+                server: q.server.as_deref(),
+                kind: q.kind.as_deref(),
+            };
+            match after {
+                Some(after) => s.events_after(Some(after), filter, limit),
+                None => {
+                    let mut newest = s.latest_events(filter, None, limit)?;
+                    newest.reverse();
+                    Ok(newest)
+                }
             }
         })
         .await

@@ -3,11 +3,13 @@
 
 mod agent;
 mod client;
+mod completions;
 mod config;
 mod deployments;
 mod events;
 mod mcp;
 mod output;
+mod progress;
 mod rollouts;
 mod status;
 mod validate;
@@ -29,10 +31,18 @@ pub mod exit {
     pub const ERROR: u8 = 2;
 }
 
+/// `--version`: the crate's version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MCP_ORCHESTRATION_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mcp-orchestration",
-    version,
+    version = VERSION,
     about = "A GitOps agent that runs a fleet of MCP servers from a git repository"
 )]
 pub struct Cli {
@@ -100,6 +110,12 @@ enum Command {
     /// MCP clients' configurations: drafts, validation, signed artifacts, and deploying
     /// them into the clients' files on this machine (or the agent's).
     Config(config::Args),
+    /// Exit 0 when the agent answers `GET /health`, 1 when not (a container's HEALTHCHECK).
+    Healthcheck,
+    /// Print the shell completion script: `source <(mcp-orchestration completions bash)`.
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff), or write one per command with `--dir`.
+    Man(completions::ManArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -152,6 +168,9 @@ pub fn main() -> ExitCode {
             .endpoint()
             .and_then(|endpoint| mcp::run(&settings, &endpoint)),
         Command::Config(args) => config::run(&settings, args),
+        Command::Healthcheck => status::healthcheck(&settings),
+        Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => completions::man(args),
     };
     match result {
         // Output lost to a failing stdout (not one its reader closed) is a failed command.

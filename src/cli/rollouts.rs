@@ -229,6 +229,11 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
     }
     let started = Instant::now();
     let mut printed = 0usize;
+    let mut progress = super::progress::Progress::new(!quiet);
+    let mut doing = format!(
+        "rolling {} back to {target}: waiting for the rollout",
+        args.server
+    );
     loop {
         let newest = rollouts(5)?
             .into_iter()
@@ -237,12 +242,20 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
             let detail: RolloutDetail = client.get(&format!("/rollouts/{}", r.id))?;
             if !quiet {
                 for s in detail.steps.iter().skip(printed) {
-                    outln!("  {:<20} {}", s.step, s.detail.as_deref().unwrap_or(""));
+                    progress.line(&format!(
+                        "  {:<20} {}",
+                        s.step,
+                        s.detail.as_deref().unwrap_or("")
+                    ));
                 }
             }
             printed = detail.steps.len();
+            if let Some(last) = detail.steps.last() {
+                doing = format!("rolling {} back to {target}: {}", args.server, last.step);
+            }
             let outcome = detail.rollout.outcome;
             if outcome != RolloutOutcome::InProgress {
+                progress.clear();
                 if quiet {
                     output::print_json(&detail);
                 } else {
@@ -264,6 +277,7 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
         } else {
             let view: ServerView = client.get(&format!("/servers/{}", args.server))?;
             if view.running_version.as_deref() == Some(target.as_str()) && view.state == "running" {
+                progress.clear();
                 if !quiet {
                     outln!("{} already runs {target}", args.server);
                 }
@@ -271,12 +285,14 @@ pub fn rollback(settings: &Settings, args: RollbackArgs) -> anyhow::Result<u8> {
             }
         }
         if started.elapsed() > timeout {
+            progress.clear();
             bail!(
                 "the rollback did not finish within {:?}; follow it with `mcp-orchestration history {}`",
                 timeout,
                 args.server
             );
         }
+        progress.tick(&doing);
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -80,6 +80,33 @@ enum RevisionsCommand {
     },
 }
 
+/// What `healthcheck` reads of `GET /health`.
+#[derive(serde::Deserialize)]
+struct AgentHealth {
+    status: String,
+    starting: Option<String>,
+}
+
+/// `healthcheck`: exit 0 when the agent answers `GET /health`, 1 when it does not (a
+/// container's `HEALTHCHECK` reads exactly that). A degraded agent (its repository or
+/// runtime unreachable) still answers, and still runs its servers: 0, with the word.
+pub fn healthcheck(settings: &Settings) -> anyhow::Result<u8> {
+    let client = Client::new(settings)?;
+    match client.get::<AgentHealth>("/health") {
+        Ok(h) => {
+            match h.starting {
+                Some(step) => outln!("{} (starting: {step})", h.status),
+                None => outln!("{}", h.status),
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            output::errln!("unhealthy: {e:#}");
+            Ok(exit::BAD)
+        }
+    }
+}
+
 pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
     let client = Client::new(settings)?;
     if let Some(id) = &args.server {

@@ -67,6 +67,20 @@ pub(super) fn insert(conn: &Connection, e: NewEvent<'_>) -> Result<Event, StoreE
     })
 }
 
+/// Which events a read wants: of one server, of kinds starting with a prefix
+/// (`health`, `rollout`, `run.finished`), or both; the default is all.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventFilter<'a> {
+    pub server: Option<&'a str>,
+    pub kind: Option<&'a str>,
+}
+
+impl<'a> EventFilter<'a> {
+    pub fn server(server: Option<&'a str>) -> Self {
+        EventFilter { server, kind: None }
+    }
+}
+
 impl Store {
     /// Live events from now on. A receiver that lags gets `RecvError::Lagged` and should
     /// re-read [`Store::events_after`] from the last id it saw.
@@ -81,51 +95,59 @@ impl Store {
         }
     }
 
-    /// Events with an id above `after` (all when `None`), oldest first, of one server when
-    /// given, at most `limit`.
+    /// Events with an id above `after` (all when `None`), oldest first, that `filter`
+    /// wants, at most `limit`.
     pub fn events_after(
         &self,
         after: Option<i64>,
-        server: Option<&str>,
+        filter: EventFilter<'_>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let after = after.unwrap_or(0);
-        // Two statements, so the filtered one can use `events_by_server`.
-        match server {
-            Some(server) => self.query_events(
-                "SELECT id, at, kind, server_id, summary, data FROM events
-                 WHERE server_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                params![server, after, limit as i64],
-            ),
-            None => self.query_events(
-                "SELECT id, at, kind, server_id, summary, data FROM events
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
-                params![after, limit as i64],
-            ),
-        }
+        self.filtered("id > :id", after.unwrap_or(0), filter, "id", limit)
     }
 
-    /// The newest `limit` events (of one server when given, only ids below `before` when
-    /// given), newest first.
+    /// The newest `limit` events that `filter` wants (only ids below `before` when given),
+    /// newest first.
     pub fn latest_events(
         &self,
-        server: Option<&str>,
+        filter: EventFilter<'_>,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let before = before.unwrap_or(i64::MAX);
-        match server {
-            Some(server) => self.query_events(
-                "SELECT id, at, kind, server_id, summary, data FROM events
-                 WHERE server_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
-                params![server, before, limit as i64],
-            ),
-            None => self.query_events(
-                "SELECT id, at, kind, server_id, summary, data FROM events
-                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
-                params![before, limit as i64],
-            ),
+        self.filtered(
+            "id < :id",
+            before.unwrap_or(i64::MAX),
+            filter,
+            "id DESC",
+            limit,
+        )
+    }
+
+    /// One statement per combination of filters, so a server's events use
+    /// `events_by_server`; a kind is a prefix compared as text, not a `LIKE` pattern (kinds
+    /// hold `_`).
+    fn filtered(
+        &self,
+        bound: &str,
+        id: i64,
+        filter: EventFilter<'_>,
+        order: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut sql =
+            format!("SELECT id, at, kind, server_id, summary, data FROM events WHERE {bound}");
+        let limit = limit as i64;
+        let mut args: Vec<(&str, &dyn rusqlite::ToSql)> = vec![(":id", &id), (":limit", &limit)];
+        if let Some(server) = &filter.server {
+            sql.push_str(" AND server_id = :server");
+            args.push((":server", server));
         }
+        if let Some(kind) = &filter.kind {
+            sql.push_str(" AND substr(kind, 1, length(:kind)) = :kind");
+            args.push((":kind", kind));
+        }
+        sql.push_str(&format!(" ORDER BY {order} LIMIT :limit"));
+        self.query_events(&sql, args.as_slice())
     }
 
     fn query_events(

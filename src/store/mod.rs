@@ -28,7 +28,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 
 pub use configs::{ConfigDeployment, ConfigDraft, StoredArtifact};
-pub use events::Event;
+pub use events::{Event, EventFilter};
 pub use records::*;
 
 #[derive(Debug, thiserror::Error)]

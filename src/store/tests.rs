@@ -254,7 +254,9 @@ fn every_recorded_change_lands_in_the_event_log_in_order_and_live() {
         "health.transition",
         "run.finished",
     ];
-    let log = store.events_after(None, None, 100).unwrap();
+    let log = store
+        .events_after(None, EventFilter::default(), 100)
+        .unwrap();
     assert_eq!(
         log.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
         kinds
@@ -272,14 +274,33 @@ fn every_recorded_change_lands_in_the_event_log_in_order_and_live() {
     assert_eq!(log[4].summary, "healthy → unhealthy: 3 probes failed");
     assert_eq!(log[5].data["commit"], "abcdef0123456789");
     assert_eq!(
-        store.events_after(Some(log[3].id), Some("s"), 100).unwrap(),
+        store
+            .events_after(Some(log[3].id), EventFilter::server(Some("s")), 100)
+            .unwrap(),
         vec![log[4].clone()],
         "after an id, of one server"
     );
     assert_eq!(
-        store.latest_events(None, None, 2).unwrap(),
+        store
+            .latest_events(EventFilter::default(), None, 2)
+            .unwrap(),
         vec![log[5].clone(), log[4].clone()]
     );
+    // A kind is a prefix, matched as text: `rollout.` finds the three rollout events, and
+    // `_` is no wildcard.
+    let rollouts = EventFilter {
+        server: Some("s"),
+        kind: Some("rollout."),
+    };
+    assert_eq!(
+        store.latest_events(rollouts, None, 10).unwrap(),
+        vec![log[3].clone(), log[2].clone(), log[1].clone()]
+    );
+    let wildcard = EventFilter {
+        server: None,
+        kind: Some("run_"),
+    };
+    assert!(store.events_after(None, wildcard, 10).unwrap().is_empty());
 }
 
 #[test]
@@ -289,11 +310,19 @@ fn pruned_event_ids_are_never_reused() {
         store.begin_run(&new_run(&format!("aaaa{i}"))).unwrap();
     }
     assert_eq!(store.prune_events(now(), 2).unwrap(), 3);
-    let left = store.events_after(None, None, 100).unwrap();
+    let left = store
+        .events_after(None, EventFilter::default(), 100)
+        .unwrap();
     assert_eq!(left.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 5]);
     // Even with every event pruned, the next id continues: a client resuming from 5 misses
     // nothing and sees nothing twice.
     assert_eq!(store.prune_events(now(), 0).unwrap(), 2);
     store.begin_run(&new_run("bbbb")).unwrap();
-    assert_eq!(store.events_after(Some(5), None, 100).unwrap()[0].id, 6);
+    assert_eq!(
+        store
+            .events_after(Some(5), EventFilter::default(), 100)
+            .unwrap()[0]
+            .id,
+        6
+    );
 }

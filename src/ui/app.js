@@ -296,6 +296,8 @@ async function fleetView(first) {
       h('thead', {}, h('tr', {}, ['Server', 'Health', 'Version', 'Endpoint', 'Since', 'Notes', 'Tools', 'Calls'].map((t) => h('th', {}, t)))),
       h('tbody', {}, rows)),
   );
+  // For the render benchmark (tests/it/status_page.rs): when each fleet render finished.
+  performance.mark('fleet-rendered');
 }
 
 // ---- a server ----

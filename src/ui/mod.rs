@@ -24,9 +24,22 @@ pub const ASSETS: [(&str, &str, &str); 3] = [
     ("/ui/app.css", "text/css; charset=utf-8", STYLE),
 ];
 
+/// What the three files may weigh together, uncompressed as they are served: no framework
+/// and no build step keep the page small (BENCHMARKS.md, "The status page").
+pub const BUDGET_BYTES: usize = 48 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_page_keeps_to_its_budget() {
+        let total: usize = ASSETS.iter().map(|(_, _, body)| body.len()).sum();
+        assert!(
+            total <= BUDGET_BYTES,
+            "{total} bytes, budget {BUDGET_BYTES}"
+        );
+    }
 
     #[test]
     fn the_page_loads_only_its_own_files() {

@@ -1,5 +1,6 @@
 //! All integration tests, built as one binary so they share one build and one link.
 
+mod agent_image;
 mod api;
 mod client_configs;
 mod client_programs;
@@ -25,6 +26,7 @@ mod profiles;
 mod registry;
 mod rollback;
 mod schemathesis;
+mod service;
 mod status_page;
 mod store_faults;
 mod support;

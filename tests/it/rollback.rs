@@ -128,6 +128,8 @@ async fn an_operator_rollback_shows_progress_and_holds_the_version_until_resume(
     let (code, text) = cli(&agent, &["rollback", "mu"]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("rolling mu back to 1.0.0"), "{text}");
+    // Piped: plain lines, no live line drawn over them.
+    assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
     assert!(
         text.contains("healthy") && text.contains("mu: succeeded"),
         "{text}"
@@ -168,4 +170,57 @@ async fn an_operator_rollback_shows_progress_and_holds_the_version_until_resume(
         text.contains("trigger operator") && text.contains("instance_started"),
         "{text}"
     );
+}
+
+/// On a terminal, `rollback` draws a live line (spinner, step, time) while it waits (piped,
+/// it does not: the test above). The version rolled back to fails its health checks (a
+/// health file per version), and its gate takes 20 failed probes 0.2 s apart to give up,
+/// so the wait outlasts `--timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_on_a_terminal_shows_a_live_progress_line() {
+    let health = tempfile::tempdir().unwrap();
+    let manifest = |version: &str| {
+        format!(
+            "version: \"1.1\"\nservers:\n  - id: pi\n    version: \"{version}\"\n    process:\n      command: {}\n      args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\", \"--health-file\", \"{}/{{version}}\"]\n    health_check: {{ interval_seconds: 0.2, timeout_seconds: 0.15, failure_threshold: 20, success_threshold: 1 }}\n",
+            example_server_bin().display(),
+            health.path().display()
+        )
+    };
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest("1.0.0"), "pi 1.0.0");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    agent
+        .wait_running("pi", "1.0.0", Duration::from_secs(10))
+        .await;
+    repo.push_manifest(&manifest("1.1.0"), "pi 1.1.0");
+    agent
+        .wait_running("pi", "1.1.0", Duration::from_secs(10))
+        .await;
+    std::fs::write(health.path().join("1.0.0"), "unhealthy").unwrap();
+
+    let command = format!(
+        "{BIN} rollback pi --to 1.0.0 --timeout 1500ms --agent-url {} --api-key {TEST_API_KEY}",
+        agent.url
+    );
+    let on_terminal = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("script runs");
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(!on_terminal.status.success(), "{shown}");
+    assert!(shown.contains("rolling pi back to 1.0.0"), "{shown}");
+    assert!(
+        shown.contains("\r\x1b[2K") && shown.contains(" · ") && shown.contains(" s"),
+        "no live line in {shown:?}"
+    );
+    assert!(
+        ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏']
+            .iter()
+            .any(|c| shown.contains(*c)),
+        "no spinner in {shown:?}"
+    );
+    assert!(shown.contains("did not finish within"), "{shown}");
+
+    std::fs::remove_file(health.path().join("1.0.0")).unwrap();
 }

@@ -212,6 +212,18 @@ async fn the_status_page_follows_the_fleet_live_and_rolls_back_with_a_confirmed_
         )
         .await;
     browser.screenshot(&screenshot_path("events")).await;
+    // Filtered by kind (the agent filters: `GET /events/history?kind=`).
+    browser
+        .eval("location.hash = '#/events?kind=rollout';", json!([]))
+        .await;
+    browser
+        .wait_for(
+            "only rollout events",
+            "const rows = [...document.querySelectorAll('tr[data-kind]')]; \
+             return rows.length > 0 && rows.every(r => r.dataset.kind.startsWith('rollout'));",
+            json!([]),
+        )
+        .await;
 
     // Never reloaded, and nothing requested but the agent.
     let mark = browser.eval("return window.__mark;", json!([])).await;
@@ -291,6 +303,98 @@ async fn the_status_page_fits_a_phone_and_needs_no_key_on_loopback_reads() {
     assert!(said.as_str().unwrap().contains("UNAUTHORIZED"), "{said}");
     let (_, page) = agent.get("/servers/alpha/rollouts").await;
     assert_eq!(page["rollouts"].as_array().unwrap().len(), 1, "{page:#}");
+    drop(browser);
+    agent.stop().await;
+}
+
+/// A manifest of `n` example servers probed every second.
+fn fleet_of(n: usize) -> String {
+    let bin = crate::support::example_server_bin();
+    let mut text = String::from("version: \"1.1\"\nservers:\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "  - id: s{i:03}\n    version: \"1.0.0\"\n    process:\n      command: {}\n      args: [\"--port\", \"{{port}}\", \"--version\", \"{{version}}\"]\n    health_check: {{ interval_seconds: 1, timeout_seconds: 0.5, failure_threshold: 1, success_threshold: 1 }}\n",
+            bin.display()
+        ));
+    }
+    text
+}
+
+/// A fleet of 100 servers on the page: how long the first render takes, and how long a
+/// health transition takes from the agent's event to the page (printed for BENCHMARKS.md,
+/// "The status page"; the test asserts only what the page shows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_renders_a_fleet_of_100_servers_and_its_updates() {
+    let name = "the_status_page_renders_a_fleet_of_100_servers";
+    if !available_or_skip(name) {
+        return;
+    }
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&fleet_of(100), "a hundred servers");
+    let agent = TestAgent::start(repo.remote().to_str().unwrap(), Options::default()).await;
+    eventually(Duration::from_secs(180), "100 servers healthy", || async {
+        let (_, fleet) = agent.get("/servers").await;
+        let servers = fleet["servers"].as_array()?;
+        (servers.len() == 100 && servers.iter().all(|s| s["health"] == "healthy")).then_some(())
+    })
+    .await;
+
+    let browser = Browser::start(1280, 900).await;
+    browser.goto(&format!("{}/", agent.url)).await;
+    browser
+        .wait_for(
+            "100 rows",
+            "return document.querySelectorAll('tr[data-server] [data-health=\"healthy\"]').length === 100;",
+            json!([]),
+        )
+        .await;
+    let first = browser
+        .eval(
+            "return performance.getEntriesByName('fleet-rendered')[0].startTime;",
+            json!([]),
+        )
+        .await;
+
+    let s050 = agent.server("s050").await.unwrap();
+    admin(
+        s050["endpoint"].as_str().unwrap(),
+        "/admin/health/unhealthy",
+    )
+    .await;
+    browser
+        .wait_for(
+            "s050 unhealthy on the page",
+            &format!("return ({ROW_HEALTH}) === 'unhealthy';"),
+            json!(["s050"]),
+        )
+        .await;
+    let (_, page) = agent
+        .get("/events/history?server=s050&kind=health.transition")
+        .await;
+    let at = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|e| e["data"]["to_state"] == "unhealthy")
+        .unwrap_or_else(|| panic!("no transition to unhealthy: {page:#}"))["at"]
+        .clone();
+    // The first render after the event that shows it: the page's clock and the agent's are
+    // this machine's.
+    let update = browser
+        .eval(
+            "const at = Date.parse(arguments[0]); \
+             const shown = performance.getEntriesByName('fleet-rendered') \
+                .map(m => performance.timeOrigin + m.startTime).find(t => t >= at); \
+             return shown - at;",
+            json!([at]),
+        )
+        .await;
+    eprintln!(
+        "status page, 100 servers: first render {:.0} ms after navigation start; health event → on the page {:.0} ms",
+        first.as_f64().unwrap(),
+        update.as_f64().unwrap()
+    );
+    browser.screenshot(&screenshot_path("fleet-100")).await;
     drop(browser);
     agent.stop().await;
 }

@@ -71,6 +71,8 @@ fn each_external_crate_is_named_only_by_its_owning_module() {
         // The operator's MCP tools, and the gateway's MCP server and backend sessions.
         ("rmcp", &["mcp/", "gateway/"]),
         ("clap", &["cli/"]),
+        ("clap_complete", &["cli/completions.rs"]),
+        ("clap_mangen", &["cli/completions.rs"]),
         ("tracing_subscriber", &["cli/"]),
         ("tracing_appender", &["cli/"]),
         // Client configurations: the files' formats, and the artifacts' signatures.
