@@ -18,12 +18,13 @@ fn main() {
     // files that exist: cargo runs a script whose watched file is missing every time. Not
     // the index (`git status` rewrites it), so a dirty tree is not marked.
     println!("cargo:rerun-if-changed=build.rs");
-    let Some(dir) = git(&["rev-parse", "--git-dir"]) else {
-        return;
-    };
-    let mut watched = vec![format!("{dir}/HEAD")];
+    // `--git-path` finds each where it is, in a worktree too (HEAD in the worktree's own
+    // directory, branches in the shared one).
+    let mut watched: Vec<String> = git(&["rev-parse", "--git-path", "HEAD"])
+        .into_iter()
+        .collect();
     if let Some(head) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        watched.push(format!("{dir}/{head}"));
+        watched.extend(git(&["rev-parse", "--git-path", &head]));
     }
     for file in watched.into_iter().filter(|f| Path::new(f).exists()) {
         println!("cargo:rerun-if-changed={file}");

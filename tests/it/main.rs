@@ -12,6 +12,7 @@ mod gateway;
 mod gateway_receiver;
 mod gitops;
 mod gitops_docker;
+mod guides;
 mod health;
 mod holes;
 mod hooks;

@@ -375,3 +375,15 @@ fn replicas_and_placement_are_refused_for_a_runtime_that_cannot_honour_them() {
         assert_eq!(o.code, 0, "{args:?}: {}", o.out);
     }
 }
+
+#[test]
+fn a_command_outside_the_trust_policy_is_one_error_not_two() {
+    // An existing program (so the host's symlink check could run too) that the built-in
+    // policy does not allow: said once, by name.
+    assert_one_error(
+        &manifest_with(
+            "  - id: alpha\n    version: \"1.0.0\"\n    process: { command: /bin/sh }\n",
+        ),
+        "ecosystem-manifest.yaml:5:25: error: command `/bin/sh` is not in a directory the agent's trust policy (built-in default) allows: nothing (at servers[0].process.command)",
+    );
+}
