@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::agent::kill_fleet;
-use crate::support::docker::free_port;
+use crate::support::docker::{docker, docker_or_skip, free_port};
+use crate::support::images::publish;
+use crate::support::registry::{TestRegistry, registry_or_skip};
 use crate::support::{REPO, example_server_bin};
 
 /// One `sh` block: where it starts, and its text.
@@ -87,6 +89,11 @@ fn script(page: &Path) -> String {
 
 /// Runs `page` (a path under `docs/`) and fails with its output when a command fails.
 fn run(page: &str) {
+    run_with(page, &[]);
+}
+
+/// [`run`], with `env` set for the page (what a reader would have set).
+fn run_with(page: &str, env: &[(&str, &str)]) {
     let page = Path::new(REPO).join("docs").join(page);
     let home = tempfile::tempdir().unwrap();
     let api = free_port();
@@ -107,7 +114,8 @@ fn run(page: &str) {
         .env(
             "MCP_ORCHESTRATION_GATEWAY_LISTEN",
             format!("127.0.0.1:{gateway}"),
-        );
+        )
+        .envs(env.iter().copied());
     for var in [
         "XDG_CONFIG_HOME",
         "XDG_DATA_HOME",
@@ -136,8 +144,12 @@ fn run(page: &str) {
     // Shown with `--nocapture`: what a reader would have seen.
     eprintln!("{stdout}");
     if !out.status.success() {
-        let log =
-            std::fs::read_to_string(home.path().join("mcp-fleet/agent.log")).unwrap_or_default();
+        let log = ["mcp-fleet", "mcp-updates"]
+            .iter()
+            .map(|dir| {
+                std::fs::read_to_string(home.path().join(dir).join("agent.log")).unwrap_or_default()
+            })
+            .collect::<String>();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         panic!(
             "{} failed ({}); the last block announced on stderr is the one that failed.\n\
@@ -179,6 +191,55 @@ fn the_health_check_specification() {
     run("reference/health-check-specification.md");
 }
 
+/// The Docker runtime and a real registry: the test publishes the example server's
+/// `1.0.0` into a registry of its own and hands the page its name as `IMAGE`; the page
+/// publishes `1.1.0` and a broken `1.2.0` itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_automatic_updates() {
+    let name = "enable_automatic_updates";
+    if !docker_or_skip(name) || !registry_or_skip(name) {
+        return;
+    }
+    let storage = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(storage.path(), false).await;
+    let host = registry.host();
+    let published = tokio::task::spawn_blocking(move || publish(&host, "1.0.0", "healthy"))
+        .await
+        .unwrap();
+    let image = published.trim_end_matches(":1.0.0").to_owned();
+    let page = image.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        run_with(
+            "how-to/enable-automatic-updates.md",
+            &[("IMAGE", page.as_str())],
+        )
+    })
+    .await;
+    // The page's server and images go, whatever happened: its containers are those of
+    // server `notes` made from this registry's images.
+    let notes = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        "label=io.mcp-orchestration.server=notes",
+    ]);
+    for id in notes.lines() {
+        let made_from = docker(&["inspect", "--format", "{{.Config.Image}}", id]);
+        if made_from.starts_with(&image) {
+            let _ = Command::new("docker").args(["rm", "--force", id]).output();
+        }
+    }
+    for tag in ["1.0.0", "1.1.0", "1.2.0"] {
+        let _ = Command::new("docker")
+            .args(["rmi", "--force", &format!("{image}:{tag}")])
+            .output();
+    }
+    drop(registry);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
 #[test]
 fn every_page_is_run_and_linked_from_the_readme() {
     let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
@@ -187,10 +248,7 @@ fn every_page_is_run_and_linked_from_the_readme() {
         for entry in std::fs::read_dir(Path::new(REPO).join("docs").join(dir)).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
             let page = format!("{dir}/{name}");
-            assert!(
-                tests.contains(&format!("run(\"{page}\")")),
-                "{page} is not run"
-            );
+            assert!(tests.contains(&format!("\"{page}\"")), "{page} is not run");
             assert!(
                 readme.contains(&format!("docs/{page}")),
                 "README does not link {page}"
