@@ -386,6 +386,14 @@ async fn server_health(
     Ok(Json(state.control.server_health(&id).await?))
 }
 
+/// `GET /servers/{id}/health/history`: the last hour of probes, a sample per window.
+async fn server_health_history(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<fleet::HealthHistory>, ApiError> {
+    Ok(Json(state.control.health_history(&id)?))
+}
+
 async fn server_health_events(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,

@@ -289,6 +289,18 @@ pub fn table() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/servers/{id}/health/history",
+            get(super::server_health_history),
+            Read,
+            Doc {
+                summary: "The last hour of the server's probes: per 5 s, the slowest probe and the failures",
+                tag: "health",
+                answer: |s| s.schema::<fleet::HealthHistory>(),
+                ..Doc::default()
+            },
+        ),
+        route(
+            Method::GET,
             "/servers/{id}/health/events",
             get(server_health_events),
             Read,

@@ -19,8 +19,9 @@ pub use control::{CallCounts, Control, Trigger};
 pub use deployment::{ViewInputs, deployment_view};
 pub use error::{ControlError, Missing};
 pub use reads::{
-    EVENTS_LIMIT, EventPage, HealthEventPage, HealthReport, HealthStatus, MonitoredHealth,
-    ROLLOUTS_LIMIT, RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth, after, limit,
+    EVENTS_LIMIT, EventPage, HealthEventPage, HealthHistory, HealthReport, HealthStatus,
+    MonitoredHealth, ROLLOUTS_LIMIT, RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth,
+    after, limit,
 };
 pub use view::{
     Fleet, FleetView, GatewayCalls, ServerView, TaskView, follow_failovers, on_rollout_phase,

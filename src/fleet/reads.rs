@@ -106,6 +106,16 @@ pub struct HealthStatus {
     pub counts: BTreeMap<String, usize>,
 }
 
+/// The last hour of a server's probes (`GET /servers/{id}/health/history`).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct HealthHistory {
+    pub server_id: String,
+    /// How many seconds each sample covers.
+    pub sample_seconds: i64,
+    /// Oldest first, the last hour at most; empty for a server not monitored now.
+    pub samples: Vec<crate::health::ProbeSample>,
+}
+
 /// Health events, newest first: of one server (`server_id` set) or of all.
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct HealthEventPage {
@@ -217,6 +227,21 @@ impl Control {
             monitored: true,
             recovery,
         })))
+    }
+
+    /// The last hour of a server's probes: the slowest probe and the failures of each
+    /// window, across its instances.
+    pub fn health_history(&self, id: &str) -> Result<HealthHistory, ControlError> {
+        let (sample_seconds, samples) = match self.monitor.history(id) {
+            Some(history) => history,
+            None if self.known(id) => (5, Vec::new()),
+            None => return Err(ControlError::server_not_found(id)),
+        };
+        Ok(HealthHistory {
+            server_id: id.to_owned(),
+            sample_seconds,
+            samples,
+        })
     }
 
     /// Every monitored server's health, and counts by state.

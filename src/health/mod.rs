@@ -6,7 +6,9 @@ pub mod outcome;
 pub mod probe;
 pub mod state;
 
-pub use monitor::{AlternateHealth, Failover, Monitor, ServerHealth, Target, TransitionEvent};
+pub use monitor::{
+    AlternateHealth, Failover, Monitor, ProbeSample, ServerHealth, Target, TransitionEvent,
+};
 pub use outcome::{ProbeOutcome, ProbeResult};
 pub use probe::Prober;
 pub use state::{HealthState, Thresholds, Tracker, Transition};

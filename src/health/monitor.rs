@@ -89,6 +89,53 @@ pub struct AlternateHealth {
     pub at: Timestamp,
 }
 
+/// How wide one sample of a server's probe history is, and how many are kept: the last
+/// hour, whatever the probe interval.
+const SAMPLE_SECONDS: i64 = 5;
+const SAMPLES_KEPT: usize = 720;
+
+/// The probes of one `SAMPLE_SECONDS` window of a server's history.
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct ProbeSample {
+    /// The window's start.
+    pub at: Timestamp,
+    /// The slowest probe of the window, in milliseconds.
+    pub latency_ms: f64,
+    pub probes: u32,
+    /// How many of them failed.
+    pub failures: u32,
+}
+
+/// A server's probe history: one sample per window, oldest first, across its instances.
+#[derive(Clone, Debug, Default)]
+struct History(std::collections::VecDeque<ProbeSample>);
+
+impl History {
+    fn record(&mut self, at: Timestamp, latency_ms: f64, failed: bool) {
+        let second = at.as_second();
+        let start = second - second.rem_euclid(SAMPLE_SECONDS);
+        let window = Timestamp::from_second(start).unwrap_or(at);
+        match self.0.back_mut() {
+            Some(last) if last.at == window => {
+                last.latency_ms = last.latency_ms.max(latency_ms);
+                last.probes += 1;
+                last.failures += u32::from(failed);
+            }
+            _ => {
+                self.0.push_back(ProbeSample {
+                    at: window,
+                    latency_ms,
+                    probes: 1,
+                    failures: u32::from(failed),
+                });
+                while self.0.len() > SAMPLES_KEPT {
+                    self.0.pop_front();
+                }
+            }
+        }
+    }
+}
+
 /// The monitor moved a server to another of its instance's tasks, which answered while
 /// the one it probed did not. Broadcast so the fleet view (and the gateway) follow.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +170,8 @@ struct Entry {
     /// The last probe of each task the server could be routed to, by address; kept across
     /// a failover so the task it left shows as failed.
     alternates: HashMap<std::net::SocketAddr, AlternateHealth>,
+    /// The last hour of the server's probes, carried from instance to instance.
+    history: History,
 }
 
 /// What the journal task is handed.
@@ -325,10 +374,12 @@ impl Monitor {
                 }
                 _ => {
                     let stop = self.spawn(&target);
-                    if let Some(old) = entries.remove(&target.server_id) {
+                    let mut entry = Entry::new(target, stop);
+                    if let Some(old) = entries.remove(&entry.target.server_id) {
                         old.stop.cancel();
+                        entry.history = old.history;
                     }
-                    entries.insert(target.server_id.clone(), Entry::new(target, stop));
+                    entries.insert(entry.target.server_id.clone(), entry);
                 }
             }
         }
@@ -343,6 +394,13 @@ impl Monitor {
 
     pub fn get(&self, server: &str) -> Option<ServerHealth> {
         self.entries().get(server).map(Entry::shown)
+    }
+
+    /// The last hour of `server`'s probes, a sample per `SAMPLE_SECONDS`, oldest first.
+    pub fn history(&self, server: &str) -> Option<(i64, Vec<ProbeSample>)> {
+        let entries = self.entries();
+        let e = entries.get(server)?;
+        Some((SAMPLE_SECONDS, e.history.0.iter().cloned().collect()))
     }
 
     /// A rollout owns the server until [`Monitor::rollout_finished`]: probes and exits of
@@ -609,6 +667,8 @@ impl Monitor {
                 ));
             }
             e.last_uptime = r.uptime_seconds.or(e.last_uptime);
+            e.history
+                .record(Timestamp::now(), r.latency_ms, r.outcome.is_failure());
             let t = e.tracker.observe(r.outcome, &r.detail, thresholds);
             e.view.last_probe = Some(r);
             e.view.last_probe_at = Some(Timestamp::now());
@@ -656,6 +716,7 @@ impl Entry {
             last_uptime: None,
             mismatch_reported: false,
             alternates: HashMap::new(),
+            history: History::default(),
         }
     }
 
@@ -841,9 +902,43 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use super::{SLOT, first_due};
+    use super::{History, SAMPLE_SECONDS, SAMPLES_KEPT, SLOT, first_due};
 
     const INTERVAL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn probes_are_kept_as_one_sample_per_window_for_an_hour() {
+        let start = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let mut h = History::default();
+        h.record(start, 2.0, false);
+        h.record(start + jiff::SignedDuration::from_millis(1500), 7.5, true);
+        h.record(start + jiff::SignedDuration::from_secs(4), 1.0, false);
+        assert_eq!(h.0.len(), 1, "one window");
+        let first = &h.0[0];
+        assert_eq!(
+            (first.latency_ms, first.probes, first.failures),
+            (7.5, 3, 1)
+        );
+        h.record(
+            start + jiff::SignedDuration::from_secs(SAMPLE_SECONDS),
+            3.0,
+            false,
+        );
+        assert_eq!(h.0.len(), 2, "the next window");
+        for i in 2..(SAMPLES_KEPT as i64 + 50) {
+            h.record(
+                start + jiff::SignedDuration::from_secs(SAMPLE_SECONDS * i),
+                1.0,
+                false,
+            );
+        }
+        assert_eq!(h.0.len(), SAMPLES_KEPT);
+        assert_eq!(
+            h.0[0].at,
+            start + jiff::SignedDuration::from_secs(SAMPLE_SECONDS * 50),
+            "the oldest dropped first"
+        );
+    }
 
     #[test]
     fn a_server_added_before_its_slot_is_probed_at_the_slot() {

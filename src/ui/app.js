@@ -13,7 +13,6 @@ const state = {
   render: null,
   // The newest events, for the event log view (live ones are prepended).
   events: [],
-  chart: new Map(),
   // Rollout cards the operator opened (the newest is open by default).
   opened: new Set(),
 };
@@ -419,11 +418,14 @@ function rolloutCard(r, open) {
 const BAND = { healthy: 'var(--healthy)', degraded: 'var(--degraded)', unhealthy: 'var(--unhealthy)', failed: 'var(--unhealthy)', starting: 'var(--starting)', unknown: 'var(--unknown)' };
 
 // The last hour (or the server's life, when shorter) as bands of health state from the
-// transitions, and the probe latency this page has seen since it opened.
-function healthChart(id, events, current) {
+// transitions, and the slowest probe of each 5 s window, failed ones marked.
+function healthChart(events, current, history) {
   const width = 600, height = 70, now = Date.now(), hour = now - 3600 * 1000;
   const transitions = events.filter((e) => e.kind === 'transition' && e.to_state).map((e) => [Date.parse(e.at), e.to_state]).sort((a, b) => a[0] - b[0]);
-  const first = transitions.length ? transitions[0][0] : now - 60 * 1000;
+  const earliest = Math.min(
+    transitions.length ? transitions[0][0] : Infinity,
+    history.samples.length ? Date.parse(history.samples[0].at) : Infinity);
+  const first = Number.isFinite(earliest) ? earliest : now - 60 * 1000;
   const from = Math.min(Math.max(hour, first), now - 10 * 1000);
   const x = (t) => ((Math.max(t, from) - from) / (now - from)) * width;
   // Before its first transition of the hour, the state it was in then (nothing to draw
@@ -437,37 +439,34 @@ function healthChart(id, events, current) {
   let start = before ? from : (inside.length ? inside[0][0] : now), st = before;
   for (const [t, next] of inside) { if (st) bands.push([start, t, st]); start = t; st = next; }
   bands.push([start, now, current || st || 'unknown']);
-  const samples = state.chart.get(id) || [];
+  const samples = history.samples.map((p) => [Date.parse(p.at), p.latency_ms, p.failures]).filter((p) => p[0] >= from);
   const max = Math.max(1, ...samples.map((p) => p[1]));
-  const line = samples.filter((p) => p[0] >= from).map((p) => `${x(p[0]).toFixed(1)},${(40 - (p[1] / max) * 36).toFixed(1)}`).join(' ');
+  const y = (ms) => (40 - (ms / max) * 36).toFixed(1);
+  const line = samples.map((p) => `${x(p[0]).toFixed(1)},${y(p[1])}`).join(' ');
+  const failed = samples.filter((p) => p[2] > 0).map((p) => s('circle', { cx: x(p[0]).toFixed(1), cy: y(p[1]), r: 2.5, fill: 'var(--unhealthy)' },
+    s('title', {}, `${p[2]} failed probe(s) from ${new Date(p[0]).toLocaleTimeString()}`)));
   return s('svg', { class: 'chart', viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': 'health over the last hour' },
     bands.map(([a, b, word]) => s('rect', { x: x(a), y: 46, width: Math.max(1, x(b) - x(a)), height: 12, fill: BAND[word] || 'var(--unknown)' }, s('title', {}, `${word} from ${new Date(a).toLocaleTimeString()}`))),
     line ? s('polyline', { points: line, fill: 'none', stroke: 'var(--accent)', 'stroke-width': 1.5 }) : null,
+    failed,
     s('text', { x: 0, y: 68 }, from === hour ? '1 h ago' : ago(new Date(from).toISOString())), s('text', { x: width - 22, y: 68 }, 'now'),
-    s('text', { x: 0, y: 10 }, line ? `probe latency, up to ${max.toFixed(0)} ms` : 'probe latency: shown from now on'));
+    s('text', { x: 0, y: 10 }, line ? `slowest probe per ${history.sample_seconds} s, up to ${max.toFixed(0)} ms` : 'no probes yet'));
 }
 
 async function serverView(id, first) {
   nav('fleet');
   if (first) show(h('h1', {}, id), h('p', { class: 'muted' }, 'Loading…'));
-  let srv, rollouts, events, probe;
+  let srv, rollouts, events, history;
   try {
-    [srv, rollouts, events, probe] = await Promise.all([
+    [srv, rollouts, events, history] = await Promise.all([
       api('/servers/' + encodeURIComponent(id)),
       api(`/servers/${encodeURIComponent(id)}/rollouts?limit=20`),
       api(`/servers/${encodeURIComponent(id)}/health/events?limit=200`),
-      api(`/servers/${encodeURIComponent(id)}/health`).catch(() => null),
+      api(`/servers/${encodeURIComponent(id)}/health/history`),
     ]);
   } catch (e) {
     show(h('p', {}, h('a', { href: '#/' }, '← Fleet')), h('h1', {}, id), failure(e));
     return;
-  }
-  const latency = probe && probe.last_probe;
-  if (latency) {
-    const list = state.chart.get(id) || [];
-    const at = Date.parse(probe.last_probe_at || new Date().toISOString());
-    if (!list.length || list[list.length - 1][0] !== at) list.push([at, latency.latency_ms]);
-    state.chart.set(id, list.slice(-720));
   }
   const keep = document.querySelector('.outcome');
   const out = keep && keep.dataset.server === id ? keep : h('div', { class: 'outcome', 'data-server': id });
@@ -488,7 +487,7 @@ async function serverView(id, first) {
     h('div', { class: 'actions' }, ACTIONS.map((a) => h('button', { type: 'button', 'data-action': a.id, class: a.id === 'stop' || a.id === 'rollback' ? 'danger' : 'quiet', onclick: () => act(a, id, out) }, a.label))),
     out,
     h('h2', {}, 'Health', h('span', { class: 'muted' }, ' · the last hour')),
-    healthChart(id, events.events, srv.health),
+    healthChart(events.events, srv.health, history),
     recovery.length ? h('ul', {}, recovery.slice(0, 10).map((e) => h('li', {}, when(e.at), ' ', e.detail || ''))) : h('p', { class: 'muted' }, 'No recovery attempts.'),
     h('h2', {}, 'Rollouts'),
     rollouts.rollouts.length ? rollouts.rollouts.map((r, i) => rolloutCard(r, i === 0 || state.opened.has(r.id))) : h('p', { class: 'muted' }, 'No rollouts yet.'),

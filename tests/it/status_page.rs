@@ -160,6 +160,14 @@ async fn the_status_page_follows_the_fleet_live_and_rolls_back_with_a_confirmed_
             json!([]),
         )
         .await;
+    // The server's probe history (`GET /servers/{id}/health/history`) is plotted.
+    browser
+        .wait_for(
+            "the probe latency over the last hour",
+            "return document.querySelector('svg.chart polyline') !== null;",
+            json!([]),
+        )
+        .await;
     browser.screenshot(&screenshot_path("server")).await;
 
     // A rollback, clicked and confirmed.
