@@ -57,14 +57,9 @@ pub struct Backend {
     pub peer: Peer<RoleClient>,
     /// The MCP revision the backend agreed on with the gateway.
     pub protocol_version: Option<String>,
-    /// The backend's tools under their own names.
-    pub tools: Vec<Tool>,
-    pub names: Names,
-    /// Its prompts, resources and resource templates (empty when it offers none).
-    pub prompts: Vec<Prompt>,
-    pub prompt_names: Names,
-    pub resources: Vec<Resource>,
-    pub templates: Vec<ResourceTemplate>,
+    /// What it offers, shared by every clone: every call checks a backend out, which is
+    /// then a few reference counts instead of copies of the tool list and name maps.
+    pub offer: Arc<Offered>,
     /// Kept so the session (and its subscription, on a revision without sessions) lives
     /// as long as the backend is current.
     _session: Arc<(
@@ -73,26 +68,55 @@ pub struct Backend {
     )>,
 }
 
-impl Backend {
-    /// The tools served under `server`'s names, each with its gateway name; a tool whose
-    /// gateway name another of its tools took (see `naming`) is left out.
-    pub fn served<'a>(&'a self, server: &'a str) -> impl Iterator<Item = (String, &'a Tool)> {
-        self.tools.iter().filter_map(move |tool| {
-            let name = super::naming::qualified(server, &tool.name);
-            (self.names.backend(&name) == Some(tool.name.as_ref())).then_some((name, tool))
-        })
+/// What one instance offers: its tools, prompts, resources and resource templates under
+/// their own names (empty when it offers none), and the gateway names of its tools and
+/// prompts.
+pub struct Offered {
+    pub tools: Vec<Tool>,
+    pub names: Names,
+    pub prompts: Vec<Prompt>,
+    pub prompt_names: Names,
+    pub resources: Vec<Resource>,
+    pub templates: Vec<ResourceTemplate>,
+}
+
+impl Offered {
+    /// `offer` as `server` offers it through the gateway; names that clash are reported.
+    fn named(server: &str, offer: Offer) -> Offered {
+        let (names, clashes) = name_tools(server, &offer.tools);
+        report_clashes(server, &clashes);
+        let (prompt_names, _) = Names::of(server, offer.prompts.iter().map(|p| p.name.as_str()));
+        Offered {
+            tools: offer.tools,
+            names,
+            prompts: offer.prompts,
+            prompt_names,
+            resources: offer.resources,
+            templates: offer.templates,
+        }
     }
 }
 
 impl Backend {
+    /// The tools served under `server`'s names, each with its gateway name; a tool whose
+    /// gateway name another of its tools took (see `naming`) is left out.
+    pub fn served<'a>(&'a self, server: &'a str) -> impl Iterator<Item = (String, &'a Tool)> {
+        let offer = &self.offer;
+        offer.tools.iter().filter_map(move |tool| {
+            let name = super::naming::qualified(server, &tool.name);
+            (offer.names.backend(&name) == Some(tool.name.as_ref())).then_some((name, tool))
+        })
+    }
+
     /// The prompts served under `server`'s names, each with its gateway name.
     pub fn served_prompts<'a>(
         &'a self,
         server: &'a str,
     ) -> impl Iterator<Item = (String, &'a Prompt)> {
-        self.prompts.iter().filter_map(move |prompt| {
+        let offer = &self.offer;
+        offer.prompts.iter().filter_map(move |prompt| {
             let name = super::naming::qualified(server, &prompt.name);
-            (self.prompt_names.backend(&name) == Some(prompt.name.as_str()))
+            (offer.prompt_names.backend(&name) == Some(prompt.name.as_str()))
                 .then_some((name, prompt))
         })
     }
@@ -446,12 +470,7 @@ impl Backends {
             .get(server)
             .filter(|b| b.instance_id == instance)
         {
-            promoted.tools = routed.tools.clone();
-            promoted.names = routed.names.clone();
-            promoted.prompts = routed.prompts.clone();
-            promoted.prompt_names = routed.prompt_names.clone();
-            promoted.resources = routed.resources.clone();
-            promoted.templates = routed.templates.clone();
+            promoted.offer = routed.offer.clone();
         }
         state.current.insert(server.to_owned(), promoted);
         drop(state);
@@ -652,7 +671,7 @@ impl Backends {
                         info!(%server, %instance, %endpoint, "gateway replica session ready");
                         self.install_replica(&server, backend);
                     } else {
-                        info!(%server, %instance, tools = backend.tools.len(), "gateway backend ready");
+                        info!(%server, %instance, tools = backend.offer.tools.len(), "gateway backend ready");
                         self.install(&server, backend);
                     }
                     let _ = refresh.send(Refresh::Connected {
@@ -682,22 +701,14 @@ impl Backends {
         };
         match list_offer(&backend.peer).await {
             Ok(offer) => {
-                let (names, clashes) = name_tools(&server, &offer.tools);
-                let (prompt_names, _) =
-                    Names::of(&server, offer.prompts.iter().map(|p| p.name.as_str()));
+                let offer = Arc::new(Offered::named(&server, offer));
                 let mut state = self.state();
                 if let Some(b) = state.current.get_mut(&server)
                     && b.instance_id == instance
                 {
-                    b.tools = offer.tools;
-                    b.names = names;
-                    b.prompts = offer.prompts;
-                    b.prompt_names = prompt_names;
-                    b.resources = offer.resources;
-                    b.templates = offer.templates;
+                    b.offer = offer;
                 }
                 drop(state);
-                report_clashes(&server, &clashes);
                 self.changed();
             }
             Err(e) => {
@@ -870,9 +881,7 @@ async fn open(
     let offer = list_offer(&peer)
         .await
         .map_err(|e| crate::error_text::chain(&e))?;
-    let (names, clashes) = name_tools(server, &offer.tools);
-    report_clashes(server, &clashes);
-    let (prompt_names, _) = Names::of(server, offer.prompts.iter().map(|p| p.name.as_str()));
+    let offer = Arc::new(Offered::named(server, offer));
     static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Backend {
         session: SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -882,12 +891,7 @@ async fn open(
         sent: Arc::default(),
         protocol_version: peer.peer_info().map(|i| i.protocol_version.to_string()),
         peer,
-        tools: offer.tools,
-        names,
-        prompts: offer.prompts,
-        prompt_names,
-        resources: offer.resources,
-        templates: offer.templates,
+        offer,
         _session: Arc::new((session, listening.drop_guard())),
     })
 }

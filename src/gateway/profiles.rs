@@ -258,7 +258,13 @@ fn view(backends: &Backends, p: Profile) -> ProfileView {
             .tools
             .iter()
             .flatten()
-            .filter(|t| !backend.tools.iter().any(|offered| offered.name == **t))
+            .filter(|t| {
+                !backend
+                    .offer
+                    .tools
+                    .iter()
+                    .any(|offered| offered.name == **t)
+            })
             .cloned()
             .collect();
         if !missing.is_empty() {

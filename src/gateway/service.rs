@@ -190,7 +190,7 @@ impl Gateway {
     fn resources(&self) -> Vec<Resource> {
         let mut resources = Vec::new();
         for (server, backend) in self.in_view() {
-            resources.extend(backend.resources.iter().map(|r| {
+            resources.extend(backend.offer.resources.iter().map(|r| {
                 let mut r = r.clone();
                 r.uri = resource_uri(&server, &r.uri);
                 r.name = qualified(&server, &r.name);
@@ -204,7 +204,7 @@ impl Gateway {
     fn templates(&self) -> Vec<ResourceTemplate> {
         let mut templates = Vec::new();
         for (server, backend) in self.in_view() {
-            templates.extend(backend.templates.iter().map(|t| {
+            templates.extend(backend.offer.templates.iter().map(|t| {
                 let mut t = t.clone();
                 t.uri_template = resource_uri(&server, &t.uri_template);
                 t.name = qualified(&server, &t.name);
@@ -447,6 +447,7 @@ impl ServerHandler for Gateway {
         let server = server_of(&name).ok_or_else(unknown)?;
         let (backend, _in_flight) = self.reachable(server, unknown)?;
         request.name = backend
+            .offer
             .prompt_names
             .backend(&name)
             .ok_or_else(unknown)?
@@ -557,7 +558,7 @@ impl ServerHandler for Gateway {
         );
         let backend_name = checked_out
             .as_ref()
-            .and_then(|(b, _)| b.names.backend(&name).map(str::to_owned));
+            .and_then(|(b, _)| b.offer.names.backend(&name).map(str::to_owned));
         if checked_out.is_some()
             && backend_name
                 .as_deref()
@@ -622,7 +623,7 @@ impl ServerHandler for Gateway {
                     .successor(server, backend.session, REROUTE_WAIT)
                     .await
                     .and_then(|(next, guard)| {
-                        let name = next.names.backend(&name)?.to_owned();
+                        let name = next.offer.names.backend(&name)?.to_owned();
                         // The successor's mapping is held to the same profile.
                         shown.tool(server, &name).then_some((next, guard, name))
                     });
