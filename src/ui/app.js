@@ -501,6 +501,12 @@ function pipeline(run) {
     `${st.stage} ${st.status === 'skipped' ? '–' : duration(st.started_at, st.finished_at)}`)));
 }
 
+// What the run's plan stage decided (`deploy alpha, update beta`), when it got that far.
+function planned(run) {
+  const plan = run.stages.find((st) => st.stage === 'plan' && st.status === 'succeeded');
+  return plan && plan.detail ? h('div', { class: 'plan' }, h('span', { class: 'muted' }, 'plan: '), plan.detail) : null;
+}
+
 async function runsView(first) {
   nav('runs');
   if (first) show(h('h1', {}, 'Runs'), h('p', { class: 'muted' }, 'Loading…'));
@@ -521,7 +527,7 @@ async function runsView(first) {
           run.author ? h('div', { class: 'muted' }, run.author) : null),
         h('td', {}, h('span', { class: 'tag ' + ({ applied: 'good', rejected: 'bad', failed: 'bad' }[run.result] || '') }, run.result),
           run.reason ? h('div', { class: 'muted' }, run.reason) : null),
-        h('td', {}, pipeline(run), run.errors.length ? h('ul', { class: 'errors' }, run.errors.map((d) =>
+        h('td', {}, pipeline(run), planned(run), run.errors.length ? h('ul', { class: 'errors' }, run.errors.map((d) =>
           h('li', { class: 'mono' }, `${d.file}:${d.line}:${d.column}: ${d.path ? d.path + ': ' : ''}${d.message}`))) : null),
         h('td', {}, when(run.seen_at), h('div', { class: 'muted' }, run.trigger)),
       )))) : h('p', { class: 'muted' }, 'No runs yet.'),

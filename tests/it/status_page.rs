@@ -210,6 +210,14 @@ async fn the_status_page_follows_the_fleet_live_and_rolls_back_with_a_confirmed_
         )
         .await;
     assert!(runs.as_u64().unwrap() >= 2);
+    // Each applied run says what its plan did.
+    browser
+        .wait_for(
+            "the upgrade's plan",
+            "return [...document.querySelectorAll('.plan')].some(p => p.textContent === 'plan: update beta');",
+            json!([]),
+        )
+        .await;
     browser.screenshot(&screenshot_path("runs")).await;
     browser.eval("location.hash = '#/events';", json!([])).await;
     browser
