@@ -307,19 +307,12 @@ async fn recover(
                 "healthy again before the next attempt".into(),
             )
             .await;
-            match watch(&state, &server, span, &shutdown).await {
-                Watch::StayedHealthy => {
-                    forget(&used);
-                    return;
-                }
-                Watch::Unhealthy => continue,
-                Watch::Gone => return,
-            }
         }
         // Never fight the runtime: one that replaces failed instances itself (Swarm, when
         // a node dies) gets its time first, and while it brings a replacement up, recovery
-        // waits for that instead of starting another instance.
-        if wait_for_runtime(&state, &server, attempt == 0, &shutdown).await {
+        // waits for that instead of starting another instance. Either way the server is
+        // watched before anything is done.
+        if healed || wait_for_runtime(&state, &server, attempt == 0, &shutdown).await {
             match watch(&state, &server, span, &shutdown).await {
                 Watch::StayedHealthy => {
                     forget(&used);

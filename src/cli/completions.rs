@@ -32,11 +32,12 @@ fn command() -> clap::Command {
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<u8> {
     let mut script = Vec::new();
     clap_complete::generate(args.shell, &mut command(), "mcp-orchestration", &mut script);
-    let mut script = String::from_utf8_lossy(&script).into_owned();
+    let script = String::from_utf8_lossy(&script);
     if args.shell == clap_complete::Shell::Bash {
-        script = bash_hyphen_fix(&script);
+        print(&bash_hyphen_fix(&script));
+    } else {
+        print(&script);
     }
-    outln!("{}", script.trim_end_matches('\n'));
     Ok(super::exit::OK)
 }
 
@@ -52,7 +53,7 @@ pub fn man(args: ManArgs) -> anyhow::Result<u8> {
     }
     let mut page = Vec::new();
     clap_mangen::Man::new(command()).render(&mut page)?;
-    print(&page);
+    print(&String::from_utf8_lossy(&page));
     Ok(super::exit::OK)
 }
 
@@ -65,7 +66,7 @@ fn bash_hyphen_fix(script: &str) -> String {
     script.replace("mcp__subcmd__orchestration", "mcp__orchestration")
 }
 
-fn print(bytes: &[u8]) {
-    let text = String::from_utf8_lossy(bytes);
+/// Prints generated text, whose own last newline `outln!` supplies.
+fn print(text: &str) {
     outln!("{}", text.trim_end_matches('\n'));
 }

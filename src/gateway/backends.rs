@@ -277,20 +277,19 @@ impl Backends {
         usable: impl Fn(&str) -> bool,
     ) -> Option<(Backend, InFlight)> {
         let mut state = self.state();
-        let mut backend = state.current.get(server)?.clone();
+        let routed = state.current.get(server)?;
         let replicas = state.replicas.get(server).map(Vec::as_slice).unwrap_or(&[]);
         let candidates = replicas
             .iter()
-            .filter(|r| r.instance_id == backend.instance_id && usable(&r.endpoint));
-        if let Some(r) = super::spread::pick(affinity, &backend, candidates) {
-            backend.replica = true;
-            backend.session = r.session;
-            backend.endpoint = r.endpoint.clone();
-            backend.peer = r.peer.clone();
-            backend.protocol_version = r.protocol_version.clone();
-            backend.sent = r.sent.clone();
-            backend._session = r._session.clone();
-        }
+            .filter(|r| r.instance_id == routed.instance_id && usable(&r.endpoint));
+        let backend = match super::spread::pick(affinity, routed, candidates) {
+            // The replica's session, under the routed task's names.
+            Some(r) => Backend {
+                offer: routed.offer.clone(),
+                ..r.clone()
+            },
+            None => routed.clone(),
+        };
         backend
             .sent
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

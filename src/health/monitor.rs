@@ -625,7 +625,7 @@ impl Monitor {
                 },
             );
         }
-        let current: Vec<std::net::SocketAddr> = e.target.alternates.clone();
+        let current = &e.target.alternates;
         e.alternates.retain(|a, _| current.contains(a));
     }
 
@@ -667,11 +667,11 @@ impl Monitor {
                 ));
             }
             e.last_uptime = r.uptime_seconds.or(e.last_uptime);
-            e.history
-                .record(Timestamp::now(), r.latency_ms, r.outcome.is_failure());
+            let now = Timestamp::now();
+            e.history.record(now, r.latency_ms, r.outcome.is_failure());
             let t = e.tracker.observe(r.outcome, &r.detail, thresholds);
             e.view.last_probe = Some(r);
-            e.view.last_probe_at = Some(Timestamp::now());
+            e.view.last_probe_at = Some(now);
             e.sync_view(t.as_ref());
             t.map(|t| (target.server_id.clone(), target.instance_id.clone(), t))
         };

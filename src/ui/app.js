@@ -255,16 +255,22 @@ function versions(server) {
   return h('span', { class: 'mono', title: 'running → desired' }, `${running} → ${server.desired_version}`);
 }
 
+// A view's data: `title` says Loading on a first render; a failure is shown under it
+// (and gives null).
+async function load(title, first, path) {
+  if (first) show(h('h1', {}, title), h('p', { class: 'muted' }, 'Loading…'));
+  try {
+    return await api(path);
+  } catch (e) {
+    show(h('h1', {}, title), failure(e));
+    return null;
+  }
+}
+
 async function fleetView(first) {
   nav('fleet');
-  if (first) show(h('h1', {}, 'Fleet'), h('p', { class: 'muted' }, 'Loading…'));
-  let fleet;
-  try {
-    fleet = await api('/servers');
-  } catch (e) {
-    show(h('h1', {}, 'Fleet'), failure(e));
-    return;
-  }
+  const fleet = await load('Fleet', first, '/servers');
+  if (!fleet) return;
   const counts = {};
   for (const srv of fleet.servers) counts[srv.health || 'none'] = (counts[srv.health || 'none'] || 0) + 1;
   const problems = [
@@ -509,14 +515,8 @@ function planned(run) {
 
 async function runsView(first) {
   nav('runs');
-  if (first) show(h('h1', {}, 'Runs'), h('p', { class: 'muted' }, 'Loading…'));
-  let page;
-  try {
-    page = await api('/revisions?limit=50');
-  } catch (e) {
-    show(h('h1', {}, 'Runs'), failure(e));
-    return;
-  }
+  const page = await load('Runs', first, '/revisions?limit=50');
+  if (!page) return;
   show(
     h('h1', {}, 'Runs'),
     h('p', { class: 'muted' }, 'Each commit the agent saw, its stages and their timings.'),
