@@ -5,6 +5,7 @@
 //! servers are not the agent's children) and is adopted again at the next start.
 
 mod lock;
+mod preview;
 mod recovery;
 mod registry_poll;
 mod secrets;
@@ -651,6 +652,7 @@ pub async fn run(
         shutdown.clone(),
         sync_duration,
     );
+    syncer.control.set_planner(Arc::new(syncer.previewer()));
     syncer.restore().await;
     let mut next = Trigger::Startup;
     loop {

@@ -20,25 +20,38 @@ use crate::manifest::{self, Checked, Diagnostic, Severity};
 use crate::reconcile::execute::{
     ApplyContext, ExecuteError, Executor, RolloutTrigger, ServerOutcome,
 };
-use crate::reconcile::{DesiredProblem, Inputs, Selection, plan, select, watched_images};
+use crate::reconcile::{
+    Decision, DesiredProblem, Inputs, Selection, decide, planned_servers, select, servers_changed,
+    watched_images,
+};
 use crate::runtime::Instance;
 use crate::source::{GitSource, Revision, short_commit};
 use crate::store::{NewRun, RunResult, Stage, StageRecord, StageStatus};
 
-/// What the sync's decisions read from the store (see [`Syncer::recorded`]).
-struct Recorded {
-    failed: Vec<crate::store::FailedVersion>,
+/// What the sync's decisions read from the store (see [`read_recorded`]).
+pub(super) struct Recorded {
+    pub failed: Vec<crate::store::FailedVersion>,
     /// Operators' rollback pins: server → version.
-    pins: BTreeMap<String, String>,
+    pub pins: BTreeMap<String, String>,
     /// Servers an operator stopped.
-    held: Vec<String>,
+    pub held: Vec<String>,
+}
+
+/// A plan carried out, and the instances it was made against.
+struct Converged {
+    plan: crate::reconcile::Plan,
+    observed: Vec<Instance>,
 }
 
 /// The revision whose manifest is in force.
-struct Applied {
-    commit: String,
-    checked: Checked,
+#[derive(Clone)]
+pub(super) struct Applied {
+    pub commit: String,
+    pub checked: Checked,
 }
+
+/// The revision in force as others read it (the planner): the sync loop writes it.
+pub(super) type InForce = Arc<std::sync::RwLock<Option<Arc<Applied>>>>;
 
 pub struct Syncer {
     pub source: GitSource,
@@ -52,6 +65,8 @@ pub struct Syncer {
     /// How long syncs took (`GET /metrics`).
     pub sync_duration: Arc<crate::metrics::Histogram>,
     applied: Option<Applied>,
+    /// A copy of `applied` for the planner.
+    in_force: InForce,
     /// The head of the last fetch, so an unchanged head does not start a new run.
     last_head: Option<String>,
     /// Per-server problems of the last converge (missing secrets, wrong runtime), for the
@@ -136,6 +151,32 @@ async fn finish_run(
     }
 }
 
+/// What a decision reads from the store, in one trip to the blocking pool. Fails closed:
+/// without the failed-version memory, the rollback pins or the operator stops, a version
+/// that failed would be tried again, a rollback undone or a stopped server brought back, so
+/// a failed read is an error and the caller changes nothing.
+pub(super) async fn read_recorded(store: &crate::store::Store) -> Result<Recorded, String> {
+    store
+        .call(|s| {
+            Ok(Recorded {
+                failed: s.failed_versions(None)?,
+                pins: s
+                    .pins()?
+                    .into_iter()
+                    .map(|p| (p.server_id, p.version))
+                    .collect(),
+                held: s.held_servers()?,
+            })
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot read the failed versions, rollback pins and operator stops: {}",
+                crate::error_text::chain(&e)
+            )
+        })
+}
+
 /// Clears the flag it holds when dropped.
 struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
@@ -172,6 +213,7 @@ impl Syncer {
             shutdown,
             sync_duration,
             applied: None,
+            in_force: InForce::default(),
             last_head: None,
             problems: Vec::new(),
             fetch_failures: 0,
@@ -181,6 +223,19 @@ impl Syncer {
             store_error: None,
             store_failures: 0,
             fetching: Arc::default(),
+        }
+    }
+
+    /// A planner that plans as this loop does (`POST /plan`).
+    pub(super) fn previewer(&self) -> super::preview::Previewer {
+        super::preview::Previewer {
+            source: self.source.clone(),
+            trust: self.trust.clone(),
+            secrets: self.secrets.clone(),
+            watched: self.watched.clone(),
+            in_force: self.in_force.clone(),
+            store: self.control.store.clone(),
+            executor: self.executor.clone(),
         }
     }
 
@@ -557,14 +612,7 @@ impl Syncer {
             return Err(e);
         }
         if let (Some(prev), Some(now)) = (&previous, &self.applied) {
-            let changed: Vec<String> = now
-                .checked
-                .manifest
-                .servers
-                .iter()
-                .filter(|server| prev.checked.manifest.server(&server.id) != Some(*server))
-                .map(|server| server.id.clone())
-                .collect();
+            let changed = servers_changed(&prev.checked, &now.checked);
             let forgotten = store
                 .call(move |s| {
                     let mut forgotten = Vec::new();
@@ -586,12 +634,28 @@ impl Syncer {
                 info!(server = %server, "the commit changes this server: its failed versions may be tried again");
             }
         }
-        drop(previous);
 
         let started = Timestamp::now();
         let (result, outcomes) = self.converge(Some(run_id), RolloutTrigger::Commit).await;
         let plan_summary = match &result {
-            Ok(summary) => summary.clone(),
+            Ok(converged) => {
+                // The run keeps its plan as `mcp-orchestration plan` showed it.
+                let lines = match &self.applied {
+                    Some(now) => planned_servers(
+                        &converged.plan,
+                        &self.problems,
+                        previous.as_ref().map(|p| &p.checked),
+                        &now.checked,
+                        &converged.observed,
+                    ),
+                    None => Vec::new(),
+                };
+                let summary = crate::reconcile::preview::summary(&lines);
+                if let Err(e) = store.call(move |s| s.set_run_plan(run_id, &lines)).await {
+                    warn!(error = %crate::error_text::chain(&e), "cannot record the run's plan");
+                }
+                summary
+            }
             Err(e) => {
                 record_stage(
                     &store,
@@ -615,6 +679,7 @@ impl Syncer {
             Some(plan_summary),
         )
         .await;
+        drop(previous);
         let failures: Vec<String> = outcomes
             .iter()
             .filter_map(|o| {
@@ -680,6 +745,7 @@ impl Syncer {
     /// Puts `applied` in force (or nothing) and tells the registry poller which
     /// repositories it now watches; returns the revision that was in force.
     fn set_applied(&mut self, applied: Option<Applied>) -> Option<Applied> {
+        *self.in_force.write().unwrap_or_else(|p| p.into_inner()) = applied.clone().map(Arc::new);
         self.watched.set_images(
             applied
                 .as_ref()
@@ -689,31 +755,8 @@ impl Syncer {
         std::mem::replace(&mut self.applied, applied)
     }
 
-    /// What a decision reads from the store, in one trip to the blocking pool. Fails
-    /// closed: without the failed-version memory, the rollback pins or the operator stops,
-    /// a version that failed would be tried again, a rollback undone or a stopped server
-    /// brought back, so a failed read is an error and the caller changes nothing.
     async fn recorded(&self) -> Result<Recorded, String> {
-        self.control
-            .store
-            .call(|s| {
-                Ok(Recorded {
-                    failed: s.failed_versions(None)?,
-                    pins: s
-                        .pins()?
-                        .into_iter()
-                        .map(|p| (p.server_id, p.version))
-                        .collect(),
-                    held: s.held_servers()?,
-                })
-            })
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot read the failed versions, rollback pins and operator stops: {}",
-                    crate::error_text::chain(&e)
-                )
-            })
+        read_recorded(&self.control.store).await
     }
 
     /// The desired state now (see [`select`]): each server at the version its policy
@@ -735,13 +778,31 @@ impl Syncer {
         select(&inputs, &|name| self.secrets.get(name))
     }
 
-    /// Plans against what runs and applies the changes. Returns the plan summary (or why it
-    /// could not be made) and each server's outcome.
+    /// What to change now (see [`decide`]).
+    fn decision(&self, observed: &[Instance], recorded: &Recorded) -> Decision {
+        let Some(applied) = &self.applied else {
+            return Decision::default();
+        };
+        let tags = self.watched.tags();
+        let inputs = Inputs {
+            checked: &applied.checked,
+            commit: &applied.commit,
+            runtime: self.executor.runtime().kind(),
+            observed,
+            failed: &recorded.failed,
+            pins: &recorded.pins,
+            tags: &tags,
+        };
+        decide(&inputs, &recorded.held, &|name| self.secrets.get(name))
+    }
+
+    /// Plans against what runs and applies the changes. Returns the plan with what it was
+    /// made against (or why it could not be made) and each server's outcome.
     async fn converge(
         &mut self,
         run_id: Option<i64>,
         trigger: RolloutTrigger,
-    ) -> (Result<String, String>, Vec<ServerOutcome>) {
+    ) -> (Result<Converged, String>, Vec<ServerOutcome>) {
         let observed = match self.executor.runtime().list().await {
             Ok(o) => o,
             Err(e) => return (Err(format!("cannot list instances: {e}")), Vec::new()),
@@ -750,35 +811,14 @@ impl Syncer {
             Ok(r) => r,
             Err(e) => return (Err(e), Vec::new()),
         };
-        let Selection {
-            desired,
-            problems,
-            failed,
-            ..
-        } = self.selection(&observed, &recorded);
+        let Decision {
+            plan: p, problems, ..
+        } = self.decision(&observed, &recorded);
         self.problems = problems;
-        let held = recorded.held;
-        let mut leave_alone: BTreeMap<String, String> = BTreeMap::new();
-        for server in held {
-            leave_alone.insert(server, "stopped by an operator".to_owned());
-        }
-        for (server, reason) in &failed {
-            leave_alone.entry(server.clone()).or_insert_with(|| {
-                format!("{reason}; not retried until the manifest changes this server or an operator retries")
-            });
-        }
-        // Servers that cannot run here are left as they are rather than removed.
-        let problem_ids: Vec<&str> = self.problems.iter().map(|p| p.server_id.as_str()).collect();
-        let observed: Vec<Instance> = observed
-            .into_iter()
-            .filter(|i| !problem_ids.contains(&i.server_id.as_str()))
-            .collect();
-        let p = plan(&desired, &observed, &leave_alone);
-        let summary = p.summary();
         if p.is_noop() {
-            return (Ok(summary), Vec::new());
+            return (Ok(Converged { plan: p, observed }), Vec::new());
         }
-        info!(plan = %summary, trigger = trigger.as_str(), "applying");
+        info!(plan = %p.summary(), trigger = trigger.as_str(), "applying");
         let outcomes = self
             .executor
             .apply(&p, &ApplyContext { run_id, trigger })
@@ -786,7 +826,7 @@ impl Syncer {
         self.retry_apply |= outcomes
             .iter()
             .any(|o| o.result.as_ref().is_err_and(ExecuteError::is_retryable));
-        (Ok(summary), outcomes)
+        (Ok(Converged { plan: p, observed }), outcomes)
     }
 
     /// A poison commit got as far as being applied: the revision in force before it is

@@ -357,6 +357,16 @@ async fn rollback(
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
+/// `POST /plan` with `{"files": {...}}` or `{"commit": "REV"}`: what that manifest would
+/// change against the running fleet; changes nothing.
+async fn plan(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<fleet::PlanReport>, ApiError> {
+    let request = fleet::PlanRequest::from_json(&body).map_err(ApiError::validation_failed)?;
+    Ok(Json(state.control.plan(request).await?))
+}
+
 /// `POST /servers/{id}/rollout/resume`: lifts an operator's rollback.
 async fn resume(
     State(state): State<Arc<ApiState>>,

@@ -445,6 +445,25 @@ pub fn table() -> Vec<Route> {
             },
         ),
         route(
+            Method::POST,
+            "/plan",
+            post(super::plan),
+            Read,
+            Doc {
+                summary: "What a manifest would change against the running fleet (changes nothing)",
+                description: "The body names a commit of the watched repository (`commit`) or \
+                          carries the files of a working copy (`files`). The plan is made as \
+                          the sync loop makes a new commit's: validated with the agent's trust \
+                          policy, versions resolved from the registry's tags as last polled, \
+                          against what the runtime lists now.",
+                tag: "revisions",
+                body: Some(|s| s.schema::<fleet::PlanRequest>()),
+                body_required: true,
+                answer: |s| s.schema::<fleet::PlanReport>(),
+                ..Doc::default()
+            },
+        ),
+        route(
             Method::GET,
             "/revisions/{commit}",
             get(revision),

@@ -9,6 +9,7 @@ mod deployments;
 mod events;
 mod mcp;
 mod output;
+mod plan;
 mod progress;
 mod rollouts;
 mod status;
@@ -81,6 +82,9 @@ enum LogFormatArg {
 enum Command {
     /// Check a manifest (and the repo's policies) and print every problem with its location.
     Validate(validate::Args),
+    /// What a manifest (a working copy's, or a commit's with --commit) would change in the
+    /// running fleet: exit 0 no change, 1 changes, 2 an error or a manifest it would reject.
+    Plan(plan::Args),
     /// Print the JSON Schema of ecosystem-manifest.yaml, for editors and CI.
     Schema,
     /// Run the GitOps agent: watch the manifest repository and keep the fleet converged.
@@ -150,6 +154,7 @@ pub fn main() -> ExitCode {
     let _logging = init_logging(&settings);
     let result = match cli.command {
         Command::Validate(args) => validate::run(&settings, args),
+        Command::Plan(args) => plan::run(&settings, args),
         Command::Schema => {
             output::print_json(&crate::manifest::schema::json_schema());
             Ok(exit::OK)

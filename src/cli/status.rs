@@ -331,6 +331,10 @@ fn print_run(run: &RunRecord) {
             s.detail.as_deref().unwrap_or("")
         );
     }
+    if !run.plan.is_empty() {
+        outln!("\nplan:");
+        super::plan::print_servers(&run.plan);
+    }
     if !run.errors.is_empty() {
         outln!("\nerrors:");
         for e in &run.errors {

@@ -29,15 +29,8 @@ pub struct Args {
 
 pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
     let trust = settings.load_trust_policy()?;
-    let (dir, file) = if args.path.is_dir() {
-        (args.path.clone(), PathBuf::from(MANIFEST_FILE))
-    } else {
-        let parent = args.path.parent().unwrap_or(Path::new("."));
-        let name = args.path.file_name().map(PathBuf::from).unwrap_or_default();
-        (parent.to_owned(), name)
-    };
-    let files = read_repo_files(&dir, &file)
-        .with_context(|| format!("cannot validate {}", args.path.display()))?;
+    let files =
+        read_at(&args.path).with_context(|| format!("cannot validate {}", args.path.display()))?;
     let on_host = manifest::host_command_check(&trust);
     let (diagnostics, summary, code) = match manifest::check_with(
         &files,
@@ -95,6 +88,19 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
         }
     }
     Ok(code)
+}
+
+/// The files at `path`: a manifest file, or a directory holding `ecosystem-manifest.yaml`
+/// (with `policies/` and `trust-policy.yaml` beside it).
+pub(super) fn read_at(path: &Path) -> Result<crate::manifest::RepoFiles, crate::source::ReadError> {
+    let (dir, file) = if path.is_dir() {
+        (path.to_owned(), PathBuf::from(MANIFEST_FILE))
+    } else {
+        let parent = path.parent().unwrap_or(Path::new("."));
+        let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+        (parent.to_owned(), name)
+    };
+    read_repo_files(&dir, &file)
 }
 
 fn count(diagnostics: &[Diagnostic], severity: Severity) -> usize {

@@ -64,6 +64,8 @@ pub struct Control {
     gateway_tools: std::sync::RwLock<BTreeMap<String, usize>>,
     /// Reads the gateway's call counts per server (none while it is off).
     gateway_calls: std::sync::RwLock<Option<CallCounts>>,
+    /// Makes plans (`POST /plan`), set once the agent's git mirror is open.
+    planner: std::sync::OnceLock<std::sync::Arc<dyn super::plan::Planner>>,
 }
 
 /// The gateway's calls per server since the agent started.
@@ -89,7 +91,17 @@ impl Control {
             triggers,
             gateway_tools: Default::default(),
             gateway_calls: Default::default(),
+            planner: Default::default(),
         }
+    }
+
+    /// Hands over the planner; only the first one counts.
+    pub fn set_planner(&self, planner: std::sync::Arc<dyn super::plan::Planner>) {
+        let _ = self.planner.set(planner);
+    }
+
+    pub(super) fn planner(&self) -> Option<std::sync::Arc<dyn super::plan::Planner>> {
+        self.planner.get().cloned()
     }
 
     /// Asks the sync loop to run soon; bursts collapse into one sync.

@@ -18,6 +18,8 @@ pub enum Missing {
     Client,
     /// A published configuration artifact.
     Artifact,
+    /// A commit of the watched repository, as the agent's mirror has it.
+    Commit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,9 @@ fn not_found_message(what: Missing, id: &str) -> String {
             format!("no MCP client `{id}` (`GET /v1/clients` lists the clients known)")
         }
         Missing::Artifact => format!("no published configuration artifact `{id}`"),
+        Missing::Commit => format!(
+            "no commit `{id}` in the agent's mirror of the repository (it holds what the agent last fetched of its branch)"
+        ),
         Missing::Profile => format!(
             "no profile `{id}` in the applied manifest (`default` is the whole fleet; the gateway's `GET /profiles` lists the others)"
         ),
@@ -111,6 +116,10 @@ impl ControlError {
                 what: Missing::Artifact,
                 ..
             } => "ARTIFACT_NOT_FOUND",
+            ControlError::NotFound {
+                what: Missing::Commit,
+                ..
+            } => "COMMIT_NOT_FOUND",
             ControlError::Refused { code, .. } => code,
             ControlError::Conflict(_) => "CONFLICT",
             ControlError::Invalid(_) => "VALIDATION_FAILED",
@@ -137,6 +146,10 @@ impl ControlError {
                 what: Missing::Artifact,
                 id,
             } => json!({ "artifact": id }),
+            ControlError::NotFound {
+                what: Missing::Commit,
+                id,
+            } => json!({ "commit": id }),
             ControlError::Refused { details, .. } => details.clone(),
             _ => Value::Null,
         }

@@ -8,6 +8,7 @@ mod actions;
 mod control;
 mod deployment;
 mod error;
+mod plan;
 mod reads;
 mod view;
 
@@ -18,6 +19,7 @@ pub use actions::{
 pub use control::{CallCounts, Control, Trigger};
 pub use deployment::{ViewInputs, deployment_view};
 pub use error::{ControlError, Missing};
+pub use plan::{MAX_POLICY_FILES, PlanFile, PlanFiles, PlanReport, PlanRequest, Planner};
 pub use reads::{
     EVENTS_LIMIT, EventPage, HealthEventPage, HealthHistory, HealthReport, HealthStatus,
     MonitoredHealth, ROLLOUTS_LIMIT, RevisionPage, RolloutDetail, RolloutPage, UnmonitoredHealth,

@@ -39,6 +39,18 @@ pub struct Tools {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct PlanArgs {
+    /// A commit of the watched repository: an id, an abbreviation of one, or a branch of
+    /// the remote (`main`, `main~1`).
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Or the files of a working copy: the manifest, its `policies/` and `trust-policy.yaml`.
+    #[serde(default)]
+    pub files: Option<crate::fleet::PlanFiles>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ClientArgs {
     /// An MCP client: claude-desktop, claude-code, cursor, vscode, windsurf, zed,
     /// gemini-cli or codex (list_clients shows them).
@@ -197,6 +209,31 @@ impl Tools {
     )]
     async fn list_servers(&self) -> Result<CallToolResult, ErrorData> {
         reply(Ok(self.control.fleet_live()))
+    }
+
+    #[tool(
+        description = "What a manifest would change in the running fleet, changing nothing: \
+            per server deploy, update (from and to version, the fields that changed), remove, \
+            keep or leave alone, with the versions the update policies resolve to now, or the \
+            validation errors that would reject it. Give `commit` (of the watched repository) \
+            or `files` (a working copy's manifest, policies and trust policy).",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn plan(
+        &self,
+        Parameters(args): Parameters<PlanArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        use crate::fleet::PlanRequest;
+        let request = match (args.commit, args.files) {
+            (Some(commit), None) => PlanRequest::Commit { commit },
+            (None, Some(files)) => PlanRequest::Files { files },
+            _ => {
+                return reply::<()>(Err(ControlError::Invalid(
+                    "give either `commit` or `files`, not both or neither".to_owned(),
+                )));
+            }
+        };
+        reply(self.control.plan(request).await)
     }
 
     #[tool(

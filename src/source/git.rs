@@ -193,6 +193,25 @@ impl GitSource {
         Ok(head.to_string())
     }
 
+    /// The commit `rev` names in the mirror: a commit id or an abbreviation of one, or a
+    /// branch of the remote (`main`, `main~2`), as last fetched.
+    pub fn resolve(&self, rev: &str) -> Result<String, GitError> {
+        let repo = self.repo()?;
+        let missing = || GitError::NoCommit {
+            commit: rev.to_owned(),
+        };
+        // Options are not revisions; and `revparse` reads nothing else from the string.
+        if rev.is_empty() || rev.starts_with('-') {
+            return Err(missing());
+        }
+        let object = repo
+            .revparse_single(rev)
+            .or_else(|_| repo.revparse_single(&format!("refs/remotes/{REMOTE}/{rev}")))
+            .map_err(|_| missing())?;
+        let commit = object.peel_to_commit().map_err(|_| missing())?;
+        Ok(commit.id().to_string())
+    }
+
     /// Reads a commit's metadata and its manifest, `policies/` and `trust-policy.yaml`
     /// (the latter two beside the manifest).
     pub fn revision(&self, commit: &str) -> Result<Revision, GitError> {

@@ -150,6 +150,8 @@ const MIGRATIONS: &[&str] = &[
         deployed_at TEXT NOT NULL
     );
     CREATE INDEX config_deployments_by_target ON config_deployments (client, profile, id);",
+    // 8: each run keeps the plan it applied (JSON, one line per server).
+    "ALTER TABLE runs ADD COLUMN plan TEXT",
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

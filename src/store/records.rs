@@ -116,6 +116,10 @@ pub struct RunRecord {
     pub result: RunResult,
     pub reason: Option<String>,
     pub errors: Vec<Diagnostic>,
+    /// What the run's plan did to each server (empty for a run that did not get as far
+    /// as planning, and for runs recorded before plans were kept).
+    #[serde(default)]
+    pub plan: Vec<PlannedServer>,
     pub stages: Vec<StageRecord>,
 }
 
@@ -131,6 +135,7 @@ pub(super) struct RawRun {
     pub result: String,
     pub reason: Option<String>,
     pub errors: Option<String>,
+    pub plan: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -267,4 +272,57 @@ pub struct NewHealthEvent {
     pub to_state: Option<String>,
     pub detail: String,
     pub instance_id: Option<String>,
+}
+
+/// What a plan does to one server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlannedAction {
+    /// Nothing runs yet: it is started.
+    Deploy,
+    /// A new version or spec is started and, once healthy, replaces what runs.
+    Update,
+    /// It left the manifest: its instances stop.
+    Remove,
+    /// What runs matches.
+    Keep,
+    /// Not touched: an operator stopped it, or this exact spec failed before.
+    LeaveAlone,
+    /// It cannot run on this agent (a missing secret, another runtime): what runs of it
+    /// stays as it is.
+    CannotRun,
+}
+
+impl PlannedAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlannedAction::Deploy => "deploy",
+            PlannedAction::Update => "update",
+            PlannedAction::Remove => "remove",
+            PlannedAction::Keep => "keep",
+            PlannedAction::LeaveAlone => "leave_alone",
+            PlannedAction::CannotRun => "cannot_run",
+        }
+    }
+}
+
+/// One server's line of a plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PlannedServer {
+    pub server_id: String,
+    pub action: PlannedAction,
+    /// The version(s) running now, comma-separated when more than one does.
+    pub from_version: Option<String>,
+    /// The version it will run (what the update policy resolves to now).
+    pub to_version: Option<String>,
+    /// The manifest fields that differ from the applied manifest's (`docker.image`,
+    /// `health_check.interval_seconds`, `version`, ...), and `update_policy` when the
+    /// policy it names changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_fields: Vec<String>,
+    /// Why it is left alone or cannot run, or what else happens (leftover instances removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether carrying it out changes what runs.
+    pub changes: bool,
 }

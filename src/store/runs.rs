@@ -6,8 +6,8 @@ use jiff::Timestamp;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{
-    NewRun, RawRun, RolloutOutcome, RunRecord, RunResult, Stage, StageRecord, StageStatus, Store,
-    StoreError, events, parse_ts, req_ts, ts,
+    NewRun, PlannedServer, RawRun, RolloutOutcome, RunRecord, RunResult, Stage, StageRecord,
+    StageStatus, Store, StoreError, events, parse_ts, req_ts, ts,
 };
 use crate::manifest::Diagnostic;
 use crate::source::short_commit;
@@ -96,6 +96,15 @@ impl Store {
                 stage.finished_at.map(ts),
                 stage.detail
             ])?;
+        Ok(())
+    }
+
+    /// Keeps the plan run `run_id` applied, server by server.
+    pub fn set_run_plan(&self, run_id: i64, plan: &[PlannedServer]) -> Result<(), StoreError> {
+        let text = serde_json::to_string(plan).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn()
+            .prepare_cached("UPDATE runs SET plan = ?2 WHERE id = ?1")?
+            .execute(params![run_id, text])?;
         Ok(())
     }
 
@@ -231,10 +240,11 @@ impl Store {
             result: row.get(8)?,
             reason: row.get(9)?,
             errors: row.get(10)?,
+            plan: row.get(11)?,
         })
     }
 
-    const RUN_COLUMNS: &str = "id, commit_id, author, message, committed_at, trigger, seen_at, finished_at, result, reason, errors";
+    const RUN_COLUMNS: &str = "id, commit_id, author, message, committed_at, trigger, seen_at, finished_at, result, reason, errors, plan";
 
     /// Runs, newest first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
@@ -315,6 +325,12 @@ impl Store {
             }
             None => Vec::new(),
         };
+        let plan = match raw.plan {
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
         Ok(RunRecord {
             id: raw.id,
             commit_id: raw.commit_id,
@@ -327,6 +343,7 @@ impl Store {
             result: RunResult::parse(&raw.result)?,
             reason: raw.reason,
             errors,
+            plan,
             stages,
         })
     }

@@ -23,7 +23,7 @@ use crate::support::{BIN, eventually};
 /// polled, so a fast machine does not wait this long.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-const TOOLS: [&str; 24] = [
+const TOOLS: [&str; 25] = [
     "add_server_to_config",
     "clear_draft_config",
     "deploy_config",
@@ -38,6 +38,7 @@ const TOOLS: [&str; 24] = [
     "list_clients",
     "list_profiles",
     "list_servers",
+    "plan",
     "publish_config",
     "remove_server_from_config",
     "restart_server",
@@ -139,6 +140,13 @@ async fn every_tool_is_listed_with_a_schema_and_acts_on_the_live_fleet() {
         .map(|s| (s["id"].as_str().unwrap(), s["state"].as_str().unwrap()))
         .collect();
     assert_eq!(states, [("mcp-a", "running"), ("mcp-b", "running")]);
+
+    // A plan of the commit in force changes nothing; a plan of one without mcp-b removes it.
+    let plan = call(&client, "plan", json!({ "commit": "main" })).await;
+    assert_eq!(plan["summary"], "no changes", "{plan}");
+    let files = json!({ "manifest": { "path": "ecosystem-manifest.yaml", "text": process_manifest(&[("mcp-a", "1.0.0")]) } });
+    let plan = call(&client, "plan", json!({ "files": files })).await;
+    assert_eq!(plan["summary"], "remove mcp-b", "{plan}");
 
     let a = call(&client, "server_status", json!({ "server_id": "mcp-a" })).await;
     assert_eq!(a["running_version"], "1.0.0");

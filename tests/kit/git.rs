@@ -91,7 +91,7 @@ impl ManifestRepo {
         repo
     }
 
-    fn home(&self) -> PathBuf {
+    pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
 
