@@ -64,6 +64,9 @@ pub enum GitError {
     },
     #[error("commit {commit} not found in the mirror")]
     NoCommit { commit: String },
+    /// The remote refused a push, or could not be reached for one.
+    #[error("cannot push to {url}: {message}")]
+    Push { url: String, message: String },
 }
 
 impl GitError {
@@ -90,7 +93,7 @@ pub struct GitSource {
     mirror: PathBuf,
 }
 
-const REMOTE: &str = "origin";
+pub(super) const REMOTE: &str = "origin";
 
 impl GitSource {
     /// Opens (initialising if needed) the bare mirror at `mirror`, pointed at the settings' URL.
@@ -119,7 +122,7 @@ impl GitSource {
         &self.settings
     }
 
-    fn repo(&self) -> Result<Repository, GitError> {
+    pub(super) fn repo(&self) -> Result<Repository, GitError> {
         Repository::open_bare(&self.mirror).map_err(|source| GitError::Local {
             path: self.mirror.clone(),
             source,
@@ -136,6 +139,33 @@ impl GitSource {
             message: e.message().to_owned(),
         };
         let mut remote = repo.find_remote(REMOTE).map_err(fetch_err)?;
+        let mut callbacks = self.callbacks();
+        let deadline = std::time::Instant::now() + self.settings.timeout * FETCH_BUDGET_FACTOR;
+        callbacks.transfer_progress(move |_| std::time::Instant::now() < deadline);
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(callbacks);
+        options.prune(git2::FetchPrune::On);
+        let refspec = format!(
+            "+refs/heads/{0}:refs/remotes/origin/{0}",
+            self.settings.branch
+        );
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut options), None)
+            .map_err(fetch_err)?;
+        drop(remote);
+        let reference = format!("refs/remotes/origin/{}", self.settings.branch);
+        let head = repo
+            .refname_to_id(&reference)
+            .map_err(|_| GitError::NoBranch {
+                url,
+                branch: self.settings.branch.clone(),
+            })?;
+        Ok(head.to_string())
+    }
+
+    /// Credentials for the remote (`--git-token`, `--ssh-key`), and the timeouts every
+    /// connection to it is bounded by.
+    pub(super) fn callbacks<'a>(&self) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
         let token = self.settings.token.clone();
         let key = self.settings.ssh_key.clone();
@@ -170,27 +200,7 @@ impl GitSource {
             let _ = git2::opts::set_server_connect_timeout_in_milliseconds(timeout_ms);
             let _ = git2::opts::set_server_timeout_in_milliseconds(timeout_ms);
         }
-        let deadline = std::time::Instant::now() + self.settings.timeout * FETCH_BUDGET_FACTOR;
-        callbacks.transfer_progress(move |_| std::time::Instant::now() < deadline);
-        let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks);
-        options.prune(git2::FetchPrune::On);
-        let refspec = format!(
-            "+refs/heads/{0}:refs/remotes/origin/{0}",
-            self.settings.branch
-        );
-        remote
-            .fetch(&[refspec.as_str()], Some(&mut options), None)
-            .map_err(fetch_err)?;
-        drop(remote);
-        let reference = format!("refs/remotes/origin/{}", self.settings.branch);
-        let head = repo
-            .refname_to_id(&reference)
-            .map_err(|_| GitError::NoBranch {
-                url,
-                branch: self.settings.branch.clone(),
-            })?;
-        Ok(head.to_string())
+        callbacks
     }
 
     /// The commit `rev` names in the mirror: a commit id or an abbreviation of one, or a

@@ -6,10 +6,12 @@
 
 mod files;
 mod git;
+mod notes;
 pub mod watch;
 
 pub use files::{ReadError, read_repo_files, read_text};
 pub use git::{FETCH_BUDGET_FACTOR, GitError, GitSettings, GitSource, Revision};
+pub use notes::NOTES_REF;
 
 /// A commit id as people read it: its first 10 characters.
 pub fn short_commit(commit: &str) -> &str {
