@@ -74,6 +74,17 @@ pub struct SubscribeRequest {
     pub secret: String,
 }
 
+/// What a subscriber receives (the body of every delivery): the event as `GET /events`
+/// has it, with the delivery's and the subscription's ids.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Delivery {
+    /// `<subscription_id>:<event id>`: the same on every try and after a restart, so a
+    /// receiver drops a repeat by it (also in `X-MCP-Orchestration-Delivery`).
+    pub delivery_id: String,
+    pub subscription_id: String,
+    pub event: crate::store::Event,
+}
+
 /// A subscription as listed: never its secret.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct SubscriptionView {

@@ -9,26 +9,16 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::deliver::{Outcome, Outgoing, Sender};
-use super::wants;
+use super::{Delivery, wants};
 use crate::store::{Event, EventFilter, NewDeadLetter, Store, StoreError, Subscription};
 
 /// Events read from the log per trip.
 const BATCH: usize = 100;
-
-/// What a subscriber receives: the event as `GET /events` has it, with the delivery's and
-/// the subscription's ids.
-#[derive(Serialize)]
-struct Body<'a> {
-    delivery_id: &'a str,
-    subscription_id: &'a str,
-    event: &'a Event,
-}
 
 /// The delivery id of `event` for `subscription`: the same on every try and after a
 /// restart, so a receiver can drop a repeat.
@@ -110,10 +100,10 @@ async fn deliver(
     stop: &CancellationToken,
 ) -> Result<bool, StoreError> {
     let delivery_id = delivery_id(&sub.id, event.id);
-    let body = serde_json::to_vec(&Body {
-        delivery_id: &delivery_id,
-        subscription_id: &sub.id,
-        event,
+    let body = serde_json::to_vec(&Delivery {
+        delivery_id: delivery_id.clone(),
+        subscription_id: sub.id.clone(),
+        event: event.clone(),
     })
     .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", event.id)))?;
     let out = Outgoing {
