@@ -294,6 +294,117 @@ mod tests {
         );
     }
 
+    /// A listener on 127.0.0.1 that answers 200 and hands each request's head and body on.
+    async fn listener() -> (String, mpsc::UnboundedReceiver<(String, String)>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/notify", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = socket.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            let _ = tx.send((head.to_lowercase(), body.to_owned()));
+                            let _ = socket
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                                .await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    fn fast(attempts: u32) -> Retry {
+        Retry {
+            attempts,
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_gets_its_notifications_in_order_unsigned_with_an_id_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let outbox = Outbox::new(store, fast(3), CancellationToken::new());
+        let (url, mut rx) = listener().await;
+        for n in 0..5 {
+            outbox.notify(
+                url.clone(),
+                serde_json::json!({ "event": "rollout_failed", "n": n }),
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for n in 0..5 {
+            let (head, body) = rx.recv().await.unwrap();
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["n"], n, "in order");
+            assert!(
+                head.contains("x-mcp-orchestration-event: rollout_failed"),
+                "{head}"
+            );
+            assert!(!head.contains("x-mcp-orchestration-signature"), "{head}");
+            let id = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-mcp-orchestration-delivery: "))
+                .unwrap()
+                .to_owned();
+            assert!(ids.insert(id), "one id per notification");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_nobody_answers_leaves_a_dead_letter_without_a_subscription() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let outbox = Outbox::new(store.clone(), fast(2), CancellationToken::new());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/notify");
+        outbox.notify(
+            url.clone(),
+            serde_json::json!({ "event": "recovery", "server_id": "a" }),
+        );
+        let dead = loop {
+            let dead = store.dead_letters(None, 10).unwrap();
+            if !dead.is_empty() {
+                break dead;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(dead[0].subscription_id, None);
+        assert_eq!(dead[0].url, url);
+        assert_eq!(dead[0].kind, "recovery");
+        assert_eq!(dead[0].attempts, 2);
+        assert!(
+            dead[0].error.contains("cannot reach it"),
+            "{}",
+            dead[0].error
+        );
+        assert!(dead[0].body.contains("\"server_id\":\"a\""));
+    }
+
     #[test]
     fn random_ids_differ() {
         assert_ne!(random_id("n-"), random_id("n-"));
