@@ -470,12 +470,11 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_owned()
 }
 
-/// POSTs a JSON event to a notification channel in the background: a channel that is down
-/// is logged and never delays or fails a rollout.
-/// Whatever the payload carries is redacted first: reasons hold log lines.
 impl Executor {
-    /// Tells a notification channel (in the background; never blocks): redacted, then
-    /// queued on the outbox, which retries and dead-letters like a subscription's delivery.
+    /// POSTs a JSON event to a notification channel in the background: a channel that is
+    /// down never delays or fails a rollout. Whatever the payload carries is redacted
+    /// first (reasons hold log lines), then it is queued on the outbox, which retries and
+    /// dead-letters it like a subscription's delivery.
     pub(crate) fn notify(&self, url: String, mut payload: serde_json::Value) {
         self.redactor.redact_json(&mut payload);
         self.outbox.notify(url, payload);
