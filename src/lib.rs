@@ -23,4 +23,5 @@ pub mod settings;
 pub mod source;
 pub mod sse;
 pub mod store;
+pub mod subscriptions;
 pub mod ui;

@@ -61,6 +61,12 @@ pub mod env {
     pub const API_KEY: &str = "MCP_ORCHESTRATION_API_KEY";
     /// A file of API keys the agent accepts, one per line.
     pub const API_KEYS_FILE: &str = "MCP_ORCHESTRATION_API_KEYS_FILE";
+    /// How often a webhook delivery is tried before it becomes a dead letter.
+    pub const DELIVERY_ATTEMPTS: &str = "MCP_ORCHESTRATION_DELIVERY_ATTEMPTS";
+    /// The wait after a delivery's first failed try (it doubles, up to 60s).
+    pub const DELIVERY_BACKOFF: &str = "MCP_ORCHESTRATION_DELIVERY_BACKOFF";
+    /// The secret `webhooks subscribe` sends (rather than `--secret`, which `ps` shows).
+    pub const SUBSCRIPTION_SECRET: &str = "MCP_ORCHESTRATION_SUBSCRIPTION_SECRET";
 }
 
 /// The generated API key's file in the data dir.
@@ -156,6 +162,8 @@ pub struct AgentOptions {
     pub header_read_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub git_timeout: Option<String>,
+    pub delivery_attempts: Option<u32>,
+    pub delivery_backoff: Option<String>,
 }
 
 impl AgentOptions {
@@ -189,6 +197,8 @@ impl AgentOptions {
             header_read_timeout: self.header_read_timeout.or(other.header_read_timeout),
             max_connections: self.max_connections.or(other.max_connections),
             git_timeout: self.git_timeout.or(other.git_timeout),
+            delivery_attempts: self.delivery_attempts.or(other.delivery_attempts),
+            delivery_backoff: self.delivery_backoff.or(other.delivery_backoff),
         }
     }
 }
@@ -280,6 +290,8 @@ pub struct AgentSettings {
     /// At most this many API connections at once; `None`: 4,096, or half the open-file
     /// limit when that is lower.
     pub max_connections: Option<usize>,
+    /// How webhook deliveries (subscriptions and notification channels) are retried.
+    pub delivery: crate::subscriptions::Retry,
 }
 
 /// The data dir when none is given: `$XDG_DATA_HOME/mcp-orchestration`, else
@@ -529,6 +541,18 @@ impl Settings {
                 message: "must be at least 1".to_owned(),
             });
         }
+        let mut delivery = crate::subscriptions::Retry::default();
+        if let Some(n) = a.delivery_attempts {
+            if n == 0 {
+                return Err(SettingsError::Invalid {
+                    name: "delivery-attempts",
+                    message: "must be at least 1".to_owned(),
+                });
+            }
+            delivery.attempts = n;
+        }
+        delivery.first = duration(&a.delivery_backoff, "delivery-backoff", delivery.first)?;
+        delivery.max = delivery.max.max(delivery.first);
         let concurrency = a.concurrency.unwrap_or(defaults::CONCURRENCY);
         if concurrency == 0 {
             return Err(SettingsError::Invalid {
@@ -573,6 +597,7 @@ impl Settings {
             keys_for_reads: a.require_key_for_reads.unwrap_or(false) || !listen.ip().is_loopback(),
             header_read_timeout,
             max_connections: a.max_connections,
+            delivery,
         })
     }
 

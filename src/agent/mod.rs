@@ -395,6 +395,11 @@ pub async fn run(
             crate::fleet::on_rollout_phase(&phase_view, &phase_monitor, server, phase);
         });
     executor.drain = settings.drain;
+    executor = executor.with_outbox(crate::subscriptions::Outbox::new(
+        store.clone(),
+        settings.delivery,
+        shutdown.child_token(),
+    ));
     // The gateway's sessions with the backends, shared by the gateway and the executor's
     // drain: an old instance stops once the gateway routes to its successor and its calls
     // in flight are done. External gateways (--gateway-url) only learn of a switch from the
@@ -470,9 +475,29 @@ pub async fn run(
         gateway_address,
         crate::clients::service::Host::current(settings.clients_home.as_deref()),
     ));
+    // Webhook subscriptions: a worker per subscription on the tracker, each resuming after
+    // the last event it delivered or gave up on.
+    let subscriptions = crate::subscriptions::Subscriptions::new(
+        store.clone(),
+        trust.clone(),
+        settings.delivery,
+        tasks.clone(),
+        shutdown.child_token(),
+    );
+    match subscriptions.start().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            subscriptions = n,
+            "delivering events to webhook subscriptions"
+        ),
+        Err(e) => {
+            warn!(error = %crate::error_text::chain(&e), "cannot read the webhook subscriptions; nothing is delivered to them until a restart")
+        }
+    }
     let api_state = crate::api::ApiState {
         control: control.clone(),
         configs: configs.clone(),
+        subscriptions: subscriptions.clone(),
         runtime: runtime.kind(),
         branch: settings.git.branch.clone(),
         webhook_secret: settings.webhook_secret.clone(),
@@ -489,6 +514,7 @@ pub async fn run(
     let mcp = crate::mcp::http_service(
         control.clone(),
         configs,
+        subscriptions,
         crate::mcp::HttpConfig {
             body_limit: crate::api::BODY_LIMIT,
             any_host: settings.keys_for_reads,

@@ -480,8 +480,7 @@ fn notify(state: &Control, desired: &crate::reconcile::Desired, server: &str, de
     let Some(url) = desired.policy.notification_channel.clone() else {
         return;
     };
-    crate::reconcile::execute::notify(
-        state.executor.redactor(),
+    state.executor.notify(
         url,
         serde_json::json!({
             "event": "recovery",

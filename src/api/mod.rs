@@ -12,6 +12,7 @@ pub mod openapi;
 mod page;
 mod routes;
 pub mod serve;
+mod subscriptions;
 mod webhook;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub control: Arc<Control>,
     /// The client-configuration operations (`/v1/`).
     pub configs: Arc<crate::clients::service::Configs>,
+    /// Webhook subscriptions to the event log (`/v1/webhooks`).
+    pub subscriptions: Arc<crate::subscriptions::Subscriptions>,
     pub runtime: crate::runtime::RuntimeKind,
     /// The tracked branch: a webhook for another one wakes nothing.
     pub branch: String,

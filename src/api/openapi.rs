@@ -2,7 +2,8 @@
 //! (`super::routes`). Parameters, bodies and answers are generated (schemars) from the very
 //! types the handlers read and write, so they cannot drift from what the code accepts.
 //!
-//! The gateway contract (what the agent POSTs to every `--gateway-url`) is in `webhooks`.
+//! The gateway contract (what the agent POSTs to every `--gateway-url`) and a webhook
+//! subscription's delivery are in `webhooks`.
 
 use schemars::JsonSchema;
 use schemars::SchemaGenerator;
@@ -201,6 +202,7 @@ pub fn document() -> Value {
     let mut schemas = Schemas::new();
     schemas.schema::<ErrorEnvelope>();
     let payload = schemas.schema::<crate::publish::Payload>();
+    let delivery = schemas.schema::<crate::subscriptions::Delivery>();
     let mut paths = Map::new();
     for route in table() {
         let operation = operation(&route, &mut schemas);
@@ -235,6 +237,34 @@ pub fn document() -> Value {
                         "content": { "application/json": { "schema": payload } },
                     },
                     "responses": { "200": { "description": "applied (or ignored as stale)" } },
+                },
+            },
+            "subscription-delivery": {
+                "post": {
+                    "summary": "What the agent POSTs to a webhook subscription's URL",
+                    "description": "One event of a kind the subscription names, one at a time \
+                                    in event-id order. Verify X-MCP-Orchestration-Signature \
+                                    (sha256= and the hex HMAC-SHA256 of the raw body keyed \
+                                    with the subscription's secret) before trusting the body. \
+                                    Any 2xx acknowledges; otherwise the same delivery (same \
+                                    id) is tried again with doubling waits, and after the \
+                                    last try it is a dead letter (GET /v1/dead-letters).",
+                    "parameters": [
+                        { "name": "X-MCP-Orchestration-Delivery", "in": "header", "required": true,
+                          "schema": { "type": "string" }, "description": "The delivery id (`<subscription>:<event id>`)." },
+                        { "name": "X-MCP-Orchestration-Event", "in": "header", "required": true,
+                          "schema": { "type": "string" }, "description": "The event's kind." },
+                        { "name": "X-MCP-Orchestration-Attempt", "in": "header", "required": true,
+                          "schema": { "type": "integer", "minimum": 1 }, "description": "Which try, from 1." },
+                        { "name": "X-MCP-Orchestration-Signature", "in": "header", "required": true,
+                          "schema": { "type": "string", "pattern": "^sha256=[0-9a-f]{64}$" },
+                          "description": "The HMAC-SHA256 of the body with the subscription's secret." },
+                    ],
+                    "requestBody": {
+                        "required": true,
+                        "content": { "application/json": { "schema": delivery } },
+                    },
+                    "responses": { "200": { "description": "taken (any 2xx)" } },
                 },
             },
         },

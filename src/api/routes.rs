@@ -493,6 +493,7 @@ pub fn table() -> Vec<Route> {
         ),
     ];
     all.extend(config_routes());
+    all.extend(subscription_routes());
     // MCP carries mutating tools on every method (a `GET` opens a session's stream), so
     // it always needs a key.
     for (method, summary, content, ok) in [
@@ -529,7 +530,9 @@ pub fn table() -> Vec<Route> {
                               list_clients, list_profiles, get_config, diff_config, \
                               add_server_to_config, remove_server_from_config, view_draft_config, \
                               clear_draft_config, validate_config, publish_config, deploy_config, \
-                              list_available_servers, describe_server, initialize_keys. Always \
+                              list_available_servers, describe_server, initialize_keys; and for \
+                              webhooks subscribe_webhook, list_webhooks, delete_webhook, \
+                              list_dead_letters. Always \
                               needs a key, whatever the method.",
                 tag: "mcp",
                 body: post.then_some(
@@ -587,6 +590,78 @@ pub fn at(path: &str) -> Option<Vec<(Method, Auth)>> {
         methods.push((Method::HEAD, auth));
     }
     Some(methods)
+}
+
+/// Webhook subscriptions to the event log (`subscriptions`).
+fn subscription_routes() -> Vec<Route> {
+    use super::subscriptions as h;
+    use crate::subscriptions as s;
+    use Auth::{Read, Write};
+    let doc = |summary: &'static str, answer: Schema| Doc {
+        summary,
+        tag: "subscriptions",
+        answer,
+        ..Doc::default()
+    };
+    vec![
+        route(
+            Method::POST,
+            "/v1/webhooks/subscribe",
+            post(h::subscribe),
+            Write,
+            Doc {
+                description: "From the next event on, each event of the kinds named (`run.*`, \
+                              `rollout.finished`, `health.*`, `hold.*`, `*`) is POSTed to `url` \
+                              as JSON `{delivery_id, subscription_id, event}`, one at a time in \
+                              event-id order, with `X-MCP-Orchestration-Delivery` (the same on \
+                              every try), `X-MCP-Orchestration-Event` (the kind) and \
+                              `X-MCP-Orchestration-Signature: sha256=<hex HMAC-SHA256 of the \
+                              body with the secret>`. A delivery is tried until a 2xx answer, \
+                              with a doubling wait, and after the last try recorded as a dead \
+                              letter. The URL must be under one of the trust policy's \
+                              `allowed_notification_urls` (409 URL_NOT_ALLOWED otherwise).",
+                body: Some(|s| s.schema::<s::SubscribeRequest>()),
+                body_required: true,
+                ok: 201,
+                ..doc("Subscribe a URL to events", |s| {
+                    s.schema::<s::SubscriptionView>()
+                })
+            },
+        ),
+        route(
+            Method::GET,
+            "/v1/webhooks",
+            get(h::list),
+            Read,
+            doc(
+                "The webhook subscriptions: URL, event kinds, cursor, dead letters (never the secret)",
+                |s| s.schema::<s::SubscriptionList>(),
+            ),
+        ),
+        route(
+            Method::DELETE,
+            "/v1/webhooks/{id}",
+            delete(h::delete),
+            Write,
+            doc(
+                "Delete a subscription: nothing more is delivered to it (its dead letters stay)",
+                |s| s.schema::<s::Unsubscribed>(),
+            ),
+        ),
+        route(
+            Method::GET,
+            "/v1/dead-letters",
+            get(h::dead_letters),
+            Read,
+            Doc {
+                query: Some(|s| s.query::<h::DeadLetterQuery>()),
+                ..doc(
+                    "Deliveries given up on after the last try (subscriptions' and notification channels'), newest first",
+                    |s| s.schema::<s::DeadLetterPage>(),
+                )
+            },
+        ),
+    ]
 }
 
 /// The seed's `/v1/` routes for client configurations (`clients::service`).

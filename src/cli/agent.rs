@@ -95,6 +95,14 @@ pub struct Args {
     /// whole fetch at most ten times as long [default: 30s]
     #[arg(long, value_name = "DURATION")]
     git_timeout: Option<String>,
+    /// How often a webhook delivery (a subscription's or a notification channel's) is
+    /// tried before it becomes a dead letter [default: 8]
+    #[arg(long, env = env::DELIVERY_ATTEMPTS, value_name = "N")]
+    delivery_attempts: Option<u32>,
+    /// The wait after a delivery's first failed try; it doubles after each, up to 60s
+    /// [default: 1s]
+    #[arg(long, env = env::DELIVERY_BACKOFF, value_name = "DURATION")]
+    delivery_backoff: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -148,6 +156,8 @@ impl Args {
             header_read_timeout: self.header_read_timeout.clone(),
             max_connections: self.max_connections,
             git_timeout: self.git_timeout.clone(),
+            delivery_attempts: self.delivery_attempts,
+            delivery_backoff: self.delivery_backoff.clone(),
         }
     }
 }

@@ -14,6 +14,7 @@ mod progress;
 mod rollouts;
 mod status;
 mod validate;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -114,6 +115,9 @@ enum Command {
     /// MCP clients' configurations: drafts, validation, signed artifacts, and deploying
     /// them into the clients' files on this machine (or the agent's).
     Config(config::Args),
+    /// Webhook subscriptions: the agent's events (runs, rollouts, health, holds) delivered
+    /// as signed JSON POSTs; list, delete, and the deliveries given up on.
+    Webhooks(webhooks::Args),
     /// Exit 0 when the agent answers `GET /health`, 1 when not (a container's HEALTHCHECK).
     Healthcheck,
     /// Print the shell completion script: `source <(mcp-orchestration completions bash)`.
@@ -173,6 +177,7 @@ pub fn main() -> ExitCode {
             .endpoint()
             .and_then(|endpoint| mcp::run(&settings, &endpoint)),
         Command::Config(args) => config::run(&settings, args),
+        Command::Webhooks(args) => webhooks::run(&settings, args),
         Command::Healthcheck => status::healthcheck(&settings),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => completions::man(args),

@@ -230,7 +230,10 @@ impl Control {
     pub async fn resume(&self, server: &str) -> Result<Resumed, ControlError> {
         self.require_known(server)?;
         let s = server.to_owned();
-        let lifted = self.store.call(move |st| st.clear_pin(&s)).await?;
+        let lifted = self
+            .store
+            .call(move |st| st.clear_pin(&s, Timestamp::now()))
+            .await?;
         self.wake(Trigger::Operator);
         Ok(Resumed {
             server_id: server.to_owned(),

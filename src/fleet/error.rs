@@ -20,6 +20,8 @@ pub enum Missing {
     Artifact,
     /// A commit of the watched repository, as the agent's mirror has it.
     Commit,
+    /// A webhook subscription.
+    Subscription,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,9 @@ fn not_found_message(what: Missing, id: &str) -> String {
         Missing::Commit => format!(
             "no commit `{id}` in the agent's mirror of the repository (it holds what the agent last fetched of its branch)"
         ),
+        Missing::Subscription => {
+            format!("no webhook subscription `{id}` (`GET /v1/webhooks` lists the subscriptions)")
+        }
         Missing::Profile => format!(
             "no profile `{id}` in the applied manifest (`default` is the whole fleet; the gateway's `GET /profiles` lists the others)"
         ),
@@ -120,6 +125,10 @@ impl ControlError {
                 what: Missing::Commit,
                 ..
             } => "COMMIT_NOT_FOUND",
+            ControlError::NotFound {
+                what: Missing::Subscription,
+                ..
+            } => "SUBSCRIPTION_NOT_FOUND",
             ControlError::Refused { code, .. } => code,
             ControlError::Conflict(_) => "CONFLICT",
             ControlError::Invalid(_) => "VALIDATION_FAILED",
@@ -150,6 +159,10 @@ impl ControlError {
                 what: Missing::Commit,
                 id,
             } => json!({ "commit": id }),
+            ControlError::NotFound {
+                what: Missing::Subscription,
+                id,
+            } => json!({ "subscription": id }),
             ControlError::Refused { details, .. } => details.clone(),
             _ => Value::Null,
         }
@@ -159,5 +172,23 @@ impl ControlError {
 impl From<StoreError> for ControlError {
     fn from(e: StoreError) -> ControlError {
         ControlError::Internal(crate::error_text::chain(&e))
+    }
+}
+
+impl From<crate::subscriptions::SubscriptionError> for ControlError {
+    fn from(e: crate::subscriptions::SubscriptionError) -> ControlError {
+        use crate::subscriptions::SubscriptionError as E;
+        match e {
+            E::NotFound(id) => ControlError::not_found(Missing::Subscription, &id),
+            E::Invalid(message) => ControlError::Invalid(message),
+            // Well formed, but the operator's trust policy says no; a client can act on it
+            // (ask for the prefix to be listed).
+            E::Refused(message) => ControlError::Refused {
+                code: "URL_NOT_ALLOWED",
+                message,
+                details: Value::Null,
+            },
+            E::Store(e) => e.into(),
+        }
     }
 }

@@ -53,6 +53,7 @@ pub struct HttpConfig {
 pub fn http_service(
     control: Arc<Control>,
     configs: Arc<crate::clients::service::Configs>,
+    subscriptions: Arc<crate::subscriptions::Subscriptions>,
     http: HttpConfig,
     shutdown: CancellationToken,
 ) -> HttpService {
@@ -65,7 +66,7 @@ pub fn http_service(
         // which a rebinding page does not have.
         config = config.disable_allowed_hosts();
     }
-    let tools = Tools::new(control, configs);
+    let tools = Tools::new(control, configs, subscriptions);
     StreamableHttpService::new(
         move || Ok(tools.clone()),
         Arc::new(LocalSessionManager::default()),

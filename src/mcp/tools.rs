@@ -27,6 +27,7 @@ use crate::clients::service::{
     AddCustom, AddEntry, AddProfile, AddServer, Configs, DeployRequest, DiffRequest,
 };
 use crate::fleet::{self, Control, ControlError};
+use crate::subscriptions::{SubscribeRequest, Subscriptions};
 
 /// The tools of one agent. rmcp asks for one value per MCP session; clones share the
 /// state and the router.
@@ -34,6 +35,7 @@ use crate::fleet::{self, Control, ControlError};
 pub struct Tools {
     control: Arc<Control>,
     configs: Arc<Configs>,
+    subscriptions: Arc<Subscriptions>,
     tool_router: ToolRouter<Tools>,
 }
 
@@ -192,10 +194,15 @@ fn error_result(code: &str, message: &str, details: serde_json::Value) -> CallTo
 
 #[tool_router]
 impl Tools {
-    pub fn new(control: Arc<Control>, configs: Arc<Configs>) -> Tools {
+    pub fn new(
+        control: Arc<Control>,
+        configs: Arc<Configs>,
+        subscriptions: Arc<Subscriptions>,
+    ) -> Tools {
         Tools {
             control,
             configs,
+            subscriptions,
             tool_router: Self::tool_router(),
         }
     }
@@ -616,6 +623,97 @@ impl Tools {
     async fn initialize_keys(&self) -> Result<CallToolResult, ErrorData> {
         reply(self.configs.initialize_keys().await)
     }
+
+    #[tool(
+        description = "Subscribe a URL to the agent's events (runs, rollouts, health \
+            transitions, recoveries, holds): each event of the kinds named (`run.*`, \
+            `rollout.finished`, `health.*`, `hold.*`, `*`) is POSTed to it as JSON, in order, \
+            signed with HMAC-SHA256 of the body under `secret` (at least 16 characters), \
+            retried with backoff and recorded as a dead letter after the last try. The URL \
+            must be one the trust policy allows for notifications.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
+    )]
+    async fn subscribe_webhook(
+        &self,
+        Parameters(args): Parameters<SubscribeRequest>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(
+            self.subscriptions
+                .subscribe(args)
+                .await
+                .map_err(ControlError::from),
+        )
+    }
+
+    #[tool(
+        description = "The webhook subscriptions: id, URL, event kinds, the last event \
+            delivered (cursor) and how many deliveries were given up on. Never the secret.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_webhooks(&self) -> Result<CallToolResult, ErrorData> {
+        reply(self.subscriptions.list().await.map_err(ControlError::from))
+    }
+
+    #[tool(
+        description = "Delete a webhook subscription: nothing more is delivered to it.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn delete_webhook(
+        &self,
+        Parameters(args): Parameters<WebhookArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(
+            self.subscriptions
+                .delete(&args.subscription_id)
+                .await
+                .map_err(ControlError::from),
+        )
+    }
+
+    #[tool(
+        description = "Deliveries given up on after their last try, newest first: of one \
+            subscription, or of all (notification channels' included), with the body sent \
+            and the last error.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn list_dead_letters(
+        &self,
+        Parameters(args): Parameters<DeadLetterArgs>,
+    ) -> Result<CallToolResult, ErrorData> {
+        reply(
+            self.subscriptions
+                .dead_letters(args.subscription_id.as_deref(), args.limit)
+                .await
+                .map_err(ControlError::from),
+        )
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookArgs {
+    /// A subscription's id (list_webhooks).
+    pub subscription_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterArgs {
+    /// Only this subscription's; all when not given.
+    pub subscription_id: Option<String>,
+    /// How many, newest first (default 50, at most 1000).
+    #[schemars(range(min = 1, max = crate::subscriptions::DEAD_LETTERS_LIMIT.1))]
+    pub limit: Option<usize>,
 }
 
 #[tool_handler(router = self.tool_router)]

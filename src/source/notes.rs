@@ -55,8 +55,13 @@ impl GitSource {
             .map_err(|e| failed(format!("cannot read its notes: {}", e.message())))?;
         let theirs = repo.refname_to_id(REMOTE_NOTES).ok();
         if let Some(theirs) = theirs {
-            repo.reference(NOTES_REF, theirs, true, "mcp-orchestration: the remote's notes")
-                .map_err(local)?;
+            repo.reference(
+                NOTES_REF,
+                theirs,
+                true,
+                "mcp-orchestration: the remote's notes",
+            )
+            .map_err(local)?;
         }
         let signature =
             Signature::now("mcp-orchestration", "mcp-orchestration@localhost").map_err(local)?;

@@ -1,5 +1,6 @@
 //! The event log: every state change (runs, rollouts and their steps, health transitions,
-//! recovery attempts, overrides) as one ordered stream with ids, for `GET /events`.
+//! recovery attempts, overrides, operators' holds) as one ordered stream with ids, for
+//! `GET /events` and webhook subscriptions.
 //!
 //! The store methods that record a change append its event in the same transaction, and
 //! broadcast it to live subscribers while they still hold the connection: the broadcast
@@ -23,7 +24,8 @@ pub struct Event {
     pub id: i64,
     pub at: Timestamp,
     /// `run.started`, `run.finished`, `rollout.started`, `rollout.step`, `rollout.finished`,
-    /// `health.transition`, `health.recovery`, `health.override`, or a health note.
+    /// `health.transition`, `health.recovery`, `health.override`, `health.failover`, a
+    /// health note, `hold.set` or `hold.lifted` (an operator's stop or rollback hold).
     pub kind: String,
     pub server_id: Option<String>,
     /// One line for people (the CLI prints it).

@@ -150,7 +150,31 @@ const MIGRATIONS: &[&str] = &[
         deployed_at TEXT NOT NULL
     );
     CREATE INDEX config_deployments_by_target ON config_deployments (client, profile, id);",
-    // 8: each run keeps the plan it applied (JSON, one line per server).
+    // 8: webhook subscriptions to the event log, each with the id of the last event it
+    // delivered or gave up on (its cursor), and the deliveries given up on after the last
+    // try (of a subscription, or of a manifest's notification channel: no subscription).
+    "CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        events TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        cursor INTEGER NOT NULL
+    );
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        subscription_id TEXT,
+        url TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        event_id INTEGER,
+        kind TEXT NOT NULL,
+        body TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        failed_at TEXT NOT NULL
+    );
+    CREATE INDEX dead_letters_by_subscription ON dead_letters (subscription_id, id);",
+    // 9: each run keeps the plan it applied (JSON, one line per server).
     "ALTER TABLE runs ADD COLUMN plan TEXT",
 ];
 

@@ -8,7 +8,8 @@
 //!
 //! This file holds the connection and the `call` façade. `Store`'s other methods live with
 //! the records they touch, one file each: `runs`, `rollouts`, `health_events`, `servers`
-//! (failed versions, pins, holds), `meta` and `events` (the event log); the typed rows are
+//! (failed versions, pins, holds), `meta`, `events` (the event log) and `subscriptions`
+//! (webhook subscriptions to it, and dead letters); the typed rows are
 //! in `records` and the schema in `migrations`.
 
 mod configs;
@@ -20,6 +21,7 @@ mod records;
 mod rollouts;
 mod runs;
 mod servers;
+mod subscriptions;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,6 +32,7 @@ use rusqlite::{Connection, OpenFlags};
 pub use configs::{ConfigDeployment, ConfigDraft, StoredArtifact};
 pub use events::{Event, EventFilter};
 pub use records::*;
+pub use subscriptions::{DeadLetter, NewDeadLetter, Subscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

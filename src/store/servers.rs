@@ -1,10 +1,32 @@
 //! What the store keeps per server beyond its runs and rollouts: the versions that failed
-//! their health gate there (the executor's memory), and the operator's pins and holds.
+//! their health gate there (the executor's memory), and the operator's pins and holds. A
+//! hold set or lifted is an event too (`hold.set`, `hold.lifted`), in the same transaction.
 
 use jiff::Timestamp;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
-use super::{FailedVersion, Pin, Store, StoreError, req_ts, ts};
+use super::{FailedVersion, Pin, Store, StoreError, events, req_ts, ts};
+
+/// A `hold.*` event on `tx`; the caller broadcasts it after commit.
+fn hold_event(
+    tx: &rusqlite::Transaction<'_>,
+    kind: &str,
+    server: &str,
+    at: Timestamp,
+    summary: String,
+    data: serde_json::Value,
+) -> Result<events::Event, StoreError> {
+    events::insert(
+        tx,
+        events::NewEvent {
+            at,
+            kind,
+            server_id: Some(server),
+            summary,
+            data,
+        },
+    )
+}
 
 impl Store {
     pub fn record_failed_version(&self, f: &FailedVersion) -> Result<(), StoreError> {
@@ -61,22 +83,51 @@ impl Store {
             .execute(params![server])?)
     }
 
+    /// Holds a server at a version (an operator's rollback), with a `hold.set` event.
     pub fn set_pin(&self, pin: &Pin) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO server_pins (server_id, version, reason, pinned_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (server_id) DO UPDATE SET version = ?2, reason = ?3, pinned_at = ?4",
-            )?
-            .execute(params![pin.server_id, pin.version, pin.reason, ts(pin.pinned_at)])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO server_pins (server_id, version, reason, pinned_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (server_id) DO UPDATE SET version = ?2, reason = ?3, pinned_at = ?4",
+        )?
+        .execute(params![pin.server_id, pin.version, pin.reason, ts(pin.pinned_at)])?;
+        let event = hold_event(
+            &tx,
+            "hold.set",
+            &pin.server_id,
+            pin.pinned_at,
+            format!("held at {}: {}", pin.version, pin.reason),
+            serde_json::json!({ "hold": "rollback", "version": pin.version, "reason": pin.reason }),
+        )?;
+        tx.commit()?;
+        self.broadcast(Some(event));
         Ok(())
     }
 
-    pub fn clear_pin(&self, server: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
+    /// Lifts a rollback's hold; whether there was one (then with a `hold.lifted` event).
+    pub fn clear_pin(&self, server: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let lifted = tx
             .prepare_cached("DELETE FROM server_pins WHERE server_id = ?1")?
             .execute(params![server])?
-            > 0)
+            > 0;
+        let event = lifted
+            .then(|| {
+                hold_event(
+                    &tx,
+                    "hold.lifted",
+                    server,
+                    at,
+                    "the rollback's hold was lifted: the update policy applies again".to_owned(),
+                    serde_json::json!({ "hold": "rollback" }),
+                )
+            })
+            .transpose()?;
+        tx.commit()?;
+        self.broadcast(event);
+        Ok(lifted)
     }
 
     pub fn pins(&self) -> Result<Vec<Pin>, StoreError> {
@@ -109,14 +160,46 @@ impl Store {
 
     // ---- operator holds ----
 
-    /// Records that an operator stopped a server (`true`) or deployed it again (`false`).
+    /// Records that an operator stopped a server (`true`) or deployed it again (`false`);
+    /// a change is a `hold.set` or `hold.lifted` event.
     pub fn set_held(&self, server: &str, held: bool, at: Timestamp) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO servers (server_id, held_by_operator, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(server_id) DO UPDATE SET held_by_operator = ?2, updated_at = ?3",
-            )?
-            .execute(params![server, held, ts(at)])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let was: bool = tx
+            .prepare_cached("SELECT held_by_operator FROM servers WHERE server_id = ?1")?
+            .query_row(params![server], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false);
+        tx.prepare_cached(
+            "INSERT INTO servers (server_id, held_by_operator, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(server_id) DO UPDATE SET held_by_operator = ?2, updated_at = ?3",
+        )?
+        .execute(params![server, held, ts(at)])?;
+        let event = (was != held)
+            .then(|| {
+                let (kind, summary) = if held {
+                    (
+                        "hold.set",
+                        "stopped by an operator: held until deployed again",
+                    )
+                } else {
+                    (
+                        "hold.lifted",
+                        "deployed again: the operator's stop was lifted",
+                    )
+                };
+                hold_event(
+                    &tx,
+                    kind,
+                    server,
+                    at,
+                    summary.to_owned(),
+                    serde_json::json!({ "hold": "stop" }),
+                )
+            })
+            .transpose()?;
+        tx.commit()?;
+        self.broadcast(event);
         Ok(())
     }
 

@@ -326,3 +326,97 @@ fn pruned_event_ids_are_never_reused() {
         6
     );
 }
+
+#[test]
+fn a_subscription_starts_after_the_newest_event_and_a_dead_letter_moves_its_cursor() {
+    let (_d, store) = open();
+    store.set_held("n8n", true, now()).unwrap();
+    let newest = store
+        .latest_events(EventFilter::default(), None, 1)
+        .unwrap()[0]
+        .id;
+    let sub = store
+        .add_subscription(
+            "sub-1",
+            "http://h/x",
+            &["hold.*".into()],
+            "s".repeat(16).as_str(),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(sub.cursor, newest, "it gets what happens from now on");
+    assert!(
+        !format!("{sub:?}").contains("ssss"),
+        "no secret in debug output"
+    );
+    assert!(store.advance_subscription("sub-1", newest + 5).unwrap());
+    assert!(store.advance_subscription("sub-1", newest + 1).unwrap());
+    assert_eq!(
+        store.subscription("sub-1").unwrap().unwrap().cursor,
+        newest + 5,
+        "never back"
+    );
+    store
+        .add_dead_letter(&NewDeadLetter {
+            subscription_id: Some("sub-1".into()),
+            url: "http://h/x".into(),
+            delivery_id: "sub-1:9".into(),
+            event_id: Some(newest + 9),
+            kind: "hold.set".into(),
+            body: "{}".into(),
+            attempts: 3,
+            error: "answered HTTP 500".into(),
+            failed_at: now(),
+        })
+        .unwrap();
+    assert_eq!(
+        store.subscription("sub-1").unwrap().unwrap().cursor,
+        newest + 9
+    );
+    assert_eq!(store.dead_letters(Some("sub-1"), 10).unwrap().len(), 1);
+    assert_eq!(store.dead_letter_counts().unwrap()["sub-1"], 1);
+    assert!(store.delete_subscription("sub-1").unwrap());
+    assert!(!store.advance_subscription("sub-1", newest + 10).unwrap());
+    assert_eq!(
+        store.dead_letters(None, 10).unwrap().len(),
+        1,
+        "dead letters stay"
+    );
+}
+
+#[test]
+fn holds_set_and_lifted_are_events_and_a_repeat_is_not() {
+    let (_d, store) = open();
+    store.set_held("n8n", true, now()).unwrap();
+    store.set_held("n8n", true, now()).unwrap();
+    store.set_held("n8n", false, now()).unwrap();
+    store
+        .set_pin(&Pin {
+            server_id: "n8n".into(),
+            version: "1.0.0".into(),
+            reason: "operator rollback".into(),
+            pinned_at: now(),
+        })
+        .unwrap();
+    assert!(store.clear_pin("n8n", now()).unwrap());
+    assert!(!store.clear_pin("n8n", now()).unwrap());
+    let kinds: Vec<(String, String)> = store
+        .events_after(None, EventFilter::default(), 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.data["hold"].as_str().unwrap().to_owned()))
+        .collect();
+    let kinds: Vec<(&str, &str)> = kinds
+        .iter()
+        .map(|(k, h)| (k.as_str(), h.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("hold.set", "stop"),
+            ("hold.lifted", "stop"),
+            ("hold.set", "rollback"),
+            ("hold.lifted", "rollback")
+        ]
+    );
+}

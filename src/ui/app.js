@@ -563,7 +563,7 @@ async function eventsView(first) {
     if (kv) q.set('kind', kv);
     location.hash = '#/events' + (q.toString() ? '?' + q : '');
   };
-  const kinds = ['', 'run', 'rollout', 'health', 'health.transition', 'health.recovery'];
+  const kinds = ['', 'run', 'rollout', 'health', 'health.transition', 'health.recovery', 'hold'];
   const seen = new Set();
   const shown = state.events.filter((e) => filter(e) && !seen.has(e.id) && seen.add(e.id));
   show(

@@ -187,6 +187,11 @@ fn connect_mcp_clients() {
 }
 
 #[test]
+fn subscribe_to_events() {
+    run("how-to/subscribe-to-events.md");
+}
+
+#[test]
 fn the_health_check_specification() {
     run("reference/health-check-specification.md");
 }

@@ -31,6 +31,7 @@ mod schemathesis;
 mod service;
 mod status_page;
 mod store_faults;
+mod subscriptions;
 mod support;
 mod swarm;
 mod swarm_kit;

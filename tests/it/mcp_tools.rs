@@ -23,10 +23,11 @@ use crate::support::{BIN, eventually};
 /// polled, so a fast machine does not wait this long.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-const TOOLS: [&str; 25] = [
+const TOOLS: [&str; 29] = [
     "add_server_to_config",
     "clear_draft_config",
     "deploy_config",
+    "delete_webhook",
     "deploy_server",
     "describe_server",
     "diff_config",
@@ -36,8 +37,10 @@ const TOOLS: [&str; 25] = [
     "initialize_keys",
     "list_available_servers",
     "list_clients",
+    "list_dead_letters",
     "list_profiles",
     "list_servers",
+    "list_webhooks",
     "plan",
     "publish_config",
     "remove_server_from_config",
@@ -47,6 +50,7 @@ const TOOLS: [&str; 25] = [
     "rollout_history",
     "server_status",
     "stop_server",
+    "subscribe_webhook",
     "validate_config",
     "view_draft_config",
 ];

@@ -78,6 +78,8 @@ pub struct Options {
     pub gateway_public_url: Option<String>,
     /// The engine or swarm manager (`--docker-host`); `None`: `DOCKER_HOST` or the socket.
     pub docker_host: Option<String>,
+    /// How webhook deliveries are retried (`--delivery-attempts`, `--delivery-backoff`).
+    pub delivery: mcp_orchestration::subscriptions::Retry,
 }
 
 impl Default for Options {
@@ -100,6 +102,7 @@ impl Default for Options {
             gateway: false,
             gateway_public_url: None,
             docker_host: None,
+            delivery: Default::default(),
         }
     }
 }
@@ -140,6 +143,7 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
         keys_for_reads: options.require_key_for_reads,
         header_read_timeout: options.header_read_timeout,
         max_connections: options.max_connections,
+        delivery: options.delivery,
     }
 }
 

@@ -98,6 +98,8 @@ pub struct Executor {
     on_phase: Option<PhaseHook>,
     /// Blanks secret values out of log tails, probe details and notifications.
     redactor: Redactor,
+    /// Delivers notification channels' events (retries, dead letters).
+    outbox: crate::subscriptions::Outbox,
 }
 
 /// How a new instance replaces the old one.
@@ -182,7 +184,7 @@ impl Executor {
     pub fn new(runtime: Arc<dyn Runtime>, store: Store, concurrency: usize) -> Executor {
         Executor {
             runtime,
-            store,
+            store: store.clone(),
             prober: Prober::new(),
             locks: Arc::default(),
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
@@ -192,7 +194,19 @@ impl Executor {
             tool_lister: None,
             on_phase: None,
             redactor: Redactor::default(),
+            outbox: crate::subscriptions::Outbox::new(
+                store,
+                crate::subscriptions::Retry::default(),
+                tokio_util::sync::CancellationToken::new(),
+            ),
         }
+    }
+
+    /// Sends notification channels' events through `outbox` (the agent's: its retries,
+    /// and ending with its shutdown).
+    pub fn with_outbox(mut self, outbox: crate::subscriptions::Outbox) -> Executor {
+        self.outbox = outbox;
+        self
     }
 
     /// Lets `hook` decide when old instances stop after a switch (at most `drain` later):
@@ -456,34 +470,15 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_owned()
 }
 
-/// POSTs a JSON event to a notification channel in the background: a channel that is down
-/// is logged and never delays or fails a rollout.
-/// Whatever the payload carries is redacted first: reasons hold log lines.
-pub(crate) fn notify(redactor: &Redactor, url: String, mut payload: serde_json::Value) {
-    redactor.redact_json(&mut payload);
-    tokio::spawn(async move {
-        // A redirect would re-send the reasons to a host the trust policy did not allow.
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(error = %crate::error_text::chain(&e), "cannot build the notification client");
-                return;
-            }
-        };
-        match client.post(&url).json(&payload).send().await {
-            Ok(r) if r.status().is_success() => info!(url = %url, "notification sent"),
-            Ok(r) => {
-                warn!(url = %url, status = r.status().as_u16(), "the notification channel refused the event")
-            }
-            Err(e) => {
-                warn!(url = %url, error = %crate::error_text::chain(&e), "cannot reach the notification channel")
-            }
-        }
-    });
+impl Executor {
+    /// POSTs a JSON event to a notification channel in the background: a channel that is
+    /// down never delays or fails a rollout. Whatever the payload carries is redacted
+    /// first (reasons hold log lines), then it is queued on the outbox, which retries and
+    /// dead-letters it like a subscription's delivery.
+    pub(crate) fn notify(&self, url: String, mut payload: serde_json::Value) {
+        self.redactor.redact_json(&mut payload);
+        self.outbox.notify(url, payload);
+    }
 }
 
 #[cfg(test)]

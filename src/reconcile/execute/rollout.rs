@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tracing::{info, warn};
 
-use super::{ApplyContext, ExecuteError, Executor, RolloutPhase, Strategy, first_line, notify};
+use super::{ApplyContext, ExecuteError, Executor, RolloutPhase, Strategy, first_line};
 use crate::reconcile::Desired;
 use crate::runtime::Instance;
 use crate::store::{RolloutAction, RolloutOutcome};
@@ -297,8 +297,7 @@ impl Executor {
         )
         .await;
         if let Some(url) = &desired.policy.notification_channel {
-            notify(
-                &self.redactor,
+            self.notify(
                 url.clone(),
                 serde_json::json!({
                     "event": event,
