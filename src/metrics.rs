@@ -9,6 +9,28 @@ const BOUNDS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Tries at something that can fail, counted: pushes of the deploy results' git notes.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Attempts {
+    pub fn record(&self, ok: bool) {
+        let counter = if ok { &self.succeeded } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(succeeded, failed)`.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A Prometheus histogram of durations.
 #[derive(Debug)]
 pub struct Histogram {

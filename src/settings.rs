@@ -65,6 +65,7 @@ pub mod env {
     pub const DELIVERY_ATTEMPTS: &str = "MCP_ORCHESTRATION_DELIVERY_ATTEMPTS";
     /// The wait after a delivery's first failed try (it doubles, up to 60s).
     pub const DELIVERY_BACKOFF: &str = "MCP_ORCHESTRATION_DELIVERY_BACKOFF";
+    pub const WRITE_NOTES: &str = "MCP_ORCHESTRATION_WRITE_NOTES";
     /// The secret `webhooks subscribe` sends (rather than `--secret`, which `ps` shows).
     pub const SUBSCRIPTION_SECRET: &str = "MCP_ORCHESTRATION_SUBSCRIPTION_SECRET";
 }
@@ -164,6 +165,7 @@ pub struct AgentOptions {
     pub git_timeout: Option<String>,
     pub delivery_attempts: Option<u32>,
     pub delivery_backoff: Option<String>,
+    pub write_notes: Option<bool>,
 }
 
 impl AgentOptions {
@@ -199,6 +201,7 @@ impl AgentOptions {
             git_timeout: self.git_timeout.or(other.git_timeout),
             delivery_attempts: self.delivery_attempts.or(other.delivery_attempts),
             delivery_backoff: self.delivery_backoff.or(other.delivery_backoff),
+            write_notes: self.write_notes.or(other.write_notes),
         }
     }
 }
@@ -292,6 +295,9 @@ pub struct AgentSettings {
     pub max_connections: Option<usize>,
     /// How webhook deliveries (subscriptions and notification channels) are retried.
     pub delivery: crate::subscriptions::Retry,
+    /// Whether each run's result is written as a git note on its commit and the notes ref
+    /// pushed to the repository (`--write-notes`).
+    pub write_notes: bool,
 }
 
 /// The data dir when none is given: `$XDG_DATA_HOME/mcp-orchestration`, else
@@ -598,6 +604,7 @@ impl Settings {
             header_read_timeout,
             max_connections: a.max_connections,
             delivery,
+            write_notes: a.write_notes.unwrap_or(false),
         })
     }
 

@@ -5,6 +5,7 @@
 //! servers are not the agent's children) and is adopted again at the next start.
 
 mod lock;
+mod notes;
 mod preview;
 mod recovery;
 mod registry_poll;
@@ -494,6 +495,7 @@ pub async fn run(
             warn!(error = %crate::error_text::chain(&e), "cannot read the webhook subscriptions; nothing is delivered to them until a restart")
         }
     }
+    let notes_pushes = Arc::new(crate::metrics::Attempts::default());
     let api_state = crate::api::ApiState {
         control: control.clone(),
         configs: configs.clone(),
@@ -506,6 +508,7 @@ pub async fn run(
         started_at: jiff::Timestamp::now(),
         sync_duration: sync_duration.clone(),
         publish_counts: publish_counts.clone(),
+        notes_pushes: notes_pushes.clone(),
         shutdown: shutdown.clone(),
         startup: startup.clone(),
     };
@@ -669,6 +672,21 @@ pub async fn run(
         settings.registry_poll_interval,
         shutdown.clone(),
     ));
+    let notes = settings.write_notes.then(|| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut api_base = addr;
+        if api_base.ip().is_unspecified() {
+            api_base.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let writer = notes::NotesWriter {
+            source: source.clone(),
+            store: store.clone(),
+            api_base: format!("http://{api_base}"),
+            pushes: notes_pushes,
+        };
+        tasks.spawn(writer.run(rx, shutdown.clone()));
+        tx
+    });
     let mut syncer = sync::Syncer::new(
         source,
         trust,
@@ -679,6 +697,7 @@ pub async fn run(
         sync_duration,
     );
     syncer.control.set_planner(Arc::new(syncer.previewer()));
+    syncer.notes = notes;
     syncer.restore().await;
     let mut next = Trigger::Startup;
     loop {

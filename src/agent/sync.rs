@@ -65,6 +65,9 @@ pub struct Syncer {
     /// How long syncs took (`GET /metrics`).
     pub sync_duration: Arc<crate::metrics::Histogram>,
     applied: Option<Applied>,
+    /// Where the commits whose run finished go, to be written as git notes
+    /// (`--write-notes`).
+    pub notes: Option<super::notes::Finished>,
     /// A copy of `applied` for the planner.
     in_force: InForce,
     /// The head of the last fetch, so an unchanged head does not start a new run.
@@ -214,6 +217,7 @@ impl Syncer {
             sync_duration,
             applied: None,
             in_force: InForce::default(),
+            notes: None,
             last_head: None,
             problems: Vec::new(),
             fetch_failures: 0,
@@ -419,6 +423,9 @@ impl Syncer {
                         if let Err(e) = recorded {
                             self.store_failed(&head, e);
                         } else {
+                            if let Some(notes) = &self.notes {
+                                let _ = notes.send(head.clone());
+                            }
                             self.store_error = None;
                             self.store_failures = 0;
                         }

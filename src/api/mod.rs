@@ -52,6 +52,8 @@ pub struct ApiState {
     pub sync_duration: Arc<crate::metrics::Histogram>,
     /// Gateway deliveries and failures (`GET /metrics`).
     pub publish_counts: crate::publish::Counts,
+    /// Pushes of the deploy results' git notes, and failures (`GET /metrics`).
+    pub notes_pushes: Arc<crate::metrics::Attempts>,
     /// The agent's shutdown token. Long-lived responses (event streams) end with it, so
     /// they never hold the HTTP server's graceful shutdown open.
     pub shutdown: CancellationToken,
@@ -550,6 +552,15 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Result<axum::response::R
             .iter()
             .map(|(g, _, f)| (g.clone(), *f))
             .collect::<Vec<_>>(),
+    );
+    let (pushed, failed) = state.notes_pushes.counts();
+    render_family(
+        &mut out,
+        "mcp_orchestration_git_notes_pushes_total",
+        "counter",
+        "Pushes of the deploy results' git notes (--write-notes), by result.",
+        "result",
+        &[("pushed".to_owned(), pushed), ("failed".to_owned(), failed)],
     );
     state.control.monitor.probe_latency().render(
         &mut out,

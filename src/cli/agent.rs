@@ -103,6 +103,11 @@ pub struct Args {
     /// [default: 1s]
     #[arg(long, env = env::DELIVERY_BACKOFF, value_name = "DURATION")]
     delivery_backoff: Option<String>,
+    /// After each run, write its result as a git note on the commit
+    /// (`refs/notes/mcp-orchestration`) and push the notes ref to the repository, which
+    /// needs push rights there; a refused push is logged and retried, never blocking a sync
+    #[arg(long, env = env::WRITE_NOTES, value_parser = clap::builder::BoolishValueParser::new())]
+    write_notes: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -158,6 +163,7 @@ impl Args {
             git_timeout: self.git_timeout.clone(),
             delivery_attempts: self.delivery_attempts,
             delivery_backoff: self.delivery_backoff.clone(),
+            write_notes: self.write_notes.then_some(true),
         }
     }
 }

@@ -22,6 +22,7 @@ mod manifest_fuzz;
 mod mcp_probe;
 mod mcp_tools;
 mod new_user;
+mod notes;
 mod plan;
 mod process_runtime;
 mod profiles;

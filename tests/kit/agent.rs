@@ -80,6 +80,8 @@ pub struct Options {
     pub docker_host: Option<String>,
     /// How webhook deliveries are retried (`--delivery-attempts`, `--delivery-backoff`).
     pub delivery: mcp_orchestration::subscriptions::Retry,
+    /// `--write-notes`: each run's result as a git note, pushed.
+    pub write_notes: bool,
 }
 
 impl Default for Options {
@@ -103,6 +105,7 @@ impl Default for Options {
             gateway_public_url: None,
             docker_host: None,
             delivery: Default::default(),
+            write_notes: false,
         }
     }
 }
@@ -144,6 +147,7 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
         header_read_timeout: options.header_read_timeout,
         max_connections: options.max_connections,
         delivery: options.delivery,
+        write_notes: options.write_notes,
     }
 }
 
@@ -264,9 +268,9 @@ impl TestAgent {
         .await
     }
 
-    /// How many syncs the agent has finished, from `GET /metrics`: the counted event tests
-    /// wait for when they show that something did not happen.
-    pub async fn sync_count(&self) -> u64 {
+    /// One sample of `GET /metrics`: the line that starts with `series` (a name with its
+    /// labels), as a number.
+    pub async fn metric(&self, series: &str) -> Option<u64> {
         let text = self
             .http
             .get(format!("{}/metrics", self.url))
@@ -277,8 +281,15 @@ impl TestAgent {
             .await
             .expect("metrics text");
         text.lines()
-            .find_map(|l| l.strip_prefix("mcp_orchestration_sync_duration_seconds_count "))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// How many syncs the agent has finished, from `GET /metrics`: the counted event tests
+    /// wait for when they show that something did not happen.
+    pub async fn sync_count(&self) -> u64 {
+        self.metric("mcp_orchestration_sync_duration_seconds_count")
+            .await
             .expect("the sync counter")
     }
 
