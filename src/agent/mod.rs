@@ -392,6 +392,7 @@ pub async fn run(
     let mut executor = Executor::new(runtime.clone(), store.clone(), settings.concurrency)
         .with_redactor(redactor.clone())
         .with_prober(monitor.prober())
+        .with_monitor(monitor.clone())
         .on_phase(move |server, phase| {
             crate::fleet::on_rollout_phase(&phase_view, &phase_monitor, server, phase);
         });
@@ -658,6 +659,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(recovery::run(control.clone(), shutdown.clone()));
+    tasks.spawn(wake_dependents(control.clone(), shutdown.clone()));
     tasks.spawn(crate::fleet::follow_failovers(
         control.view.clone(),
         control.monitor.failovers(),
@@ -775,5 +777,31 @@ pub async fn run(
             task: "the HTTP server",
             message: e.to_string(),
         }),
+    }
+}
+
+/// Wakes the sync loop when a server that others wait for (`depends_on`) becomes healthy,
+/// so their deploys and upgrades go on at once rather than at the next retry.
+async fn wake_dependents(control: Arc<Control>, shutdown: CancellationToken) {
+    let mut transitions = control.monitor.subscribe();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = transitions.recv() => event,
+        };
+        match event {
+            Ok(t) if t.to == crate::health::HealthState::Healthy => {
+                let waited_for = control
+                    .executor
+                    .blocked()
+                    .values()
+                    .any(|on| on.contains(&t.server_id));
+                if waited_for {
+                    control.wake(Trigger::Dependency);
+                }
+            }
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }

@@ -578,9 +578,22 @@ pub fn at(path: &str) -> Option<Vec<(Method, Auth)>> {
             .map(|r| (r.method, r.path, r.auth))
             .collect()
     });
-    let mut methods: Vec<(Method, Auth)> = table
+    let matching: Vec<&(Method, &str, Auth)> = table
         .iter()
         .filter(|(_, template, _)| matches(template, path))
+        .collect();
+    // As the router matches: a literal segment wins over a parameter where templates part
+    // (`/v1/webhooks/subscribe` is not `/v1/webhooks/{id}`).
+    let literals = |template: &str| -> Vec<bool> {
+        template
+            .split('/')
+            .map(|seg| !(seg.starts_with('{') && seg.ends_with('}')))
+            .collect()
+    };
+    let best = matching.iter().map(|(_, t, _)| literals(t)).max();
+    let mut methods: Vec<(Method, Auth)> = matching
+        .iter()
+        .filter(|(_, t, _)| Some(literals(t)) == best)
         .map(|(m, _, a)| (m.clone(), *a))
         .collect();
     if methods.is_empty() {

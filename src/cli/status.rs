@@ -130,7 +130,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
 }
 
 fn print_server(s: &ServerView) {
-    let rows: [(&str, String); 16] = [
+    let rows: [(&str, String); 17] = [
         ("id", s.id.clone()),
         ("state", s.state.clone()),
         ("desired_version", s.desired_version.clone()),
@@ -147,6 +147,14 @@ fn print_server(s: &ServerView) {
         ("revision", or_dash(s.revision.as_ref())),
         ("since", s.since.to_string()),
         ("reason", or_dash(s.reason.as_ref())),
+        (
+            "blocked_by",
+            if s.blocked_by.is_empty() {
+                "-".to_owned()
+            } else {
+                s.blocked_by.join(", ")
+            },
+        ),
     ];
     for (key, value) in rows {
         outln!("{key:>16}: {value}");
@@ -363,6 +371,12 @@ fn server_notes(s: &ServerView) -> Vec<String> {
             first_line(s.reason.as_deref())
         )),
         _ => {}
+    }
+    if !s.blocked_by.is_empty() {
+        notes.push(format!(
+            "{id}: waits for {} to be healthy (depends_on)",
+            s.blocked_by.join(", ")
+        ));
     }
     if s.health == Some(HealthState::Starting) {
         notes.push(format!(

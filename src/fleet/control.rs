@@ -29,6 +29,8 @@ pub enum Trigger {
     Registry,
     /// An instance exited (or was restarted by its runtime): the endpoint may have moved.
     Runtime,
+    /// A server others wait for (`depends_on`) became healthy.
+    Dependency,
 }
 
 impl Trigger {
@@ -41,6 +43,7 @@ impl Trigger {
             Trigger::Operator => "operator",
             Trigger::Registry => "registry",
             Trigger::Runtime => "runtime",
+            Trigger::Dependency => "dependency",
         }
     }
 }
@@ -144,10 +147,12 @@ impl Control {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|count| count());
+        let blocked = self.executor.blocked();
         for s in &mut fleet.servers {
             if let Some(h) = self.monitor.get(&s.id) {
                 with_health(s, h);
             }
+            s.blocked_by = blocked.get(&s.id).cloned().unwrap_or_default();
             s.gateway_tools = tools.get(&s.id).copied();
             s.gateway_calls = calls
                 .as_ref()
@@ -163,6 +168,7 @@ impl Control {
         if let Some(h) = self.monitor.get(id) {
             with_health(&mut s, h);
         }
+        s.blocked_by = self.executor.blocked().remove(id).unwrap_or_default();
         s.gateway_tools = self
             .gateway_tools
             .read()

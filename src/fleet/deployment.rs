@@ -128,6 +128,7 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
             health_reason: None,
             gateway_tools: None,
             gateway_calls: None,
+            blocked_by: Vec::new(),
             tasks: current.map(super::view::TaskView::of).unwrap_or_default(),
         });
     }
@@ -243,6 +244,7 @@ mod tests {
                 gateway_tools: None,
                 gateway_calls: None,
                 tasks: Vec::new(),
+                blocked_by: Vec::new(),
             }],
             ..FleetView::default()
         };

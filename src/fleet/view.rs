@@ -57,6 +57,10 @@ pub struct ServerView {
     /// runtimes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<TaskView>,
+    /// The servers it depends on (`depends_on`) whose health its deploy or upgrade waits
+    /// for; empty when it waits for nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_by: Vec<String>,
 }
 
 /// Calls through the gateway, and how many of them did not end well (a tool error, a

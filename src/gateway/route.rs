@@ -163,6 +163,7 @@ mod tests {
             gateway_tools: None,
             gateway_calls: None,
             tasks: Vec::new(),
+            blocked_by: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod decode;
 pub mod diagnostic;
+pub mod order;
 pub mod parse;
 pub mod policy;
 pub mod schema;

@@ -29,6 +29,7 @@ pub const SERVER_FIELDS: &[&str] = &[
     "restart_policy",
     "update_policy",
     "version_strategy",
+    "depends_on",
 ];
 /// Fields a v1.0 manifest may not use on a server.
 pub const V1_1_SERVER_FIELDS: &[&str] = &[
@@ -291,6 +292,19 @@ fn server(d: &mut Decoder, node: &Node, path: &str, schema: SchemaVersion) -> Op
         .and_then(|n| d.choice(n, &join(path, "restart_policy"), RestartPolicy::CHOICES))
         .unwrap_or(RestartPolicy::UnlessStopped);
     let update_policy = update_policy_ref(d, &obj, path, schema, version.as_ref());
+    let depends_on = match obj.get("depends_on") {
+        Some(_) if schema < SchemaVersion::V1_2 => {
+            d.error(
+                &join(path, "depends_on"),
+                "`depends_on` needs schema version \"1.2\"; set `version: \"1.2\"` at the top of the manifest",
+            );
+            Vec::new()
+        }
+        Some(n) => d
+            .string_list(n, &join(path, "depends_on"))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
 
     Some(Server {
         id: id.unwrap_or_default(),
@@ -307,6 +321,7 @@ fn server(d: &mut Decoder, node: &Node, path: &str, schema: SchemaVersion) -> Op
         recovery,
         restart_policy,
         update_policy,
+        depends_on,
     })
 }
 

@@ -94,7 +94,13 @@ pub fn json_schema() -> Value {
                             { "$ref": "#/$defs/update_policy" }
                         ]
                     },
-                    "version_strategy": { "enum": ["pinned", "latest", "semantic"], "description": "Schema 1.0 only; in 1.1 use update_policy." }
+                    "version_strategy": { "enum": ["pinned", "latest", "semantic"], "description": "Schema 1.0 only; in 1.1 use update_policy." },
+                    "depends_on": {
+                        "type": "array",
+                        "items": { "type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$" },
+                        "uniqueItems": true,
+                        "description": "Schema 1.2. Ids of servers that must be healthy before this one is started or upgraded; removals go in reverse order."
+                    }
                 }
             },
             "docker": {

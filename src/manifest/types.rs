@@ -104,6 +104,9 @@ pub struct Server {
     pub recovery: Recovery,
     pub restart_policy: RestartPolicy,
     pub update_policy: UpdatePolicyRef,
+    /// Servers that must be healthy before this one is started or upgraded (schema 1.2);
+    /// removals go the other way.
+    pub depends_on: Vec<String>,
 }
 
 #[derive(

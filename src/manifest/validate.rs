@@ -403,6 +403,65 @@ fn cross_checks(
         }
     }
     profile_checks(d, m);
+    dependency_checks(d, m);
+}
+
+/// `depends_on` names other servers of this manifest, once each, without a cycle: every
+/// server can be started in some order.
+fn dependency_checks(d: &mut Decoder, m: &Manifest) {
+    for (i, s) in m.servers.iter().enumerate() {
+        let path = join(&index("servers", i), "depends_on");
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (j, dep) in s.depends_on.iter().enumerate() {
+            let at = index(&path, j);
+            if *dep == s.id {
+                d.error(&at, format!("server `{}` cannot depend on itself", s.id));
+            } else if m.server(dep).is_none() {
+                let mut message = format!("`{}` depends on unknown server `{dep}`", s.id);
+                match did_you_mean(dep, m.servers.iter().map(|s| s.id.as_str())) {
+                    Some(near) => message.push_str(&format!("; did you mean `{near}`?")),
+                    None => message.push_str(&format!(
+                        "; the manifest's servers are: {}",
+                        list_or_nothing(
+                            &m.servers.iter().map(|s| s.id.clone()).collect::<Vec<_>>()
+                        )
+                    )),
+                }
+                d.error(&at, message);
+            }
+            if let Some(first) = seen.insert(dep, j) {
+                seen.insert(dep, first);
+                d.error(
+                    &at,
+                    format!("`{dep}` is listed twice (first at depends_on[{first}])"),
+                );
+            }
+        }
+    }
+    // One error per cycle, at the first of its servers' dependency that enters it.
+    let mut reported: Vec<Vec<&str>> = Vec::new();
+    for (i, s) in m.servers.iter().enumerate() {
+        let Some(cycle) = super::order::cycle_from(m, &s.id) else {
+            continue;
+        };
+        let mut key = cycle.clone();
+        key.sort_unstable();
+        if reported.contains(&key) {
+            continue;
+        }
+        reported.push(key);
+        let closing = cycle[1];
+        let j = s.depends_on.iter().position(|d| d == closing).unwrap_or(0);
+        let mut around = cycle.clone();
+        around.push(cycle[0]);
+        d.error(
+            &index(&join(&index("servers", i), "depends_on"), j),
+            format!(
+                "a dependency cycle: {}; no server of it could ever start",
+                around.join(" → ")
+            ),
+        );
+    }
 }
 
 /// Profiles name servers of this manifest, each once, and are named once. Which tools a

@@ -18,6 +18,8 @@ pub struct Desired {
     pub policy: UpdatePolicy,
     pub transport: Transport,
     pub mcp_path: String,
+    /// Servers that must be healthy before this one starts or is upgraded.
+    pub depends_on: Vec<String>,
 }
 
 impl Desired {
@@ -156,6 +158,7 @@ fn one(
         policy: checked.update_policy(server),
         transport: server.transport,
         mcp_path: server.mcp_path.clone(),
+        depends_on: server.depends_on.clone(),
     })
 }
 

@@ -30,6 +30,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// What should run, for every action but a removal.
+    pub fn desired(&self) -> Option<&Desired> {
+        match self {
+            Action::Deploy { desired }
+            | Action::Update { desired, .. }
+            | Action::Keep { desired, .. }
+            | Action::LeaveAlone { desired, .. } => Some(desired),
+            Action::Remove { .. } => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Action::Deploy { .. } => "deploy",
@@ -175,6 +186,7 @@ mod tests {
             policy: UpdatePolicy::pinned(),
             transport: Transport::StreamableHttp,
             mcp_path: "/mcp".into(),
+            depends_on: Vec::new(),
         }
     }
 

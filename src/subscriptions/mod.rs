@@ -65,12 +65,17 @@ pub enum SubscriptionError {
 pub struct SubscribeRequest {
     /// Where deliveries are POSTed: an http(s) URL under one of the trust policy's
     /// `allowed_notification_urls`.
+    #[schemars(regex(
+        pattern = r"^https?://(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])|([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z]([a-z0-9-]{0,61}[a-z0-9])?)(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+    ))]
     pub url: String,
     /// Event kinds: exact (`rollout.finished`), a family (`health.*`: `run`, `rollout`,
     /// `health`, `hold`), or `*` for every event.
+    #[schemars(length(min = 1, max = MAX_PATTERNS), inner(regex(pattern = r"^(\*|(run|rollout|health|hold)\.(\*|[a-z0-9_]+))$")))]
     pub events: Vec<String>,
     /// Signs every delivery: `X-MCP-Orchestration-Signature: sha256=<hex HMAC-SHA256 of
     /// the body>`. At least 16 characters; never shown again.
+    #[schemars(length(min = MIN_SECRET_LEN))]
     pub secret: String,
 }
 

@@ -6,6 +6,7 @@ mod client_configs;
 mod client_programs;
 mod config_cli;
 mod crash;
+mod depends_on;
 mod docker_runtime;
 mod events;
 mod gateway;

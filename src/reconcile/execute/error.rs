@@ -19,6 +19,10 @@ pub enum ExecuteError {
     /// not start at all); the reason carries what explains it.
     #[error("{0}")]
     Failed(String),
+    /// A server it depends on is not healthy (or its own change failed): nothing was done,
+    /// and the change waits for it.
+    #[error("waits for {}: {why}", .on.join(", "))]
+    Blocked { on: Vec<String>, why: String },
 }
 
 impl ExecuteError {
@@ -34,6 +38,7 @@ impl ExecuteError {
             ExecuteError::Busy => true,
             ExecuteError::Runtime { source, .. } => source.is_retryable(),
             ExecuteError::Failed(_) => false,
+            ExecuteError::Blocked { .. } => true,
         }
     }
 }

@@ -11,6 +11,7 @@
 mod error;
 mod gate;
 mod guard;
+mod order;
 mod record;
 mod rollout;
 
@@ -100,6 +101,10 @@ pub struct Executor {
     redactor: Redactor,
     /// Delivers notification channels' events (retries, dead letters).
     outbox: crate::subscriptions::Outbox,
+    /// Says whether a dependency is healthy; without it a dependency's passed gate is enough.
+    monitor: Option<crate::health::Monitor>,
+    /// `depends_on` as the last desired state said, and who waits on whom.
+    dependencies: order::Dependencies,
 }
 
 /// How a new instance replaces the old one.
@@ -199,7 +204,21 @@ impl Executor {
                 crate::subscriptions::Retry::default(),
                 tokio_util::sync::CancellationToken::new(),
             ),
+            monitor: None,
+            dependencies: order::Dependencies::default(),
         }
+    }
+
+    /// Asks `monitor` whether a server's dependencies are healthy before it starts.
+    pub fn with_monitor(mut self, monitor: crate::health::Monitor) -> Executor {
+        self.monitor = Some(monitor);
+        self
+    }
+
+    /// Servers whose change waits for (or was refused for) dependencies not healthy yet,
+    /// with those dependencies.
+    pub fn blocked(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        self.dependencies.blocked()
     }
 
     /// Sends notification channels' events through `outbox` (the agent's: its retries,
@@ -271,35 +290,82 @@ impl Executor {
     ///
     /// Removals run first and finish before anything starts: a commit that moves a fixed
     /// `host_port` from a removed server to a new one needs the port free first.
+    ///
+    /// `depends_on` orders them: a server's deploy or update waits until each server it
+    /// depends on is healthy (one changed in this apply finishes its rollout first), and
+    /// a removal waits for the removals of the servers that depend on it.
     pub async fn apply(&self, plan: &Plan, ctx: &ApplyContext) -> Vec<ServerOutcome> {
+        self.dependencies.remember(
+            plan.actions
+                .values()
+                .filter_map(Action::desired)
+                .map(|d| (d.server_id(), d.depends_on.as_slice())),
+        );
         let (removals, others): (Vec<_>, Vec<_>) = plan
             .changes()
             .partition(|(_, action)| matches!(action, Action::Remove { .. }));
-        let mut outcomes = self.apply_wave(removals, ctx).await;
-        outcomes.extend(self.apply_wave(others, ctx).await);
+        let removed: Vec<&str> = removals.iter().map(|(s, _)| s.as_str()).collect();
+        let mut outcomes = self
+            .apply_wave(removals.clone(), ctx, |server, _| {
+                (
+                    self.dependencies.dependents_among(server, &removed),
+                    Vec::new(),
+                )
+            })
+            .await;
+        for server in &removed {
+            self.dependencies.forget(server);
+        }
+        outcomes.extend(
+            self.apply_wave(others, ctx, |server, wave| {
+                let deps = self.dependencies.of(server);
+                let first = deps.iter().filter(|d| wave.has(d)).cloned().collect();
+                (first, deps)
+            })
+            .await,
+        );
         outcomes.sort_by(|a, b| a.server_id.cmp(&b.server_id));
         outcomes
     }
 
-    /// Carries out `actions` concurrently (bounded, one at a time per server).
+    /// Carries out `actions` concurrently (bounded, one at a time per server). `waits`
+    /// names, for a server, the changes of this wave it waits for and the servers that
+    /// must then be healthy.
     async fn apply_wave(
         &self,
         actions: Vec<(&String, &Action)>,
         ctx: &ApplyContext,
+        waits: impl Fn(&str, &order::Wave) -> (Vec<String>, Vec<String>),
     ) -> Vec<ServerOutcome> {
+        let mut wave = order::Wave::default();
+        let done: Vec<_> = actions.iter().map(|(s, _)| wave.add(s)).collect();
+        let prerequisites: Vec<_> = actions.iter().map(|(s, _)| waits(s, &wave)).collect();
+        let wave = Arc::new(wave);
         let mut tasks = tokio::task::JoinSet::new();
-        for (server, action) in actions {
+        for (((server, action), done), (first, healthy)) in
+            actions.into_iter().zip(done).zip(prerequisites)
+        {
             let this = self.clone();
             let server = server.clone();
             let action = action.clone();
             let ctx = ctx.clone();
+            let wave = wave.clone();
             let span = info_span!("apply", server = %server, action = action.name());
             tasks.spawn(
                 async move {
-                    let _permit = this.permits.acquire().await;
-                    let lock = this.server_lock(&server);
-                    let _guard = lock.lock().await;
-                    let result = this.one(&server, &action, &ctx).await;
+                    let result = match this.wait_for(&server, &first, &healthy, &wave).await {
+                        Ok(()) => {
+                            let _permit = this.permits.acquire().await;
+                            let lock = this.server_lock(&server);
+                            let _guard = lock.lock().await;
+                            this.one(&server, &action, &ctx).await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    // A removal that failed still lets what it waited for go: the
+                    // manifest wants both gone.
+                    let ok = result.is_ok() || matches!(action, Action::Remove { .. });
+                    let _ = done.send(Some(ok));
                     ServerOutcome {
                         server_id: server,
                         action: action.name(),
@@ -319,6 +385,57 @@ impl Executor {
             }
         }
         outcomes
+    }
+
+    /// Waits for `first` (changes of this wave) to finish, then for `healthy` to be
+    /// healthy; says what `server` is blocked by meanwhile, and after, if it stays blocked.
+    async fn wait_for(
+        &self,
+        server: &str,
+        first: &[String],
+        healthy: &[String],
+        wave: &order::Wave,
+    ) -> Result<(), ExecuteError> {
+        if first.is_empty() && healthy.is_empty() {
+            return Ok(());
+        }
+        let mut pending: Vec<String> = first.iter().chain(healthy).cloned().collect();
+        pending.dedup();
+        self.dependencies.set_blocked(server, pending.clone());
+        for dep in first {
+            if !wave.finished(dep).await {
+                let why = format!("the change of `{dep}` in this apply did not succeed");
+                info!(dependency = %dep, "blocked: {why}");
+                return Err(ExecuteError::Blocked {
+                    on: vec![dep.clone()],
+                    why,
+                });
+            }
+        }
+        let mut unhealthy = Vec::new();
+        for dep in healthy {
+            // A dependency changed in this apply just passed its gate: give the monitor
+            // time to confirm it. One that was already running is judged as it is now.
+            let wait = if wave.has(dep) {
+                order::SAME_APPLY_WAIT
+            } else {
+                Duration::ZERO
+            };
+            if !order::healthy(self.monitor.as_ref(), dep, wait).await {
+                unhealthy.push(dep.clone());
+            }
+        }
+        if !unhealthy.is_empty() {
+            self.dependencies.set_blocked(server, unhealthy.clone());
+            info!(dependencies = ?unhealthy, "blocked: not healthy");
+            return Err(ExecuteError::Blocked {
+                why: "not healthy yet; the change waits and is tried again".to_owned(),
+                on: unhealthy,
+            });
+        }
+        self.dependencies.set_blocked(server, Vec::new());
+        info!(dependencies = ?healthy, "dependencies healthy");
+        Ok(())
     }
 
     async fn one(
