@@ -243,6 +243,7 @@ function notes(server) {
   const out = [];
   if (server.update_available) out.push(h('span', { class: 'tag warn' }, `update ${server.update_available} available`));
   if (server.pinned_version) out.push(h('span', { class: 'tag warn' }, `held at ${server.pinned_version}`));
+  if (server.blocked_by && server.blocked_by.length) out.push(h('span', { class: 'tag warn' }, `waits for ${server.blocked_by.join(', ')}`));
   if (server.state === 'stopped') out.push(h('span', { class: 'tag warn' }, 'stopped by an operator'));
   if (server.state === 'failed') out.push(h('span', { class: 'tag bad' }, 'failed'));
   if (server.state === 'pending') out.push(h('span', { class: 'tag' }, 'pending'));
@@ -507,10 +508,16 @@ function pipeline(run) {
     `${st.stage} ${st.status === 'skipped' ? '–' : duration(st.started_at, st.finished_at)}`)));
 }
 
-// What the run's plan stage decided (`deploy alpha, update beta`), when it got that far.
+// What the run's plan stage decided (`deploy alpha, update beta`), when it got that far,
+// and each change it made (the plan the run kept).
 function planned(run) {
   const plan = run.stages.find((st) => st.stage === 'plan' && st.status === 'succeeded');
-  return plan && plan.detail ? h('div', { class: 'plan' }, h('span', { class: 'muted' }, 'plan: '), plan.detail) : null;
+  if (!plan || !plan.detail) return null;
+  const lines = (run.plan || []).filter((l) => l.changes).map((l) => h('li', { class: 'mono' },
+    `${l.action} ${l.server_id}: ${l.from_version || '–'} → ${l.to_version || '–'}`
+      + (l.changed_fields && l.changed_fields.length ? ` (${l.changed_fields.join(', ')})` : '')));
+  return h('div', {}, h('div', { class: 'plan' }, h('span', { class: 'muted' }, 'plan: '), plan.detail),
+    lines.length ? h('ul', { class: 'plan-lines' }, lines) : null);
 }
 
 async function runsView(first) {

@@ -218,6 +218,14 @@ async fn the_status_page_follows_the_fleet_live_and_rolls_back_with_a_confirmed_
             json!([]),
         )
         .await;
+    // And each change of the plan the run kept, with what moved it.
+    browser
+        .wait_for(
+            "the upgrade's plan line",
+            "return [...document.querySelectorAll('.plan-lines li')].some(l => l.textContent === 'update beta: 1.0.0 → 1.1.0 (version)');",
+            json!([]),
+        )
+        .await;
     browser.screenshot(&screenshot_path("runs")).await;
     browser.eval("location.hash = '#/events';", json!([])).await;
     browser

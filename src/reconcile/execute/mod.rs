@@ -301,6 +301,10 @@ impl Executor {
                 .filter_map(Action::desired)
                 .map(|d| (d.server_id(), d.depends_on.as_slice())),
         );
+        // A server with nothing to change waits for nothing.
+        for (server, _) in plan.actions.iter().filter(|(_, a)| !a.is_change()) {
+            self.dependencies.set_blocked(server, Vec::new());
+        }
         let (removals, others): (Vec<_>, Vec<_>) = plan
             .changes()
             .partition(|(_, action)| matches!(action, Action::Remove { .. }));
