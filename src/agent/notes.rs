@@ -191,3 +191,90 @@ pub(super) fn note(run: &RunRecord, rollouts: &[RolloutRecord], api_base: &str) 
     let _ = writeln!(text, "run: {api_base}/revisions/{}", run.commit_id);
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Diagnostic, Severity};
+    use crate::store::{PlannedAction, PlannedServer, RunResult, Stage, StageRecord, StageStatus};
+
+    fn run(result: RunResult) -> RunRecord {
+        let at = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        RunRecord {
+            id: 7,
+            commit_id: "c0ffee".into(),
+            author: None,
+            message: Some("bump".into()),
+            committed_at: None,
+            trigger: "webhook".into(),
+            seen_at: at,
+            finished_at: Some(at),
+            result,
+            reason: None,
+            errors: Vec::new(),
+            plan: Vec::new(),
+            stages: vec![StageRecord {
+                stage: Stage::Validate,
+                status: StageStatus::Failed,
+                started_at: at,
+                finished_at: Some(at),
+                detail: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_rejected_run_names_its_errors_and_links_the_run() {
+        let mut r = run(RunResult::Rejected);
+        r.reason = Some("the manifest has 1 error".into());
+        r.errors = vec![Diagnostic {
+            severity: Severity::Error,
+            file: "ecosystem-manifest.yaml".into(),
+            line: 4,
+            column: 14,
+            path: "servers[0].version".into(),
+            message: "`one` is not a semantic version".into(),
+        }];
+        let text = note(&r, &[], "http://127.0.0.1:7070");
+        assert!(
+            text.starts_with(
+                "mcp-orchestration: rejected (run 7)\nreason: the manifest has 1 error\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("stages: validate failed\n"), "{text}");
+        assert!(
+            text.contains("errors:\n  ecosystem-manifest.yaml:4:14: error: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("run: http://127.0.0.1:7070/revisions/c0ffee\n"),
+            "{text}"
+        );
+        assert!(!text.contains("servers changed"), "{text}");
+    }
+
+    #[test]
+    fn only_the_plans_changes_are_listed() {
+        let mut r = run(RunResult::Applied);
+        let line = |id: &str, action, changes| PlannedServer {
+            server_id: id.into(),
+            action,
+            from_version: Some("1.0.0".into()),
+            to_version: Some("1.1.0".into()),
+            changed_fields: Vec::new(),
+            reason: None,
+            changes,
+        };
+        r.plan = vec![
+            line("a", PlannedAction::Update, true),
+            line("b", PlannedAction::Keep, false),
+        ];
+        let text = note(&r, &[], "http://x");
+        assert!(
+            text.contains("servers changed:\n  update a: 1.0.0 -> 1.1.0\n"),
+            "{text}"
+        );
+        assert!(!text.contains(" b:"), "{text}");
+    }
+}

@@ -141,3 +141,74 @@ pub(super) async fn healthy(monitor: Option<&Monitor>, server: &str, wait: Durat
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removals_wait_for_the_removed_servers_that_depend_on_them() {
+        let deps = Dependencies::default();
+        let db = vec![];
+        let api = vec!["db".to_owned()];
+        let web = vec!["api".to_owned(), "db".to_owned()];
+        deps.remember(
+            [
+                ("db", db.as_slice()),
+                ("api", api.as_slice()),
+                ("web", web.as_slice()),
+            ]
+            .into_iter(),
+        );
+        let removed = ["db", "api", "web"];
+        assert_eq!(deps.dependents_among("db", &removed), ["api", "web"]);
+        assert_eq!(deps.dependents_among("api", &removed), ["web"]);
+        assert!(deps.dependents_among("web", &removed).is_empty());
+        // A dependent that stays is not waited for: only removals are ordered here.
+        assert_eq!(deps.dependents_among("db", &["db", "api"]), ["api"]);
+        // A removed server keeps what it depended on until its removal ran.
+        deps.remember([("db", db.as_slice())].into_iter());
+        assert_eq!(deps.of("api"), ["db"]);
+        deps.forget("api");
+        assert!(deps.of("api").is_empty());
+    }
+
+    #[test]
+    fn who_waits_is_kept_only_for_servers_still_desired() {
+        let deps = Dependencies::default();
+        deps.set_blocked("api", vec!["db".to_owned()]);
+        deps.set_blocked("web", vec!["api".to_owned()]);
+        assert_eq!(deps.blocked().len(), 2);
+        deps.set_blocked("web", Vec::new());
+        assert_eq!(deps.blocked().keys().collect::<Vec<_>>(), ["api"]);
+        deps.remember(std::iter::empty());
+        assert!(deps.blocked().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wave_says_when_each_change_is_done_and_how() {
+        let mut wave = Wave::default();
+        let db = wave.add("db");
+        let cache = wave.add("cache");
+        assert!(wave.has("db") && !wave.has("api"));
+        let wave = Arc::new(wave);
+        let waiter = {
+            let wave = wave.clone();
+            tokio::spawn(async move { (wave.finished("db").await, wave.finished("cache").await) })
+        };
+        db.send(Some(true)).unwrap();
+        cache.send(Some(false)).unwrap();
+        assert_eq!(waiter.await.unwrap(), (true, false));
+        // Not a change of this wave: nothing to wait for.
+        assert!(wave.finished("api").await);
+        // A change whose task went away without saying counts as failed.
+        let mut other = Wave::default();
+        drop(other.add("gone"));
+        assert!(!other.finished("gone").await);
+    }
+
+    #[tokio::test]
+    async fn without_a_monitor_a_passed_gate_is_enough() {
+        assert!(healthy(None, "db", Duration::ZERO).await);
+    }
+}
