@@ -163,6 +163,7 @@ mod tests {
             gateway_tools: None,
             gateway_calls: None,
             tasks: Vec::new(),
+            held_by_window: None,
         }
     }
 
