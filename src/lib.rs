@@ -24,4 +24,5 @@ pub mod source;
 pub mod sse;
 pub mod store;
 pub mod subscriptions;
+pub mod sync_windows;
 pub mod ui;

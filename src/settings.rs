@@ -66,6 +66,8 @@ pub mod env {
     /// The wait after a delivery's first failed try (it doubles, up to 60s).
     pub const DELIVERY_BACKOFF: &str = "MCP_ORCHESTRATION_DELIVERY_BACKOFF";
     pub const WRITE_NOTES: &str = "MCP_ORCHESTRATION_WRITE_NOTES";
+    /// The operator's sync windows file (YAML).
+    pub const SYNC_WINDOWS: &str = "MCP_ORCHESTRATION_SYNC_WINDOWS";
     /// The secret `webhooks subscribe` sends (rather than `--secret`, which `ps` shows).
     pub const SUBSCRIPTION_SECRET: &str = "MCP_ORCHESTRATION_SUBSCRIPTION_SECRET";
 }
@@ -166,6 +168,7 @@ pub struct AgentOptions {
     pub delivery_attempts: Option<u32>,
     pub delivery_backoff: Option<String>,
     pub write_notes: Option<bool>,
+    pub sync_windows: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -202,6 +205,7 @@ impl AgentOptions {
             delivery_attempts: self.delivery_attempts.or(other.delivery_attempts),
             delivery_backoff: self.delivery_backoff.or(other.delivery_backoff),
             write_notes: self.write_notes.or(other.write_notes),
+            sync_windows: self.sync_windows.or(other.sync_windows),
         }
     }
 }
@@ -298,6 +302,8 @@ pub struct AgentSettings {
     /// Whether each run's result is written as a git note on its commit and the notes ref
     /// pushed to the repository (`--write-notes`).
     pub write_notes: bool,
+    /// The operator's sync windows file (`--sync-windows`); `None`: nothing waits.
+    pub sync_windows: Option<PathBuf>,
 }
 
 /// The data dir when none is given: `$XDG_DATA_HOME/mcp-orchestration`, else
@@ -605,6 +611,7 @@ impl Settings {
             max_connections: a.max_connections,
             delivery,
             write_notes: a.write_notes.unwrap_or(false),
+            sync_windows: a.sync_windows.clone(),
         })
     }
 

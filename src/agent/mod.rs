@@ -46,6 +46,8 @@ pub enum AgentError {
     Git(#[from] crate::source::GitError),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    #[error("invalid sync windows file {path}:\n{message}")]
+    SyncWindows { path: PathBuf, message: String },
     #[error("invalid registry credentials file {path}: {message}")]
     RegistryCredentials { path: PathBuf, message: String },
     #[error("cannot listen on {addr}")]
@@ -382,6 +384,7 @@ pub async fn run(
         ),
     };
     let secrets = Secrets::load(settings.secrets_file.as_deref(), &trust, &redactor)?;
+    let windows = Arc::new(load_sync_windows(settings.sync_windows.as_deref())?);
     let (tx, mut rx) = mpsc::channel(1);
     let exit_wake = tx.clone();
     // The fleet view and the monitor exist before the executor, which reports its rollout
@@ -698,6 +701,7 @@ pub async fn run(
         shutdown.clone(),
         sync_duration,
     );
+    syncer.windows = windows;
     syncer.control.set_planner(Arc::new(syncer.previewer()));
     syncer.notes = notes;
     syncer.restore().await;
@@ -728,6 +732,10 @@ pub async fn run(
         } else {
             settings.poll_interval
         };
+        // A sync window that opens or closes before then: what it held goes out at once.
+        let wait = syncer
+            .window_boundary(wait)
+            .map_or(wait, |boundary| boundary.min(wait));
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => next = Trigger::Poll,
@@ -803,5 +811,36 @@ async fn wake_dependents(control: Arc<Control>, shutdown: CancellationToken) {
             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// The operator's sync windows: the file `path` names, checked (every problem located),
+/// or none.
+fn load_sync_windows(
+    path: Option<&std::path::Path>,
+) -> Result<crate::sync_windows::SyncWindows, AgentError> {
+    let Some(path) = path else {
+        return Ok(crate::sync_windows::SyncWindows::default());
+    };
+    let invalid = |message: String| AgentError::SyncWindows {
+        path: path.to_owned(),
+        message,
+    };
+    let text = crate::source::read_text(path).map_err(|e| invalid(crate::error_text::chain(&e)))?;
+    let file = crate::manifest::TextFile::new(path.display().to_string(), text);
+    let mut d = crate::manifest::decode::Decoder::new(file.path.clone());
+    match crate::sync_windows::SyncWindows::decode(&mut d, &file) {
+        Some(w) if !d.diags.has_errors() => {
+            info!(windows = w.windows.len(), file = %path.display(), "sync windows loaded");
+            Ok(w)
+        }
+        _ => Err(invalid(
+            d.diags
+                .into_vec()
+                .iter()
+                .map(|d| format!("  {d}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
     }
 }

@@ -24,6 +24,9 @@ pub(super) struct Previewer {
     pub in_force: InForce,
     pub store: Store,
     pub executor: Executor,
+    /// The operator's sync windows, and the control whose operator releases they honour.
+    pub windows: Arc<crate::sync_windows::SyncWindows>,
+    pub control: Arc<crate::fleet::Control>,
 }
 
 impl Previewer {
@@ -107,6 +110,15 @@ impl Planner for Previewer {
             recorded.failed.retain(|f| !changed.contains(&f.server_id));
         }
         let tags = self.watched.tags();
+        // A plan waits for what the sync windows hold, as the sync loop does.
+        let registry_held = super::sync::registry_holds(
+            &self.windows,
+            &checked,
+            &self.control,
+            jiff::Timestamp::now(),
+        )
+        .into_keys()
+        .collect();
         let planned = commit
             .clone()
             .or_else(|| applied_commit.clone())
@@ -120,6 +132,7 @@ impl Planner for Previewer {
                 failed: &recorded.failed,
                 pins: &recorded.pins,
                 tags: &tags,
+                registry_held: &registry_held,
             },
             &recorded.held,
             &|name| self.secrets.get(name),
@@ -139,6 +152,9 @@ impl Planner for Previewer {
                     "the registry poller has not read the tags of {image} yet: its servers are planned at the manifest's version, and may move once it has"
                 )
             })
+            .chain(decision.held_upgrades.iter().map(|(server, version)| {
+                format!("a sync window holds {server}'s upgrade to {version}: it is planned as it runs")
+            }))
             .collect();
         Ok(PlanReport {
             commit,

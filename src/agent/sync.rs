@@ -27,6 +27,7 @@ use crate::reconcile::{
 use crate::runtime::Instance;
 use crate::source::{GitSource, Revision, short_commit};
 use crate::store::{NewRun, RunResult, Stage, StageRecord, StageStatus};
+use crate::sync_windows::{Change, Held, SyncWindows};
 
 /// What the sync's decisions read from the store (see [`read_recorded`]).
 pub(super) struct Recorded {
@@ -94,6 +95,39 @@ pub struct Syncer {
     /// Set while a fetch runs on the blocking pool, also after the sync stopped waiting
     /// for it: a second fetch into the same mirror would only fight over its locks.
     fetching: Arc<std::sync::atomic::AtomicBool>,
+    /// The operator's sync windows (`--sync-windows`).
+    pub windows: Arc<SyncWindows>,
+    /// The new commit a sync window holds, and why: it runs at the first sync after the
+    /// window lets it.
+    commit_held: Option<Held>,
+}
+
+/// The servers of `checked` whose registry upgrades `windows` hold at `now`, with why;
+/// those an operator deployed during their window (`control`'s releases) go through.
+pub(super) fn registry_holds(
+    windows: &SyncWindows,
+    checked: &Checked,
+    control: &Control,
+    now: Timestamp,
+) -> BTreeMap<String, Held> {
+    if windows.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut holds: BTreeMap<String, Held> = checked
+        .manifest
+        .servers
+        .iter()
+        .filter_map(|s| {
+            windows
+                .hold(Change::Registry, Some(&s.id), now)
+                .map(|h| (s.id.clone(), h))
+        })
+        .collect();
+    let held = holds.keys().cloned().collect();
+    for released in control.window_releases(&held) {
+        holds.remove(&released);
+    }
+    holds
 }
 
 /// Records a finished stage of run `run_id` (on the blocking pool, like every store call).
@@ -227,6 +261,27 @@ impl Syncer {
             store_error: None,
             store_failures: 0,
             fetching: Arc::default(),
+            windows: Arc::default(),
+            commit_held: None,
+        }
+    }
+
+    /// How long until a sync window opens or closes, when that is sooner than `within`:
+    /// the loop syncs then, so what the window held goes out as soon as it may.
+    pub fn window_boundary(&self, within: Duration) -> Option<Duration> {
+        let now = Timestamp::now();
+        let until = now.checked_add(within).ok()?;
+        let at = self.windows.next_boundary(now, until)?;
+        let wait = Duration::try_from(now.duration_until(at)).ok()?;
+        // A window is open up to, not at, its end: wake just after it.
+        Some(wait + Duration::from_millis(5))
+    }
+
+    /// The registry upgrades held now (see [`registry_holds`]).
+    fn registry_holds(&self) -> BTreeMap<String, Held> {
+        match &self.applied {
+            Some(a) => registry_holds(&self.windows, &a.checked, &self.control, Timestamp::now()),
+            None => BTreeMap::new(),
         }
     }
 
@@ -240,6 +295,8 @@ impl Syncer {
             in_force: self.in_force.clone(),
             store: self.control.store.clone(),
             executor: self.executor.clone(),
+            windows: self.windows.clone(),
+            control: self.control.clone(),
         }
     }
 
@@ -367,7 +424,12 @@ impl Syncer {
                     self.store_error = None;
                     self.store_failures = 0;
                 }
-                if self.last_head.as_deref() != Some(head.as_str()) {
+                // A commit a window held is looked at again at every sync.
+                let waiting = self
+                    .commit_held
+                    .take()
+                    .filter(|h| h.what.as_deref() == Some(head.as_str()));
+                if self.last_head.as_deref() != Some(head.as_str()) || waiting.is_some() {
                     self.last_head = Some(head.clone());
                     // What the store knows of this commit decides whether it runs: when
                     // that cannot be read, nothing runs and the commit waits (fail closed:
@@ -412,7 +474,21 @@ impl Syncer {
                     let skip = poisoned
                         || already == Some(RunResult::Rejected)
                         || (applied_here && !interrupted);
-                    if !skip {
+                    let held = (!skip)
+                        .then(|| self.windows.hold(Change::Commit, None, Timestamp::now()))
+                        .flatten();
+                    if let Some(mut held) = held {
+                        held.what = Some(head.clone());
+                        if waiting.is_none() {
+                            info!(
+                                revision = %short_commit(&head),
+                                window = %held.window,
+                                until = ?held.until,
+                                "a sync window holds the new commit; it runs when the window lets it"
+                            );
+                        }
+                        self.commit_held = Some(held);
+                    } else if !skip {
                         let span = info_span!("run", revision = %short_commit(&head), trigger = trigger.as_str());
                         let recorded = self
                             .run_commit(&head, trigger, seen_at, (fetch_started, fetch_finished))
@@ -773,6 +849,7 @@ impl Syncer {
             return Selection::default();
         };
         let tags = self.watched.tags();
+        let registry_held = self.registry_holds().into_keys().collect();
         let inputs = Inputs {
             checked: &applied.checked,
             commit: &applied.commit,
@@ -781,6 +858,7 @@ impl Syncer {
             failed: &recorded.failed,
             pins: &recorded.pins,
             tags: &tags,
+            registry_held: &registry_held,
         };
         select(&inputs, &|name| self.secrets.get(name))
     }
@@ -791,6 +869,7 @@ impl Syncer {
             return Decision::default();
         };
         let tags = self.watched.tags();
+        let registry_held = self.registry_holds().into_keys().collect();
         let inputs = Inputs {
             checked: &applied.checked,
             commit: &applied.commit,
@@ -799,6 +878,7 @@ impl Syncer {
             failed: &recorded.failed,
             pins: &recorded.pins,
             tags: &tags,
+            registry_held: &registry_held,
         };
         decide(&inputs, &recorded.held, &|name| self.secrets.get(name))
     }
@@ -976,8 +1056,17 @@ impl Syncer {
         recorded: &Recorded,
     ) -> (FleetView, Vec<crate::health::Target>) {
         let previous = self.control.fleet();
+        let holds = self.registry_holds();
         let selection = self.selection(observed, recorded);
         self.control.set_desired(&selection.desired);
+        // What a window holds: only the servers with a newer version waiting.
+        let window_holds: BTreeMap<String, Held> = holds
+            .into_iter()
+            .filter_map(|(server, mut held)| {
+                held.what = Some(selection.held_upgrades.get(&server)?.clone());
+                Some((server, held))
+            })
+            .collect();
         let servers = self
             .applied
             .as_ref()
@@ -986,7 +1075,8 @@ impl Syncer {
             .applied
             .as_ref()
             .map_or(&[][..], |a| &a.checked.manifest.profiles[..]);
-        deployment_view(&ViewInputs {
+        let now = Timestamp::now();
+        let (mut view, targets) = deployment_view(&ViewInputs {
             profiles,
             servers,
             applied_revision: self.applied.as_ref().map(|a| a.commit.clone()),
@@ -996,8 +1086,12 @@ impl Syncer {
             observed,
             held: &recorded.held,
             pins: &recorded.pins,
+            window_holds: &window_holds,
             previous: &previous,
-            now: Timestamp::now(),
-        })
+            now,
+        });
+        view.windows = self.windows.open(now);
+        view.commit_held = self.commit_held.clone();
+        (view, targets)
     }
 }

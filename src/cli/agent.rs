@@ -108,6 +108,10 @@ pub struct Args {
     /// needs push rights there; a refused push is logged and retried, never blocking a sync
     #[arg(long, env = env::WRITE_NOTES, value_parser = clap::builder::BoolishValueParser::new())]
     write_notes: bool,
+    /// The operator's sync windows (YAML): times in which registry upgrades, and commits
+    /// if a window says so, wait; an operator's own actions never do
+    #[arg(long, env = env::SYNC_WINDOWS, value_name = "FILE")]
+    sync_windows: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -164,6 +168,7 @@ impl Args {
             delivery_attempts: self.delivery_attempts,
             delivery_backoff: self.delivery_backoff.clone(),
             write_notes: self.write_notes.then_some(true),
+            sync_windows: self.sync_windows.clone(),
         }
     }
 }

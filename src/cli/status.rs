@@ -130,7 +130,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<u8> {
 }
 
 fn print_server(s: &ServerView) {
-    let rows: [(&str, String); 17] = [
+    let rows: [(&str, String); 18] = [
         ("id", s.id.clone()),
         ("state", s.state.clone()),
         ("desired_version", s.desired_version.clone()),
@@ -154,6 +154,13 @@ fn print_server(s: &ServerView) {
             } else {
                 s.blocked_by.join(", ")
             },
+        ),
+        (
+            "held_by_window",
+            s.held_by_window.as_ref().map_or_else(
+                || "-".to_owned(),
+                |h| format!("{} {}", h.what.as_deref().unwrap_or("-"), window_wait(h)),
+            ),
         ),
     ];
     for (key, value) in rows {
@@ -220,6 +227,34 @@ fn print_fleet(client: &Client, fleet: &FleetView) {
     }
     let applied = fleet.applied_revision.as_deref();
     outln!("\napplied revision: {}", applied.map_or("-", short_commit));
+    for w in &fleet.windows {
+        let servers = if w.servers.is_empty() {
+            String::new()
+        } else {
+            format!(" for {}", w.servers.join(", "))
+        };
+        let holds = if w.applies_to.contains(&crate::sync_windows::Change::Commit) {
+            "registry upgrades and commits"
+        } else {
+            "registry upgrades"
+        };
+        let kind = match w.kind {
+            crate::sync_windows::Kind::Deny => "holds",
+            crate::sync_windows::Kind::Allow => "lets through",
+        };
+        outln!(
+            "sync window \"{}\" open until {}: {kind} {holds}{servers}",
+            w.name,
+            w.until
+        );
+    }
+    if let Some(h) = &fleet.commit_held {
+        outln!(
+            "commit {} {}",
+            h.what.as_deref().map_or("-", short_commit),
+            window_wait(h)
+        );
+    }
     // A head that is not in force: say why, so a rejected push is not missed.
     if let Some(head) = fleet.head.as_deref()
         && Some(head) != applied
@@ -389,7 +424,31 @@ fn server_notes(s: &ServerView) -> Vec<String> {
             "{id}: {v} is available (the update policy does not apply it by itself)"
         ));
     }
+    if let Some(h) = &s.held_by_window {
+        notes.push(format!(
+            "{id}: the upgrade to {} {}; `mcp-orchestration deploy {id}` applies it now",
+            h.what.as_deref().unwrap_or("a newer version"),
+            window_wait(h)
+        ));
+    }
     notes
+}
+
+/// `waits for sync window "freeze" (deny) until 2026-12-05T18:00:00Z`.
+fn window_wait(h: &crate::sync_windows::Held) -> String {
+    let until = h.until.map_or_else(
+        || "no allow window opens within 400 days".to_owned(),
+        |u| format!("until {u}"),
+    );
+    match h.kind {
+        crate::sync_windows::Kind::Deny => {
+            format!("waits for sync window \"{}\" (deny) {until}", h.window)
+        }
+        crate::sync_windows::Kind::Allow => format!(
+            "waits outside the allow windows; \"{}\" opens {until}",
+            h.window
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -100,9 +100,12 @@ impl Control {
         })
     }
 
-    /// An operator's deploy: lifts a stop, forgets failed versions, and converges now.
+    /// An operator's deploy: lifts a stop, forgets failed versions, lets a registry upgrade
+    /// a sync window holds through (the rollout is recorded as the operator's), and
+    /// converges now.
     pub async fn deploy(&self, server: &str) -> Result<DeployRequested, ControlError> {
         self.require_known(server)?;
+        self.release_from_windows(server);
         let s = server.to_owned();
         self.store
             .call(move |st| {

@@ -69,6 +69,9 @@ pub struct Control {
     gateway_calls: std::sync::RwLock<Option<CallCounts>>,
     /// Makes plans (`POST /plan`), set once the agent's git mirror is open.
     planner: std::sync::OnceLock<std::sync::Arc<dyn super::plan::Planner>>,
+    /// Servers an operator deployed while a sync window held their registry upgrade: an
+    /// operator's action goes through, so the window no longer holds them until it closes.
+    window_releases: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// The gateway's calls per server since the agent started.
@@ -95,7 +98,30 @@ impl Control {
             gateway_tools: Default::default(),
             gateway_calls: Default::default(),
             planner: Default::default(),
+            window_releases: Default::default(),
         }
+    }
+
+    /// Lets `server`'s held registry upgrade through its sync window (an operator's deploy).
+    pub fn release_from_windows(&self, server: &str) {
+        self.window_releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server.to_owned());
+    }
+
+    /// The servers an operator released from their windows, keeping only those a window
+    /// still holds (`held`): a release lasts until the window that held the server closes.
+    pub fn window_releases(
+        &self,
+        held: &std::collections::BTreeSet<String>,
+    ) -> std::collections::BTreeSet<String> {
+        let mut released = self
+            .window_releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        released.retain(|s| held.contains(s));
+        released.clone()
     }
 
     /// Hands over the planner; only the first one counts.

@@ -28,6 +28,8 @@ pub struct ViewInputs<'a> {
     pub held: &'a [String],
     /// Operators' rollback pins: server → version.
     pub pins: &'a BTreeMap<String, String>,
+    /// The registry upgrades sync windows hold: server → why, with the version waiting.
+    pub window_holds: &'a BTreeMap<String, crate::sync_windows::Held>,
     /// The view before, for how long each server has been in its state.
     pub previous: &'a FleetView,
     pub now: Timestamp,
@@ -130,6 +132,7 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
             gateway_calls: None,
             blocked_by: Vec::new(),
             tasks: current.map(super::view::TaskView::of).unwrap_or_default(),
+            held_by_window: inputs.window_holds.get(&server.id).cloned(),
         });
     }
 
@@ -142,6 +145,8 @@ pub fn deployment_view(inputs: &ViewInputs<'_>) -> (FleetView, Vec<Target>) {
         store_error: None,
         servers,
         profiles: inputs.profiles.to_vec(),
+        windows: Vec::new(),
+        commit_held: None,
         observed: false,
     };
     (view, targets)
@@ -245,6 +250,7 @@ mod tests {
                 gateway_calls: None,
                 tasks: Vec::new(),
                 blocked_by: Vec::new(),
+                held_by_window: None,
             }],
             ..FleetView::default()
         };
@@ -259,6 +265,7 @@ mod tests {
             observed: &observed,
             held: &held,
             pins: &pins,
+            window_holds: &BTreeMap::new(),
             previous: &previous,
             now,
         });
@@ -319,6 +326,7 @@ mod tests {
             observed: &[],
             held: &[],
             pins: &BTreeMap::new(),
+            window_holds: &BTreeMap::new(),
             previous: &FleetView::default(),
             now: Timestamp::UNIX_EPOCH,
         });

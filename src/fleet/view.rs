@@ -61,6 +61,10 @@ pub struct ServerView {
     /// for; empty when it waits for nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_by: Vec<String>,
+    /// The registry upgrade an operator's sync window holds back (`what`: the version it
+    /// waits to move to), which window, and until when; absent when nothing waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by_window: Option<crate::sync_windows::Held>,
 }
 
 /// Calls through the gateway, and how many of them did not end well (a tool error, a
@@ -116,6 +120,12 @@ pub struct FleetView {
     /// The applied manifest's profiles (schema 1.2), without the implied `default`.
     #[serde(default)]
     pub profiles: Vec<crate::manifest::Profile>,
+    /// The operator's sync windows open now.
+    #[serde(default)]
+    pub windows: Vec<crate::sync_windows::OpenWindow>,
+    /// A new commit a sync window holds (`what`: the commit), and until when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_held: Option<crate::sync_windows::Held>,
     /// Whether the runtime has been listed since the agent started. Until then the view
     /// is empty for lack of knowledge, and nothing is published to gateways.
     #[serde(skip)]

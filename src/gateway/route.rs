@@ -164,6 +164,7 @@ mod tests {
             gateway_calls: None,
             tasks: Vec::new(),
             blocked_by: Vec::new(),
+            held_by_window: None,
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Decision {
     pub problems: Vec<DesiredProblem>,
     /// Newer versions that policies with `auto_update: false` only report.
     pub update_available: BTreeMap<String, String>,
+    /// Newer versions an operator's sync window holds back: server → version.
+    pub held_upgrades: BTreeMap<String, String>,
 }
 
 /// The plan under `inputs`: each server at its selected version, except the servers an
@@ -32,6 +34,7 @@ pub fn decide(
         problems,
         update_available,
         failed,
+        held_upgrades,
     } = select(inputs, secret);
     let mut leave_alone: BTreeMap<String, String> = held
         .iter()
@@ -53,5 +56,6 @@ pub fn decide(
         desired,
         problems,
         update_available,
+        held_upgrades,
     }
 }

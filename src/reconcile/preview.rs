@@ -285,6 +285,7 @@ servers:
                 failed: &[],
                 pins: &BTreeMap::new(),
                 tags: &tags,
+                registry_held: &Default::default(),
             },
             &["b".to_owned()],
             &|_| None,

@@ -26,6 +26,9 @@ pub struct Inputs<'a> {
     pub pins: &'a BTreeMap<String, String>,
     /// Tags per image repository, as last polled.
     pub tags: &'a HashMap<String, Vec<String>>,
+    /// Servers whose registry upgrades an operator's sync window holds now: they are
+    /// selected as if the registry had offered nothing new (what runs stays).
+    pub registry_held: &'a BTreeSet<String>,
 }
 
 /// The desired state and what an operator should know about it.
@@ -39,18 +42,21 @@ pub struct Selection {
     /// Servers whose desired spec already failed its health gate exactly as it is now,
     /// with why: left alone until the spec changes or an operator retries.
     pub failed: BTreeMap<String, String>,
+    /// The versions a sync window holds back: server → the version its policy would
+    /// move it to.
+    pub held_upgrades: BTreeMap<String, String>,
 }
 
 /// The version `server` runs: an operator's pin, else what its update policy resolves to
 /// from the tags, the running version and the versions that failed on it. Also returns a
-/// newer version the policy only reports.
-fn version_of(server: &Server, inputs: &Inputs<'_>) -> (Version, Option<Version>) {
+/// newer version the policy only reports, and a newer version a sync window holds back.
+fn version_of(server: &Server, inputs: &Inputs<'_>) -> (Version, Option<Version>, Option<Version>) {
     if let Some(v) = inputs
         .pins
         .get(&server.id)
         .and_then(|v| Version::parse(v).ok())
     {
-        return (v, None);
+        return (v, None, None);
     }
     let running = inputs
         .observed
@@ -68,23 +74,36 @@ fn version_of(server: &Server, inputs: &Inputs<'_>) -> (Version, Option<Version>
         .docker
         .as_ref()
         .and_then(|d| inputs.tags.get(&d.image));
+    let policy = inputs.checked.update_policy(server);
     let r = crate::manifest::policy::resolve(
         &server.version,
-        &inputs.checked.update_policy(server),
+        &policy,
         image_tags.map(Vec::as_slice),
         running.as_ref(),
         &failed,
     );
-    (r.target, r.update_available)
+    if !inputs.registry_held.contains(&server.id) {
+        return (r.target, r.update_available, None);
+    }
+    // Held: what it would run had the registry offered nothing new.
+    let kept =
+        crate::manifest::policy::resolve(&server.version, &policy, None, running.as_ref(), &failed);
+    let held = (r.target > kept.target).then_some(r.target);
+    (kept.target, r.update_available, held)
 }
 
 /// The desired state under `inputs`, with each server's problems, reported updates and
 /// failed specs.
 pub fn select(inputs: &Inputs<'_>, secret: &dyn Fn(&str) -> Option<String>) -> Selection {
     let mut update_available = BTreeMap::new();
+    let mut held_upgrades = BTreeMap::new();
     for server in &inputs.checked.manifest.servers {
-        if let (_, Some(newer)) = version_of(server, inputs) {
+        let (_, newer, held) = version_of(server, inputs);
+        if let Some(newer) = newer {
             update_available.insert(server.id.clone(), newer.to_string());
+        }
+        if let Some(held) = held {
+            held_upgrades.insert(server.id.clone(), held.to_string());
         }
     }
     let (desired, problems) = desired_state(
@@ -119,6 +138,7 @@ pub fn select(inputs: &Inputs<'_>, secret: &dyn Fn(&str) -> Option<String>) -> S
         problems,
         update_available,
         failed,
+        held_upgrades,
     }
 }
 
@@ -205,6 +225,7 @@ mod tests {
                 failed,
                 pins,
                 tags,
+                registry_held: &BTreeSet::new(),
             },
             &|_| None,
         )
@@ -231,6 +252,42 @@ mod tests {
             BTreeMap::from([("notify".to_owned(), "1.1.0".to_owned())])
         );
         assert!(s.problems.is_empty() && s.failed.is_empty());
+    }
+
+    #[test]
+    fn a_held_registry_upgrade_keeps_what_runs_and_says_what_waits() {
+        let c = checked(FLEET);
+        let t = tags(&[("registry.local/web", &["1.0.0", "1.2.0"])]);
+        let observed = [running("web", "1.0.0")];
+        let pins = BTreeMap::new();
+        let held = BTreeSet::from(["web".to_owned()]);
+        let inputs = Inputs {
+            checked: &c,
+            commit: "c0ffee",
+            runtime: RuntimeKind::Docker,
+            observed: &observed,
+            failed: &[],
+            pins: &pins,
+            tags: &t,
+            registry_held: &held,
+        };
+        let s = select(&inputs, &|_| None);
+        assert_eq!(version(&s, "web"), "1.0.0");
+        assert_eq!(
+            s.held_upgrades,
+            BTreeMap::from([("web".to_owned(), "1.2.0".to_owned())])
+        );
+        // An operator's rollback pin is never held.
+        let pins = BTreeMap::from([("web".to_owned(), "1.2.0".to_owned())]);
+        let s = select(
+            &Inputs {
+                pins: &pins,
+                ..inputs
+            },
+            &|_| None,
+        );
+        assert_eq!(version(&s, "web"), "1.2.0");
+        assert!(s.held_upgrades.is_empty());
     }
 
     #[test]

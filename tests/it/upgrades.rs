@@ -323,3 +323,141 @@ async fn an_upgrade_with_a_dynamic_port_has_zero_downtime() {
     );
     eprintln!("{ok} requests every 50 ms across the upgrade, none failed");
 }
+
+/// Issue 16 item 4: a deny window holds a registry upgrade, `GET /servers` says which window
+/// holds what and until when, an operator's deploy still goes through (recorded as the
+/// operator's), and the held upgrade rolls out right after the window's end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_window_holds_a_registry_upgrade_until_its_end() {
+    let test = "a_sync_window_holds_a_registry_upgrade_until_its_end";
+    if !docker_or_skip(test) || !registry_or_skip(test) {
+        return;
+    }
+    let storage = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(storage.path(), false).await;
+    let host = registry.host();
+    publish(&host, "1.0.0", "healthy");
+    publish(&host, "1.1.0", "healthy");
+
+    let guards = [
+        ContainerGuard::new("win-held"),
+        ContainerGuard::new("win-op"),
+    ];
+    let [held, op] = guards.each_ref().map(|g| g.server_id().to_owned());
+    let repo = ManifestRepo::new();
+    repo.push_manifest(
+        &manifest(&[
+            server(&held, &host, "1.0.0", "standard"),
+            server(&op, &host, "1.0.0", "standard"),
+        ]),
+        "two servers that may follow minors",
+    );
+    // A one-off deny window, open from now for a fractional number of seconds: long
+    // enough for the first deploy and the checks below, short enough for a test.
+    let opened = jiff::Timestamp::now();
+    let end = opened + jiff::SignedDuration::from_secs_f64(10.5);
+    let windows = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        windows.path(),
+        format!(
+            "windows:\n  - name: release-freeze\n    kind: deny\n    start: {opened}\n    duration: 10.5s\n"
+        ),
+    )
+    .unwrap();
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            runtime: RuntimeChoice::Docker,
+            registry_poll_interval: POLL,
+            sync_windows: Some(windows.path().to_owned()),
+            trust: Some(TrustPolicy {
+                allowed_images: vec![format!("{host}/")],
+                source: "test".into(),
+                ..Default::default()
+            }),
+            ..Options::default()
+        },
+    )
+    .await;
+    // The first deploy is the manifest's version: the newer tag waits for the window.
+    agent.wait_running(&held, "1.0.0", DEADLINE).await;
+    agent.wait_running(&op, "1.0.0", DEADLINE).await;
+    let shown = eventually(
+        DEADLINE,
+        "the view to say what the window holds",
+        || async {
+            let s = agent.server(&held).await?;
+            (s["held_by_window"]["what"] == "1.1.0").then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        jiff::Timestamp::now() < end,
+        "the first deploy took longer than the window; the test cannot show the hold"
+    );
+    let hold = &shown["held_by_window"];
+    assert_eq!(hold["window"], "release-freeze", "{shown}");
+    assert_eq!(hold["kind"], "deny", "{shown}");
+    assert_eq!(hold["change"], "registry", "{shown}");
+    assert_eq!(hold["until"], end.to_string(), "{shown}");
+    let (_, fleet) = agent.get("/servers").await;
+    assert_eq!(fleet["windows"][0]["name"], "release-freeze", "{fleet}");
+    assert_eq!(fleet["windows"][0]["until"], end.to_string(), "{fleet}");
+    // Syncs pass (each woken by an operator action that changes nothing) and the upgrade
+    // still waits.
+    agent.syncs_pass(2, &held).await;
+    assert_eq!(
+        agent.server(&held).await.unwrap()["running_version"],
+        "1.0.0"
+    );
+
+    // An operator's deploy goes through the window, recorded as the operator's.
+    let (status, body) = agent
+        .call(
+            reqwest::Method::POST,
+            &format!("/servers/{op}/deploy"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    agent.wait_running(&op, "1.1.0", DEADLINE).await;
+    let by_operator = rollouts(&agent, &op).await;
+    assert_eq!(by_operator[0]["to_version"], "1.1.0");
+    assert_eq!(by_operator[0]["trigger"], "operator");
+    let before_end = jiff::Timestamp::now();
+    if before_end < end {
+        assert_eq!(
+            agent.server(&held).await.unwrap()["running_version"],
+            "1.0.0",
+            "the window still holds the other server"
+        );
+    }
+
+    // The window ends: the held upgrade rolls out right after, without waiting for a poll.
+    agent
+        .wait_running(&held, "1.1.0", Duration::from_secs(30))
+        .await;
+    let after = rollouts(&agent, &held).await;
+    let upgrade = after
+        .iter()
+        .find(|r| r["to_version"] == "1.1.0")
+        .expect("the upgrade's rollout");
+    let started: jiff::Timestamp = upgrade["started_at"].as_str().unwrap().parse().unwrap();
+    assert!(started >= end, "started {started}, the window ended {end}");
+    assert!(
+        started < end + jiff::SignedDuration::from_secs(5),
+        "released promptly: started {started}, the window ended {end}"
+    );
+    // The sync that rolled it out publishes a view without the hold (the new instance
+    // was shown earlier, as it was switched to).
+    eventually(DEADLINE, "the view without the window", || async {
+        let (_, fleet) = agent.get("/servers").await;
+        let server = fleet["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["id"] == held)?;
+        (server.get("held_by_window").is_none() && fleet["windows"] == serde_json::json!([]))
+            .then_some(())
+    })
+    .await;
+}

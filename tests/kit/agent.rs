@@ -82,6 +82,8 @@ pub struct Options {
     pub delivery: mcp_orchestration::subscriptions::Retry,
     /// `--write-notes`: each run's result as a git note, pushed.
     pub write_notes: bool,
+    /// `--sync-windows`: the operator's sync windows file.
+    pub sync_windows: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -106,6 +108,7 @@ impl Default for Options {
             docker_host: None,
             delivery: Default::default(),
             write_notes: false,
+            sync_windows: None,
         }
     }
 }
@@ -148,6 +151,7 @@ pub fn settings(repo: &str, options: &Options, data_dir: &Path) -> AgentSettings
         max_connections: options.max_connections,
         delivery: options.delivery,
         write_notes: options.write_notes,
+        sync_windows: options.sync_windows.clone(),
     }
 }
 
