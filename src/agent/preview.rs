@@ -9,7 +9,7 @@ use super::secrets::Secrets;
 use super::sync::{InForce, read_recorded};
 use crate::fleet::{ControlError, Missing, PlanReport, PlanRequest, Planner};
 use crate::manifest::policy::TrustPolicy;
-use crate::manifest::{self, Diagnostic, RepoFiles, Severity};
+use crate::manifest::{self, Diagnostic, RepoFiles};
 use crate::reconcile::execute::Executor;
 use crate::reconcile::preview::summary;
 use crate::reconcile::{Inputs, decide, planned_servers, servers_changed, watched_images};
@@ -61,15 +61,7 @@ impl Planner for Previewer {
             PlanRequest::Commit { commit: rev } => {
                 let (commit, files) = self.commit_files(rev).await?;
                 let Some(files) = files else {
-                    let path = self.source.settings().manifest_path.clone();
-                    let missing = Diagnostic {
-                        severity: Severity::Error,
-                        file: path.clone(),
-                        line: 1,
-                        column: 1,
-                        path: String::new(),
-                        message: format!("the commit has no manifest at `{path}`"),
-                    };
+                    let missing = Diagnostic::no_manifest(&self.source.settings().manifest_path);
                     return Ok(PlanReport::rejected(
                         Some(commit),
                         applied_commit,

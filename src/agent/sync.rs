@@ -601,15 +601,7 @@ impl Syncer {
             }
         };
         let Some(files) = revision.files else {
-            let path = self.source.settings().manifest_path.clone();
-            let err = Diagnostic {
-                severity: Severity::Error,
-                file: path.clone(),
-                line: 1,
-                column: 1,
-                path: String::new(),
-                message: format!("the commit has no manifest at `{path}`"),
-            };
+            let err = Diagnostic::no_manifest(&self.source.settings().manifest_path);
             reject_run(
                 &store,
                 run_id,
@@ -842,15 +834,19 @@ impl Syncer {
         read_recorded(&self.control.store).await
     }
 
-    /// The desired state now (see [`select`]): each server at the version its policy
-    /// resolves to from the registry's tags, what runs, and what `recorded` holds.
-    fn selection(&self, observed: &[Instance], recorded: &Recorded) -> Selection {
-        let Some(applied) = &self.applied else {
-            return Selection::default();
-        };
+    /// `f` over what every decision reads now: the applied manifest, the registry's tags
+    /// (minus what a sync window holds), what runs and what `recorded` holds; `None`
+    /// before a revision is in force.
+    fn with_inputs<T>(
+        &self,
+        observed: &[Instance],
+        recorded: &Recorded,
+        f: impl FnOnce(&Inputs<'_>) -> T,
+    ) -> Option<T> {
+        let applied = self.applied.as_ref()?;
         let tags = self.watched.tags();
         let registry_held = self.registry_holds().into_keys().collect();
-        let inputs = Inputs {
+        Some(f(&Inputs {
             checked: &applied.checked,
             commit: &applied.commit,
             runtime: self.executor.runtime().kind(),
@@ -859,28 +855,23 @@ impl Syncer {
             pins: &recorded.pins,
             tags: &tags,
             registry_held: &registry_held,
-        };
-        select(&inputs, &|name| self.secrets.get(name))
+        }))
+    }
+
+    /// The desired state now (see [`select`]).
+    fn selection(&self, observed: &[Instance], recorded: &Recorded) -> Selection {
+        self.with_inputs(observed, recorded, |inputs| {
+            select(inputs, &|name| self.secrets.get(name))
+        })
+        .unwrap_or_default()
     }
 
     /// What to change now (see [`decide`]).
     fn decision(&self, observed: &[Instance], recorded: &Recorded) -> Decision {
-        let Some(applied) = &self.applied else {
-            return Decision::default();
-        };
-        let tags = self.watched.tags();
-        let registry_held = self.registry_holds().into_keys().collect();
-        let inputs = Inputs {
-            checked: &applied.checked,
-            commit: &applied.commit,
-            runtime: self.executor.runtime().kind(),
-            observed,
-            failed: &recorded.failed,
-            pins: &recorded.pins,
-            tags: &tags,
-            registry_held: &registry_held,
-        };
-        decide(&inputs, &recorded.held, &|name| self.secrets.get(name))
+        self.with_inputs(observed, recorded, |inputs| {
+            decide(inputs, &recorded.held, &|name| self.secrets.get(name))
+        })
+        .unwrap_or_default()
     }
 
     /// Plans against what runs and applies the changes. Returns the plan with what it was

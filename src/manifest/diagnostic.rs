@@ -53,6 +53,20 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// A commit without a manifest at `path`: the whole commit is the problem.
+    pub fn no_manifest(path: &str) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            file: path.to_owned(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: format!("the commit has no manifest at `{path}`"),
+        }
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
