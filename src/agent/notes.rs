@@ -18,8 +18,8 @@ use crate::store::{RolloutRecord, RunRecord, Store};
 /// The longest wait between two tries to push the notes.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// At most this many notes wait for the remote; the oldest are dropped beyond (they stay
-/// in the mirror's notes and go with the next push that succeeds).
+/// At most this many notes wait for the remote; beyond, some are dropped (by commit id,
+/// not age) so a remote that never accepts cannot grow the agent's memory.
 const MAX_PENDING: usize = 1000;
 
 /// Where the sync loop sends the commits whose run finished.

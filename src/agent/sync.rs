@@ -661,6 +661,16 @@ impl Syncer {
             checked,
         };
         let previous = self.set_applied(Some(applied));
+        // What the servers this commit removes depended on: their removal goes in reverse.
+        if let Some(prev) = &previous {
+            self.executor.remember_dependencies(
+                prev.checked
+                    .manifest
+                    .servers
+                    .iter()
+                    .map(|s| (s.id.as_str(), s.depends_on.as_slice())),
+            );
+        }
         let before = previous
             .as_ref()
             .filter(|p| p.commit != head)

@@ -156,7 +156,12 @@ async fn starts_and_upgrades_wait_for_healthy_dependencies_and_removals_go_in_re
     agent.wait_running("api", "1.2.0", WAIT).await;
     assert_eq!(agent.server("api").await.unwrap().get("blocked_by"), None);
 
-    // Removing all three: web first, then api, then db.
+    // Removing all three: web first, then api, then db, also when the agent that removes
+    // them was restarted since it applied their dependencies.
+    let data = agent.stop().await;
+    let agent =
+        TestAgent::start_in(repo.remote().to_str().unwrap(), Options::default(), data).await;
+    agent.wait_running("web", "1.0.0", WAIT).await;
     repo.push_manifest(&manifest(&[]), "remove everything");
     eventually(WAIT, "the three to be removed", || async {
         let (_, fleet) = agent.get("/servers").await;

@@ -215,6 +215,16 @@ impl Executor {
         self
     }
 
+    /// Takes what each of `servers` (id, `depends_on`) depends on, to order their removal
+    /// should a later apply remove them: the sync loop hands over the manifest in force
+    /// before a new commit, which after a restart no apply has seen yet.
+    pub fn remember_dependencies<'a>(
+        &self,
+        servers: impl Iterator<Item = (&'a str, &'a [String])>,
+    ) {
+        self.dependencies.remember(servers);
+    }
+
     /// Servers whose change waits for (or was refused for) dependencies not healthy yet,
     /// with those dependencies.
     pub fn blocked(&self) -> std::collections::BTreeMap<String, Vec<String>> {
