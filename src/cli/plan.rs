@@ -12,7 +12,7 @@ use super::client::Client;
 use super::exit;
 use super::output::{self, OutputFormat, or_dash, outln};
 use crate::fleet::{PlanFiles, PlanReport, PlanRequest};
-use crate::manifest::{Diagnostic, MAX_FILE_BYTES, Severity, TextFile};
+use crate::manifest::{Diagnostic, TextFile};
 use crate::reconcile::PlannedServer;
 use crate::settings::Settings;
 
@@ -82,21 +82,7 @@ pub fn run(settings: &Settings, args: Args) -> anyhow::Result<u8> {
 /// The errors of files that are not UTF-8 or too large to be read.
 fn unreadable<'a>(files: impl Iterator<Item = &'a TextFile>) -> Vec<Diagnostic> {
     files
-        .filter_map(|f| {
-            f.encoding_error().or_else(|| {
-                (f.size > MAX_FILE_BYTES as u64).then(|| Diagnostic {
-                    severity: Severity::Error,
-                    file: f.path.clone(),
-                    line: 1,
-                    column: 1,
-                    path: String::new(),
-                    message: format!(
-                        "the file is {} bytes; a manifest file may have at most {MAX_FILE_BYTES}",
-                        f.size
-                    ),
-                })
-            })
-        })
+        .filter_map(|f| f.size_error().or_else(|| f.encoding_error()))
         .collect()
 }
 

@@ -100,6 +100,22 @@ impl TextFile {
         }
     }
 
+    /// The error of a file too large to be read (see [`MAX_FILE_BYTES`]), if it is.
+    pub fn size_error(&self) -> Option<Diagnostic> {
+        let size = self.size.max(self.text.len() as u64);
+        (size > MAX_FILE_BYTES as u64).then(|| Diagnostic {
+            severity: diagnostic::Severity::Error,
+            file: self.path.clone(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: format!(
+                "the file is {size} bytes; at most {} KiB is read",
+                MAX_FILE_BYTES / 1024
+            ),
+        })
+    }
+
     /// The error that a file that is not UTF-8 gets instead of being parsed.
     pub fn encoding_error(&self) -> Option<Diagnostic> {
         let bad = self.not_utf8?;

@@ -85,19 +85,7 @@ pub fn check_with(
     let oversized: Vec<Diagnostic> = std::iter::once(&files.manifest)
         .chain(&files.policies)
         .chain(&files.trust)
-        .filter(|f| f.size.max(f.text.len() as u64) > MAX_FILE_BYTES as u64)
-        .map(|f| Diagnostic {
-            severity: Severity::Error,
-            file: f.path.clone(),
-            line: 1,
-            column: 1,
-            path: String::new(),
-            message: format!(
-                "the file is {} bytes; at most {} KiB is read",
-                f.size.max(f.text.len() as u64),
-                MAX_FILE_BYTES / 1024
-            ),
-        })
+        .filter_map(TextFile::size_error)
         .collect();
     if !oversized.is_empty() {
         return Err(oversized);
