@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::client::SharedHttp;
+use super::http::BackendHttp;
 use super::naming::Names;
 use crate::fleet::FleetView;
 
@@ -163,7 +163,7 @@ async fn list_offer(peer: &Peer<RoleClient>) -> Result<Offer, ServiceError> {
 pub struct Backends {
     state: Arc<Mutex<State>>,
     /// The HTTP client of every backend session.
-    http: SharedHttp,
+    http: BackendHttp,
     /// Woken when a backend is installed or a call ends (drains wait on it).
     moved: Arc<Notify>,
     generation: Arc<watch::Sender<u64>>,
@@ -186,7 +186,7 @@ impl Default for Backends {
     fn default() -> Self {
         Backends {
             state: Arc::default(),
-            http: SharedHttp::default(),
+            http: BackendHttp::default(),
             moved: Arc::default(),
             generation: Arc::new(watch::Sender::new(0)),
             expired: Arc::default(),
@@ -249,7 +249,7 @@ impl Backends {
     }
 
     /// The HTTP client the backend sessions share (the tool-set guard lists with it).
-    pub fn http(&self) -> SharedHttp {
+    pub fn http(&self) -> BackendHttp {
         self.http.clone()
     }
 
@@ -649,7 +649,7 @@ impl Backends {
             let attempt = tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 open(
-                    self.http.get(),
+                    self.http.clone(),
                     &server,
                     &instance,
                     &endpoint,
@@ -770,10 +770,10 @@ impl ClientHandler for Listener {
 
 /// A transport to `endpoint` on the shared client.
 fn transport(
-    http: reqwest::Client,
+    http: BackendHttp,
     endpoint: &str,
     stateless: bool,
-) -> StreamableHttpClientTransport<reqwest::Client> {
+) -> StreamableHttpClientTransport<BackendHttp> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.to_owned());
     // rmcp resumes a call's broken answer stream forever by default, so a call to an
     // instance that died mid-call would never be answered: try three times in ~1.4 s.
@@ -798,7 +798,7 @@ fn transport(
 /// (rmcp's own probing goes the other way round, and takes an HTTP error of a server that
 /// does not know `server/discover` for a failure.)
 async fn connect_session(
-    http: reqwest::Client,
+    http: BackendHttp,
     endpoint: &str,
     listener: Listener,
 ) -> Result<RunningService<RoleClient, Listener>, String> {
@@ -852,7 +852,7 @@ async fn listen_for_changes(peer: Peer<RoleClient>, listener: Listener, stop: Ca
 }
 
 async fn open(
-    http: reqwest::Client,
+    http: BackendHttp,
     server: &str,
     instance: &str,
     endpoint: &str,

@@ -19,6 +19,7 @@
 
 mod backends;
 mod client;
+mod http;
 mod metrics;
 pub mod naming;
 mod profiles;
@@ -37,7 +38,8 @@ use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 
 pub use backends::{Backends, Drained, InFlight};
-pub use client::{SharedHttp, tool_lister};
+pub use client::tool_lister;
+pub use http::BackendHttp;
 pub use route::{Route, Unavailable, route};
 pub use service::Gateway;
 pub use status::{BackendHealth, BackendView, BackendsView, GatewayHealth};
@@ -229,8 +231,7 @@ mod tests {
             StreamableHttpClientTransportConfig::with_uri(format!("http://{addr}/mcp"));
         // As the gateway's backend sessions (`backends::transport`).
         config.reinit_on_expired_session = false;
-        let transport =
-            StreamableHttpClientTransport::with_client(SharedHttp::default().get(), config);
+        let transport = StreamableHttpClientTransport::with_client(BackendHttp::default(), config);
         let session = ().serve(transport).await.expect("a session");
         session.peer().list_all_tools().await.expect("tools listed");
 

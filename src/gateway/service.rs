@@ -12,11 +12,13 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, ServerNotification, SubscriptionFilter, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::transport::streamable_http_client::StreamableHttpError;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceError};
 use serde_json::json;
 use tracing::debug;
 
 use super::backends::Backends;
+use super::http::BackendHttpError;
 use super::metrics::{GatewayMetrics, Outcome};
 use super::naming::{qualified, resource_uri, server_of, split_resource_uri};
 use super::route::{Route, route};
@@ -689,49 +691,32 @@ fn not_run(server: &str, e: &ServiceError) -> CallToolResponse {
     .into()
 }
 
+/// The HTTP client's own failure inside `e`, if that is what it is. rmcp hands it back
+/// inside its transport error, without a source chain through it, so each level is looked
+/// at.
+fn http_failure(e: &ServiceError) -> Option<&StreamableHttpError<BackendHttpError>> {
+    let ServiceError::TransportSend(e) = e else {
+        return None;
+    };
+    let mut level: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());
+    while let Some(err) = level {
+        if let Some(failure) = err.downcast_ref::<StreamableHttpError<BackendHttpError>>() {
+            return Some(failure);
+        }
+        level = err.source();
+    }
+    None
+}
+
 /// Whether the backend answered the request with HTTP 404 on the gateway's session: it
 /// does not know the session, so it did not run the request.
 pub(super) fn session_expired(e: &ServiceError) -> bool {
-    use rmcp::transport::streamable_http_client::StreamableHttpError;
-    let ServiceError::TransportSend(e) = e else {
-        return false;
-    };
-    let mut level: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());
-    while let Some(err) = level {
-        if let Some(StreamableHttpError::SessionExpired) =
-            err.downcast_ref::<StreamableHttpError<reqwest::Error>>()
-        {
-            return true;
-        }
-        level = err.source();
-    }
-    false
+    matches!(http_failure(e), Some(StreamableHttpError::SessionExpired))
 }
 
-/// Whether a request failed before it reached the backend: its connection was refused.
-/// rmcp hands the HTTP client's error back inside its transport error, without a source
-/// chain through it, so each level is looked at.
+/// Whether a request failed before it reached the backend: no connection could be made.
 pub(super) fn never_delivered(e: &ServiceError) -> bool {
-    use rmcp::transport::streamable_http_client::StreamableHttpError;
-    let ServiceError::TransportSend(e) = e else {
-        return false;
-    };
-    let mut level: Option<&(dyn std::error::Error + 'static)> = Some(e.error.as_ref());
-    while let Some(err) = level {
-        if let Some(StreamableHttpError::Client(http)) =
-            err.downcast_ref::<StreamableHttpError<reqwest::Error>>()
-        {
-            return http.is_connect();
-        }
-        if let Some(http) = err.downcast_ref::<reqwest::Error>() {
-            return http.is_connect();
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        level = err.source();
-    }
-    false
+    matches!(http_failure(e), Some(StreamableHttpError::Client(http)) if http.never_sent())
 }
 
 impl Gateway {

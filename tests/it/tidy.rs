@@ -63,10 +63,21 @@ fn each_external_crate_is_named_only_by_its_owning_module() {
                 "gateway/profiles.rs",
             ],
         ),
-        // The HTTP probe drives one hyper connection per probe (no pool).
-        ("hyper", &["api/serve.rs", "health/probe/http.rs"]),
-        ("hyper_util", &["api/serve.rs", "health/probe/http.rs"]),
-        ("http_body_util", &["health/probe/http.rs"]),
+        // The HTTP probe drives one hyper connection per probe (no pool); the gateway's
+        // backend client keeps its connections.
+        (
+            "hyper",
+            &["api/serve.rs", "health/probe/http.rs", "gateway/http.rs"],
+        ),
+        (
+            "hyper_util",
+            &["api/serve.rs", "health/probe/http.rs", "gateway/http.rs"],
+        ),
+        (
+            "http_body_util",
+            &["health/probe/http.rs", "gateway/http.rs"],
+        ),
+        ("sse_stream", &["gateway/http.rs"]),
         ("tower_service", &["api/serve.rs", "api/mod.rs"]),
         // The operator's MCP tools, and the gateway's MCP server and backend sessions.
         ("rmcp", &["mcp/", "gateway/"]),
