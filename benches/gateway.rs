@@ -4,8 +4,10 @@
 //! rounds so both see the same machine:
 //!
 //! - the latency the gateway adds per `tools/call` (p50 and p99 of each side; 1 and 100
-//!   concurrent clients, each with its own session) and the calls per second through one
-//!   gateway and directly;
+//!   concurrent clients, each with its own session, calling as fast as they are answered)
+//!   and the calls per second through one gateway and directly;
+//! - the same added latency with 100 clients paced to a total rate the machine carries
+//!   (`BENCH_PACED_RATE`, 1,000 calls/s), measured from when each call was due;
 //! - failed calls while the server is upgraded 20 times by commits, under load;
 //! - how soon after the monitor records a backend `unhealthy` the gateway answers
 //!   `BACKEND_UNHEALTHY` (and, for scale, how soon after the server turned unhealthy);
@@ -13,7 +15,8 @@
 //!
 //! ```text
 //!     cargo bench --bench gateway
-//!     BENCH_CALLS=4000 BENCH_UPGRADES=20 cargo bench --bench gateway
+//!     BENCH_CALLS=4000 BENCH_UPGRADES=20 BENCH_PACED_RATE=1000 cargo bench --bench gateway
+//!     BENCH_AGENT_BIN=/tmp/old/mcp-orchestration cargo bench --bench gateway   # another build
 //! ```
 
 use std::path::Path;
@@ -209,6 +212,80 @@ async fn overhead(direct_url: &str, gateway_url: &str, concurrency: usize, calls
     }
 }
 
+/// `clients` clients, each calling once every `every` for `calls_each` calls (their start
+/// times spread over one period); each call's latency is measured from the time it was
+/// due, so a call that waits for the one before it counts that wait.
+async fn paced_round(
+    clients: &[Arc<Client>],
+    tool: &str,
+    every: Duration,
+    calls_each: usize,
+) -> Vec<f64> {
+    let start = tokio::time::Instant::now() + Duration::from_millis(20);
+    let n = clients.len() as u32;
+    let tasks: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (c, tool) = (c.clone(), tool.to_owned());
+            let first = start + every * i as u32 / n;
+            tokio::spawn(async move {
+                let mut ms = Vec::with_capacity(calls_each);
+                for k in 0..calls_each {
+                    let due = first + every * k as u32;
+                    tokio::time::sleep_until(due).await;
+                    let r = echo(&c, &tool).await.expect("the call is answered");
+                    assert_ne!(r.is_error, Some(true), "{r:?}");
+                    ms.push(due.elapsed().as_secs_f64() * 1e3);
+                }
+                ms
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// 100 clients at a steady total rate the machine can carry (`rate` calls per second),
+/// directly and through the gateway in alternating rounds: the latency the gateway adds
+/// when it is not queueing behind a saturated CPU.
+async fn paced_overhead(direct_url: &str, gateway_url: &str, concurrency: usize, rate: usize) {
+    let mut direct = Vec::new();
+    let mut through = Vec::new();
+    for _ in 0..concurrency {
+        direct.push(Arc::new(connect(direct_url).await));
+        through.push(Arc::new(connect(gateway_url).await));
+    }
+    let tool = format!("{SERVER}_echo");
+    let every = Duration::from_secs_f64(concurrency as f64 / rate as f64);
+    let calls_each = 20;
+    round(&direct, "echo", concurrency * 5).await;
+    round(&through, &tool, concurrency * 5).await;
+    let (mut d_ms, mut g_ms) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        d_ms.extend(paced_round(&direct, "echo", every, calls_each).await);
+        g_ms.extend(paced_round(&through, &tool, every, calls_each).await);
+    }
+    d_ms.sort_by(f64::total_cmp);
+    g_ms.sort_by(f64::total_cmp);
+    let (d50, d99) = (percentile(&d_ms, 0.5), percentile(&d_ms, 0.99));
+    let (g50, g99) = (percentile(&g_ms, 0.5), percentile(&g_ms, 0.99));
+    println!(
+        "{concurrency:>3} clients paced at {rate} calls/s in all, {} calls each way: direct p50 {d50:.3} ms p99 {d99:.3} ms; through the gateway p50 {g50:.3} ms p99 {g99:.3} ms; added p50 {:.3} ms p99 {:.3} ms",
+        g_ms.len(),
+        g50 - d50,
+        g99 - d99,
+    );
+    for c in direct.into_iter().chain(through) {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            let _ = c.cancel().await;
+        }
+    }
+}
+
 async fn upgrades_under_load(
     agent: &Agent,
     repo: &common::kit::git::ManifestRepo,
@@ -376,7 +453,10 @@ async fn main() {
     let calls = env("BENCH_CALLS", 4000);
     let upgrades = env("BENCH_UPGRADES", 20);
     let example = common::release_example();
-    let bin = common::release_agent();
+    // Another build of the agent (an earlier commit's, to compare gateways on one machine).
+    let bin = std::env::var_os("BENCH_AGENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(common::release_agent);
     let dir = tempfile::tempdir().unwrap();
     let trust = dir.path().join("trust.yaml");
     std::fs::write(
@@ -407,6 +487,7 @@ async fn main() {
     );
     overhead(&endpoint, &gateway, 1, calls / 2).await;
     overhead(&endpoint, &gateway, 100, calls).await;
+    paced_overhead(&endpoint, &gateway, 100, env("BENCH_PACED_RATE", 1000)).await;
     transition_to_routing(&agent, 5).await;
     upgrades_under_load(&agent, &repo, &example, upgrades).await;
     memory_per_session(&agent, 1000).await;

@@ -55,6 +55,8 @@ pub struct Backend {
     /// Calls sent on this session since it opened.
     pub sent: Arc<std::sync::atomic::AtomicU64>,
     pub peer: Peer<RoleClient>,
+    /// The short way of a call to it, for a backend on a revision with sessions.
+    pub direct: Option<Arc<super::forward::Direct>>,
     /// The MCP revision the backend agreed on with the gateway.
     pub protocol_version: Option<String>,
     /// What it offers, shared by every clone: every call checks a backend out, which is
@@ -98,6 +100,18 @@ impl Offered {
 }
 
 impl Backend {
+    /// Calls a tool of this backend: the short way when it has one (`forward`), through
+    /// its rmcp session otherwise.
+    pub async fn call_tool(
+        &self,
+        params: rmcp::model::CallToolRequestParams,
+    ) -> Result<rmcp::model::CallToolResponse, ServiceError> {
+        match &self.direct {
+            Some(direct) => direct.call_tool(params).await,
+            None => self.peer.call_tool_once(params).await,
+        }
+    }
+
     /// The tools served under `server`'s names, each with its gateway name; a tool whose
     /// gateway name another of its tools took (see `naming`) is left out.
     pub fn served<'a>(&'a self, server: &'a str) -> impl Iterator<Item = (String, &'a Tool)> {
@@ -863,7 +877,8 @@ async fn open(
         instance: instance.to_owned(),
         refresh,
     };
-    let session = connect_session(http, endpoint, listener.clone()).await?;
+    let (recording, session_id) = http.for_session();
+    let session = connect_session(recording, endpoint, listener.clone()).await?;
     let modern = session
         .peer()
         .peer_info()
@@ -881,6 +896,15 @@ async fn open(
         .await
         .map_err(|e| crate::error_text::chain(&e))?;
     let offer = Arc::new(Offered::named(server, offer));
+    let direct = peer.peer_info().and_then(|info| {
+        super::forward::Direct::new(
+            http,
+            endpoint,
+            session_id.get().cloned(),
+            &info.protocol_version,
+        )
+        .map(Arc::new)
+    });
     static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Backend {
         session: SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -890,6 +914,7 @@ async fn open(
         sent: Arc::default(),
         protocol_version: peer.peer_info().map(|i| i.protocol_version.to_string()),
         peer,
+        direct,
         offer,
         _session: Arc::new((session, listening.drop_guard())),
     })

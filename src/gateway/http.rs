@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ const MAX_ERROR_BYTES: usize = 64 * 1024;
 #[derive(Clone, Default)]
 pub struct BackendHttp {
     pool: Arc<Pool>,
+    /// Where the session id a server hands out is kept, for the client of one session.
+    session: Option<Arc<OnceLock<Arc<str>>>>,
 }
 
 /// A connection's sending half.
@@ -118,6 +120,17 @@ impl BackendHttpError {
 type Failure = StreamableHttpError<BackendHttpError>;
 
 impl BackendHttp {
+    /// This client for one session: the id the server gives it is kept in the returned
+    /// cell (the gateway posts calls on that session itself, `forward`).
+    pub fn for_session(&self) -> (BackendHttp, Arc<OnceLock<Arc<str>>>) {
+        let cell = Arc::new(OnceLock::new());
+        let client = BackendHttp {
+            pool: self.pool.clone(),
+            session: Some(cell.clone()),
+        };
+        (client, cell)
+    }
+
     /// Sends `request` to `host` on a kept connection, or a new one.
     async fn send(
         &self,
@@ -403,9 +416,12 @@ impl StreamableHttpClient for BackendHttp {
             .map_err(StreamableHttpError::Client)?;
         let status = response.status();
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
+            // Read to its (empty) end, so the connection is kept.
+            let _ = read_body(response, MAX_ERROR_BYTES).await;
             return Ok(StreamableHttpPostResponse::Accepted);
         }
         if status == StatusCode::NOT_FOUND && session_id.is_some() {
+            let _ = read_body(response, MAX_ERROR_BYTES).await;
             return Err(StreamableHttpError::SessionExpired);
         }
         if !status.is_success() {
@@ -433,6 +449,9 @@ impl StreamableHttpClient for BackendHttp {
             .get(HEADER_SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if let (Some(cell), Some(id)) = (&self.session, &session) {
+            cell.get_or_init(|| id.as_str().into());
+        }
         let answers = !matches!(message, ClientJsonRpcMessage::Request(_));
         match content_type(&response) {
             Some(ct) if ct.starts_with(EVENT_STREAM_MIME_TYPE.as_bytes()) => {
@@ -527,5 +546,147 @@ impl StreamableHttpClient for BackendHttp {
                 other.map(|ct| String::from_utf8_lossy(ct).into_owned()),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmcp::model::{ClientNotification, InitializedNotification};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on 127.0.0.1 that answers one request per connection with `202` and
+    /// closes it when `close` is notified, without saying so (no `Connection: close`), as
+    /// a server whose idle timeout fires does; it counts the connections it accepted.
+    async fn one_shot_server(
+        close: Arc<tokio::sync::Notify>,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Up to the end of the headers, then the body its content-length names.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let text = String::from_utf8_lossy(&seen).to_lowercase();
+                let head_end = text.find("\r\n\r\n").unwrap() + 4;
+                let length: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let mut body = seen.len() - head_end;
+                while body < length {
+                    body += socket.read(&mut buf).await.unwrap();
+                }
+                socket
+                    .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                    .await
+                    .unwrap();
+                close.notified().await;
+                drop(socket);
+            }
+        });
+        (format!("http://{addr}/mcp"), accepted)
+    }
+
+    fn notification() -> ClientJsonRpcMessage {
+        ClientJsonRpcMessage::notification(ClientNotification::InitializedNotification(
+            InitializedNotification::default(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_server_closed_is_not_used_and_the_request_goes_once() {
+        let close = Arc::new(tokio::sync::Notify::new());
+        let (uri, accepted) = one_shot_server(close.clone()).await;
+        let http = BackendHttp::default();
+        let post = || {
+            http.post_message(
+                uri.clone().into(),
+                notification(),
+                None,
+                None,
+                HashMap::new(),
+            )
+        };
+        assert!(matches!(
+            post().await,
+            Ok(StreamableHttpPostResponse::Accepted)
+        ));
+        // The connection went back to the pool. The server closes it; wait until our side
+        // saw that, so the next request meets a closed kept connection, not a race.
+        let host = uri
+            .trim_start_matches("http://")
+            .trim_end_matches("/mcp")
+            .to_owned();
+        let kept = |closed: bool| {
+            let idle = http.pool.idle.lock().unwrap();
+            idle.get(&host)
+                .is_some_and(|kept| kept.len() == 1 && kept[0].0.is_closed() == closed)
+        };
+        assert!(kept(false), "the connection is kept");
+        close.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if kept(true) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the close was never seen");
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            post().await,
+            Ok(StreamableHttpPostResponse::Accepted)
+        ));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+        close.notify_one();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_request_never_sent() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = BackendHttp::default()
+            .post_message(
+                format!("http://127.0.0.1:{port}/mcp").into(),
+                notification(),
+                None,
+                None,
+                HashMap::new(),
+            )
+            .await
+            .expect_err("nobody listens");
+        assert!(
+            matches!(&e, StreamableHttpError::Client(c) if c.never_sent()),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_plain_http_urls_are_servers() {
+        let e = BackendHttp::default()
+            .post_message(
+                "https://127.0.0.1:1/mcp".into(),
+                notification(),
+                None,
+                None,
+                HashMap::new(),
+            )
+            .await
+            .expect_err("no TLS");
+        assert!(e.to_string().contains("not an http:// URL"), "{e}");
     }
 }

@@ -19,6 +19,7 @@
 
 mod backends;
 mod client;
+mod forward;
 mod http;
 mod metrics;
 pub mod naming;
@@ -258,6 +259,70 @@ mod tests {
         assert!(!never_delivered(&e), "{e:?}");
         stop.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    /// The short way of a call (`forward`) on a real session: it reaches the backend on
+    /// the session rmcp opened (the backend's own refusal comes back as its error), and
+    /// its failures read as the session's would: a session the backend does not know is
+    /// expired, a closed port is a call never delivered.
+    #[tokio::test]
+    async fn the_short_way_of_a_call_uses_the_session_and_reports_failures_alike() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, server) = serve_empty(listener);
+        let uri = format!("http://{addr}/mcp");
+        let (http, session_id) = BackendHttp::default().for_session();
+        let mut config = StreamableHttpClientTransportConfig::with_uri(uri.clone());
+        config.reinit_on_expired_session = false;
+        let session = ()
+            .serve(StreamableHttpClientTransport::with_client(
+                http.clone(),
+                config,
+            ))
+            .await
+            .expect("a session");
+        let version = session.peer().peer_info().unwrap().protocol_version.clone();
+        let id = session_id
+            .get()
+            .cloned()
+            .expect("the server named the session");
+        let direct = forward::Direct::new(http.clone(), &uri, Some(id), &version)
+            .expect("a revision with sessions");
+        for _ in 0..3 {
+            // The server has no tools: its own answer, on a kept connection after the first.
+            match direct
+                .call_tool(CallToolRequestParams::new("anything"))
+                .await
+            {
+                Err(rmcp::ServiceError::McpError(e)) => assert!(!e.message.is_empty()),
+                other => panic!("not the backend's refusal: {other:?}"),
+            }
+        }
+        let stranger =
+            forward::Direct::new(http.clone(), &uri, Some("unknown".into()), &version).unwrap();
+        let e = stranger
+            .call_tool(CallToolRequestParams::new("anything"))
+            .await
+            .expect_err("the session is unknown");
+        assert!(session_expired(&e), "{e:?}");
+        assert!(!never_delivered(&e), "{e:?}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        let e = direct
+            .call_tool(CallToolRequestParams::new("anything"))
+            .await
+            .expect_err("nobody listens");
+        assert!(never_delivered(&e), "{e:?}");
+        assert!(
+            forward::Direct::new(
+                http,
+                &uri,
+                None,
+                &rmcp::model::ProtocolVersion::V_2026_07_28
+            )
+            .is_none(),
+            "2026-07-28 needs its own request headers"
+        );
     }
 
     /// An MCP server without tools at `/mcp` on `listener`, until the token is cancelled.

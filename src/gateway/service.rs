@@ -589,7 +589,7 @@ impl ServerHandler for Gateway {
         let mut params = request;
         params.name = backend_name.into();
         let started = std::time::Instant::now();
-        let mut first = backend.peer.call_tool_once(params.clone()).await;
+        let mut first = backend.call_tool(params.clone()).await;
         // A replica that did not take the call (its node went away before its next probe,
         // or it forgot the session): once to the routed task, which then stands for it.
         if backend.replica
@@ -603,7 +603,7 @@ impl ServerHandler for Gateway {
             debug!(%server, replica = %backend.endpoint, error = %crate::error_text::chain(e), "the call goes to the routed task");
             self.metrics.rerouted();
             (backend, in_flight) = (routed, guard);
-            first = backend.peer.call_tool_once(params.clone()).await;
+            first = backend.call_tool(params.clone()).await;
         }
         let answer = match first {
             Err(e) if never_delivered(&e) || session_expired(&e) => {
@@ -635,7 +635,7 @@ impl ServerHandler for Gateway {
                 };
                 self.metrics.rerouted();
                 params.name = next_name.into();
-                match next.peer.call_tool_once(params).await {
+                match next.call_tool(params).await {
                     Err(again) if never_delivered(&again) || session_expired(&again) => {
                         self.metrics.call(server, Outcome::Unreachable, None);
                         return Ok(not_run(server, &again));

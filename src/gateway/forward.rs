@@ -1,0 +1,220 @@
+//! The short way of a `tools/call` to a backend: posted on the gateway's session with it
+//! by the handler's own task, and its answer read from the reply, without going through
+//! rmcp's client session. That session is one event loop per backend, so every client's
+//! call to a server went through it and its channels (five task hops a call); under
+//! load that loop was the gateway's bottleneck (BENCHMARKS.md, "The MCP gateway").
+//!
+//! Only for a backend on a revision with sessions (up to 2025-11-25), whose requests need
+//! nothing but the session id and the revision header; a backend on 2026-07-28 is called
+//! through its rmcp session, which adds that revision's request headers. The request ids
+//! are far from the ones rmcp's session numbers its own requests with, so the two never
+//! meet in the backend's bookkeeping.
+//!
+//! A failure before the request reached the backend is reported as rmcp's session would
+//! report it (`service::never_delivered`, `service::session_expired` read both alike);
+//! anything after, including an answer stream that broke off and could not be resumed,
+//! is a call that may have run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use hyper::http::{HeaderName, HeaderValue};
+use rmcp::ServiceError;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest,
+    ClientResult, EmptyResult, ErrorCode, ErrorData, NumberOrString, ServerJsonRpcMessage,
+    ServerRequest, ServerResult,
+};
+use rmcp::transport::DynamicTransportError;
+use rmcp::transport::streamable_http_client::{
+    SseError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
+};
+use sse_stream::Sse;
+
+use super::http::{BackendHttp, BackendHttpError};
+
+/// Where the ids of the gateway's own requests start (rmcp's session counts from 0).
+const FIRST_ID: i64 = 1 << 40;
+/// How often an answer stream that ended without the answer is resumed.
+const RESUMES: usize = 3;
+/// The longest wait before a resumption a server may ask for (its `retry`).
+const MAX_RESUME_WAIT: Duration = Duration::from_secs(1);
+
+/// How to post to one backend session.
+pub struct Direct {
+    http: BackendHttp,
+    uri: Arc<str>,
+    session: Option<Arc<str>>,
+    /// `mcp-protocol-version`, as the session's revision.
+    headers: HashMap<HeaderName, HeaderValue>,
+    next_id: AtomicI64,
+}
+
+type Failure = StreamableHttpError<BackendHttpError>;
+
+impl Direct {
+    /// Posting to the session `session` (none for a backend without sessions) at `uri`,
+    /// on `protocol_version`; `None` for a revision that needs more than that.
+    pub fn new(
+        http: BackendHttp,
+        uri: &str,
+        session: Option<Arc<str>>,
+        protocol_version: &rmcp::model::ProtocolVersion,
+    ) -> Option<Direct> {
+        if !protocol_version.has_initialize() {
+            return None;
+        }
+        let version = HeaderValue::from_str(protocol_version.as_str()).ok()?;
+        Some(Direct {
+            http,
+            uri: uri.into(),
+            session,
+            headers: HashMap::from([(HeaderName::from_static("mcp-protocol-version"), version)]),
+            next_id: AtomicI64::new(FIRST_ID),
+        })
+    }
+
+    /// Calls the tool `params` names, as `Peer::call_tool_once` would.
+    pub async fn call_tool(
+        &self,
+        params: CallToolRequestParams,
+    ) -> Result<CallToolResponse, ServiceError> {
+        let id = NumberOrString::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let request = ClientJsonRpcMessage::request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            id.clone(),
+        );
+        let posted = self.post(request).await.map_err(transport_failure)?;
+        let answer = match posted {
+            StreamableHttpPostResponse::Json(message, _) => Some(message),
+            StreamableHttpPostResponse::Sse(stream, _) => self.read(stream, &id).await?,
+            _ => None,
+        };
+        match answer {
+            Some(ServerJsonRpcMessage::Response(r)) if r.id == id => match r.result {
+                ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
+                ServerResult::InputRequiredResult(result) => {
+                    Ok(CallToolResponse::InputRequired(result))
+                }
+                ServerResult::CreateTaskResult(result) => Ok(CallToolResponse::Task(result)),
+                _ => Err(ServiceError::UnexpectedResponse),
+            },
+            Some(ServerJsonRpcMessage::Error(e)) => Err(ServiceError::McpError(e.error)),
+            _ => Err(ServiceError::UnexpectedResponse),
+        }
+    }
+
+    async fn post(
+        &self,
+        message: ClientJsonRpcMessage,
+    ) -> Result<StreamableHttpPostResponse, Failure> {
+        self.http
+            .post_message(
+                self.uri.clone(),
+                message,
+                self.session.clone(),
+                None,
+                self.headers.clone(),
+            )
+            .await
+    }
+
+    /// Reads `stream` (and its resumptions) up to the answer to `id`; `None` when it ended
+    /// without one.
+    async fn read(
+        &self,
+        mut stream: BoxStream<'static, Result<Sse, SseError>>,
+        id: &NumberOrString,
+    ) -> Result<Option<ServerJsonRpcMessage>, ServiceError> {
+        let mut last_event = None;
+        let mut wait = Duration::ZERO;
+        for resumed in 0..=RESUMES {
+            if resumed > 0 {
+                // 2025-11-25 lets a server close the stream of a long call and have the
+                // client come back for the rest with the id of the last event it saw.
+                let Some(from) = last_event.clone() else {
+                    return Ok(None);
+                };
+                tokio::time::sleep(wait).await;
+                stream = self
+                    .http
+                    .get_stream(
+                        self.uri.clone(),
+                        self.session.clone(),
+                        Some(from),
+                        None,
+                        self.headers.clone(),
+                    )
+                    .await
+                    .map_err(|e| broke_off(&e))?;
+            }
+            while let Some(event) = stream.next().await {
+                let event = event.map_err(|e| broke_off(&e))?;
+                if event.id.is_some() {
+                    last_event = event.id;
+                }
+                if let Some(ms) = event.retry {
+                    wait = Duration::from_millis(ms).min(MAX_RESUME_WAIT);
+                }
+                let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+                    continue;
+                };
+                match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
+                    Ok(ServerJsonRpcMessage::Response(r)) if r.id == *id => {
+                        return Ok(Some(ServerJsonRpcMessage::Response(r)));
+                    }
+                    Ok(ServerJsonRpcMessage::Error(e)) if e.id.as_ref() == Some(id) => {
+                        return Ok(Some(ServerJsonRpcMessage::Error(e)));
+                    }
+                    Ok(ServerJsonRpcMessage::Request(r)) => self.answer(r.id, &r.request).await,
+                    // Progress and other notifications of the call are the gateway's to
+                    // drop, as its rmcp session does.
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Answers a request the backend sent in the middle of a call: a ping with an empty
+    /// result, anything else (the gateway offers backends no capability) as unknown.
+    async fn answer(&self, id: NumberOrString, request: &ServerRequest) {
+        let reply = match request {
+            ServerRequest::PingRequest(_) => {
+                ClientJsonRpcMessage::response(ClientResult::EmptyResult(EmptyResult {}), id)
+            }
+            _ => ClientJsonRpcMessage::error(
+                ErrorData::new(
+                    ErrorCode::METHOD_NOT_FOUND,
+                    "the gateway offers its backends no client capability",
+                    None,
+                ),
+                Some(id),
+            ),
+        };
+        if let Err(e) = self.post(reply).await {
+            tracing::debug!(error = %e, "cannot answer a backend's request");
+        }
+    }
+}
+
+/// A transport failure, in the form rmcp's session reports one.
+fn transport_failure(e: Failure) -> ServiceError {
+    ServiceError::TransportSend(DynamicTransportError::from_parts(
+        "gateway",
+        std::any::TypeId::of::<Direct>(),
+        Box::new(e),
+    ))
+}
+
+/// The answer stream of a delivered request broke off: never a request that was not
+/// delivered, whatever the cause (a refused resumption included).
+fn broke_off(e: &dyn std::fmt::Display) -> ServiceError {
+    transport_failure(Failure::UnexpectedServerResponse(
+        format!("the answer stream broke off: {e}").into(),
+    ))
+}
