@@ -103,22 +103,32 @@ pub enum Outcome {
     Stopped,
 }
 
-/// The HTTP client deliveries share (no redirects, a timeout per try).
+/// The HTTP client deliveries share (no redirects, a timeout per try), built at the first
+/// delivery: building it initialises the TLS library, 2.5 MiB of resident memory an agent
+/// without subscriptions should not carry (BENCHMARKS.md, "Start-up and idle memory").
 #[derive(Clone)]
 pub struct Sender {
-    client: reqwest::Client,
+    client: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
     pub retry: Retry,
 }
 
 impl Sender {
     pub fn new(retry: Retry) -> Sender {
-        let client = reqwest::Client::builder()
-            .timeout(ATTEMPT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            // Only a broken TLS backend fails here; the default client has the same one.
-            .unwrap_or_default();
-        Sender { client, retry }
+        Sender {
+            client: std::sync::Arc::default(),
+            retry,
+        }
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(ATTEMPT_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                // Only a broken TLS backend fails here; the default client has the same one.
+                .unwrap_or_default()
+        })
     }
 
     /// Tries `out` until it is delivered, every try failed, or `stop` is cancelled.
@@ -147,7 +157,7 @@ impl Sender {
 
     async fn try_once(&self, out: &Outgoing, attempt: u32) -> Result<(), String> {
         let mut request = self
-            .client
+            .client()
             .post(&out.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(DELIVERY_HEADER, &out.delivery_id)
