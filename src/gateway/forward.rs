@@ -15,14 +15,12 @@
 //! anything after, including an answer stream that broke off and could not be resumed,
 //! is a call that may have run.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use super::http::{BackendHttp, BackendHttpError, Events, Headers};
 use futures::StreamExt;
-use futures::stream::BoxStream;
-use hyper::http::{HeaderName, HeaderValue};
 use rmcp::ServiceError;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest,
@@ -31,11 +29,8 @@ use rmcp::model::{
 };
 use rmcp::transport::DynamicTransportError;
 use rmcp::transport::streamable_http_client::{
-    SseError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
+    StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
 };
-use sse_stream::Sse;
-
-use super::http::{BackendHttp, BackendHttpError};
 
 /// Where the ids of the gateway's own requests start (rmcp's session counts from 0).
 const FIRST_ID: i64 = 1 << 40;
@@ -50,7 +45,7 @@ pub struct Direct {
     uri: Arc<str>,
     session: Option<Arc<str>>,
     /// `mcp-protocol-version`, as the session's revision.
-    headers: HashMap<HeaderName, HeaderValue>,
+    headers: Headers,
     next_id: AtomicI64,
 }
 
@@ -68,12 +63,11 @@ impl Direct {
         if !protocol_version.has_initialize() {
             return None;
         }
-        let version = HeaderValue::from_str(protocol_version.as_str()).ok()?;
         Some(Direct {
             http,
             uri: uri.into(),
             session,
-            headers: HashMap::from([(HeaderName::from_static("mcp-protocol-version"), version)]),
+            headers: super::http::revision_header(protocol_version.as_str())?,
             next_id: AtomicI64::new(FIRST_ID),
         })
     }
@@ -127,7 +121,7 @@ impl Direct {
     /// without one.
     async fn read(
         &self,
-        mut stream: BoxStream<'static, Result<Sse, SseError>>,
+        mut stream: Events,
         id: &NumberOrString,
     ) -> Result<Option<ServerJsonRpcMessage>, ServiceError> {
         let mut last_event = None;

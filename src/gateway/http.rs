@@ -119,6 +119,22 @@ impl BackendHttpError {
 
 type Failure = StreamableHttpError<BackendHttpError>;
 
+/// Extra headers of a request, as rmcp hands them to a client.
+pub type Headers = HashMap<HeaderName, HeaderValue>;
+
+/// The events of an answer stream.
+pub type Events = BoxStream<'static, Result<Sse, SseError>>;
+
+/// The header a request on a session of `revision` carries; `None` for a revision that
+/// is not a header value.
+pub fn revision_header(revision: &str) -> Option<Headers> {
+    let value = HeaderValue::from_str(revision).ok()?;
+    Some(HashMap::from([(
+        HeaderName::from_static("mcp-protocol-version"),
+        value,
+    )]))
+}
+
 impl BackendHttp {
     /// This client for one session: the id the server gives it is kept in the returned
     /// cell (the gateway posts calls on that session itself, `forward`).

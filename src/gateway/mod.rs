@@ -27,6 +27,7 @@ mod profiles;
 mod route;
 mod service;
 mod sessions;
+mod shortcut;
 mod spread;
 mod status;
 
@@ -116,12 +117,17 @@ pub fn router(
         access.keys_required,
         shutdown.clone(),
     ));
-    let mcp = service::http_service(
+    let mcp = shortcut::Endpoint::new(
+        service::http_service(
+            gateway.clone(),
+            sessions.clone(),
+            store,
+            access.keys_required,
+            shutdown,
+        ),
         gateway,
         sessions.clone(),
-        store,
         access.keys_required,
-        shutdown,
     );
     let gauges = status::Gauges {
         control,

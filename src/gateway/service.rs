@@ -533,6 +533,19 @@ impl ServerHandler for Gateway {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        self.call(request, super::client_session(&context)).await
+    }
+}
+
+impl Gateway {
+    /// A `tools/call` of the client session `client_session` (none on a revision without
+    /// sessions): routed by the backend's health to its instance. Both ways a call comes
+    /// in (rmcp's session, `shortcut`) end here.
+    pub(super) async fn call(
+        &self,
+        request: CallToolRequestParams,
+        client_session: Option<&str>,
+    ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let unknown = || {
             ErrorData::invalid_params(
@@ -553,7 +566,7 @@ impl ServerHandler for Gateway {
         let healthy = super::spread::healthy_endpoints(&view);
         let checked_out = self.backends.checkout_for(
             server,
-            super::spread::affinity(super::client_session(&context)),
+            super::spread::affinity(client_session),
             |endpoint| {
                 crate::runtime::endpoint_addr(endpoint).is_some_and(|a| healthy.contains(&a))
             },

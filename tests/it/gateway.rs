@@ -1009,3 +1009,126 @@ async fn of_five_servers_one_goes_unhealthy_within_the_detection_bound_and_the_o
     }
     assert!(!client.is_closed(), "one client session throughout");
 }
+
+/// A `tools/call` on an open session is answered by the gateway's shortcut as JSON; what
+/// it is not sure of goes to rmcp and is answered as before: another method (a stream),
+/// a session nobody opened (404), a `Host` that is not this machine's (refused as DNS
+/// rebinding), an `Accept` without both types (406).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_on_an_open_session_is_answered_as_json_and_anything_else_as_before() {
+    let (_repo, agent, url) = fleet(&["quick"], Options::default()).await;
+    eventually(DEADLINE, "the gateway lists quick's tools", || async {
+        let b: Value = reqwest::get(url.replace("/mcp", "/backends"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (b["backends"][0]["tools"].as_array()?.len() >= 3).then_some(())
+    })
+    .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let both = "application/json, text/event-stream";
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-11-25", "capabilities": {},
+                    "clientInfo": { "name": "t", "version": "0" } }
+    });
+    let opened = http
+        .post(&url)
+        .header("accept", both)
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = opened.bytes().await;
+    let post = |body: Value, accept: &'static str, host: Option<String>| {
+        let mut request = http
+            .post(&url)
+            .header("accept", accept)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body);
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        request.send()
+    };
+    let initialized = post(
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        both,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(initialized.status(), 202);
+    let echo = |id: u64| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": { "name": "quick_echo", "arguments": { "text": "shortcut" } } })
+    };
+
+    let answered = post(echo(2), both, None).await.unwrap();
+    assert_eq!(answered.status(), 200);
+    assert_eq!(answered.headers()["content-type"], "application/json");
+    let body: Value = answered.json().await.unwrap();
+    assert_eq!(body["id"], 2);
+    assert_eq!(body["result"]["content"][0]["text"], "shortcut", "{body}");
+
+    // A tool nobody offers: the gateway's own error, as JSON-RPC.
+    let unknown = post(
+        json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": { "name": "quick_nothing", "arguments": {} } }),
+        both,
+        None,
+    )
+    .await
+    .unwrap();
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["id"], 3);
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+
+    // Another method: rmcp's stream, as before.
+    let listed = post(
+        json!({ "jsonrpc": "2.0", "id": 4, "method": "tools/list" }),
+        both,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert!(
+        listed.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(listed.text().await.unwrap().contains("quick_echo"));
+
+    // Refused by rmcp in its words: a foreign Host, a missing Accept type.
+    let port = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/mcp");
+    let rebinding = post(echo(5), both, Some(format!("evil.example:{port}")))
+        .await
+        .unwrap();
+    assert_eq!(rebinding.status(), 403);
+    let json_only = post(echo(6), "application/json", None).await.unwrap();
+    assert_eq!(json_only.status(), 406);
+
+    // A session nobody opened.
+    let stranger = http
+        .post(&url)
+        .header("accept", both)
+        .header("mcp-session-id", "0123.4567")
+        .json(&echo(7))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stranger.status(), 404);
+    drop(agent);
+}

@@ -1,0 +1,227 @@
+//! The gateway's `/mcp` with a shortcut for its hot path: a `tools/call` on an open
+//! session (revisions up to 2025-11-25) is answered here, with `application/json`, by the
+//! same `Gateway::call` rmcp's handler uses, without passing through rmcp's session
+//! worker and its event stream (three task hops and a stream per call, most of the
+//! gateway's own work per call: BENCHMARKS.md, "The MCP gateway"). The spec lets a server
+//! answer a POSTed request with JSON or with a stream; the gateway sends no notification
+//! in the middle of a call, so nothing is lost.
+//!
+//! Everything else goes to rmcp unchanged, and so does any request the shortcut is not
+//! sure of: another method, a batch, a body without a declared length or over the limit,
+//! a session rmcp does not hold open (rmcp restores one the agent signed before a restart,
+//! or answers 404), a `Host` rmcp would refuse (DNS rebinding), a revision header that is
+//! not a revision with sessions, an `Accept` without both types. So what a client can be
+//! refused, it is refused by rmcp, in rmcp's words.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use rmcp::model::{
+    CallToolRequestParams, NumberOrString, ProtocolVersion, ServerJsonRpcMessage, ServerResult,
+};
+use rmcp::transport::streamable_http_server::SessionManager;
+use serde::Deserialize;
+
+use super::service::{Gateway, HttpService, Sessions};
+
+/// `/mcp`: the shortcut in front of rmcp's service.
+#[derive(Clone)]
+pub struct Endpoint {
+    rmcp: HttpService,
+    gateway: Gateway,
+    sessions: Arc<Sessions>,
+    /// Whether any `Host` is served (keys are required), as rmcp's service is configured.
+    any_host: bool,
+}
+
+impl Endpoint {
+    pub fn new(
+        rmcp: HttpService,
+        gateway: Gateway,
+        sessions: Arc<Sessions>,
+        any_host: bool,
+    ) -> Endpoint {
+        Endpoint {
+            rmcp,
+            gateway,
+            sessions,
+            any_host,
+        }
+    }
+
+    async fn handle(mut self, request: Request<Body>) -> Response<Body> {
+        let Some(session) = self.eligible(request.headers(), request.method()) else {
+            return self.pass_on(request).await;
+        };
+        let (parts, body) = request.into_parts();
+        // The declared length was checked against the limit; a body longer than declared
+        // is hyper's to refuse.
+        let bytes = match body.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return plain(StatusCode::BAD_REQUEST, "Bad Request: unreadable body"),
+        };
+        // A request naming its revision in `_meta` (2026-07-28's way) is rmcp's to judge;
+        // looking for the word is enough to leave every such request to it.
+        let per_request_revision = bytes.windows(15).any(|w| w == b"protocolVersion");
+        let call = serde_json::from_slice::<Call>(&bytes)
+            .ok()
+            .filter(|c| c.jsonrpc == "2.0" && c.method == "tools/call" && !per_request_revision);
+        let Some(call) = call else {
+            return self
+                .pass_on(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        };
+        if !self
+            .sessions
+            .has_session(&session.as_str().into())
+            .await
+            .unwrap_or(false)
+        {
+            return self
+                .pass_on(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        }
+        let message = match self.gateway.call(call.params, Some(&session)).await {
+            Ok(answer) => ServerJsonRpcMessage::response(ServerResult::from(answer), call.id),
+            Err(e) => ServerJsonRpcMessage::error(e, Some(call.id)),
+        };
+        match serde_json::to_vec(&message) {
+            Ok(json) => Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(json))
+                .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "")),
+            Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "the answer is not JSON"),
+        }
+    }
+
+    /// The session a request can take the shortcut on, when its headers allow it.
+    fn eligible(&self, headers: &HeaderMap, method: &Method) -> Option<String> {
+        if method != Method::POST {
+            return None;
+        }
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let session = text("mcp-session-id")?;
+        let length: usize = text("content-length")?.parse().ok()?;
+        if length > crate::api::BODY_LIMIT {
+            return None;
+        }
+        let json = |v: &str| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        };
+        if !text("content-type").is_some_and(json) {
+            return None;
+        }
+        let accepts = |wanted: &str| {
+            headers.get_all(header::ACCEPT).iter().any(|v| {
+                v.to_str().is_ok_and(|v| {
+                    v.split(',').any(|t| {
+                        t.split(';')
+                            .next()
+                            .is_some_and(|t| t.trim().eq_ignore_ascii_case(wanted))
+                    })
+                })
+            })
+        };
+        if !accepts("application/json") || !accepts("text/event-stream") {
+            return None;
+        }
+        if let Some(version) = text("mcp-protocol-version") {
+            let version: ProtocolVersion =
+                serde_json::from_value(serde_json::Value::String(version.to_owned())).ok()?;
+            if !version.has_initialize() || !ProtocolVersion::KNOWN_VERSIONS.contains(&version) {
+                return None;
+            }
+        }
+        if !self.any_host && !loopback_host(text("host")?) {
+            return None;
+        }
+        Some(session.to_owned())
+    }
+
+    async fn pass_on(&mut self, request: Request<Body>) -> Response<Body> {
+        use tower_service::Service;
+        match self.rmcp.call(request).await {
+            Ok(response) => response.map(Body::new),
+            Err(never) => match never {},
+        }
+    }
+}
+
+impl tower_service::Service<Request<Body>> for Endpoint {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let endpoint = self.clone();
+        Box::pin(async move { Ok(endpoint.handle(request).await) })
+    }
+}
+
+/// What the shortcut reads of a request: a single JSON-RPC `tools/call`.
+#[derive(Deserialize)]
+struct Call {
+    jsonrpc: String,
+    id: NumberOrString,
+    method: String,
+    params: CallToolRequestParams,
+}
+
+/// Whether `host` (a `Host` header) names this machine as rmcp's default allows:
+/// `localhost`, `127.0.0.1` or `[::1]`, with any port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "::1"
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machines_names_are_loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST:7071",
+            "127.0.0.1",
+            "127.0.0.1:7071",
+            "[::1]:7071",
+            "[::1]",
+        ] {
+            assert!(loopback_host(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            "127.0.0.1.example.com:80",
+            "localhost.evil:7071",
+            "10.0.0.1:7071",
+            "[::2]:1",
+            "",
+        ] {
+            assert!(!loopback_host(host), "{host}");
+        }
+    }
+}
