@@ -8,6 +8,7 @@
 //!     cargo bench --bench startup
 //!     BENCH_RUNS=20 BENCH_BASELINE_BIN=/tmp/old-mcp-orchestration cargo bench --bench startup
 //!     BENCH_GATEWAY_LISTEN=off cargo bench --bench startup    # the gateway off
+//!     BENCH_SMAPS=1 cargo bench --bench startup     # and what the resident memory maps
 //!
 //! With `BENCH_BASELINE_BIN` the two binaries run alternately in the same run, so both see
 //! the same machine.
@@ -99,6 +100,9 @@ fn start_once(bin: &Path, repo: &Path, trust: &Path, dir: &Path) -> Start {
     };
     std::thread::sleep(IDLE);
     let rss_kib = status_kib(&child.id().to_string(), "VmRSS");
+    if std::env::var_os("BENCH_SMAPS").is_some() {
+        print_smaps(child.id());
+    }
     let _ = child.kill();
     let _ = child.wait();
     // The process runtime leaves the fleet running on purpose when the agent exits.
@@ -108,6 +112,31 @@ fn start_once(bin: &Path, repo: &Path, trust: &Path, dir: &Path) -> Start {
         applied,
         rss_kib,
     }
+}
+
+/// The resident memory of `pid` by what it maps (a file, or anonymous), largest first.
+fn print_smaps(pid: u32) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first().is_some_and(|f| f.contains('-')) && fields.len() >= 5 {
+            current = fields.get(5).map_or("[anonymous]", |p| p).to_owned();
+        } else if fields.first() == Some(&"Rss:") {
+            *by.entry(current.clone()).or_default() += fields
+                .get(1)
+                .and_then(|k| k.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    let mut by: Vec<_> = by.into_iter().filter(|(_, kib)| *kib >= 256).collect();
+    by.sort_by_key(|(_, kib)| std::cmp::Reverse(*kib));
+    let parts: Vec<String> = by
+        .iter()
+        .map(|(what, kib)| format!("{what} {:.1} MiB", *kib as f64 / 1024.0))
+        .collect();
+    println!("  resident: {}", parts.join(", "));
 }
 
 fn report(name: &str, runs: &[Start]) {

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::backends::Backends;
-use super::service::{Gateway, HttpService, Scope, Sessions, http_service, open_sessions};
+use super::service::{Gateway, Scope, Sessions, http_service, open_sessions};
 use super::sessions::{SessionFiles, SessionKey};
+use super::shortcut::Endpoint;
 use crate::api::ApiError;
 use crate::fleet::ControlError;
 use crate::manifest::{DEFAULT_PROFILE, Profile};
@@ -35,7 +36,7 @@ pub struct Endpoints {
     any_host: bool,
     shutdown: CancellationToken,
     /// Std lock: held only to look up or insert, never across an await.
-    services: Mutex<HashMap<Scope, (HttpService, Arc<Sessions>)>>,
+    services: Mutex<HashMap<Scope, (Endpoint, Arc<Sessions>)>>,
 }
 
 impl Endpoints {
@@ -60,7 +61,7 @@ impl Endpoints {
 
     /// The service of `scope`, made now if this is the first request for it. `default`
     /// is the whole fleet.
-    async fn service(&self, scope: &Scope) -> std::io::Result<HttpService> {
+    async fn service(&self, scope: &Scope) -> std::io::Result<Endpoint> {
         if let Some((service, _)) = self.services().get(scope) {
             return Ok(service.clone());
         }
@@ -75,19 +76,24 @@ impl Endpoints {
             Scope::Profile(id) if id == DEFAULT_PROFILE => self.gateway.clone(),
             _ => self.gateway.scoped(scope.clone()),
         };
-        let service = http_service(
+        let service = Endpoint::new(
+            http_service(
+                gateway.clone(),
+                sessions.clone(),
+                Arc::new(files),
+                self.any_host,
+                self.shutdown.clone(),
+            ),
             gateway,
             sessions.clone(),
-            Arc::new(files),
             self.any_host,
-            self.shutdown.clone(),
         );
         let mut services = self.services();
         let (service, _) = services.entry(scope.clone()).or_insert((service, sessions));
         Ok(service.clone())
     }
 
-    fn services(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, (HttpService, Arc<Sessions>)>> {
+    fn services(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, (Endpoint, Arc<Sessions>)>> {
         self.services
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -184,11 +190,7 @@ async fn serve(
         return ApiError::from(missing()).into_response();
     }
     match endpoints.service(&scope).await {
-        Ok(service) => service
-            .handle(request)
-            .await
-            .map(axum::body::Body::new)
-            .into_response(),
+        Ok(service) => service.handle(request).await.into_response(),
         Err(e) => ApiError::from(ControlError::Internal(format!(
             "cannot keep the sessions of {scope:?} in {}: {e}",
             endpoints.sessions_dir(&scope).display()

@@ -1,4 +1,5 @@
-//! The gateway's `/mcp` with a shortcut for its hot path: a `tools/call` on an open
+//! The gateway's `/mcp` (and each profile's and server's path) with a shortcut for its hot
+//! path: a `tools/call` on an open
 //! session (revisions up to 2025-11-25) is answered here, with `application/json`, by the
 //! same `Gateway::call` rmcp's handler uses, without passing through rmcp's session
 //! worker and its event stream (three task hops and a stream per call, most of the
@@ -53,7 +54,8 @@ impl Endpoint {
         }
     }
 
-    async fn handle(mut self, request: Request<Body>) -> Response<Body> {
+    /// Answers `request`, the shortcut's way or rmcp's.
+    pub async fn handle(mut self, request: Request<Body>) -> Response<Body> {
         let Some(session) = self.eligible(request.headers(), request.method()) else {
             return self.pass_on(request).await;
         };
