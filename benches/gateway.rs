@@ -172,13 +172,22 @@ async fn round(clients: &[Arc<Client>], tool: &str, calls: usize) -> (Vec<f64>, 
     (all, started.elapsed())
 }
 
-async fn overhead(direct_url: &str, gateway_url: &str, concurrency: usize, calls: usize) {
-    let mut direct = Vec::new();
-    let mut through = Vec::new();
-    for _ in 0..concurrency {
+/// `n` client sessions with the server directly and `n` through the gateway.
+async fn sessions(
+    direct_url: &str,
+    gateway_url: &str,
+    n: usize,
+) -> (Vec<Arc<Client>>, Vec<Arc<Client>>) {
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for _ in 0..n {
         direct.push(Arc::new(connect(direct_url).await));
         through.push(Arc::new(connect(gateway_url).await));
     }
+    (direct, through)
+}
+
+async fn overhead(direct_url: &str, gateway_url: &str, concurrency: usize, calls: usize) {
+    let (direct, through) = sessions(direct_url, gateway_url, concurrency).await;
     let tool = format!("{SERVER}_echo");
     // Warm both paths (connections, allocator, the backend's own session).
     round(&direct, "echo", concurrency * 20).await;
@@ -261,12 +270,7 @@ async fn paced_round(
 /// directly and through the gateway in alternating rounds: the latency the gateway adds
 /// when it is not queueing behind a saturated CPU.
 async fn paced_overhead(direct_url: &str, gateway_url: &str, concurrency: usize, rate: usize) {
-    let mut direct = Vec::new();
-    let mut through = Vec::new();
-    for _ in 0..concurrency {
-        direct.push(Arc::new(connect(direct_url).await));
-        through.push(Arc::new(connect(gateway_url).await));
-    }
+    let (direct, through) = sessions(direct_url, gateway_url, concurrency).await;
     let tool = format!("{SERVER}_echo");
     let every = Duration::from_secs_f64(concurrency as f64 / rate as f64);
     let calls_each = 20;
