@@ -43,6 +43,8 @@ use tokio::net::TcpStream;
 /// connection the server is closing at that instant cannot be told apart from one the
 /// server received.
 const IDLE_FOR: Duration = Duration::from_secs(2);
+/// How long a kept connection may take to be ready for the next request.
+const READY_WAIT: Duration = Duration::from_millis(20);
 /// Idle connections kept per server address.
 const IDLE_PER_HOST: usize = 64;
 /// The most of a JSON answer (or an error's body) that is read.
@@ -154,7 +156,14 @@ impl BackendHttp {
         mut request: Request<Full<Bytes>>,
     ) -> Result<Response<Returning>, BackendHttpError> {
         while let Some(mut sender) = self.pool.take(host) {
-            if sender.ready().await.is_err() {
+            // A connection whose last answer just ended is ready a moment later; one that
+            // is not ready by then is left (`try_send_request` would hand the request back).
+            if !sender.is_ready()
+                && !matches!(
+                    tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                    Ok(Ok(()))
+                )
+            {
                 continue;
             }
             match sender.try_send_request(request).await {
