@@ -117,6 +117,11 @@ pub fn router(
         access.keys_required,
         shutdown.clone(),
     ));
+    tasks.spawn(close_idle_sessions(
+        sessions.clone(),
+        endpoints.clone(),
+        shutdown.clone(),
+    ));
     let mcp = shortcut::Endpoint::new(
         service::http_service(
             gateway.clone(),
@@ -171,6 +176,28 @@ fn client_session(context: &rmcp::service::RequestContext<rmcp::RoleServer>) -> 
         .get("mcp-session-id")?
         .to_str()
         .ok()
+}
+
+/// How long a client session may go without a request before it is closed (rmcp's own
+/// default); its file stays, so its client's next request restores it.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Closes idle client sessions, once a minute, until `shutdown`.
+async fn close_idle_sessions(
+    sessions: Arc<service::Sessions>,
+    endpoints: Arc<profiles::Endpoints>,
+    shutdown: CancellationToken,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        sessions.close_idle(SESSION_IDLE).await;
+        endpoints.close_idle(SESSION_IDLE).await;
+    }
 }
 
 /// Tells the control layer how many tools each server contributes (`status` shows it),

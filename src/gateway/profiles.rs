@@ -112,6 +112,15 @@ impl Endpoints {
         }
     }
 
+    /// Closes the sessions on the profiles' paths no request named for `idle`.
+    pub async fn close_idle(&self, idle: std::time::Duration) {
+        let sessions: Vec<Arc<Sessions>> =
+            self.services().values().map(|(_, s)| s.clone()).collect();
+        for s in sessions {
+            s.close_idle(idle).await;
+        }
+    }
+
     /// Client sessions open on the profiles' paths.
     pub async fn open_sessions(&self) -> usize {
         let sessions: Vec<Arc<Sessions>> = self

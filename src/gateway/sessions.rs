@@ -124,14 +124,48 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub struct SignedSessions {
     inner: LocalSessionManager,
     key: SessionKey,
+    /// When a request last named each open session.
+    seen: std::sync::Mutex<std::collections::HashMap<SessionId, std::time::Instant>>,
 }
 
 impl SignedSessions {
     pub fn new(key: SessionKey) -> SignedSessions {
+        let mut inner = LocalSessionManager::default();
+        // rmcp's own idle timeout ends a session's worker but leaves the session in its
+        // map, where every later request on it fails; `close_idle` closes it instead.
+        inner.session_config.keep_alive = None;
         SignedSessions {
-            inner: LocalSessionManager::default(),
+            inner,
             key,
+            seen: std::sync::Mutex::default(),
         }
+    }
+
+    fn saw(&self, id: &SessionId) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), std::time::Instant::now());
+    }
+
+    /// Closes the sessions no request named for `idle` (the shortcut's calls count, which
+    /// never reach rmcp's session worker). A closed session's file stays: its client's
+    /// next request restores it, as after a restart. How many were closed.
+    pub async fn close_idle(&self, idle: Duration) -> usize {
+        let stale: Vec<SessionId> = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, at)| at.elapsed() >= idle)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &stale {
+            if let Err(e) = self.close_session(id).await {
+                warn!(error = %e, "cannot close an idle gateway session");
+            }
+        }
+        stale.len()
     }
 
     /// How many sessions are open in this process.
@@ -148,6 +182,7 @@ impl SessionManager for SignedSessions {
         let id: SessionId = self.key.sign().into();
         let (handle, worker) = create_local_session(id.clone(), self.inner.session_config.clone());
         self.inner.sessions.write().await.insert(id.clone(), handle);
+        self.saw(&id);
         Ok((id, WorkerTransport::spawn(worker)))
     }
 
@@ -160,10 +195,18 @@ impl SessionManager for SignedSessions {
     }
 
     async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
-        self.inner.has_session(id).await
+        let open = self.inner.has_session(id).await?;
+        if open {
+            self.saw(id);
+        }
+        Ok(open)
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.inner.close_session(id).await
     }
 
@@ -203,7 +246,9 @@ impl SessionManager for SignedSessions {
         id: SessionId,
     ) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
         // Only ever reached after `SessionFiles::load` vouched for the id.
-        self.inner.restore_session(id).await
+        let restored = self.inner.restore_session(id.clone()).await?;
+        self.saw(&id);
+        Ok(restored)
     }
 }
 
@@ -324,6 +369,23 @@ mod tests {
         ] {
             assert!(!key.signed(bad), "{bad}");
         }
+    }
+
+    /// A session no request named for the idle time is closed (gone from rmcp's map, so
+    /// the next request on it restores it from its file); one a request named is kept.
+    #[tokio::test]
+    async fn an_idle_session_is_closed_and_a_used_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SessionKey::load_or_create(&dir.path().join("key")).unwrap();
+        let sessions = SignedSessions::new(key);
+        let (id, _transport) = sessions.create_session().await.unwrap();
+        assert!(sessions.has_session(&id).await.unwrap());
+        assert_eq!(sessions.close_idle(Duration::from_secs(60)).await, 0);
+        assert!(sessions.has_session(&id).await.unwrap(), "used just now");
+        assert_eq!(sessions.close_idle(Duration::ZERO).await, 1);
+        assert!(!sessions.has_session(&id).await.unwrap(), "closed");
+        assert_eq!(sessions.open().await, 0);
+        assert_eq!(sessions.close_idle(Duration::ZERO).await, 0, "forgotten");
     }
 
     #[tokio::test]
