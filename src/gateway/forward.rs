@@ -36,6 +36,8 @@ use rmcp::transport::streamable_http_client::{
 const FIRST_ID: i64 = 1 << 40;
 /// How often an answer stream that ended without the answer is resumed.
 const RESUMES: usize = 3;
+/// How long the end of an answer stream is waited for after the answer.
+const FINISH_WAIT: Duration = Duration::from_secs(1);
 /// The longest wait before a resumption a server may ask for (its `retry`).
 const MAX_RESUME_WAIT: Duration = Duration::from_secs(1);
 
@@ -159,9 +161,11 @@ impl Direct {
                 };
                 match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
                     Ok(ServerJsonRpcMessage::Response(r)) if r.id == *id => {
+                        finish(stream);
                         return Ok(Some(ServerJsonRpcMessage::Response(r)));
                     }
                     Ok(ServerJsonRpcMessage::Error(e)) if e.id.as_ref() == Some(id) => {
+                        finish(stream);
                         return Ok(Some(ServerJsonRpcMessage::Error(e)));
                     }
                     Ok(ServerJsonRpcMessage::Request(r)) => self.answer(r.id, &r.request).await,
@@ -194,6 +198,18 @@ impl Direct {
             tracing::debug!(error = %e, "cannot answer a backend's request");
         }
     }
+}
+
+/// Reads what is left of an answer stream (its end follows the answer at once), so its
+/// connection goes back to the pool instead of being closed; a stream a server keeps
+/// open is given up after [`FINISH_WAIT`].
+fn finish(mut stream: Events) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(FINISH_WAIT, async {
+            while stream.next().await.is_some() {}
+        })
+        .await;
+    });
 }
 
 /// A transport failure, in the form rmcp's session reports one.

@@ -149,6 +149,13 @@ impl BackendHttp {
         (client, cell)
     }
 
+    /// How many connections to `host` (`ip:port`) are kept idle.
+    #[cfg(test)]
+    pub fn idle(&self, host: &str) -> usize {
+        let idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.get(host).map_or(0, Vec::len)
+    }
+
     /// Sends `request` to `host` on a kept connection, or a new one.
     async fn send(
         &self,
@@ -661,14 +668,7 @@ mod tests {
         };
         assert!(kept(false), "the connection is kept");
         close.notify_one();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if kept(true) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the close was never seen");
-            tokio::task::yield_now().await;
-        }
+        crate::gateway::tests::until("the close seen", || kept(true)).await;
         assert!(matches!(
             post().await,
             Ok(StreamableHttpPostResponse::Accepted)

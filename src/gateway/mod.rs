@@ -322,7 +322,7 @@ mod tests {
         let direct = forward::Direct::new(http.clone(), &uri, Some(id), &version)
             .expect("a revision with sessions");
         for _ in 0..3 {
-            // The server has no tools: its own answer, on a kept connection after the first.
+            // The server has no tools: its own answer.
             match direct
                 .call_tool(CallToolRequestParams::new("anything"))
                 .await
@@ -330,6 +330,10 @@ mod tests {
                 Err(rmcp::ServiceError::McpError(e)) => assert!(!e.message.is_empty()),
                 other => panic!("not the backend's refusal: {other:?}"),
             }
+            // The answer stream is read to its end, so its connection is kept for the
+            // next call.
+            let host = addr.to_string();
+            crate::gateway::tests::until("the connection kept", || http.idle(&host) > 0).await;
         }
         let stranger =
             forward::Direct::new(http.clone(), &uri, Some("unknown".into()), &version).unwrap();
@@ -356,6 +360,15 @@ mod tests {
             .is_none(),
             "2026-07-28 needs its own request headers"
         );
+    }
+
+    /// Waits until `done`, yielding meanwhile; fails after 5 s.
+    pub(super) async fn until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// An MCP server without tools at `/mcp` on `listener`, until the token is cancelled.
