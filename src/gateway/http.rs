@@ -156,6 +156,20 @@ impl BackendHttp {
         idle.get(host).map_or(0, Vec::len)
     }
 
+    /// Sends a request to `uri` and returns its answer (see [`request`]).
+    async fn exchange(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+    ) -> Result<Response<Returning>, Failure> {
+        let (host, request) = request(method, uri, headers, body)?;
+        self.send(&host, request)
+            .await
+            .map_err(StreamableHttpError::Client)
+    }
+
     /// Sends `request` to `host` on a kept connection, or a new one.
     async fn send(
         &self,
@@ -371,7 +385,7 @@ fn request(
 fn common_headers(
     session: Option<&str>,
     auth: Option<String>,
-    custom: HashMap<HeaderName, HeaderValue>,
+    custom: Headers,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, Failure> {
     let mut headers: Vec<(HeaderName, HeaderValue)> = custom.into_iter().collect();
     if let Some(session) = session {
@@ -414,7 +428,7 @@ fn content_type(response: &Response<Returning>) -> Option<&[u8]> {
         .map(HeaderValue::as_bytes)
 }
 
-fn sse(response: Response<Returning>) -> BoxStream<'static, Result<Sse, SseError>> {
+fn sse(response: Response<Returning>) -> Events {
     use futures::StreamExt;
     SseStream::new(response.into_body()).boxed()
 }
@@ -428,7 +442,7 @@ impl StreamableHttpClient for BackendHttp {
         message: ClientJsonRpcMessage,
         session_id: Option<Arc<str>>,
         auth_header: Option<String>,
-        custom_headers: HashMap<HeaderName, HeaderValue>,
+        custom_headers: Headers,
     ) -> Result<StreamableHttpPostResponse, Failure> {
         let body = serde_json::to_vec(&message)
             .map_err(|e| StreamableHttpError::Client(BackendHttpError::Json(e)))?;
@@ -441,11 +455,9 @@ impl StreamableHttpClient for BackendHttp {
             http::header::ACCEPT,
             HeaderValue::from_static("text/event-stream, application/json"),
         ));
-        let (host, request) = request(Method::POST, &uri, headers, body.into())?;
         let response = self
-            .send(&host, request)
-            .await
-            .map_err(StreamableHttpError::Client)?;
+            .exchange(Method::POST, &uri, headers, body.into())
+            .await?;
         let status = response.status();
         if matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT) {
             // Read to its (empty) end, so the connection is kept.
@@ -515,14 +527,12 @@ impl StreamableHttpClient for BackendHttp {
         uri: Arc<str>,
         session_id: Arc<str>,
         auth_header: Option<String>,
-        custom_headers: HashMap<HeaderName, HeaderValue>,
+        custom_headers: Headers,
     ) -> Result<(), Failure> {
         let headers = common_headers(Some(&session_id), auth_header, custom_headers)?;
-        let (host, request) = request(Method::DELETE, &uri, headers, Bytes::new())?;
         let response = self
-            .send(&host, request)
-            .await
-            .map_err(StreamableHttpError::Client)?;
+            .exchange(Method::DELETE, &uri, headers, Bytes::new())
+            .await?;
         let status = response.status();
         let _ = read_body(response, MAX_ERROR_BYTES).await;
         if status.is_success() || status == StatusCode::METHOD_NOT_ALLOWED {
@@ -540,8 +550,8 @@ impl StreamableHttpClient for BackendHttp {
         session_id: Option<Arc<str>>,
         last_event_id: Option<String>,
         auth_header: Option<String>,
-        custom_headers: HashMap<HeaderName, HeaderValue>,
-    ) -> Result<BoxStream<'static, Result<Sse, SseError>>, Failure> {
+        custom_headers: Headers,
+    ) -> Result<Events, Failure> {
         let mut headers = common_headers(session_id.as_deref(), auth_header, custom_headers)?;
         headers.push((
             http::header::ACCEPT,
@@ -550,11 +560,9 @@ impl StreamableHttpClient for BackendHttp {
         if let Some(id) = last_event_id {
             headers.push((HeaderName::from_static("last-event-id"), header_value(&id)?));
         }
-        let (host, request) = request(Method::GET, &uri, headers, Bytes::new())?;
         let response = self
-            .send(&host, request)
-            .await
-            .map_err(StreamableHttpError::Client)?;
+            .exchange(Method::GET, &uri, headers, Bytes::new())
+            .await?;
         let status = response.status();
         if status == StatusCode::METHOD_NOT_ALLOWED {
             return Err(StreamableHttpError::ServerDoesNotSupportSse);

@@ -112,26 +112,22 @@ impl Endpoints {
         }
     }
 
+    /// The sessions of every path made so far, out of the lock so they can be awaited.
+    fn all_sessions(&self) -> Vec<Arc<Sessions>> {
+        self.services().values().map(|(_, s)| s.clone()).collect()
+    }
+
     /// Closes the sessions on the profiles' paths no request named for `idle`.
     pub async fn close_idle(&self, idle: std::time::Duration) {
-        let sessions: Vec<Arc<Sessions>> =
-            self.services().values().map(|(_, s)| s.clone()).collect();
-        for s in sessions {
+        for s in self.all_sessions() {
             s.close_idle(idle).await;
         }
     }
 
     /// Client sessions open on the profiles' paths.
     pub async fn open_sessions(&self) -> usize {
-        let sessions: Vec<Arc<Sessions>> = self
-            .services
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .map(|(_, s)| s.clone())
-            .collect();
         let mut n = 0;
-        for s in sessions {
+        for s in self.all_sessions() {
             n += open_sessions(&s).await;
         }
         n

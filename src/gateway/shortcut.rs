@@ -135,9 +135,10 @@ impl Endpoint {
             return None;
         }
         if let Some(version) = text("mcp-protocol-version") {
-            let version: ProtocolVersion =
-                serde_json::from_value(serde_json::Value::String(version.to_owned())).ok()?;
-            if !version.has_initialize() || !ProtocolVersion::KNOWN_VERSIONS.contains(&version) {
+            let known = ProtocolVersion::KNOWN_VERSIONS
+                .iter()
+                .find(|v| v.as_str() == version)?;
+            if !known.has_initialize() {
                 return None;
             }
         }
