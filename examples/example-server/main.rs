@@ -14,7 +14,8 @@
 //!   POST /admin/exit/{code}    exit with `code` right after answering
 //!   POST /mcp                  MCP (streamable HTTP): tools `echo`, `server_version`,
 //!                              `sleep` (answers after `ms`, with the version that answered:
-//!                              a call that is in flight while the server is replaced); the
+//!                              a call that is in flight while the server is replaced; with
+//!                              a progress token, progress after each quarter); the
 //!                              prompt `greet`; the resource `example://version` and the
 //!                              template `example://echo/{text}`
 //!
@@ -42,14 +43,15 @@ use axum::{
 };
 use clap::{Parser, ValueEnum};
 use rmcp::{
-    ErrorData, RoleServer, ServerHandler,
+    ErrorData, Peer, RoleServer, ServerHandler,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
     model::{
         GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
         ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-        PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, ProtocolVersion,
-        ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-        ResourceContents, ResourceTemplate, Role, ServerCapabilities, ServerConfig,
+        PaginatedRequestParams, ProgressNotificationParam, Prompt, PromptArgument, PromptMessage,
+        ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+        RequestMetaObject, Resource, ResourceContents, ResourceTemplate, Role, ServerCapabilities,
+        ServerConfig,
     },
     service::RequestContext,
     tool, tool_handler, tool_router,
@@ -270,8 +272,26 @@ impl ExampleMcp {
     }
 
     #[tool(description = "Wait `ms` milliseconds, then return the version that answered")]
-    async fn sleep(&self, Parameters(SleepArgs { ms }): Parameters<SleepArgs>) -> String {
-        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    async fn sleep(
+        &self,
+        Parameters(SleepArgs { ms }): Parameters<SleepArgs>,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
+    ) -> String {
+        let whole = Duration::from_millis(ms.min(60_000));
+        match meta.get_progress_token() {
+            None => tokio::time::sleep(whole).await,
+            // Asked for progress: a notification after each quarter of the wait.
+            Some(token) => {
+                for quarter in 1..=PROGRESS_STEPS {
+                    tokio::time::sleep(whole / PROGRESS_STEPS).await;
+                    let progress = ProgressNotificationParam::new(token.clone(), quarter.into())
+                        .with_total(PROGRESS_STEPS.into())
+                        .with_message(format!("{quarter} of {PROGRESS_STEPS} quarters slept"));
+                    let _ = peer.notify_progress(progress).await;
+                }
+            }
+        }
         format!("slept {ms} ms on {}", self.version)
     }
 }
@@ -286,6 +306,9 @@ impl ExampleMcp {
         text.repeat(times.min(100) as usize)
     }
 }
+
+/// How many notifications `sleep` sends when asked for its progress.
+const PROGRESS_STEPS: u32 = 4;
 
 const VERSION_RESOURCE: &str = "example://version";
 /// The resource template `example://echo/{text}` reads back `text`.

@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::http::BackendHttp;
 use super::naming::Names;
+use super::progress::{Progress, Routes};
 use crate::fleet::FleetView;
 
 /// How long opening a backend session and listing its tools may take.
@@ -57,6 +58,8 @@ pub struct Backend {
     pub peer: Peer<RoleClient>,
     /// The short way of a call to it, for a backend on a revision with sessions.
     pub direct: Option<Arc<super::forward::Direct>>,
+    /// The calls through `peer` that asked for progress.
+    progress: Arc<Routes>,
     /// The MCP revision the backend agreed on with the gateway.
     pub protocol_version: Option<String>,
     /// What it offers, shared by every clone: every call checks a backend out, which is
@@ -101,14 +104,44 @@ impl Offered {
 
 impl Backend {
     /// Calls a tool of this backend: the short way when it has one (`forward`), through
-    /// its rmcp session otherwise.
+    /// its rmcp session otherwise; the backend's progress for it goes to `progress`.
     pub async fn call_tool(
         &self,
         params: rmcp::model::CallToolRequestParams,
+        progress: Option<&Progress>,
     ) -> Result<rmcp::model::CallToolResponse, ServiceError> {
-        match &self.direct {
-            Some(direct) => direct.call_tool(params).await,
-            None => self.peer.call_tool_once(params).await,
+        use rmcp::model::{CallToolRequest, CallToolResponse, ClientRequest, ServerResult};
+        if let Some(direct) = &self.direct {
+            return direct.call_tool(params, progress).await;
+        }
+        let Some(progress) = progress else {
+            return self.peer.call_tool_once(params).await;
+        };
+        // `call_tool_once`, but with the token rmcp's session sent the request with, to
+        // route the backend's progress for it.
+        let handle = self
+            .peer
+            .send_request_with_option(
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                rmcp::service::PeerRequestOptions::no_options(),
+            )
+            .await?;
+        let abandoned = Abandoned(Some((self.peer.clone(), handle.id.clone())));
+        let (_route, early) = self
+            .progress
+            .open(handle.progress_token.clone(), progress.clone());
+        for heard in early {
+            progress.forward(heard).await;
+        }
+        let answer = handle.await_response().await;
+        abandoned.disarm();
+        match answer? {
+            ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
+            ServerResult::InputRequiredResult(result) => {
+                Ok(CallToolResponse::InputRequired(result))
+            }
+            ServerResult::CreateTaskResult(result) => Ok(CallToolResponse::Task(result)),
+            _ => Err(ServiceError::UnexpectedResponse),
         }
     }
 
@@ -744,12 +777,39 @@ enum Refresh {
     },
 }
 
-/// The gateway's client side of a backend session: it hears `list_changed`.
+/// A call to a backend that its caller gave up on before the answer (the client went
+/// away): the backend is told, as rmcp's `call_tool_once` tells it.
+struct Abandoned(Option<(Peer<RoleClient>, rmcp::model::RequestId)>);
+
+impl Abandoned {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some((peer, id)) = self.0.take() else {
+            return;
+        };
+        let cancelled = rmcp::model::CancelledNotificationParam::new(
+            Some(id),
+            Some("the client gave the call up".into()),
+        );
+        tokio::spawn(async move {
+            let _ = peer.notify_cancelled(cancelled).await;
+        });
+    }
+}
+
+/// The gateway's client side of a backend session: it hears `list_changed`, and the
+/// progress of the calls sent through the session.
 #[derive(Clone)]
 pub struct Listener {
     server: String,
     instance: String,
     refresh: mpsc::UnboundedSender<Refresh>,
+    progress: Arc<Routes>,
 }
 
 impl Listener {
@@ -779,6 +839,16 @@ impl ClientHandler for Listener {
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.relist();
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        if let Some(call) = self.progress.route(&params) {
+            call.forward(params).await;
+        }
     }
 }
 
@@ -872,10 +942,12 @@ async fn open(
     endpoint: &str,
     refresh: mpsc::UnboundedSender<Refresh>,
 ) -> Result<Backend, String> {
+    let progress = Arc::new(Routes::default());
     let listener = Listener {
         server: server.to_owned(),
         instance: instance.to_owned(),
         refresh,
+        progress: progress.clone(),
     };
     let (recording, session_id) = http.for_session();
     let session = connect_session(recording, endpoint, listener.clone()).await?;
@@ -915,6 +987,7 @@ async fn open(
         protocol_version: peer.peer_info().map(|i| i.protocol_version.to_string()),
         peer,
         direct,
+        progress,
         offer,
         _session: Arc::new((session, listening.drop_guard())),
     })

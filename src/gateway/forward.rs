@@ -20,12 +20,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::http::{BackendHttp, BackendHttpError, Events, Headers};
+use super::progress::Progress;
 use futures::StreamExt;
 use rmcp::ServiceError;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest,
     ClientResult, EmptyResult, ErrorCode, ErrorData, NumberOrString, ServerJsonRpcMessage,
-    ServerRequest, ServerResult,
+    ServerNotification, ServerRequest, ServerResult,
 };
 use rmcp::transport::DynamicTransportError;
 use rmcp::transport::streamable_http_client::{
@@ -74,10 +75,12 @@ impl Direct {
         })
     }
 
-    /// Calls the tool `params` names, as `Peer::call_tool_once` would.
+    /// Calls the tool `params` names, as `Peer::call_tool_once` would; the call's
+    /// progress (under the client's token, which `params` carries) goes to `progress`.
     pub async fn call_tool(
         &self,
         params: CallToolRequestParams,
+        progress: Option<&Progress>,
     ) -> Result<CallToolResponse, ServiceError> {
         let id = NumberOrString::Number(self.next_id.fetch_add(1, Ordering::Relaxed));
         let request = ClientJsonRpcMessage::request(
@@ -87,7 +90,7 @@ impl Direct {
         let posted = self.post(request).await.map_err(transport_failure)?;
         let answer = match posted {
             StreamableHttpPostResponse::Json(message, _) => Some(message),
-            StreamableHttpPostResponse::Sse(stream, _) => self.read(stream, &id).await?,
+            StreamableHttpPostResponse::Sse(stream, _) => self.read(stream, &id, progress).await?,
             _ => None,
         };
         match answer {
@@ -119,12 +122,13 @@ impl Direct {
             .await
     }
 
-    /// Reads `stream` (and its resumptions) up to the answer to `id`; `None` when it ended
-    /// without one.
+    /// Reads `stream` (and its resumptions) up to the answer to `id`, passing the call's
+    /// progress on to `progress`; `None` when it ended without an answer.
     async fn read(
         &self,
         mut stream: Events,
         id: &NumberOrString,
+        progress: Option<&Progress>,
     ) -> Result<Option<ServerJsonRpcMessage>, ServiceError> {
         let mut last_event = None;
         let mut wait = Duration::ZERO;
@@ -169,8 +173,16 @@ impl Direct {
                         return Ok(Some(ServerJsonRpcMessage::Error(e)));
                     }
                     Ok(ServerJsonRpcMessage::Request(r)) => self.answer(r.id, &r.request).await,
-                    // Progress and other notifications of the call are the gateway's to
-                    // drop, as its rmcp session does.
+                    Ok(ServerJsonRpcMessage::Notification(n)) => {
+                        if let ServerNotification::ProgressNotification(p) = n.notification
+                            && let Some(progress) = progress
+                            && p.params.progress_token == *progress.token()
+                        {
+                            progress.forward(p.params).await;
+                        }
+                    }
+                    // Other notifications of the call are the gateway's to drop, as its
+                    // rmcp session does.
                     _ => {}
                 }
             }

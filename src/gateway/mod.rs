@@ -24,6 +24,7 @@ mod http;
 mod metrics;
 pub mod naming;
 mod profiles;
+mod progress;
 mod route;
 mod service;
 mod sessions;
@@ -324,7 +325,7 @@ mod tests {
         for _ in 0..3 {
             // The server has no tools: its own answer.
             match direct
-                .call_tool(CallToolRequestParams::new("anything"))
+                .call_tool(CallToolRequestParams::new("anything"), None)
                 .await
             {
                 Err(rmcp::ServiceError::McpError(e)) => assert!(!e.message.is_empty()),
@@ -338,7 +339,7 @@ mod tests {
         let stranger =
             forward::Direct::new(http.clone(), &uri, Some("unknown".into()), &version).unwrap();
         let e = stranger
-            .call_tool(CallToolRequestParams::new("anything"))
+            .call_tool(CallToolRequestParams::new("anything"), None)
             .await
             .expect_err("the session is unknown");
         assert!(session_expired(&e), "{e:?}");
@@ -346,7 +347,7 @@ mod tests {
         stop.cancel();
         server.await.unwrap().unwrap();
         let e = direct
-            .call_tool(CallToolRequestParams::new("anything"))
+            .call_tool(CallToolRequestParams::new("anything"), None)
             .await
             .expect_err("nobody listens");
         assert!(never_delivered(&e), "{e:?}");

@@ -530,22 +530,37 @@ impl ServerHandler for Gateway {
 
     async fn call_tool(
         &self,
-        request: CallToolRequestParams,
+        mut request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        self.call(request, super::client_session(&context)).await
+        use rmcp::model::RequestParamsMeta;
+        // rmcp hands the request's `_meta` over in the context, not in the request.
+        if !context.meta.is_empty() {
+            request
+                .meta
+                .get_or_insert_with(Default::default)
+                .extend(context.meta.clone());
+        }
+        let progress = request
+            .progress_token()
+            .map(|token| super::progress::Progress::to_session(token, context.peer.clone()));
+        self.call(request, super::client_session(&context), progress)
+            .await
     }
 }
 
 impl Gateway {
     /// A `tools/call` of the client session `client_session` (none on a revision without
-    /// sessions): routed by the backend's health to its instance. Both ways a call comes
-    /// in (rmcp's session, `shortcut`) end here.
+    /// sessions): routed by the backend's health to its instance, its progress (if the
+    /// client asked for it) to `progress`. Both ways a call comes in (rmcp's session,
+    /// `shortcut`) end here.
     pub(super) async fn call(
         &self,
         request: CallToolRequestParams,
         client_session: Option<&str>,
+        progress: Option<super::progress::Progress>,
     ) -> Result<CallToolResponse, ErrorData> {
+        let progress = progress.as_ref();
         let name = request.name.to_string();
         let unknown = || {
             ErrorData::invalid_params(
@@ -598,11 +613,19 @@ impl Gateway {
             .into());
         };
         // The whole request travels (its `_meta`, a multi-round exchange's answers); only
-        // the name is the backend's own.
+        // the name is the backend's own, and the `_meta` keys of the protocol itself
+        // (2026-07-28's revision, client info and capabilities), which are the gateway's
+        // with the client: the backend has its own with the gateway.
         let mut params = request;
         params.name = backend_name.into();
+        if let Some(meta) = params.meta.as_mut() {
+            meta.retain(|key, _| !key.starts_with("io.modelcontextprotocol/"));
+            if meta.is_empty() {
+                params.meta = None;
+            }
+        }
         let started = std::time::Instant::now();
-        let mut first = backend.call_tool(params.clone()).await;
+        let mut first = backend.call_tool(params.clone(), progress).await;
         // A replica that did not take the call (its node went away before its next probe,
         // or it forgot the session): once to the routed task, which then stands for it.
         if backend.replica
@@ -616,7 +639,7 @@ impl Gateway {
             debug!(%server, replica = %backend.endpoint, error = %crate::error_text::chain(e), "the call goes to the routed task");
             self.metrics.rerouted();
             (backend, in_flight) = (routed, guard);
-            first = backend.call_tool(params.clone()).await;
+            first = backend.call_tool(params.clone(), progress).await;
         }
         let answer = match first {
             Err(e) if never_delivered(&e) || session_expired(&e) => {
@@ -648,7 +671,7 @@ impl Gateway {
                 };
                 self.metrics.rerouted();
                 params.name = next_name.into();
-                match next.call_tool(params).await {
+                match next.call_tool(params, progress).await {
                     Err(again) if never_delivered(&again) || session_expired(&again) => {
                         self.metrics.call(server, Outcome::Unreachable, None);
                         return Ok(not_run(server, &again));

@@ -4,8 +4,8 @@
 //! same `Gateway::call` rmcp's handler uses, without passing through rmcp's session
 //! worker and its event stream (three task hops and a stream per call, most of the
 //! gateway's own work per call: BENCHMARKS.md, "The MCP gateway"). The spec lets a server
-//! answer a POSTed request with JSON or with a stream; the gateway sends no notification
-//! in the middle of a call, so nothing is lost.
+//! answer a POSTed request with JSON or with a stream: a call that asks for its progress
+//! is answered with a stream once its backend reports some (`answer`), so nothing is lost.
 //!
 //! Everything else goes to rmcp unchanged, and so does any request the shortcut is not
 //! sure of: another method, a batch, a body without a declared length or over the limit,
@@ -22,11 +22,14 @@ use axum::http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use rmcp::model::{
-    CallToolRequestParams, NumberOrString, ProtocolVersion, ServerJsonRpcMessage, ServerResult,
+    CallToolRequestParams, CallToolResponse, ErrorData, NumberOrString, ProgressNotification,
+    ProtocolVersion, RequestParamsMeta, ServerJsonRpcMessage, ServerResult,
 };
 use rmcp::transport::streamable_http_server::SessionManager;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
+use super::progress::Progress;
 use super::service::{Gateway, HttpService, Sessions};
 
 /// `/mcp`: the shortcut in front of rmcp's service.
@@ -87,18 +90,61 @@ impl Endpoint {
                 .pass_on(Request::from_parts(parts, Body::from(bytes)))
                 .await;
         }
-        let message = match self.gateway.call(call.params, Some(&session)).await {
-            Ok(answer) => ServerJsonRpcMessage::response(ServerResult::from(answer), call.id),
-            Err(e) => ServerJsonRpcMessage::error(e, Some(call.id)),
+        self.answer(call, session).await
+    }
+
+    /// Makes `call` on `session`. The answer goes as JSON, unless the client asked for
+    /// progress and the backend reported some before answering: then as a stream of that
+    /// progress and the answer, as rmcp's session would send it.
+    async fn answer(self, call: Call, session: String) -> Response<Body> {
+        let id = call.id;
+        let Some(token) = call.params.progress_token() else {
+            let answer = self.gateway.call(call.params, Some(&session), None).await;
+            return json(&message(answer, id));
         };
-        match serde_json::to_vec(&message) {
-            Ok(json) => Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(json))
-                .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "")),
-            Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "the answer is not JSON"),
-        }
+        let (to_answer, mut heard) = mpsc::unbounded_channel();
+        let progress = Progress::to_answer(token, to_answer);
+        let gateway = self.gateway;
+        let params = call.params;
+        let mut answering =
+            Box::pin(async move { gateway.call(params, Some(&session), Some(progress)).await });
+        // What the backend reported is passed on before the call returns, so with the
+        // progress polled first none is left behind when the answer goes as JSON.
+        let first = tokio::select! {
+            biased;
+            Some(first) = heard.recv() => first,
+            answer = &mut answering => return json(&message(answer, id)),
+        };
+        let (frames, stream) = mpsc::unbounded_channel();
+        let event = |message: &ServerJsonRpcMessage| {
+            let data = serde_json::to_string(message).unwrap_or_default();
+            Ok::<_, Infallible>(axum::body::Bytes::from(format!(
+                "event: message\ndata: {data}\n\n"
+            )))
+        };
+        let progress = |p| ServerJsonRpcMessage::notification(ProgressNotification::new(p).into());
+        let _ = frames.send(event(&progress(first)));
+        tokio::spawn(async move {
+            let answer = loop {
+                tokio::select! {
+                    biased;
+                    Some(next) = heard.recv() => {
+                        let _ = frames.send(event(&progress(next)));
+                    }
+                    answer = &mut answering => break answer,
+                }
+            };
+            let _ = frames.send(event(&message(answer, id)));
+        });
+        let body = futures::stream::unfold(stream, |mut stream| async move {
+            stream.recv().await.map(|frame| (frame, stream))
+        });
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(Body::from_stream(body))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, ""))
     }
 
     /// The session a request can take the shortcut on, when its headers allow it.
@@ -192,6 +238,28 @@ fn loopback_host(host: &str) -> bool {
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
     };
     name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1" || name == "::1"
+}
+
+/// The JSON-RPC answer to the request `id`.
+fn message(
+    answer: Result<CallToolResponse, ErrorData>,
+    id: NumberOrString,
+) -> ServerJsonRpcMessage {
+    match answer {
+        Ok(answer) => ServerJsonRpcMessage::response(ServerResult::from(answer), id),
+        Err(e) => ServerJsonRpcMessage::error(e, Some(id)),
+    }
+}
+
+fn json(message: &ServerJsonRpcMessage) -> Response<Body> {
+    match serde_json::to_vec(message) {
+        Ok(json) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json))
+            .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "")),
+        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "the answer is not JSON"),
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {

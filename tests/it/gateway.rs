@@ -365,7 +365,7 @@ async fn the_official_python_sdk_lists_and_calls_tools_through_the_gateway() {
     let v = python_client(
         &python,
         &gateway,
-        ("py-b_echo", json!({ "text": "hello from Python" })),
+        ("py-b_sleep", json!({ "ms": 40 })),
         ("py-a_greet", json!({ "name": "Python" })),
         "mcp-orchestration://py-b/example://version",
     )
@@ -383,10 +383,21 @@ async fn the_official_python_sdk_lists_and_calls_tools_through_the_gateway() {
         ])
     );
     assert_eq!(
-        v["result"]["content"][0]["text"], "hello from Python",
+        v["result"]["content"][0]["text"], "slept 40 ms on 1.0.0",
         "{v}"
     );
     assert_ne!(v["result"]["isError"], true, "{v}");
+    // The SDK asked for the call's progress (its request id as the token): the backend's
+    // four notifications reached it, under its token, before the answer.
+    let heard: Vec<f64> = v["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["progress"].as_f64().unwrap())
+        .collect();
+    assert_eq!(heard, [1.0, 2.0, 3.0, 4.0], "{v}");
+    assert_eq!(v["progress"][3]["total"], 4.0, "{v}");
+    assert_eq!(v["progress"][3]["message"], "4 of 4 quarters slept", "{v}");
     assert_eq!(v["prompts"], json!(["py-a_greet", "py-b_greet"]), "{v}");
     assert_eq!(
         v["prompt"]["messages"][0]["content"]["text"],
@@ -764,9 +775,26 @@ fn manifest_with_eras(ids: &[&str], modern: &[&str]) -> String {
     text
 }
 
+/// A client that passes on the `notifications/progress` it hears.
+#[derive(Clone)]
+struct Hearing(tokio::sync::mpsc::UnboundedSender<rmcp::model::ProgressNotificationParam>);
+
+impl rmcp::ClientHandler for Hearing {
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        let _ = self.0.send(params);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
-    use rmcp::model::{ProtocolVersion, SubscriptionFilter};
+    use rmcp::model::{
+        CallToolRequest, ClientRequest, ProtocolVersion, ServerResult, SubscriptionFilter,
+    };
+    use rmcp::service::PeerRequestOptions;
     use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
     use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 
@@ -811,7 +839,11 @@ async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
     assert_eq!(era("old"), "2025-11-25", "{backends:?}");
 
     // A 2025-11-25 client (initialize, a session) uses both backends.
-    let legacy = client(&gateway).await;
+    let (legacy_heard, mut legacy_progress) = tokio::sync::mpsc::unbounded_channel();
+    let legacy = Hearing(legacy_heard)
+        .serve(StreamableHttpClientTransport::from_uri(gateway.clone()))
+        .await
+        .expect("a 2025-11-25 client is served");
     for id in ["old", "new"] {
         let r = call(&legacy, &format!("{id}_echo"), json!({ "text": id })).await;
         assert_eq!(text(&r), id, "{r:?}");
@@ -821,7 +853,8 @@ async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
     // its subscription.
     let mut config = StreamableHttpClientTransportConfig::with_uri(gateway.clone());
     config.allow_stateless = true;
-    let modern = ()
+    let (modern_heard, mut modern_progress) = tokio::sync::mpsc::unbounded_channel();
+    let modern = Hearing(modern_heard)
         .serve_with_lifecycle(
             StreamableHttpClientTransport::from_config(config),
             ClientLifecycleMode::Discover {
@@ -841,6 +874,59 @@ async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
             .with_arguments(json!({ "text": id }).as_object().unwrap().clone());
         let r = modern.call_tool(params).await.unwrap();
         assert_eq!(text(&r), id, "{r:?}");
+    }
+
+    // Both clients call a long tool of each backend at the same time; rmcp asks for the
+    // progress of every request, under a token it numbers per session, so both are likely
+    // to use the same one. Each hears its own call's four notifications, under its own
+    // token (the old backend's through each call's stream; the new one's through its
+    // session, which both calls share).
+    for id in ["old", "new"] {
+        let sleep = |client: &rmcp::Peer<RoleClient>| {
+            let params = CallToolRequestParams::new(format!("{id}_sleep"))
+                .with_arguments(json!({ "ms": 200 }).as_object().unwrap().clone());
+            let client = client.clone();
+            async move {
+                let handle = client
+                    .send_request_with_option(
+                        ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                        PeerRequestOptions::no_options(),
+                    )
+                    .await
+                    .unwrap();
+                let token = handle.progress_token.clone();
+                match handle.await_response().await.unwrap() {
+                    ServerResult::CallToolResult(r) => (token, r),
+                    other => panic!("not a tool's result: {other:?}"),
+                }
+            }
+        };
+        let (a, b) = tokio::join!(sleep(&legacy), sleep(&modern));
+        for (client, (token, answer), progress) in [
+            ("2025-11-25", a, &mut legacy_progress),
+            ("2026-07-28", b, &mut modern_progress),
+        ] {
+            assert_eq!(text(&answer), "slept 200 ms on 1.0.0", "{answer:?}");
+            // Four, each handed to the client's handler on its own (rmcp may run it after
+            // the answer is out).
+            let mut heard = Vec::new();
+            for _ in 0..4 {
+                match tokio::time::timeout(DEADLINE, progress.recv()).await {
+                    Ok(Some(p)) => heard.push(p),
+                    _ => break,
+                }
+            }
+            assert_eq!(
+                heard
+                    .iter()
+                    .map(|p| (p.progress_token.clone(), p.progress))
+                    .collect::<Vec<_>>(),
+                (1..=4)
+                    .map(|n| (token.clone(), f64::from(n)))
+                    .collect::<Vec<_>>(),
+                "a {client} client's progress from {id}: {heard:?}"
+            );
+        }
     }
     let mut subscription = modern
         .listen(SubscriptionFilter::builder().tools_list_changed().build())
@@ -1078,6 +1164,50 @@ async fn a_call_on_an_open_session_is_answered_as_json_and_anything_else_as_befo
     let body: Value = answered.json().await.unwrap();
     assert_eq!(body["id"], 2);
     assert_eq!(body["result"]["content"][0]["text"], "shortcut", "{body}");
+
+    // Asking for progress: JSON while the backend reports none; once it reports some, a
+    // stream of that progress (under the client's token), then the answer.
+    let with_progress = |id: u64, tool: &str, arguments: Value| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": { "name": tool, "arguments": arguments,
+                            "_meta": { "progressToken": format!("token-{id}") } } })
+    };
+    let quiet = post(
+        with_progress(10, "quick_echo", json!({ "text": "quiet" })),
+        both,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(quiet.headers()["content-type"], "application/json");
+    let body: Value = quiet.json().await.unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "quiet", "{body}");
+    let reporting = post(
+        with_progress(11, "quick_sleep", json!({ "ms": 100 })),
+        both,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reporting.status(), 200);
+    assert_eq!(reporting.headers()["content-type"], "text/event-stream");
+    let stream = reporting.text().await.unwrap();
+    let messages: Vec<Value> = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(messages.len(), 5, "{stream}");
+    for (n, progress) in messages[..4].iter().enumerate() {
+        assert_eq!(progress["method"], "notifications/progress", "{stream}");
+        assert_eq!(progress["params"]["progressToken"], "token-11", "{stream}");
+        assert_eq!(progress["params"]["progress"], n as f64 + 1.0, "{stream}");
+    }
+    assert_eq!(messages[4]["id"], 11, "{stream}");
+    assert_eq!(
+        messages[4]["result"]["content"][0]["text"], "slept 100 ms on 1.0.0",
+        "{stream}"
+    );
 
     // A tool nobody offers: the gateway's own error, as JSON-RPC.
     let unknown = post(

@@ -384,6 +384,7 @@ async fn the_official_python_sdk_sees_only_a_profiles_tools() {
         v["result"]["content"][0]["text"], "hello from Python",
         "{v}"
     );
+    assert_eq!(v["progress"], json!([]), "echo reports no progress: {v}");
     assert_eq!(v["prompts"], json!(["a_greet", "b_greet"]), "{v}");
     assert_eq!(
         v["resources"],

@@ -1,10 +1,11 @@
 """A client nobody here wrote: the official MCP Python SDK (`mcp` on PyPI) lists the
-gateway's tools, prompts and resources, calls a tool, gets a prompt and reads a resource.
+gateway's tools, prompts and resources, calls a tool (asking for its progress), gets a
+prompt and reads a resource.
 
     python gateway_client.py URL TOOL ARGUMENTS_JSON PROMPT PROMPT_ARGUMENTS_JSON RESOURCE_URI
 
-Prints one JSON object: the sorted tool and prompt names and resource URIs, and the
-answers as the SDK parsed them.
+Prints one JSON object: the sorted tool and prompt names and resource URIs, the answers
+as the SDK parsed them, and the progress the call reported, in the order it arrived.
 """
 
 import asyncio
@@ -27,7 +28,12 @@ async def main(
         async with ClientSession(read, write) as session:
             init = await session.initialize()
             tools = await session.list_tools()
-            result = await session.call_tool(tool, arguments)
+            progress = []
+
+            async def heard(done: float, total: float | None, message: str | None) -> None:
+                progress.append({"progress": done, "total": total, "message": message})
+
+            result = await session.call_tool(tool, arguments, progress_callback=heard)
             prompts = await session.list_prompts()
             got = await session.get_prompt(prompt, prompt_arguments)
             resources = await session.list_resources()
@@ -39,6 +45,7 @@ async def main(
                         "protocol": init.protocol_version,
                         "tools": sorted(t.name for t in tools.tools),
                         "result": dump(result),
+                        "progress": progress,
                         "prompts": sorted(p.name for p in prompts.prompts),
                         "prompt": dump(got),
                         "resources": sorted(str(r.uri) for r in resources.resources),

@@ -23,7 +23,7 @@ pub async fn client(url: &str) -> Client {
 
 /// Calls `tool` with `arguments` (an object, or anything else for none); panics on a
 /// protocol error.
-pub async fn call(client: &Client, tool: &str, arguments: Value) -> CallToolResult {
+pub async fn call(client: &rmcp::Peer<RoleClient>, tool: &str, arguments: Value) -> CallToolResult {
     client
         .call_tool(params(tool, arguments))
         .await
@@ -69,7 +69,8 @@ pub fn python_with_mcp() -> Option<String> {
 }
 
 /// Runs `tests/it/python/gateway_client.py` (the official SDK) against `url`: it lists
-/// tools, prompts and resources, calls `tool`, gets `prompt` and reads `uri`; returns the
+/// tools, prompts and resources, calls `tool` (with a progress callback), gets `prompt` and
+/// reads `uri`; returns the
 /// JSON object it prints.
 pub async fn python_client(
     python: &str,
