@@ -12,10 +12,13 @@
 //!   GET  /admin/health         current mode
 //!   POST /admin/health/{mode}  healthy | degraded | unhealthy | hang
 //!   POST /admin/exit/{code}    exit with `code` right after answering
+//!   GET  /admin/calls          {"sleeping", "sleeps_cancelled"}: `sleep` calls running, and
+//!                              those their client cancelled
 //!   POST /mcp                  MCP (streamable HTTP): tools `echo`, `server_version`,
 //!                              `sleep` (answers after `ms`, with the version that answered:
 //!                              a call that is in flight while the server is replaced; with
-//!                              a progress token, progress after each quarter); the
+//!                              a progress token, progress after each quarter; a cancelled
+//!                              one answers at once); the
 //!                              prompt `greet`; the resource `example://version` and the
 //!                              template `example://echo/{text}`
 //!
@@ -29,7 +32,7 @@ use std::{
     process::ExitCode,
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -277,22 +280,36 @@ impl ExampleMcp {
         Parameters(SleepArgs { ms }): Parameters<SleepArgs>,
         meta: RequestMetaObject,
         peer: Peer<RoleServer>,
+        cancelled: CancellationToken,
     ) -> String {
         let whole = Duration::from_millis(ms.min(60_000));
-        match meta.get_progress_token() {
-            None => tokio::time::sleep(whole).await,
-            // Asked for progress: a notification after each quarter of the wait.
-            Some(token) => {
-                for quarter in 1..=PROGRESS_STEPS {
-                    tokio::time::sleep(whole / PROGRESS_STEPS).await;
-                    let progress = ProgressNotificationParam::new(token.clone(), quarter.into())
-                        .with_total(PROGRESS_STEPS.into())
-                        .with_message(format!("{quarter} of {PROGRESS_STEPS} quarters slept"));
-                    let _ = peer.notify_progress(progress).await;
+        SLEEPING.fetch_add(1, Ordering::Relaxed);
+        let _awake = Awake;
+        let sleep = async {
+            match meta.get_progress_token() {
+                None => tokio::time::sleep(whole).await,
+                // Asked for progress: a notification after each quarter of the wait.
+                Some(token) => {
+                    for quarter in 1..=PROGRESS_STEPS {
+                        tokio::time::sleep(whole / PROGRESS_STEPS).await;
+                        let progress =
+                            ProgressNotificationParam::new(token.clone(), quarter.into())
+                                .with_total(PROGRESS_STEPS.into())
+                                .with_message(format!(
+                                    "{quarter} of {PROGRESS_STEPS} quarters slept"
+                                ));
+                        let _ = peer.notify_progress(progress).await;
+                    }
                 }
             }
+        };
+        tokio::select! {
+            () = sleep => format!("slept {ms} ms on {}", self.version),
+            () = cancelled.cancelled() => {
+                SLEEPS_CANCELLED.fetch_add(1, Ordering::Relaxed);
+                "cancelled".to_owned()
+            }
         }
-        format!("slept {ms} ms on {}", self.version)
     }
 }
 
@@ -305,6 +322,27 @@ impl ExampleMcp {
     ) -> String {
         text.repeat(times.min(100) as usize)
     }
+}
+
+/// How many `sleep` calls are running, and how many their client cancelled
+/// (`GET /admin/calls`).
+static SLEEPING: AtomicU64 = AtomicU64::new(0);
+static SLEEPS_CANCELLED: AtomicU64 = AtomicU64::new(0);
+
+/// A `sleep` call that ended, however it ended.
+struct Awake;
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        SLEEPING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn calls() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "sleeping": SLEEPING.load(Ordering::Relaxed),
+        "sleeps_cancelled": SLEEPS_CANCELLED.load(Ordering::Relaxed),
+    }))
 }
 
 /// How many notifications `sleep` sends when asked for its progress.
@@ -525,6 +563,7 @@ async fn main() -> ExitCode {
         .route("/admin/health", get(get_mode))
         .route("/admin/health/{mode}", post(set_mode))
         .route("/admin/exit/{code}", post(exit))
+        .route("/admin/calls", get(calls))
         .with_state(state)
         .nest_service("/mcp", mcp);
 

@@ -792,11 +792,14 @@ impl Drop for Abandoned {
         let Some((peer, id)) = self.0.take() else {
             return;
         };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let cancelled = rmcp::model::CancelledNotificationParam::new(
             Some(id),
             Some("the client gave the call up".into()),
         );
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _ = peer.notify_cancelled(cancelled).await;
         });
     }

@@ -24,7 +24,8 @@ use super::progress::Progress;
 use futures::StreamExt;
 use rmcp::ServiceError;
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotification,
+    CancelledNotificationParam, ClientJsonRpcMessage, ClientNotification, ClientRequest,
     ClientResult, EmptyResult, ErrorCode, ErrorData, NumberOrString, ServerJsonRpcMessage,
     ServerNotification, ServerRequest, ServerResult,
 };
@@ -44,12 +45,34 @@ const MAX_RESUME_WAIT: Duration = Duration::from_secs(1);
 
 /// How to post to one backend session.
 pub struct Direct {
+    session: Arc<Session>,
+    next_id: AtomicI64,
+}
+
+/// What a message to the backend session needs.
+struct Session {
     http: BackendHttp,
     uri: Arc<str>,
-    session: Option<Arc<str>>,
+    id: Option<Arc<str>>,
     /// `mcp-protocol-version`, as the session's revision.
     headers: Headers,
-    next_id: AtomicI64,
+}
+
+impl Session {
+    async fn post(
+        &self,
+        message: ClientJsonRpcMessage,
+    ) -> Result<StreamableHttpPostResponse, Failure> {
+        self.http
+            .post_message(
+                self.uri.clone(),
+                message,
+                self.id.clone(),
+                None,
+                self.headers.clone(),
+            )
+            .await
+    }
 }
 
 type Failure = StreamableHttpError<BackendHttpError>;
@@ -67,10 +90,12 @@ impl Direct {
             return None;
         }
         Some(Direct {
-            http,
-            uri: uri.into(),
-            session,
-            headers: super::http::revision_header(protocol_version.as_str())?,
+            session: Arc::new(Session {
+                http,
+                uri: uri.into(),
+                id: session,
+                headers: super::http::revision_header(protocol_version.as_str())?,
+            }),
             next_id: AtomicI64::new(FIRST_ID),
         })
     }
@@ -87,12 +112,20 @@ impl Direct {
             ClientRequest::CallToolRequest(CallToolRequest::new(params)),
             id.clone(),
         );
-        let posted = self.post(request).await.map_err(transport_failure)?;
+        let posted = self
+            .session
+            .post(request)
+            .await
+            .map_err(transport_failure)?;
+        // Delivered: from here a caller that gives up (its client cancelled, or went away)
+        // has the backend told, as rmcp's session tells it.
+        let abandoned = Abandoned(Some((self.session.clone(), id.clone())));
         let answer = match posted {
             StreamableHttpPostResponse::Json(message, _) => Some(message),
             StreamableHttpPostResponse::Sse(stream, _) => self.read(stream, &id, progress).await?,
             _ => None,
         };
+        abandoned.disarm();
         match answer {
             Some(ServerJsonRpcMessage::Response(r)) if r.id == id => match r.result {
                 ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
@@ -105,21 +138,6 @@ impl Direct {
             Some(ServerJsonRpcMessage::Error(e)) => Err(ServiceError::McpError(e.error)),
             _ => Err(ServiceError::UnexpectedResponse),
         }
-    }
-
-    async fn post(
-        &self,
-        message: ClientJsonRpcMessage,
-    ) -> Result<StreamableHttpPostResponse, Failure> {
-        self.http
-            .post_message(
-                self.uri.clone(),
-                message,
-                self.session.clone(),
-                None,
-                self.headers.clone(),
-            )
-            .await
     }
 
     /// Reads `stream` (and its resumptions) up to the answer to `id`, passing the call's
@@ -140,14 +158,15 @@ impl Direct {
                     return Ok(None);
                 };
                 tokio::time::sleep(wait).await;
-                stream = self
+                let session = &self.session;
+                stream = session
                     .http
                     .get_stream(
-                        self.uri.clone(),
-                        self.session.clone(),
+                        session.uri.clone(),
+                        session.id.clone(),
                         Some(from),
                         None,
-                        self.headers.clone(),
+                        session.headers.clone(),
                     )
                     .await
                     .map_err(|e| broke_off(&e))?;
@@ -206,9 +225,42 @@ impl Direct {
                 Some(id),
             ),
         };
-        if let Err(e) = self.post(reply).await {
+        if let Err(e) = self.session.post(reply).await {
             tracing::debug!(error = %e, "cannot answer a backend's request");
         }
+    }
+}
+
+/// A delivered call its caller gave up on before the answer: the backend gets
+/// `notifications/cancelled` for it.
+struct Abandoned(Option<(Arc<Session>, NumberOrString)>);
+
+impl Abandoned {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some((session, id)) = self.0.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let cancelled =
+            ClientJsonRpcMessage::notification(ClientNotification::CancelledNotification(
+                CancelledNotification::new(CancelledNotificationParam::new(
+                    Some(id),
+                    Some("the client gave the call up".into()),
+                )),
+            ));
+        runtime.spawn(async move {
+            if let Err(e) = session.post(cancelled).await {
+                tracing::debug!(error = %e, "cannot tell a backend a call was given up");
+            }
+        });
     }
 }
 

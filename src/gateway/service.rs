@@ -544,8 +544,11 @@ impl ServerHandler for Gateway {
         let progress = request
             .progress_token()
             .map(|token| super::progress::Progress::to_session(token, context.peer.clone()));
-        self.call(request, super::client_session(&context), progress)
-            .await
+        // A call its client cancels is dropped, which tells the backend.
+        tokio::select! {
+            answer = self.call(request, super::client_session(&context), progress) => answer,
+            () = context.ct.cancelled() => Err(cancelled()),
+        }
     }
 }
 
@@ -717,6 +720,20 @@ impl Gateway {
         }
     }
 }
+
+/// The answer to a call its client cancelled, which the client ignores (rmcp does not even
+/// send it).
+pub(super) fn cancelled() -> ErrorData {
+    ErrorData::new(
+        rmcp::model::ErrorCode(REQUEST_CANCELLED),
+        "the call was cancelled by its client",
+        None,
+    )
+}
+
+/// JSON-RPC's code for a cancelled request (as the Language Server Protocol has it; MCP
+/// names none).
+const REQUEST_CANCELLED: i32 = -32800;
 
 /// The answer to a call that is known not to have run.
 fn not_run(server: &str, e: &ServiceError) -> CallToolResponse {

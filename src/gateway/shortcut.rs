@@ -14,8 +14,9 @@
 //! not a revision with sessions, an `Accept` without both types. So what a client can be
 //! refused, it is refused by rmcp, in rmcp's words.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, Response, StatusCode, header};
@@ -28,6 +29,7 @@ use rmcp::model::{
 use rmcp::transport::streamable_http_server::SessionManager;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
 use super::service::{Gateway, HttpService, Sessions};
@@ -40,6 +42,7 @@ pub struct Endpoint {
     sessions: Arc<Sessions>,
     /// Whether any `Host` is served (keys are required), as rmcp's service is configured.
     any_host: bool,
+    calls: Arc<Calls>,
 }
 
 impl Endpoint {
@@ -54,6 +57,7 @@ impl Endpoint {
             gateway,
             sessions,
             any_host,
+            calls: Arc::default(),
         }
     }
 
@@ -76,6 +80,14 @@ impl Endpoint {
             .ok()
             .filter(|c| c.jsonrpc == "2.0" && c.method == "tools/call" && !per_request_revision);
         let Some(call) = call else {
+            // rmcp never saw the shortcut's calls, so their cancellation is the shortcut's
+            // to carry out; rmcp answers the notification as ever.
+            if let Ok(cancelled) = serde_json::from_slice::<Cancelled>(&bytes)
+                && cancelled.method == "notifications/cancelled"
+                && let Some(id) = cancelled.params.request_id
+            {
+                self.calls.cancel(&session, id);
+            }
             return self
                 .pass_on(Request::from_parts(parts, Body::from(bytes)))
                 .await;
@@ -98,16 +110,21 @@ impl Endpoint {
     /// progress and the answer, as rmcp's session would send it.
     async fn answer(self, call: Call, session: String) -> Response<Body> {
         let id = call.id;
+        let running = self.calls.start(&session, &id);
         let Some(token) = call.params.progress_token() else {
-            let answer = self.gateway.call(call.params, Some(&session), None).await;
+            let answer = running
+                .unless_cancelled(self.gateway.call(call.params, Some(&session), None))
+                .await;
             return json(&message(answer, id));
         };
         let (to_answer, mut heard) = mpsc::unbounded_channel();
         let progress = Progress::to_answer(token, to_answer);
         let gateway = self.gateway;
         let params = call.params;
-        let mut answering =
-            Box::pin(async move { gateway.call(params, Some(&session), Some(progress)).await });
+        let mut answering = Box::pin(async move {
+            let call = gateway.call(params, Some(&session), Some(progress));
+            running.unless_cancelled(call).await
+        });
         // What the backend reported is passed on before the call returns, so with the
         // progress polled first none is left behind when the answer goes as JSON.
         let first = tokio::select! {
@@ -228,6 +245,69 @@ struct Call {
     id: NumberOrString,
     method: String,
     params: CallToolRequestParams,
+}
+
+/// What the shortcut reads of a notification that cancels a call.
+#[derive(Deserialize)]
+struct Cancelled {
+    method: String,
+    params: rmcp::model::CancelledNotificationParam,
+}
+
+/// The shortcut's calls in flight, by session and request id, for their client's
+/// `notifications/cancelled`.
+#[derive(Default)]
+struct Calls(Mutex<HashMap<(String, NumberOrString), CancellationToken>>);
+
+impl Calls {
+    fn start(self: &Arc<Self>, session: &str, id: &NumberOrString) -> Running {
+        let key = (session.to_owned(), id.clone());
+        let cancelled = CancellationToken::new();
+        if let Ok(mut calls) = self.0.lock() {
+            calls.insert(key.clone(), cancelled.clone());
+        }
+        Running {
+            calls: self.clone(),
+            key,
+            cancelled,
+        }
+    }
+
+    fn cancel(&self, session: &str, id: NumberOrString) {
+        let key = (session.to_owned(), id);
+        if let Some(cancelled) = self.0.lock().ok().and_then(|mut c| c.remove(&key)) {
+            cancelled.cancel();
+        }
+    }
+}
+
+/// A call the shortcut is making; it leaves [`Calls`] when dropped.
+struct Running {
+    calls: Arc<Calls>,
+    key: (String, NumberOrString),
+    cancelled: CancellationToken,
+}
+
+impl Running {
+    /// `call`, unless its client cancels it first: then it is dropped (which tells the
+    /// backend) and answered with an error its client ignores.
+    async fn unless_cancelled(
+        &self,
+        call: impl Future<Output = Result<CallToolResponse, ErrorData>>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        tokio::select! {
+            answer = call => answer,
+            () = self.cancelled.cancelled() => Err(super::service::cancelled()),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(mut calls) = self.calls.0.lock() {
+            calls.remove(&self.key);
+        }
+    }
 }
 
 /// Whether `host` (a `Host` header) names this machine as rmcp's default allows:

@@ -775,6 +775,99 @@ fn manifest_with_eras(ids: &[&str], modern: &[&str]) -> String {
     text
 }
 
+/// An agent with the gateway on, running `old` (2025-11-25) and `new` (which speaks only
+/// 2026-07-28), once the gateway has a session with both: the gateway's `/mcp` URL and
+/// its `/backends`.
+async fn two_eras() -> (ManifestRepo, TestAgent, String, Vec<Value>) {
+    let repo = ManifestRepo::new();
+    repo.push_manifest(&manifest_with_eras(&["old", "new"], &["new"]), "two eras");
+    let agent = TestAgent::start(
+        repo.remote().to_str().unwrap(),
+        Options {
+            gateway: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    for id in ["old", "new"] {
+        agent.wait_running(id, "1.0.0", DEADLINE).await;
+    }
+    let gateway = agent.gateway.clone().unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let backends = eventually(DEADLINE, "sessions with both backends", || async {
+        let v: Value = http
+            .get(gateway.replace("/mcp", "/backends"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let all = v["backends"].as_array()?.clone();
+        (all.len() == 2 && all.iter().all(|b| b["protocol_version"].is_string())).then_some(all)
+    })
+    .await;
+    (repo, agent, gateway, backends)
+}
+
+/// Sends a call of the example server's `sleep` (as `tool`) for `ms`; its handle has the
+/// progress token rmcp put on it and can cancel it.
+async fn start_sleep(
+    client: &rmcp::Peer<RoleClient>,
+    tool: &str,
+    ms: u64,
+) -> rmcp::service::RequestHandle<RoleClient> {
+    use rmcp::model::{CallToolRequest, ClientRequest};
+    let params = CallToolRequestParams::new(tool.to_owned())
+        .with_arguments(json!({ "ms": ms }).as_object().unwrap().clone());
+    client
+        .send_request_with_option(
+            ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .expect("the call is sent")
+}
+
+/// The example server's count of its `sleep` calls running, and of those cancelled, at
+/// its MCP endpoint `endpoint`.
+async fn sleeps(http: &reqwest::Client, endpoint: &str) -> (u64, u64) {
+    let v: Value = http
+        .get(endpoint.replace("/mcp", "/admin/calls"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        v["sleeping"].as_u64().unwrap(),
+        v["sleeps_cancelled"].as_u64().unwrap(),
+    )
+}
+
+/// A 2026-07-28 client of `url` (`server/discover`, no session), served by `handler`.
+async fn modern_client<H: rmcp::ClientHandler>(
+    url: &str,
+    handler: H,
+) -> RunningService<RoleClient, H> {
+    use rmcp::model::ProtocolVersion;
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_owned());
+    config.allow_stateless = true;
+    handler
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("a 2026-07-28 client is served")
+}
+
 /// A client that passes on the `notifications/progress` it hears.
 #[derive(Clone)]
 struct Hearing(tokio::sync::mpsc::UnboundedSender<rmcp::model::ProgressNotificationParam>);
@@ -791,44 +884,9 @@ impl rmcp::ClientHandler for Hearing {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
-    use rmcp::model::{
-        CallToolRequest, ClientRequest, ProtocolVersion, ServerResult, SubscriptionFilter,
-    };
-    use rmcp::service::PeerRequestOptions;
-    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
-    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::model::{ProtocolVersion, ServerResult, SubscriptionFilter};
 
-    let repo = ManifestRepo::new();
-    repo.push_manifest(&manifest_with_eras(&["old", "new"], &["new"]), "two eras");
-    let agent = TestAgent::start(
-        repo.remote().to_str().unwrap(),
-        Options {
-            gateway: true,
-            ..Default::default()
-        },
-    )
-    .await;
-    for id in ["old", "new"] {
-        agent.wait_running(id, "1.0.0", DEADLINE).await;
-    }
-    let gateway = agent.gateway.clone().unwrap();
-    let base = gateway.trim_end_matches("/mcp").to_owned();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let backends = eventually(DEADLINE, "sessions with both backends", || async {
-        let v: Value = http
-            .get(format!("{base}/backends"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let all = v["backends"].as_array()?.clone();
-        all.iter()
-            .all(|b| b["protocol_version"].is_string())
-            .then_some(all)
-    })
-    .await;
+    let (repo, _agent, gateway, backends) = two_eras().await;
     let era = |id: &str| {
         backends.iter().find(|b| b["id"] == id).unwrap()["protocol_version"]
             .as_str()
@@ -851,18 +909,8 @@ async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
 
     // A 2026-07-28 client (server/discover, no session) too, and hears list_changed on
     // its subscription.
-    let mut config = StreamableHttpClientTransportConfig::with_uri(gateway.clone());
-    config.allow_stateless = true;
     let (modern_heard, mut modern_progress) = tokio::sync::mpsc::unbounded_channel();
-    let modern = Hearing(modern_heard)
-        .serve_with_lifecycle(
-            StreamableHttpClientTransport::from_config(config),
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .expect("a 2026-07-28 client is served");
+    let modern = modern_client(&gateway, Hearing(modern_heard)).await;
     assert_eq!(
         modern.peer_info().unwrap().protocol_version,
         ProtocolVersion::V_2026_07_28
@@ -883,17 +931,9 @@ async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
     // session, which both calls share).
     for id in ["old", "new"] {
         let sleep = |client: &rmcp::Peer<RoleClient>| {
-            let params = CallToolRequestParams::new(format!("{id}_sleep"))
-                .with_arguments(json!({ "ms": 200 }).as_object().unwrap().clone());
             let client = client.clone();
             async move {
-                let handle = client
-                    .send_request_with_option(
-                        ClientRequest::CallToolRequest(CallToolRequest::new(params)),
-                        PeerRequestOptions::no_options(),
-                    )
-                    .await
-                    .unwrap();
+                let handle = start_sleep(&client, &format!("{id}_sleep"), 200).await;
                 let token = handle.progress_token.clone();
                 match handle.await_response().await.unwrap() {
                     ServerResult::CallToolResult(r) => (token, r),
@@ -950,6 +990,63 @@ async fn clients_and_backends_of_both_protocol_eras_meet_on_one_endpoint() {
     );
     let tools = names(&modern.list_all_tools().await.unwrap());
     assert!(tools.contains(&"third_echo".to_owned()), "{tools:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_its_client_cancels_is_cancelled_at_its_backend() {
+    let (_repo, _agent, gateway, backends) = two_eras().await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // The backend's count of its `sleep` calls running and cancelled, and the gateway's
+    // of its calls in flight to it.
+    let sleeps = |id: &str| {
+        let endpoint = backends.iter().find(|b| b["id"] == id).unwrap()["endpoint"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let http = http.clone();
+        async move { sleeps(&http, &endpoint).await }
+    };
+    let in_flight = |id: &str| {
+        let (http, url, id) = (
+            http.clone(),
+            gateway.replace("/mcp", "/backends"),
+            id.to_owned(),
+        );
+        async move {
+            let v: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            let all = v["backends"].as_array().unwrap();
+            all.iter().find(|b| b["id"] == id).unwrap()["calls_in_flight"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+
+    // A 2025-11-25 client (its calls take the shortcut) and a 2026-07-28 one (rmcp's
+    // session) each start a long call on each backend (the old one's short way, the new
+    // one's rmcp session), then cancel it: the backend's own call is cancelled.
+    let legacy = client(&gateway).await;
+    let modern = modern_client(&gateway, ()).await;
+    for (client, peer) in [("2025-11-25", legacy.peer()), ("2026-07-28", modern.peer())] {
+        for id in ["old", "new"] {
+            let (_, cancelled_before) = sleeps(id).await;
+            let handle = start_sleep(peer, &format!("{id}_sleep"), 30_000).await;
+            eventually(DEADLINE, "the call running at the backend", || async {
+                (sleeps(id).await.0 == 1).then_some(())
+            })
+            .await;
+            assert_eq!(in_flight(id).await, 1);
+            handle.cancel(None).await.unwrap();
+            let what = format!("a {client} client's call to {id} cancelled at the backend");
+            eventually(DEADLINE, &what, || async {
+                (sleeps(id).await == (0, cancelled_before + 1)).then_some(())
+            })
+            .await;
+            eventually(DEADLINE, "the gateway's call ended", || async {
+                (in_flight(id).await == 0).then_some(())
+            })
+            .await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1208,6 +1305,54 @@ async fn a_call_on_an_open_session_is_answered_as_json_and_anything_else_as_befo
         messages[4]["result"]["content"][0]["text"], "slept 100 ms on 1.0.0",
         "{stream}"
     );
+
+    // A call cancelled by a notification on another request, its own still open: the
+    // shortcut made the call (rmcp never saw it), so the shortcut cancels it, at the
+    // backend too, and answers its request with the cancellation.
+    let backend = eventually(DEADLINE, "quick's endpoint", || async {
+        let b: Value = reqwest::get(url.replace("/mcp", "/backends"))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        Some(b["backends"][0]["endpoint"].as_str()?.to_owned())
+    })
+    .await;
+    let sleeps = || sleeps(&http, &backend);
+    let long = tokio::spawn(post(
+        json!({ "jsonrpc": "2.0", "id": 12, "method": "tools/call",
+                "params": { "name": "quick_sleep", "arguments": { "ms": 30_000 } } }),
+        both,
+        None,
+    ));
+    eventually(DEADLINE, "the long call running at the backend", || async {
+        (sleeps().await.0 == 1).then_some(())
+    })
+    .await;
+    let told = post(
+        json!({ "jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": { "requestId": 12, "reason": "changed my mind" } }),
+        both,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(told.status(), 202);
+    let answer: Value = tokio::time::timeout(DEADLINE, long)
+        .await
+        .expect("the cancelled call's request is answered")
+        .unwrap()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["id"], 12, "{answer}");
+    assert_eq!(answer["error"]["code"], -32800, "{answer}");
+    eventually(DEADLINE, "the backend's call cancelled", || async {
+        (sleeps().await == (0, 1)).then_some(())
+    })
+    .await;
 
     // A tool nobody offers: the gateway's own error, as JSON-RPC.
     let unknown = post(
