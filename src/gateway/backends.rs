@@ -127,7 +127,7 @@ impl Backend {
             )
             .await?;
         let abandoned = Abandoned(Some((self.peer.clone(), handle.id.clone())));
-        let (_route, early) = self
+        let (route, early) = self
             .progress
             .open(handle.progress_token.clone(), progress.clone());
         for heard in early {
@@ -135,6 +135,9 @@ impl Backend {
         }
         let answer = handle.await_response().await;
         abandoned.disarm();
+        // Progress heard after this point was passed on as the session's streams were
+        // read (`BackendHttp::tap`), so before the answer that follows it.
+        drop(route);
         match answer? {
             ServerResult::CallToolResult(result) => Ok(CallToolResponse::Complete(result)),
             ServerResult::InputRequiredResult(result) => {
@@ -849,9 +852,9 @@ impl ClientHandler for Listener {
         params: rmcp::model::ProgressNotificationParam,
         _context: NotificationContext<RoleClient>,
     ) {
-        if let Some(call) = self.progress.route(&params) {
-            call.forward(params).await;
-        }
+        // What the session's streams carried was passed on as they were read
+        // (`BackendHttp::tap`); this is whatever reached the session another way.
+        self.progress.pass_on(params).await;
     }
 }
 
@@ -952,7 +955,7 @@ async fn open(
         refresh,
         progress: progress.clone(),
     };
-    let (recording, session_id) = http.for_session();
+    let (recording, session_id) = http.for_session(progress.clone());
     let session = connect_session(recording, endpoint, listener.clone()).await?;
     let modern = session
         .peer()

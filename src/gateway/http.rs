@@ -35,6 +35,8 @@ use rmcp::transport::streamable_http_client::{
     SseError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
 };
 use sse_stream::{Sse, SseStream};
+
+use super::progress::Routes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -57,6 +59,8 @@ pub struct BackendHttp {
     pool: Arc<Pool>,
     /// Where the session id a server hands out is kept, for the client of one session.
     session: Option<Arc<OnceLock<Arc<str>>>>,
+    /// Where the progress of that session's calls goes (see [`tap`]).
+    progress: Option<Arc<Routes>>,
 }
 
 /// A connection's sending half.
@@ -139,14 +143,40 @@ pub fn revision_header(revision: &str) -> Option<Headers> {
 
 impl BackendHttp {
     /// This client for one session: the id the server gives it is kept in the returned
-    /// cell (the gateway posts calls on that session itself, `forward`).
-    pub fn for_session(&self) -> (BackendHttp, Arc<OnceLock<Arc<str>>>) {
+    /// cell (the gateway posts calls on that session itself, `forward`), and the progress
+    /// of its calls goes to `progress`.
+    pub fn for_session(&self, progress: Arc<Routes>) -> (BackendHttp, Arc<OnceLock<Arc<str>>>) {
         let cell = Arc::new(OnceLock::new());
         let client = BackendHttp {
             pool: self.pool.clone(),
             session: Some(cell.clone()),
+            progress: Some(progress),
         };
         (client, cell)
+    }
+
+    /// `events`, with the progress of calls in them passed on as they are read, so before
+    /// the answer that follows, and blanked for rmcp: its session hands each notification
+    /// to a task of its own, which may run after the answer was taken.
+    fn tap(&self, events: Events) -> Events {
+        use futures::StreamExt;
+        let Some(routes) = self.progress.clone() else {
+            return events;
+        };
+        events
+            .then(move |event| {
+                let routes = routes.clone();
+                async move {
+                    let mut event = event?;
+                    if let Some(progress) = event.data.as_deref().and_then(progress_in) {
+                        routes.pass_on(progress).await;
+                        // Its id stays, for a resumption to start after it.
+                        event.data = None;
+                    }
+                    Ok(event)
+                }
+            })
+            .boxed()
     }
 
     /// How many connections to `host` (`ip:port`) are kept idle.
@@ -428,6 +458,20 @@ fn content_type(response: &Response<Returning>) -> Option<&[u8]> {
         .map(HeaderValue::as_bytes)
 }
 
+/// The progress notification an event's `data` carries, if it carries one.
+fn progress_in(data: &str) -> Option<rmcp::model::ProgressNotificationParam> {
+    if !data.contains("notifications/progress") {
+        return None;
+    }
+    match serde_json::from_str(data).ok()? {
+        ServerJsonRpcMessage::Notification(n) => match n.notification {
+            rmcp::model::ServerNotification::ProgressNotification(p) => Some(p.params),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn sse(response: Response<Returning>) -> Events {
     use futures::StreamExt;
     SseStream::new(response.into_body()).boxed()
@@ -498,9 +542,9 @@ impl StreamableHttpClient for BackendHttp {
         }
         let answers = !matches!(message, ClientJsonRpcMessage::Request(_));
         match content_type(&response) {
-            Some(ct) if ct.starts_with(EVENT_STREAM_MIME_TYPE.as_bytes()) => {
-                Ok(StreamableHttpPostResponse::Sse(sse(response), session))
-            }
+            Some(ct) if ct.starts_with(EVENT_STREAM_MIME_TYPE.as_bytes()) => Ok(
+                StreamableHttpPostResponse::Sse(self.tap(sse(response)), session),
+            ),
             Some(ct) if ct.starts_with(JSON_MIME_TYPE.as_bytes()) => {
                 let body = read_body(response, MAX_JSON_BYTES).await?;
                 match serde_json::from_slice::<ServerJsonRpcMessage>(&body) {
@@ -580,7 +624,7 @@ impl StreamableHttpClient for BackendHttp {
                 if ct.starts_with(EVENT_STREAM_MIME_TYPE.as_bytes())
                     || ct.starts_with(JSON_MIME_TYPE.as_bytes()) =>
             {
-                Ok(sse(response))
+                Ok(self.tap(sse(response)))
             }
             other => Err(StreamableHttpError::UnexpectedContentType(
                 other.map(|ct| String::from_utf8_lossy(ct).into_owned()),

@@ -25,6 +25,8 @@ pub enum Outcome {
     BackendUnavailable,
     /// `BACKEND_UNREACHABLE`: the call did not reach it, or no answer came.
     Unreachable,
+    /// Its client cancelled it before the answer (the backend was told).
+    Cancelled,
 }
 
 impl Outcome {
@@ -36,6 +38,7 @@ impl Outcome {
             Outcome::BackendUnhealthy => "backend_unhealthy",
             Outcome::BackendUnavailable => "backend_unavailable",
             Outcome::Unreachable => "unreachable",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -73,13 +76,14 @@ impl GatewayMetrics {
         self.rerouted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Calls per server since the agent started, and how many of them did not end `ok`.
+    /// Calls per server since the agent started, and how many of them did not end `ok`
+    /// (a call its client cancelled is no error).
     pub fn totals(&self) -> BTreeMap<String, crate::fleet::GatewayCalls> {
         let mut totals: BTreeMap<String, crate::fleet::GatewayCalls> = BTreeMap::new();
         for ((server, outcome), n) in self.calls.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let t = totals.entry(server.clone()).or_default();
             t.calls += n;
-            if *outcome != Outcome::Ok {
+            if !matches!(outcome, Outcome::Ok | Outcome::Cancelled) {
                 t.errors += n;
             }
         }

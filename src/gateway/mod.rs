@@ -305,7 +305,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (stop, server) = serve_empty(listener);
         let uri = format!("http://{addr}/mcp");
-        let (http, session_id) = BackendHttp::default().for_session();
+        let (http, session_id) = BackendHttp::default().for_session(Default::default());
         let mut config = StreamableHttpClientTransportConfig::with_uri(uri.clone());
         config.reinit_on_expired_session = false;
         let session = ()

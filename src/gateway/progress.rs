@@ -7,7 +7,11 @@
 //! session shares that session with every client's calls, and two clients may well pick
 //! the same token (rmcp numbers them per session, the Python SDK uses the request id):
 //! rmcp's client puts a token of its own, unique in the session, on every request it
-//! sends, and [`Routes`] maps that one back to the client's call.
+//! sends, and [`Routes`] maps that one back to the client's call. The session's event
+//! streams hand progress to the routes as they are read (`BackendHttp::tap`), not through
+//! rmcp's handler: rmcp runs each notification's handler as a task of its own, which may
+//! run after the answer that followed it was taken, and then the client would hear it
+//! after the answer, or not at all.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -113,13 +117,7 @@ impl<T: Clone> Routes<T> {
     ) -> (Route<'_, T>, Vec<ProgressNotificationParam>) {
         let mut heard = Vec::new();
         if let Ok(mut state) = self.state.lock() {
-            state.early.retain(|(_, p)| {
-                let mine = p.progress_token == token;
-                if mine {
-                    heard.push(p.clone());
-                }
-                !mine
-            });
+            heard = state.unrouted(&token);
             state.open.insert(token.clone(), call);
         }
         (
@@ -152,8 +150,33 @@ impl<T: Clone> Routes<T> {
     }
 }
 
-/// A routed token; dropped when its call has its answer, after which late progress for
-/// it is dropped too.
+impl<T> State<T> {
+    /// The progress under `token` heard for no open call, taken out in order.
+    fn unrouted(&mut self, token: &ProgressToken) -> Vec<ProgressNotificationParam> {
+        let mut heard = Vec::new();
+        self.early.retain(|(_, p)| {
+            let mine = p.progress_token == *token;
+            if mine {
+                heard.push(p.clone());
+            }
+            !mine
+        });
+        heard
+    }
+}
+
+impl Routes {
+    /// Passes `progress` on to its call, or keeps it a moment for a call about to be
+    /// routed.
+    pub async fn pass_on(&self, progress: ProgressNotificationParam) {
+        if let Some(call) = self.route(&progress) {
+            call.forward(progress).await;
+        }
+    }
+}
+
+/// A routed token; dropped when its call has its answer, after which progress for it is
+/// dropped too.
 pub struct Route<'a, T = Progress> {
     routes: &'a Routes<T>,
     token: ProgressToken,

@@ -628,7 +628,9 @@ impl Gateway {
             }
         }
         let started = std::time::Instant::now();
-        let mut first = backend.call_tool(params.clone(), progress).await;
+        let mut first = self
+            .unless_dropped(server, backend.call_tool(params.clone(), progress))
+            .await;
         // A replica that did not take the call (its node went away before its next probe,
         // or it forgot the session): once to the routed task, which then stands for it.
         if backend.replica
@@ -642,7 +644,9 @@ impl Gateway {
             debug!(%server, replica = %backend.endpoint, error = %crate::error_text::chain(e), "the call goes to the routed task");
             self.metrics.rerouted();
             (backend, in_flight) = (routed, guard);
-            first = backend.call_tool(params.clone(), progress).await;
+            first = self
+                .unless_dropped(server, backend.call_tool(params.clone(), progress))
+                .await;
         }
         let answer = match first {
             Err(e) if never_delivered(&e) || session_expired(&e) => {
@@ -659,22 +663,27 @@ impl Gateway {
                 if session_expired(&e) && !starting {
                     self.backends.expired(server, backend.session);
                 }
-                let next = self
+                let successor = self
                     .backends
-                    .successor(server, backend.session, REROUTE_WAIT)
-                    .await
-                    .and_then(|(next, guard)| {
-                        let name = next.offer.names.backend(&name)?.to_owned();
-                        // The successor's mapping is held to the same profile.
-                        shown.tool(server, &name).then_some((next, guard, name))
-                    });
+                    .successor(server, backend.session, REROUTE_WAIT);
+                let next =
+                    self.unless_dropped(server, successor)
+                        .await
+                        .and_then(|(next, guard)| {
+                            let name = next.offer.names.backend(&name)?.to_owned();
+                            // The successor's mapping is held to the same profile.
+                            shown.tool(server, &name).then_some((next, guard, name))
+                        });
                 let Some((next, _in_flight, next_name)) = next else {
                     self.metrics.call(server, Outcome::Unreachable, None);
                     return Ok(not_run(server, &e));
                 };
                 self.metrics.rerouted();
                 params.name = next_name.into();
-                match next.call_tool(params, progress).await {
+                match self
+                    .unless_dropped(server, next.call_tool(params, progress))
+                    .await
+                {
                     Err(again) if never_delivered(&again) || session_expired(&again) => {
                         self.metrics.call(server, Outcome::Unreachable, None);
                         return Ok(not_run(server, &again));
@@ -721,8 +730,43 @@ impl Gateway {
     }
 }
 
-/// The answer to a call its client cancelled, which the client ignores (rmcp does not even
-/// send it).
+impl Gateway {
+    /// `work` for a call to `server`; a call dropped while it waits (its client cancelled
+    /// it or went away) is counted as cancelled.
+    async fn unless_dropped<T>(&self, server: &str, work: impl Future<Output = T>) -> T {
+        let waiting = Waiting {
+            metrics: &self.metrics,
+            server: Some(server),
+        };
+        let done = work.await;
+        waiting.done();
+        done
+    }
+}
+
+/// A call waiting for its backend; dropped before it is done, the call is counted
+/// cancelled.
+struct Waiting<'a> {
+    metrics: &'a GatewayMetrics,
+    server: Option<&'a str>,
+}
+
+impl Waiting<'_> {
+    fn done(mut self) {
+        self.server = None;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(server) = self.server {
+            self.metrics.call(server, Outcome::Cancelled, None);
+        }
+    }
+}
+
+/// The answer to a call its client cancelled, which the client ignores (rmcp does not
+/// even send it).
 pub(super) fn cancelled() -> ErrorData {
     ErrorData::new(
         rmcp::model::ErrorCode(REQUEST_CANCELLED),

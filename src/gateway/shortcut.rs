@@ -113,7 +113,7 @@ impl Endpoint {
         let running = self.calls.start(&session, &id);
         let Some(token) = call.params.progress_token() else {
             let answer = running
-                .unless_cancelled(self.gateway.call(call.params, Some(&session), None))
+                .unless_cancelled(&self.gateway, call.params, &session, None)
                 .await;
             return json(&message(answer, id));
         };
@@ -122,8 +122,9 @@ impl Endpoint {
         let gateway = self.gateway;
         let params = call.params;
         let mut answering = Box::pin(async move {
-            let call = gateway.call(params, Some(&session), Some(progress));
-            running.unless_cancelled(call).await
+            running
+                .unless_cancelled(&gateway, params, &session, Some(progress))
+                .await
         });
         // What the backend reported is passed on before the call returns, so with the
         // progress polled first none is left behind when the answer goes as JSON.
@@ -289,14 +290,17 @@ struct Running {
 }
 
 impl Running {
-    /// `call`, unless its client cancels it first: then it is dropped (which tells the
-    /// backend) and answered with an error its client ignores.
+    /// Makes the call `params` of `session`, unless its client cancels it first: then it
+    /// is dropped (which tells the backend) and answered with an error its client ignores.
     async fn unless_cancelled(
         &self,
-        call: impl Future<Output = Result<CallToolResponse, ErrorData>>,
+        gateway: &Gateway,
+        params: CallToolRequestParams,
+        session: &str,
+        progress: Option<Progress>,
     ) -> Result<CallToolResponse, ErrorData> {
         tokio::select! {
-            answer = call => answer,
+            answer = gateway.call(params, Some(session), progress) => answer,
             () = self.cancelled.cancelled() => Err(super::service::cancelled()),
         }
     }

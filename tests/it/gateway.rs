@@ -1047,6 +1047,21 @@ async fn a_call_its_client_cancels_is_cancelled_at_its_backend() {
             .await;
         }
     }
+    // Counted as cancelled, not as failed.
+    let metrics = http
+        .get(gateway.replace("/mcp", "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for id in ["old", "new"] {
+        let line = format!(
+            "mcp_orchestration_gateway_calls_total{{backend=\"{id}\",outcome=\"cancelled\"}} 2"
+        );
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
