@@ -53,7 +53,7 @@ pub struct BackendView {
     pub tools: Vec<String>,
     pub calls_in_flight: usize,
     /// Calls since the agent started, by outcome (`ok`, `tool_error`, `protocol_error`,
-    /// `backend_unhealthy`, `backend_unavailable`, `unreachable`).
+    /// `backend_unhealthy`, `backend_unavailable`, `unreachable`, `cancelled`).
     pub calls: BTreeMap<String, u64>,
     /// The gateway's sessions with the instance's tasks: the routed one first, then one
     /// per other serving task (Swarm replicas), which calls are spread over.
