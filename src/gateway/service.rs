@@ -8,8 +8,9 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
     GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, MetaObject, PaginatedRequestParams, Prompt,
-    ReadResourceRequestParams, ReadResourceResponse, Resource, ResourceContents, ResourceTemplate,
-    ServerCapabilities, ServerConfig, ServerNotification, SubscriptionFilter, Tool,
+    ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, Resource, ResourceContents,
+    ResourceTemplate, ServerCapabilities, ServerConfig, ServerNotification, SubscriptionFilter,
+    Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_client::StreamableHttpError;
@@ -437,7 +438,7 @@ impl ServerHandler for Gateway {
     async fn get_prompt(
         &self,
         mut request: GetPromptRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let name = request.name.clone();
         let unknown = || {
@@ -448,6 +449,7 @@ impl ServerHandler for Gateway {
         };
         let server = server_of(&name).ok_or_else(unknown)?;
         let (backend, _in_flight) = self.reachable(server, unknown)?;
+        for_backend(&mut request.meta, &context);
         request.name = backend
             .offer
             .prompt_names
@@ -482,7 +484,7 @@ impl ServerHandler for Gateway {
     async fn read_resource(
         &self,
         mut request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri.clone();
         let unknown = || {
@@ -495,6 +497,7 @@ impl ServerHandler for Gateway {
         };
         let (server, own) = split_resource_uri(&uri).ok_or_else(unknown)?;
         let (backend, _in_flight) = self.reachable(server, unknown)?;
+        for_backend(&mut request.meta, &context);
         request.uri = own.to_owned();
         let answer = backend
             .peer
@@ -534,13 +537,7 @@ impl ServerHandler for Gateway {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         use rmcp::model::RequestParamsMeta;
-        // rmcp hands the request's `_meta` over in the context, not in the request.
-        if !context.meta.is_empty() {
-            request
-                .meta
-                .get_or_insert_with(Default::default)
-                .extend(context.meta.clone());
-        }
+        for_backend(&mut request.meta, &context);
         let progress = request
             .progress_token()
             .map(|token| super::progress::Progress::to_session(token, context.peer.clone()));
@@ -616,17 +613,10 @@ impl Gateway {
             .into());
         };
         // The whole request travels (its `_meta`, a multi-round exchange's answers); only
-        // the name is the backend's own, and the `_meta` keys of the protocol itself
-        // (2026-07-28's revision, client info and capabilities), which are the gateway's
-        // with the client: the backend has its own with the gateway.
+        // the name is the backend's own.
         let mut params = request;
         params.name = backend_name.into();
-        if let Some(meta) = params.meta.as_mut() {
-            meta.retain(|key, _| !key.starts_with("io.modelcontextprotocol/"));
-            if meta.is_empty() {
-                params.meta = None;
-            }
-        }
+        without_protocol_keys(&mut params.meta);
         let started = std::time::Instant::now();
         let mut first = self
             .unless_dropped(server, backend.call_tool(params.clone(), progress))
@@ -765,6 +755,28 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A request's `_meta` as it goes on to a backend: with what rmcp handed over in the
+/// context (it takes `_meta` out of the request it hands the handler).
+fn for_backend(meta: &mut Option<RequestMetaObject>, context: &RequestContext<RoleServer>) {
+    if !context.meta.is_empty() {
+        meta.get_or_insert_with(Default::default)
+            .extend(context.meta.clone());
+    }
+    without_protocol_keys(meta);
+}
+
+/// `meta` without the keys of the protocol itself (2026-07-28's revision, client info and
+/// capabilities): those are the gateway's with its client, and the backend has its own
+/// with the gateway.
+fn without_protocol_keys(meta: &mut Option<RequestMetaObject>) {
+    if let Some(keys) = meta.as_mut() {
+        keys.retain(|key, _| !key.starts_with("io.modelcontextprotocol/"));
+        if keys.is_empty() {
+            *meta = None;
+        }
+    }
+}
+
 /// The answer to a call its client cancelled, which the client ignores (rmcp does not
 /// even send it).
 pub(super) fn cancelled() -> ErrorData {
@@ -858,4 +870,36 @@ pub fn http_service(
         sessions,
         config,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_gets_the_requests_meta_without_the_protocols_own_keys() {
+        let meta = |value: serde_json::Value| {
+            let serde_json::Value::Object(map) = value else {
+                unreachable!()
+            };
+            Some(RequestMetaObject::from(map))
+        };
+        let mut carried = meta(json!({
+            "progressToken": 7,
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01",
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": { "name": "c", "version": "1" },
+        }));
+        without_protocol_keys(&mut carried);
+        assert_eq!(
+            carried,
+            meta(json!({
+                "progressToken": 7,
+                "traceparent": "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01",
+            }))
+        );
+        let mut only_protocol = meta(json!({ "io.modelcontextprotocol/logLevel": "debug" }));
+        without_protocol_keys(&mut only_protocol);
+        assert_eq!(only_protocol, None, "nothing left is no `_meta` at all");
+    }
 }
