@@ -150,6 +150,9 @@ impl Endpoint {
                         let _ = frames.send(event(&progress(next)));
                     }
                     answer = &mut answering => break answer,
+                    // The client went away: the call is dropped, which tells the backend,
+                    // as when a JSON answer's connection closes.
+                    () = frames.closed() => return,
                 }
             };
             let _ = frames.send(event(&message(answer, id)));

@@ -1369,6 +1369,31 @@ async fn a_call_on_an_open_session_is_answered_as_json_and_anything_else_as_befo
     })
     .await;
 
+    // A client that goes away in the middle of a call's stream: the call is cancelled
+    // at the backend too.
+    let mut streaming = post(
+        with_progress(13, "quick_sleep", json!({ "ms": 2_000 })),
+        both,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(streaming.headers()["content-type"], "text/event-stream");
+    let first = tokio::time::timeout(DEADLINE, streaming.chunk())
+        .await
+        .expect("the first progress")
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("notifications/progress"),
+        "{first:?}"
+    );
+    drop(streaming);
+    eventually(DEADLINE, "the call cancelled at the backend", || async {
+        (sleeps().await == (0, 2)).then_some(())
+    })
+    .await;
+
     // A tool nobody offers: the gateway's own error, as JSON-RPC.
     let unknown = post(
         json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
